@@ -1,0 +1,1 @@
+"""Cluster membership and replicated state over encrypted SWIM gossip."""

@@ -1,0 +1,1 @@
+"""Upstream Kubernetes components: their command lines, files and readiness."""

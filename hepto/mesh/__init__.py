@@ -1,0 +1,1 @@
+"""The WireGuard mesh under Kubernetes, driven by membership."""
