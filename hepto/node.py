@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -22,11 +23,20 @@ class NodeService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: NodeConfig, reactor: IReactorCore) -> None:
+    def __init__(
+        self, config: NodeConfig, reactor: IReactorCore, exit_cleanly_on_signals: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self.setName("node")
+        if config.manhole is not None:
+            from hepto.manhole import manhole_service
+
+            manhole_service(
+                reactor, config.manhole, config.node_dir, self.namespace
+            ).setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd asks the Application for an ILogObserver before its --logfile default;
@@ -36,16 +46,27 @@ class NodeService(MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
-        plan = self.config.plan
         self.log.info(
             "hepto node {name} ({role}) of cluster {cluster}: mesh address {mesh_address}, "
             "apiserver {apiserver_address}, pods {pod_prefix}, services {service_prefix}",
-            name=self.config.name,
             role=self.config.role,
-            cluster=self.config.cluster,
-            **plan.as_dict() | {"name": self.config.name},
+            **self.config.plan.as_dict(),
         )
         super().startService()
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        if self._exit_cleanly_on_signals:
+            # twistd re-raises a stopping signal at exit, so the status would say "killed";
+            # a stop the operator asked for is a success, and its status is 0.
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, self._stop_on_signal)
+        # Logged once signals stop the node cleanly: tests and tools wait for it.
+        self.log.info("hepto node {name} running", name=self.config.name)
+
+    def _stop_on_signal(self, number: int, frame: object) -> None:
+        self.log.info("Received {signal}, stopping", signal=signal.Signals(number).name)
+        self.reactor.callFromThread(self.reactor.stop)  # type: ignore[attr-defined]
 
     def namespace(self) -> dict[str, Any]:
         """The manhole's names: the node, its configuration and plan, the reactor."""

@@ -198,7 +198,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     assert options.config is not None
     assert reactor is not None
-    return NodeService(options.config, reactor)
+    return NodeService(options.config, reactor, exit_cleanly_on_signals=True)

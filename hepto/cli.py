@@ -1,0 +1,134 @@
+"""The ``hepto`` command: operator tools beside the ``twistd hepto`` agent."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from twisted.python import usage
+
+from hepto import config, plan
+from hepto.config import ConfigError, env_name
+
+USAGE_ERROR = 2
+
+
+class _NodeOptions(usage.Options):
+    """The options naming a node, read from the environment as the agent reads them."""
+
+    optParameters: list[list[Any]] = [
+        ["cluster", None, None, f"Cluster name [{env_name('cluster')}]."],
+        ["name", None, None, f"Node name [{env_name('name')}]."],
+    ]
+
+    def value(self, option: str) -> str | None:
+        given = self[option]
+        return given if given is not None else config.from_environment(option)
+
+
+class InfoOptions(_NodeOptions):
+    synopsis = "--cluster NAME [--name NAME] [--json]"
+    longdesc = (
+        "Print the addressing plan of a cluster, as a CNI or kube-proxy set-up needs it. "
+        "Everything but mesh_address depends on the cluster name alone."
+    )
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON object."]]
+
+    def postOptions(self) -> None:
+        cluster = config.parse_cluster(self.value("cluster"))
+        name = self.value("name")
+        self.plan = plan.Plan(cluster, config.parse_name(name) if name else None)
+
+
+class StatusOptions(_NodeOptions):
+    synopsis = "--cluster NAME --name NAME [--data-dir DIR] [--json]"
+    longdesc = "Ask a running agent how it sees the cluster: members, drops, health and more."
+    optParameters: list[list[Any]] = [
+        *_NodeOptions.optParameters,
+        ["data-dir", None, None, f"Data directory [{env_name('data-dir')}]."],
+    ]
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON object."]]
+
+    def postOptions(self) -> None:
+        cluster = config.parse_cluster(self.value("cluster"))
+        name = config.parse_name(self.value("name"))
+        data_dir = Path(self.value("data-dir") or config.DEFAULT_DATA_DIR)
+        self.socket = config.node_dir(data_dir, cluster, name) / "control.sock"
+
+
+class Options(usage.Options):
+    synopsis = "hepto COMMAND [options]"
+    subCommands = [
+        ["info", None, InfoOptions, "Print the addressing plan of a cluster and node."],
+        ["status", None, StatusOptions, "Print how a running node sees the cluster."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("missing command: info or status (see hepto --help)")
+
+
+def render_info(info: dict[str, Any]) -> str:
+    width = max(len(key) for key in info)
+    return "\n".join(
+        f"{key:<{width}}  {'-' if value is None else value}" for key, value in info.items()
+    )
+
+
+def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[str(row.get(column, "")) for column in columns] for row in rows]
+    widths = [
+        max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)
+    ]
+    lines = ["  ".join(column.upper().ljust(widths[i]) for i, column in enumerate(columns))]
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    parts = []
+    members = status.get("members", [])
+    parts.append(
+        render_table(members, ["name", "role", "address", "state", "incarnation", "version"])
+    )
+    for key, value in status.items():
+        if key == "members":
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            parts.append(f"{key}:\n" + render_table(value, list(value[0])))
+        else:
+            parts.append(f"{key}: {json.dumps(value, sort_keys=True)}")
+    return "\n\n".join(parts)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"hepto: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    options = Options()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as error:
+        _fail(f"{options.subCommand}: {error}")
+    except usage.UsageError as error:
+        prefix = f"{options.subCommand}: " if options.subCommand else ""
+        _fail(f"{prefix}{error}")
+    command = options.subOptions
+    if isinstance(command, InfoOptions):
+        info = command.plan.as_dict()
+        print(json.dumps(info, indent=2) if command["json"] else render_info(info), file=out)
+    elif isinstance(command, StatusOptions):
+        from hepto.control import ControlError, query
+
+        try:
+            status = query(command.socket, "status")
+        except ControlError as error:
+            print(f"hepto: status: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(json.dumps(status, indent=2) if command["json"] else render_status(status), file=out)

@@ -1,0 +1,95 @@
+"""Starting real ``twistd hepto`` agents from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+KEY = "5a" * 32
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::1", 0))
+        return int(probe.getsockname()[1])
+
+
+def program(name: str) -> str:
+    """A console script of the running virtual environment."""
+    return str(Path(sys.executable).with_name(name))
+
+
+@attrs.define
+class Agent:
+    """A ``twistd -n hepto`` process with JSON logs captured to a file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        data_dir: Path | None = None,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> Agent:
+        data_dir = data_dir or Path(tempfile.mkdtemp(prefix="hepto-test-"))
+        log_path = data_dir / f"agent-{time.monotonic_ns()}.log"
+        log: IO[bytes] = log_path.open("wb")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}
+        process = subprocess.Popen(
+            [
+                *prefix,
+                program("twistd"),
+                "-n",
+                "--pidfile=",
+                "hepto",
+                "--log-format",
+                "json",
+                "--data-dir",
+                str(data_dir),
+                *argv,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean | (env or {}),
+            cwd=str(data_dir),
+            start_new_session=True,
+        )
+        log.close()
+        return cls(process, log_path, data_dir)
+
+    def events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                events.append({"log_text": line})
+        return events
+
+    def logged(self, words: str) -> bool:
+        return any(words in event.get("log_text", "") for event in self.events())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)

@@ -1,0 +1,111 @@
+"""The ``hepto`` operator command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import cli
+
+
+def hepto(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    program = Path(sys.executable).with_name("hepto")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}
+    return subprocess.run(
+        [str(program), *argv], capture_output=True, text=True, env=clean | (env or {}), timeout=60
+    )
+
+
+class InfoTests(SynchronousTestCase):
+    def run_main(self, *argv: str) -> str:
+        out = io.StringIO()
+        cli.main(list(argv), out)
+        return out.getvalue()
+
+    def test_json(self) -> None:
+        info = json.loads(
+            self.run_main("info", "--cluster", "mycluster", "--name", "node1", "--json")
+        )
+        for key in (
+            "cluster",
+            "name",
+            "mesh_prefix",
+            "mesh_address",
+            "apiserver_address",
+            "pod_prefix",
+            "service_prefix",
+            "kubernetes_service_address",
+            "dns_address",
+        ):
+            self.assertIn(key, info)
+        self.assertEqual(info["apiserver_address"], "fdeb:e90d:a592:100:51eb:f48b:29e3:481d")
+
+    def test_table(self) -> None:
+        table = self.run_main("info", "--cluster", "mycluster", "--name", "node1")
+        self.assertIn("mesh_address                fdeb:e90d:a592:100:484c:ec37:439b:f9c", table)
+        self.assertIn("service_prefix              fdeb:e90d:a592:300::/112", table)
+
+    def test_environment(self) -> None:
+        result = hepto(
+            "info", "--json", env={"HEPTO_CLUSTER": "mycluster", "HEPTO_NAME": "whatever"}
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["name"], "whatever")
+
+    def test_errors_are_one_line_with_status_2(self) -> None:
+        cases = [
+            (("info",), "hepto: info: --cluster: missing"),
+            (
+                ("info", "--cluster", "Bad_Name"),
+                "hepto: info: --cluster: 'Bad_Name' is not a valid",
+            ),
+            (("info", "--cluster", "c", "--name", "UPPER"), "hepto: info: --name: 'UPPER'"),
+            (("info", "--nope"), "hepto: info: option --nope not recognized"),
+            (("frobnicate",), "hepto: Unknown command: frobnicate"),
+            ((), "hepto: missing command"),
+            (("status", "--cluster", "c"), "hepto: status: --name: missing"),
+        ]
+        for argv, expected in cases:
+            result = hepto(*argv)
+            self.assertEqual(result.returncode, 2, argv)
+            self.assertEqual(result.stdout, "")
+            self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+            self.assertTrue(result.stderr.startswith(expected), result.stderr)
+
+    def test_status_without_agent(self) -> None:
+        result = hepto("status", "--cluster", "c", "--name", "n", "--data-dir", tempfile.mkdtemp())
+        self.assertEqual(result.returncode, 1)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertIn("hepto: status:", result.stderr)
+
+
+class RenderTests(SynchronousTestCase):
+    def test_status_table(self) -> None:
+        text = cli.render_status(
+            {
+                "members": [
+                    {
+                        "name": "a",
+                        "role": "master",
+                        "address": "[2001:db8::1]:7946",
+                        "state": "alive",
+                        "incarnation": 1,
+                        "version": 3,
+                    },
+                ],
+                "health": 0,
+            }
+        )
+        lines = text.splitlines()
+        self.assertEqual(
+            lines[0].split(), ["NAME", "ROLE", "ADDRESS", "STATE", "INCARNATION", "VERSION"]
+        )
+        self.assertEqual(lines[1].split(), ["a", "master", "[2001:db8::1]:7946", "alive", "1", "3"])
+        self.assertIn("health: 0", text)

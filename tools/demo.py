@@ -1,0 +1,114 @@
+"""Runs a local hepto cluster in network namespaces until interrupted (see tools/demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from agent import KEY, Agent, program
+from netlab import Lab, missing_requirements, wait_until
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nodes", type=int, default=2, help="nodes besides the master")
+    parser.add_argument("--cluster", default="demo")
+    parser.add_argument("--components", default="none", help="Kubernetes components to run")
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
+    args = parser.parse_args()
+    if why := missing_requirements():
+        sys.exit(f"demo: {why}")
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hepto-demo-"))
+    lab = Lab("hd")
+    agents: dict[str, Agent] = {}
+    try:
+        master = lab.add_host("master")
+        names = ["master"] + [f"node{i}" for i in range(1, args.nodes + 1)]
+        for name in names:
+            host = master if name == "master" else lab.add_host(name)
+            argv = [
+                "--cluster",
+                args.cluster,
+                "--key",
+                KEY,
+                "--name",
+                name,
+                "--no-contain",
+                "--ip",
+                str(host.interface),
+                "--components",
+                args.components,
+                "--role",
+                "master" if name == "master" else "node",
+            ]
+            if name != "master":
+                argv += ["--anchor", str(master.address)]
+            agents[name] = Agent.start(argv, data_dir, prefix=host.command([]))
+            print(f"demo: started {name} in namespace {host.netns} at {host.address}")
+        for name, agent in agents.items():
+            wait_until(partial(agent.logged, f"hepto node {name} running"), 120, what=name)
+        print(f"demo: {len(agents)} agents running; data and logs in {data_dir}")
+        status = subprocess.run(
+            [
+                program("hepto"),
+                "status",
+                "--cluster",
+                args.cluster,
+                "--name",
+                "master",
+                "--data-dir",
+                str(data_dir),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        print(status.stdout or status.stderr)
+        info = subprocess.run(
+            [program("hepto"), "info", "--cluster", args.cluster, "--json"],
+            capture_output=True,
+            text=True,
+        )
+        print("demo: addressing plan", json.dumps(json.loads(info.stdout), indent=2))
+        print(
+            "demo: inspect with: hepto status --cluster",
+            args.cluster,
+            "--name master",
+            "--data-dir",
+            data_dir,
+            "; stop with Ctrl-C",
+        )
+        deadline = time.monotonic() + args.duration if args.duration else None
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+            for name, agent in agents.items():
+                if agent.process.poll() is not None:
+                    sys.exit(
+                        f"demo: {name} exited with {agent.process.returncode}; see {agent.log_path}"
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for agent in agents.values():
+            try:
+                agent.stop(timeout=30)
+            except Exception:
+                agent.kill()
+        lab.close()
+        print("demo: stopped; everything removed but", data_dir)
+
+
+if __name__ == "__main__":
+    os.umask(0o077)
+    main()
