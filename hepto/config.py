@@ -31,6 +31,8 @@ NODE_COMPONENTS: Final = COMPONENTS[4:]
 #: Cloudflare's public resolvers, as the original hepto: reachable over IPv6 from anywhere.
 DEFAULT_DNS: Final = ("2606:4700:4700::1111", "2606:4700:4700::1001")
 DEFAULT_PORT: Final = 7946
+#: memberlist's LAN and WAN timings; docs/gossip.rst gives each value's rationale.
+GOSSIP_PROFILES: Final = ("lan", "wan")
 DEFAULT_DATA_DIR: Final = "/var/lib/hepto"
 MIN_KEY_BYTES: Final = 24
 ENV_PREFIX: Final = "HEPTO_"
@@ -248,6 +250,7 @@ class NodeConfig:
     bin_dir: Path | None
     log_format: str
     manhole: ManholeConfig | None
+    gossip_profile: str
     contain: bool
     components: tuple[str, ...]
 
@@ -293,6 +296,9 @@ def parse_node_config(
     log_format = raw.get("log-format") or "text"
     if log_format not in ("text", "json"):
         raise ConfigError("log-format", f"{log_format!r} is not one of text, json")
+    gossip_profile = raw.get("gossip-profile") or "lan"
+    if gossip_profile not in GOSSIP_PROFILES:
+        raise ConfigError("gossip-profile", f"{gossip_profile!r} is not one of lan, wan")
     iface = parse_interface(raw.get("iface"))
     contain = not switches.get("no-contain", False)
     if contain and iface is None:
@@ -316,6 +322,7 @@ def parse_node_config(
         manhole=parse_manhole(
             raw.get("manhole"), raw.get("manhole-keys"), node_dir(data_dir, cluster, name)
         ),
+        gossip_profile=gossip_profile,
         contain=contain,
         components=parse_components(raw.get("components"), role),
     )

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Generator
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorCore
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from hepto.config import NodeConfig
+from hepto.errors import StartupError
+from hepto.gossip.profile import PROFILES
+from hepto.gossip.service import GossipService
+from hepto.kube.service import KubeService
 from hepto.logs import json_lines_observer
+from hepto.pki.service import PKIService
 
 
 class NodeService(MultiService):
@@ -24,13 +31,26 @@ class NodeService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: NodeConfig, reactor: IReactorCore, exit_cleanly_on_signals: bool = False
+        self,
+        config: NodeConfig,
+        # Core, time, process, UDP, TCP and UNIX: no single interface says it all.
+        reactor: Any,
+        exit_cleanly_on_signals: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self.setName("node")
+        # The first child: started before the services that read the cluster state, and
+        # asked to stop (a graceful leave) after them.
+        self.gossip = GossipService(config, reactor, profile=PROFILES[config.gossip_profile])
+        self.gossip.setServiceParent(self)
+        self.pki = PKIService.from_config(config, self.gossip.state, reactor)
+        self.pki.setServiceParent(self)
+        self.gossip.control.sections["pki"] = self.pki.status
+        self.kube = KubeService(config, self.pki, reactor)
+        self.kube.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service
 
@@ -52,7 +72,11 @@ class NodeService(MultiService):
             role=self.config.role,
             **self.config.plan.as_dict(),
         )
-        super().startService()
+        try:
+            super().startService()
+        except (StartupError, CannotListenError) as error:
+            # Raised before the reactor runs: twistd would print a traceback and go on.
+            raise SystemExit(f"hepto: {error}") from None
         self.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
@@ -66,7 +90,7 @@ class NodeService(MultiService):
 
     def _stop_on_signal(self, number: int, frame: object) -> None:
         self.log.info("Received {signal}, stopping", signal=signal.Signals(number).name)
-        self.reactor.callFromThread(self.reactor.stop)  # type: ignore[attr-defined]
+        self.reactor.callFromThread(self.reactor.stop)
 
     def namespace(self) -> dict[str, Any]:
         """The manhole's names: the node, its configuration and plan, the reactor."""
@@ -78,6 +102,17 @@ class NodeService(MultiService):
             "services": {service.name: service for service in self},
         }
 
-    def stopService(self) -> Any:
+    @inlineCallbacks
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
+        """Stop the children one at a time, last started first.
+
+        MultiService would stop them all at once; but Kubernetes components must go
+        while the mesh still carries their addresses, and the gossip leave comes last.
+        """
         self.log.info("hepto node {name} stopping", name=self.config.name)
-        return super().stopService()
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("{service} failed to stop", service=child.name)

@@ -184,5 +184,14 @@ class MemoryState:
         old = self._members.get(member.name)
         if old == member:
             return
+        # A listener publishing from inside a notification spreads its newer record
+        # first; the older one, delivered after it, must not win (as in gossip).
+        if (
+            old is not None
+            and old.record is not None
+            and member.record is not None
+            and member.record.version < old.record.version
+        ):
+            return
         self._members[member.name] = member
         self._notifier.notify(Change(member.name, old, member))

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from hepto import config
 from hepto.config import ConfigError, NodeConfig, env_name
+from hepto.errors import StartupError
 
 _REPEATABLE = ("anchor", "dns")
 _TRUE = ("1", "true", "yes", "on")
@@ -113,6 +114,16 @@ class Options(usage.Options):
             ),
         ],
         [
+            "gossip-profile",
+            None,
+            None,
+            _doc(
+                "gossip-profile",
+                "Gossip timings: lan (probe every second) or wan (every 5 s, more patient). "
+                "Default: lan.",
+            ),
+        ],
+        [
             "components",
             None,
             None,
@@ -177,6 +188,9 @@ def options_to_config(options: usage.Options, environ: dict[str, str] | None = N
                 "no-contain",
                 "self-containerization is not available yet: run with --no-contain",
             )
+        from hepto.kube.service import check_programs
+
+        check_programs(node_config)
         prepare_node_dir(node_config.node_dir)
     except ConfigError as error:
         raise usage.UsageError(str(error)) from None
@@ -201,4 +215,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = default_reactor
     assert options.config is not None
     assert reactor is not None
-    return NodeService(options.config, reactor, exit_cleanly_on_signals=True)
+    try:
+        return NodeService(options.config, reactor, exit_cleanly_on_signals=True)
+    except StartupError as error:
+        raise SystemExit(f"hepto: {error}") from None

@@ -24,10 +24,17 @@ class ParseTests(SynchronousTestCase):
         self.data_dir = tempfile.mkdtemp()
         self.environ: dict[str, str] = {}
         self.patch(os, "environ", self.environ)
+        # Components are checked for their programs before anything starts: stand-ins.
+        self.bin_dir = Path(self.data_dir) / "bin"
+        self.bin_dir.mkdir()
+        for program in config.COMPONENTS:
+            stub = self.bin_dir / program
+            stub.write_text("#!/bin/sh\n")
+            stub.chmod(0o755)
 
     def parse(self, *argv: str) -> config.NodeConfig:
         options = Options()
-        options.parseOptions(["--data-dir", self.data_dir, *argv])
+        options.parseOptions(["--data-dir", self.data_dir, "--bin-dir", str(self.bin_dir), *argv])
         assert options.config is not None
         return options.config
 
@@ -84,8 +91,6 @@ class ParseTests(SynchronousTestCase):
                 "kube-apiserver,etcd",
                 "--log-format",
                 "json",
-                "--bin-dir",
-                "/opt/bin",
                 "--manhole",
                 "unix",
             )
@@ -101,6 +106,24 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(node.manhole.socket, node.node_dir / "manhole.sock")
         self.assertEqual(node.manhole.authorized_keys, node.node_dir / "authorized_keys")
         self.assertTrue(node.is_master and node.is_node)
+
+    def test_missing_programs(self) -> None:
+        empty = Path(self.data_dir) / "empty"
+        empty.mkdir()
+        self.environ["PATH"] = str(empty)
+        error = self.assertRaises(
+            usage.UsageError,
+            Options().parseOptions,
+            [
+                "--data-dir",
+                self.data_dir,
+                "--bin-dir",
+                str(empty),
+                *self.minimal("--role", "master"),
+            ],
+        )
+        self.assertIn("--bin-dir: etcd, kube-apiserver", str(error))
+        self.assertIn("tools/build-bundle", str(error))
 
     def test_components_none(self) -> None:
         self.assertEqual(self.parse(*self.minimal("--components", "none")).components, ())

@@ -1,0 +1,120 @@
+"""The broadcast queue: news waiting to ride along on outgoing datagrams.
+
+After memberlist's ``TransmitLimitedQueue``: every item is sent a limited number of
+times (``retransmit_mult * ceil(log10(N + 1))``, enough for an epidemic to reach every
+member with high probability), the least-sent items go first so that fresh news
+overtakes old, and a newer item with the same key replaces the queued one: only the
+latest word about a member, or the latest version of a record, is worth spreading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from typing import Final
+
+import attrs
+
+from hepto.gossip.codec import MIN_MESSAGE_SIZE, encoded_size
+from hepto.gossip.messages import Message
+
+#: Items skipped for size before a search for something that fits gives up: keeps
+#: packing linear in what is taken, not in the length of a long queue.
+MAX_MISSES: Final = 8
+
+
+@attrs.define(eq=False)
+class _Item:
+    key: Hashable
+    message: Message
+    size: int
+    on_done: Callable[[], None] | None
+    transmits: int = 0
+
+    def finish(self) -> None:
+        if self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done()
+
+
+class BroadcastQueue:
+    """Messages keyed by what they are about; ``limit()`` says how often to send each."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self._items: dict[Hashable, _Item] = {}
+        # Items by transmit count; within a tier, insertion order is age (newest last).
+        self._tiers: dict[int, dict[Hashable, _Item]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Message]:
+        return (item.message for item in self._items.values())
+
+    def get(self, key: Hashable) -> Message | None:
+        item = self._items.get(key)
+        return None if item is None else item.message
+
+    def put(
+        self, key: Hashable, message: Message, on_done: Callable[[], None] | None = None
+    ) -> None:
+        """Queue ``message``, replacing whatever was queued under ``key``.
+
+        ``on_done`` runs once the message will not be sent any more: sent often enough,
+        replaced, or dropped.
+        """
+        self.discard(key)
+        item = _Item(key, message, encoded_size(message), on_done)
+        self._items[key] = item
+        self._tiers.setdefault(0, {})[key] = item
+
+    def discard(self, key: Hashable) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            tier = self._tiers[item.transmits]
+            del tier[key]
+            if not tier:
+                del self._tiers[item.transmits]
+            item.finish()
+
+    def clear(self) -> None:
+        for key in list(self._items):
+            self.discard(key)
+
+    def take(self, budget: int) -> list[Message]:
+        """Messages that fit in ``budget`` bytes, least-sent and then newest first; each
+        taken message counts one transmission."""
+        if not self._items or budget < MIN_MESSAGE_SIZE:
+            return []
+        limit = self._limit()
+        taken: list[_Item] = []
+        misses = 0
+        for transmits in sorted(self._tiers):
+            tier = self._tiers[transmits]
+            chosen = []
+            for item in reversed(tier.values()):
+                if item.size <= budget:
+                    chosen.append(item)
+                    budget -= item.size
+                    if budget < MIN_MESSAGE_SIZE:
+                        break
+                else:
+                    misses += 1
+                    if misses >= MAX_MISSES:
+                        break
+            for item in chosen:
+                del tier[item.key]
+            if not tier:
+                del self._tiers[transmits]
+            taken.extend(chosen)
+            if budget < MIN_MESSAGE_SIZE or misses >= MAX_MISSES:
+                break
+        # Promote only after the walk, or an item could be taken twice from the next tier.
+        for item in taken:
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._items[item.key]
+                item.finish()
+            else:
+                self._tiers.setdefault(item.transmits, {})[item.key] = item
+        return [item.message for item in taken]

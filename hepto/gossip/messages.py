@@ -1,0 +1,109 @@
+"""The datagram messages of SWIM gossip, as plain values.
+
+A datagram carries one or more messages: a protocol message (ping, ack, ...) first and
+membership news piggybacked after it.  :mod:`hepto.gossip.codec` turns a sequence of
+them into bytes and back; nothing here knows about bytes or sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from hepto.config import Endpoint
+
+#: The largest UDP payload we ever send: the IPv6 minimum MTU (1,280 bytes) minus the
+#: IPv6 (40) and UDP (8) headers, so that a datagram crosses any IPv6 path unfragmented.
+MAX_DATAGRAM: Final = 1232
+#: Bytes reserved for the encryption envelope (version, key id, nonce, timestamp, tag).
+SEALING_OVERHEAD: Final = 64
+#: The most an encoded list of messages may take before sealing.
+MAX_PLAINTEXT: Final = MAX_DATAGRAM - SEALING_OVERHEAD
+
+
+@attrs.frozen
+class Ping:
+    """Are you alive?  ``target`` names the member meant, so a stale address is noticed."""
+
+    seq: int
+    target: str
+    source: str
+
+
+@attrs.frozen
+class PingReq:
+    """Please ping ``target`` at ``target_address`` for me and relay its ack (or a nack)."""
+
+    seq: int
+    target: str
+    target_address: Endpoint
+    source: str
+
+
+@attrs.frozen
+class Ack:
+    """Member ``source`` answered ping ``seq`` (directly, or through a ping-req helper)."""
+
+    seq: int
+    source: str
+
+
+@attrs.frozen
+class Nack:
+    """Helper ``source`` got no answer from the target of ping-req ``seq``.
+
+    It tells the prober that the helper itself is fine (Lifeguard): the prober's own
+    missing acks then count against the target, not against its own health.
+    """
+
+    seq: int
+    source: str
+
+
+@attrs.frozen
+class Alive:
+    """Member ``name`` is alive at ``incarnation``, reachable at ``address``."""
+
+    name: str
+    incarnation: int
+    address: Endpoint
+    role: str
+
+
+@attrs.frozen
+class Suspect:
+    """``source`` suspects member ``name`` at ``incarnation``."""
+
+    name: str
+    incarnation: int
+    source: str
+
+
+@attrs.frozen
+class Dead:
+    """``source`` declares member ``name`` dead at ``incarnation``.
+
+    When ``source == name`` the member announces its own graceful leave.
+    """
+
+    name: str
+    incarnation: int
+    source: str
+
+    @property
+    def is_leave(self) -> bool:
+        return self.source == self.name
+
+
+@attrs.frozen
+class Digest:
+    """The sender of this datagram holds record ``name`` at ``version``."""
+
+    name: str
+    version: int
+
+
+Message = Ping | PingReq | Ack | Nack | Alive | Suspect | Dead | Digest
+#: Messages that run the failure detector, as opposed to the news they carry along.
+PROTOCOL_MESSAGES: Final = (Ping, PingReq, Ack, Nack)

@@ -1,0 +1,92 @@
+"""Timing profiles of the gossip protocol.
+
+The values follow HashiCorp memberlist's ``DefaultLANConfig`` and ``DefaultWANConfig`` so
+that hepto behaves as operators of Consul and Serf expect; ``docs/gossip.rst`` gives the
+rationale of every value and the formulas that derive timeouts from them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import attrs
+
+NACK_FRACTION: Final = 0.8
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class Profile:
+    """How often members probe and gossip, and how patient they are."""
+
+    #: Seconds between two probes of a member (each member probes one peer per interval).
+    probe_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Seconds to wait for a direct ack before asking others (must be < probe_interval).
+    probe_timeout: float = attrs.field(default=0.5, validator=_positive)
+    #: Seconds between two rounds of gossip to ``gossip_nodes`` random peers.
+    gossip_interval: float = attrs.field(default=0.2, validator=_positive)
+    gossip_nodes: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    #: Members asked to ping a target that missed its direct ack.
+    indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    #: Suspicion timeout: suspicion_mult * max(1, log10 N) * probe_interval at least...
+    suspicion_mult: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: ...and that many times more at most, before independent confirmations shrink it.
+    suspicion_max_timeout_mult: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    #: Each broadcast is sent retransmit_mult * ceil(log10(N + 1)) times by every member.
+    retransmit_mult: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: Seconds during which a dead member still receives gossip, to learn and refute.
+    gossip_to_the_dead: float = attrs.field(default=30.0, validator=_positive)
+    #: Seconds after which a dead or departed member is forgotten.  Long, because until
+    #: then push/pull keeps trying dead members: how the sides of a partition reunite.
+    reap_after: float = attrs.field(default=3600.0, validator=_positive)
+    #: Lifeguard: timeouts stretch up to this many times while our own health is poor.
+    awareness_max_multiplier: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    #: Seconds between two full-state exchanges over TCP with a random member.
+    push_pull_interval: float = attrs.field(default=30.0, validator=_positive)
+    #: Seconds a graceful leave waits for its announcement to be gossiped.
+    leave_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError("probe_timeout must be shorter than probe_interval")
+        if self.reap_after < self.gossip_to_the_dead:
+            raise ValueError("reap_after must not be shorter than gossip_to_the_dead")
+
+    @property
+    def nack_timeout(self) -> float:
+        """How long a ping-req helper waits for the target before it nacks: within the
+        prober's indirect phase (probe_interval - probe_timeout), with a fifth of it
+        left for the nack to travel back."""
+        return NACK_FRACTION * (self.probe_interval - self.probe_timeout)
+
+    def retransmit_limit(self, members: int) -> int:
+        """How many times each member sends one broadcast, in a cluster of ``members``."""
+        return self.retransmit_mult * math.ceil(math.log10(members + 1))
+
+    def suspicion_timeouts(self, members: int) -> tuple[float, float]:
+        """The shortest and longest time a member stays suspected before it is dead."""
+        scale = max(1.0, math.log10(max(1, members)))
+        shortest = self.suspicion_mult * scale * self.probe_interval
+        return shortest, shortest * self.suspicion_max_timeout_mult
+
+
+#: Data centre or one region: memberlist's DefaultLANConfig.
+LAN: Final = Profile()
+#: Across continents and consumer links: memberlist's DefaultWANConfig, which tolerates
+#: long and variable round trips at the cost of slower failure detection.
+WAN: Final = Profile(
+    probe_interval=5.0,
+    probe_timeout=3.0,
+    gossip_interval=0.5,
+    gossip_nodes=4,
+    suspicion_mult=6,
+    gossip_to_the_dead=60.0,
+    reap_after=86400.0,
+    push_pull_interval=60.0,
+)
+PROFILES: Final = {"lan": LAN, "wan": WAN}

@@ -1,0 +1,404 @@
+"""The replicated cluster state: Membership's liveness joined with verified records.
+
+:class:`RecordStore` is the :class:`hepto.state.ClusterState` every service consumes.
+Records themselves never ride the gossip: a member that hears of a version newer than
+the one it holds (a digest, piggybacked or in a push/pull) fetches the record over TCP
+from whoever advertised it, checks its signature and the identity pinned to its name,
+and only then shows it to subscribers.  Versions never go backwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto import plan
+from hepto.config import Endpoint
+from hepto.gossip.crypto import Drops
+from hepto.gossip.identity import Identity, Pins
+from hepto.gossip.records import (
+    MAX_VERSION,
+    RecordError,
+    SignedRecord,
+    open_record,
+    sign_record,
+)
+from hepto.state import ALIVE, Change, Listener, Member, Notifier
+
+# Drop reasons of this layer.
+CONFLICT: Final = "conflict"
+OUTDATED_RECORD: Final = "outdated-record"
+UNEXPECTED_RECORD: Final = "unexpected-record"
+
+IDENTITY_CONFLICT: Final = "identity"
+MESH_ADDRESS_CONFLICT: Final = "mesh-address"
+
+Fetcher = Callable[[Endpoint, str], "Deferred[bytes | None]"]
+
+
+class MembershipView(Protocol):
+    """The part of :class:`hepto.gossip.swim.Membership` the store relies on.
+
+    Its member states need ``name``, ``address``, ``role``, ``incarnation`` and ``status``.
+    """
+
+    on_digest: Callable[[Any, str, int], None] | None
+
+    def members(self) -> Mapping[str, Any]: ...
+    def subscribe(self, callback: Callable[[Any, Any], None]) -> Any: ...
+    def broadcast_digest(self, name: str, version: int) -> None: ...
+
+
+@attrs.define(eq=False)
+class Conflict:
+    """Something this node refuses to decide on its own, shown by ``hepto status``."""
+
+    kind: str
+    names: tuple[str, ...]
+    detail: str
+    first_seen: float
+    last_seen: float
+    count: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "names": list(self.names),
+            "detail": self.detail,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+
+@attrs.define(eq=False)
+class _Fetch:
+    """A record wanted at ``wanted`` or newer, and where it may be had."""
+
+    wanted: int
+    candidates: list[Endpoint] = attrs.field(factory=list)
+    tried: set[Endpoint] = attrs.field(factory=set)
+    running: bool = False
+
+    def offer(self, holder: Endpoint) -> None:
+        if holder not in self.tried and holder not in self.candidates:
+            self.candidates.append(holder)
+
+
+@attrs.define(eq=False, kw_only=True)
+class RecordStore:
+    """This member's record, the verified records of others, and who is alive."""
+
+    cluster: str
+    identity: Identity
+    membership: MembershipView
+    fetch: Fetcher
+    clock: IReactorTime
+    pins: Pins = attrs.field(factory=Pins)
+    drops: Drops
+    #: Called with each new own record, before anyone hears of it: to persist it.
+    on_own_record: Callable[[SignedRecord], None] = lambda record: None
+    _own: SignedRecord
+    _records: dict[str, SignedRecord] = attrs.field(factory=dict)
+    _states: dict[str, Any] = attrs.field(factory=dict)
+    _view: dict[str, Member] = attrs.field(factory=dict)
+    _fetches: dict[str, _Fetch] = attrs.field(factory=dict)
+    _conflicts: dict[tuple[str, tuple[str, ...]], Conflict] = attrs.field(factory=dict)
+    _mesh_owners: dict[ipaddress.IPv6Address, str] = attrs.field(factory=dict)
+    _notifier: Notifier = attrs.field(factory=Notifier)
+    _log: Logger = attrs.field(factory=lambda: Logger(namespace="hepto.gossip.store"))
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        cluster: str,
+        name: str,
+        identity: Identity,
+        data: Mapping[str, Any],
+        previous: SignedRecord | None = None,
+        **kwargs: Any,
+    ) -> RecordStore:
+        """A store whose own record follows ``previous`` (the one saved), with ``data`` on top."""
+        version = 1 if previous is None else previous.version + 1
+        merged = {**(previous.data if previous else {}), **data}
+        own = sign_record(identity, cluster, name, version, merged)
+        return cls(cluster=cluster, identity=identity, own=own, **kwargs)
+
+    # ClusterState
+
+    @property
+    def name(self) -> str:
+        return self._own.name
+
+    def members(self) -> Mapping[str, Member]:
+        return dict(self._view)
+
+    def publish(self, key: str, value: Any) -> None:
+        data = dict(self._own.data)
+        if value is None:
+            if key not in data:
+                return
+            del data[key]
+        else:
+            data[key] = value
+        new = sign_record(self.identity, self.cluster, self.name, self._own.version + 1, data)
+        if new.data == self._own.data:
+            return  # A republished equal value costs no version and no traffic.
+        self._replace_own(new)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self._notifier.subscribe(listener)
+
+    # Wiring
+
+    @property
+    def own(self) -> SignedRecord:
+        return self._own
+
+    def start(self) -> None:
+        """Listen to Membership, then announce our record."""
+        self.membership.on_digest = self._digest_heard
+        self.membership.subscribe(self._member_changed)
+        self._check_mesh_address(self.name)
+        for state in list(self.membership.members().values()):
+            self._member_changed(None, state)
+        self._refresh(self.name)
+        self.on_own_record(self._own)
+        self.membership.broadcast_digest(self.name, self._own.version)
+
+    def record_blob(self, name: str) -> bytes | None:
+        """The wire form of the record held for ``name``: what a fetch is answered with."""
+        held = self._own if name == self.name else self._records.get(name)
+        return None if held is None else held.blob
+
+    def digests(self) -> dict[str, int]:
+        """Every record held, by name and version: our side of a push/pull."""
+        held = {name: record.version for name, record in self._records.items()}
+        held[self.name] = self._own.version
+        return held
+
+    def forget(self, name: str) -> None:
+        """Membership dropped ``name`` for good: so do we (its pin stays)."""
+        self._states.pop(name, None)
+        self._records.pop(name, None)
+        self._fetches.pop(name, None)
+        self._refresh(name)
+
+    def want(self, name: str, version: int, holder: Endpoint) -> None:
+        """``holder`` has ``name`` at ``version``: fetch it unless we hold that already."""
+        held = self._own if name == self.name else self._records.get(name)
+        if (held is not None and held.version >= version) or version > MAX_VERSION:
+            return  # A version no record can have is not worth a connection.
+        pending = self._fetches.get(name)
+        if pending is None:
+            pending = self._fetches[name] = _Fetch(version)
+        elif version > pending.wanted:
+            pending.wanted = version
+            pending.tried.clear()  # A newer version: every holder is worth asking again.
+        pending.offer(holder)
+        if not pending.running:
+            self._next_fetch(name, pending)
+
+    def accept(self, blob: bytes, source: object = None, expected: str | None = None) -> bool:
+        """Verify and keep a record; False (counted) if refused or not newer."""
+        try:
+            record = open_record(blob, self.cluster)
+        except RecordError as error:
+            self.drops.count(error.reason, source, error.detail)
+            return False
+        if expected is not None and record.name != expected:
+            self.drops.count(UNEXPECTED_RECORD, source, f"asked for {expected}, got {record.name}")
+            return False
+        if record.name == self.name:
+            return self._accept_own(record, source)
+        if not self.pins.check(record.name, record.key):
+            self._identity_conflict(record, source)
+            return False
+        held = self._records.get(record.name)
+        if held is not None and record.version <= held.version:
+            if record.version < held.version:
+                self.drops.count(
+                    OUTDATED_RECORD, source, f"{record.name} v{record.version} < v{held.version}"
+                )
+            return False
+        self._records[record.name] = record
+        self._log.debug(
+            "Record of {member} now at version {version} ({size} bytes)",
+            member=record.name,
+            version=record.version,
+            size=len(record),
+        )
+        self._refresh(record.name)
+        return True
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        return [conflict.as_json() for conflict in self._conflicts.values()]
+
+    def status(self) -> list[dict[str, Any]]:
+        """The ``members`` list of ``hepto status --json``."""
+        rows = []
+        for name in sorted(self._view):
+            member = self._view[name]
+            state = self._states.get(name)
+            record = member.record
+            rows.append(
+                {
+                    "name": name,
+                    "role": (record.get("role") if record else None)
+                    or (state.role if state is not None else None),
+                    "address": str(state.address) if state is not None else None,
+                    "state": member.status,
+                    "incarnation": state.incarnation if state is not None else None,
+                    "version": record.version if record else None,
+                }
+            )
+        return rows
+
+    # Internals
+
+    def _replace_own(self, record: SignedRecord) -> None:
+        self.on_own_record(record)
+        self._own = record
+        self._refresh(self.name)
+        self.membership.broadcast_digest(self.name, record.version)
+
+    def _accept_own(self, record: SignedRecord, source: object) -> bool:
+        if record.key != self.identity.public_key:
+            self._identity_conflict(record, source)
+            return False
+        if record.version <= self._own.version:
+            return False
+        # Our own record, newer than ours: this node's state was restored from an older
+        # copy. Move past it so that others take our record again.
+        self._log.warn(
+            "Others hold our record at version {theirs}, ahead of ours ({ours}): "
+            "moving on to {next}",
+            theirs=record.version,
+            ours=self._own.version,
+            next=record.version + 1,
+        )
+        self._replace_own(
+            sign_record(self.identity, self.cluster, self.name, record.version + 1, self._own.data)
+        )
+        return False
+
+    def _digest_heard(self, holder: Any, name: str, version: int) -> None:
+        self.want(name, version, holder.address)
+
+    def _next_fetch(self, name: str, pending: _Fetch) -> None:
+        owner = self._states.get(name)
+        if not pending.candidates and owner is not None and owner.status == ALIVE:
+            pending.offer(owner.address)  # Last resort: the owner itself.
+        if not pending.candidates:
+            del self._fetches[name]
+            self._log.info(
+                "No holder left to fetch {member} v{version} from; push/pull will repair",
+                member=name,
+                version=pending.wanted,
+            )
+            return
+        holder = pending.candidates.pop(0)
+        pending.tried.add(holder)
+        pending.running = True
+        fetched: Deferred[bytes | None] = maybeDeferred(self.fetch, holder, name)
+        fetched.addCallbacks(
+            self._fetched,
+            self._fetch_failed,
+            callbackArgs=(name, pending, holder),
+            errbackArgs=(name, pending, holder),
+        )
+
+    def _fetched(self, blob: bytes | None, name: str, pending: _Fetch, holder: Endpoint) -> None:
+        pending.running = False
+        if blob is not None:
+            self.accept(blob, holder, expected=name)
+        self._fetch_done(name, pending)
+
+    def _fetch_failed(self, failure: Failure, name: str, pending: _Fetch, holder: Endpoint) -> None:
+        pending.running = False
+        self._log.info(
+            "Fetching the record of {member} from {holder} failed: {error}",
+            member=name,
+            holder=holder,
+            error=failure.getErrorMessage(),
+        )
+        self._fetch_done(name, pending)
+
+    def _fetch_done(self, name: str, pending: _Fetch) -> None:
+        if self._fetches.get(name) is not pending:
+            return  # Forgotten meanwhile.
+        held = self._own if name == self.name else self._records.get(name)
+        if held is not None and held.version >= pending.wanted:
+            del self._fetches[name]
+            return
+        self._next_fetch(name, pending)
+
+    def _member_changed(self, old: Any, new: Any) -> None:
+        first = new.name not in self._states
+        self._states[new.name] = new
+        if first:
+            self._check_mesh_address(new.name)
+        self._refresh(new.name)
+
+    def _refresh(self, name: str) -> None:
+        state = self._states.get(name)
+        new: Member | None
+        if state is None and name != self.name:
+            new = None
+        else:
+            held = self._own if name == self.name else self._records.get(name)
+            status = state.status if state is not None else ALIVE
+            new = Member(name, status, held.record if held is not None else None)
+        old = self._view.get(name)
+        if old == new:
+            return
+        if new is None:
+            del self._view[name]
+        else:
+            self._view[name] = new
+        self._notifier.notify(Change(name, old, new))
+
+    def _identity_conflict(self, record: SignedRecord, source: object) -> None:
+        pinned = self.pins.get(record.name) or self.identity.public_key
+        detail = (
+            f"record v{record.version} signed by {record.key.hex()[:16]}…, "
+            f"but {pinned.hex()[:16]}… is pinned"
+        )
+        self.drops.count(CONFLICT, source, f"{record.name}: {detail}")
+        self._report(IDENTITY_CONFLICT, (record.name,), detail)
+
+    def _check_mesh_address(self, name: str) -> None:
+        address = plan.mesh_address(self.cluster, name)
+        claimant = self._mesh_owners.setdefault(address, name)
+        if address == plan.apiserver_address(self.cluster):
+            self._report(MESH_ADDRESS_CONFLICT, (name,), f"{address} is the apiserver's address")
+        elif claimant != name and plan.mesh_address_conflict(self.cluster, claimant, name):
+            self._report(
+                MESH_ADDRESS_CONFLICT,
+                tuple(sorted((claimant, name))),
+                f"both names map to {address}",
+            )
+
+    def _report(self, kind: str, names: tuple[str, ...], detail: str) -> None:
+        now = self.clock.seconds()
+        known = self._conflicts.get((kind, names))
+        if known is not None:
+            known.count += 1
+            known.last_seen = now
+            known.detail = detail
+            return
+        self._conflicts[(kind, names)] = Conflict(kind, names, detail, now, now)
+        self._log.error(
+            "Conflict ({kind}) about {names}: {detail}",
+            kind=kind,
+            names=", ".join(names),
+            detail=detail,
+        )

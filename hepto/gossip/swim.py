@@ -1,0 +1,990 @@
+"""SWIM membership with Lifeguard, after HashiCorp memberlist, as pure protocol logic.
+
+:class:`Membership` never touches a socket or the reactor: it is handed a clock
+(``IReactorTime``), a :class:`Network` to send datagrams through, and calls to
+:meth:`Membership.receive` for what arrives.  The same code runs under ``task.Clock``
+with an in-memory network (unit tests, :mod:`hepto.gossip.simulation`) and on the
+reactor with real UDP.
+
+Failure detection: every probe interval a member pings the next peer of a randomized
+round robin; without an ack after the probe timeout it asks ``indirect_checks`` others
+to ping the target for it (they ack, or nack so that our Lifeguard knows they are fine)
+and tries a TCP ping in parallel; a target none of these confirms by the end of the
+interval is suspected.  A suspected member that hears of it refutes by raising its
+incarnation; one that cannot for the suspicion timeout is declared dead.
+
+Dissemination: membership news (alive, suspect, dead) and record digests are queued
+in a :class:`~hepto.gossip.broadcast.BroadcastQueue` and piggybacked on every datagram
+we send, plus gossip-only datagrams to ``gossip_nodes`` random peers each interval.
+
+Incarnation sanity (an absurd number must not evict a member for ever):
+
+* an incarnation above :data:`INCARNATION_CEILING` (2**48) is never legitimate — a
+  member refuting once a second would need nine million years — and is dropped;
+* news about a known member whose incarnation jumps more than :data:`INCARNATION_SLACK`
+  above the one we hold is dropped, unless it is an Alive that the member sent us itself
+  (a member that lost its persisted incarnation catches up that way);
+* a member always refutes with max(own, accused) + 1, which the rules above keep far
+  from any overflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto.config import Endpoint
+from hepto.gossip.awareness import Awareness
+from hepto.gossip.broadcast import BroadcastQueue
+from hepto.gossip.codec import HEADER_SIZE, encoded_size
+from hepto.gossip.messages import (
+    MAX_PLAINTEXT,
+    PROTOCOL_MESSAGES,
+    Ack,
+    Alive,
+    Dead,
+    Digest,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Suspect,
+)
+from hepto.gossip.profile import Profile
+from hepto.gossip.suspicion import Suspicion
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
+
+INCARNATION_CEILING: Final = 2**48
+INCARNATION_SLACK: Final = 1024
+#: Ping-req relays in flight at once: a flood of ping-reqs must not make us a reflector.
+MAX_RELAYS: Final = 256
+#: Seconds between two log lines about drops of the same reason.
+DROP_LOG_INTERVAL: Final = 60.0
+#: Beyond this many members the push/pull interval stretches, as in memberlist.
+PUSH_PULL_SCALE_THRESHOLD: Final = 32
+#: Probe intervals before its deadline at which a member probes a suspect itself: one
+#: to reach the next probe tick, one for the probe.
+LAST_LOOK_PROBES: Final = 2
+_SEQ_MODULO: Final = 2**32
+_FRAME_BUDGET: Final = MAX_PLAINTEXT - HEADER_SIZE
+_PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
+
+
+@attrs.frozen
+class MemberState:
+    """A member as this node sees it; ``since`` is the clock time of its last status change."""
+
+    name: str
+    address: Endpoint
+    role: str
+    incarnation: int
+    status: str
+    since: float
+
+    @property
+    def reachable(self) -> bool:
+        return self.status in (ALIVE, SUSPECT)
+
+    def alive_message(self) -> Alive:
+        return Alive(self.name, self.incarnation, self.address, self.role)
+
+
+class Network(Protocol):
+    """How :class:`Membership` reaches its peers."""
+
+    def send(self, to: Endpoint, messages: Sequence[Message]) -> None:
+        """Send one datagram holding ``messages``, best effort."""
+
+    def ping_stream(self, to: Endpoint, ping: Ping) -> Deferred[bool]:
+        """Ping over TCP; fires True if acked, False if not (may be cancelled)."""
+
+
+Observer = Callable[[MemberState | None, MemberState], None]
+DigestHandler = Callable[[MemberState, str, int], None]
+ReapHandler = Callable[[MemberState], None]
+
+
+class Snapshot:
+    """Members known at start, shared read-only by any number of :class:`Membership`.
+
+    The simulator starts thousands of members from one converged view; each keeps only
+    its own changes on top of it instead of a full copy.
+    """
+
+    def __init__(self, states: Sequence[MemberState]) -> None:
+        self.by_name: Mapping[str, MemberState] = {state.name: state for state in states}
+        self.by_address: Mapping[Endpoint, str] = {state.address: state.name for state in states}
+        self.names: Sequence[str] = tuple(self.by_name)
+        self.positions: Mapping[str, int] = {name: index for index, name in enumerate(self.names)}
+        self.departed: Sequence[tuple[str, float]] = tuple(
+            (state.name, state.since) for state in states if not state.reachable
+        )
+
+
+_EMPTY: Final = Snapshot(())
+
+
+class MemberTable:
+    """Members by name and by address: a :class:`Snapshot` plus our changes over it."""
+
+    def __init__(self, base: Snapshot) -> None:
+        self._base = base
+        self._changed: dict[str, MemberState | None] = {}
+        self._addresses: dict[Endpoint, str] = {}
+        self._size = len(base.by_name)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def get(self, name: str) -> MemberState | None:
+        changed = self._changed
+        if name in changed:
+            return changed[name]
+        return self._base.by_name.get(name)
+
+    def at(self, address: Endpoint) -> MemberState | None:
+        name = self._addresses.get(address) or self._base.by_address.get(address)
+        state = None if name is None else self.get(name)
+        return state if state is not None and state.address == address else None
+
+    def set(self, state: MemberState) -> None:
+        if self.get(state.name) is None:
+            self._size += 1
+        self._changed[state.name] = state
+        self._addresses[state.address] = state.name
+
+    def remove(self, name: str) -> None:
+        if self.get(name) is not None:
+            self._size -= 1
+            self._changed[name] = None
+
+    def __iter__(self) -> Iterator[MemberState]:
+        for state in self._changed.values():
+            if state is not None:
+                yield state
+        for name, state in self._base.by_name.items():
+            if name not in self._changed:
+                yield state
+
+
+class ProbeOrder:
+    """Randomized round robin over names: every round visits each name once.
+
+    Drawing each next name uniformly from those not yet visited this round is an
+    incremental Fisher-Yates shuffle: a fresh random order per round for one swap per
+    draw.  A name added mid-round lands somewhere in the unvisited rest, as memberlist's
+    insertion at a random offset.  The order is a shared start sequence plus the
+    entries we moved, so that adding, removing and drawing are O(1) and thousands of
+    simulated members share one start order.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        base: Sequence[str] = (),
+        base_positions: Mapping[str, int] | None = None,
+    ) -> None:
+        self._rng = rng
+        self._base = base
+        self._base_positions = base_positions or {}
+        # Names whose place differs from the start order, both ways round.
+        self._slots: dict[int, str] = {}
+        self._where: dict[str, int] = {}
+        self._length = len(base)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._index(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._at(index) for index in range(self._length))
+
+    def _at(self, index: int) -> str:
+        name = self._slots.get(index)
+        return self._base[index] if name is None else name
+
+    def _put(self, index: int, name: str) -> None:
+        self._slots[index] = name
+        self._where[name] = index
+
+    def _index(self, name: str) -> int | None:
+        index = self._where.get(name)
+        if index is None:
+            index = self._base_positions.get(name)
+            if index is None or index >= self._length or self._at(index) != name:
+                return None
+        return index
+
+    def add(self, name: str) -> None:
+        if name not in self:
+            self._put(self._length, name)
+            self._length += 1
+
+    def remove(self, name: str) -> None:
+        index = self._index(name)
+        if index is None:
+            return
+        if index < self._next:
+            # Keep the visited prefix contiguous: its last entry takes the freed place.
+            self._next -= 1
+            self._put(index, self._at(self._next))
+            index = self._next
+        self._length -= 1
+        if index != self._length:
+            self._put(index, self._at(self._length))
+        self._slots.pop(self._length, None)
+        self._where.pop(name, None)
+
+    def draw(self) -> str | None:
+        """The next name of this round (a new round starts once all were visited)."""
+        if not self._length:
+            return None
+        if self._next >= self._length:
+            self._next = 0
+        index = self._rng.randrange(self._next, self._length)
+        chosen = self._at(index)
+        if index != self._next:
+            self._put(index, self._at(self._next))
+            self._put(self._next, chosen)
+        self._next += 1
+        return chosen
+
+    def sample(self) -> str | None:
+        """A uniformly random name."""
+        return self._at(self._rng.randrange(self._length)) if self._length else None
+
+
+@attrs.define(eq=False)
+class _Probe:
+    target: MemberState
+    seq: int
+    timer: IDelayedCall | None = None
+    helpers: frozenset[str] = frozenset()
+    nacks: set[str] = attrs.field(factory=set)
+    stream: Deferred[bool] | None = None
+
+    @property
+    def indirect(self) -> bool:
+        return self.timer is None
+
+
+@attrs.define(eq=False)
+class _Relay:
+    requester: Endpoint
+    #: The requester's sequence number, which our ack or nack must carry back.
+    seq: int
+    target: str
+    #: Ours, on the ping we send the target.
+    local_seq: int
+    #: When to nack, and when to stop listening for the target's ack.
+    timer: IDelayedCall | None = None
+    expiry: IDelayedCall | None = None
+
+
+class Membership:
+    """One member's view of the cluster, kept current by SWIM probing and gossip."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        address: Endpoint,
+        role: str,
+        clock: IReactorTime,
+        network: Network,
+        profile: Profile,
+        rng: random.Random,
+        incarnation: int = 0,
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.role = role
+        self.profile = profile
+        self.on_digest: DigestHandler | None = None
+        self.on_reap: ReapHandler | None = None
+        #: Dropped input by reason; never reset.
+        self.drops: Counter[str] = Counter()
+        self._clock = clock
+        self._network = network
+        self._rng = rng
+        base = snapshot or _EMPTY
+        self._table = MemberTable(base)
+        self._order = ProbeOrder(rng, base.names, base.positions)
+        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._table)))
+        self._awareness = Awareness(profile.awareness_max_multiplier)
+        self._suspicions: dict[str, Suspicion] = {}
+        #: Suspects to probe before the round robin goes on.
+        self._urgent: list[str] = []
+        self._departed: dict[str, float] = dict(base.departed)
+        self._waiting: dict[int, _Probe | _Relay] = {}
+        self._probe: _Probe | None = None
+        self._seq = rng.randrange(_SEQ_MODULO)
+        self._observers: list[Observer] = []
+        self._probe_call: IDelayedCall | None = None
+        self._gossip_call: IDelayedCall | None = None
+        self._running = False
+        self._leaving: Deferred[None] | None = None
+        self._drop_logged: dict[str, float] = {}
+        self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
+            Alive: self._receive_alive,
+            Suspect: self._receive_suspect,
+            Dead: self._receive_dead,
+            Digest: self._receive_digest,
+            Ping: self._receive_ping,
+            PingReq: self._receive_ping_req,
+            Ack: self._receive_ack,
+            Nack: self._receive_nack,
+        }
+        known = self._table.get(name)
+        if known is not None:
+            incarnation = max(incarnation, known.incarnation)
+        self._table.set(MemberState(name, address, role, incarnation, ALIVE, clock.seconds()))
+        self._departed.pop(name, None)
+        self._order.remove(name)
+
+    # Reading --------------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._own.incarnation
+
+    @property
+    def health(self) -> int:
+        """Lifeguard's local health score: 0 is healthy; timeouts scale by health + 1."""
+        return self._awareness.score
+
+    @property
+    def _own(self) -> MemberState:
+        own = self._table.get(self.name)
+        assert own is not None
+        return own
+
+    def members(self) -> Mapping[str, MemberState]:
+        """Every known member, this one included, by name."""
+        return {state.name: state for state in self._table}
+
+    def member(self, name: str) -> MemberState | None:
+        """How we see ``name``, if we know it at all."""
+        return self._table.get(name)
+
+    def local_state(self) -> list[MemberState]:
+        """What a TCP push/pull or join sends: everything we know, the dead included."""
+        return list(self._table)
+
+    def queued(self) -> int:
+        """Broadcasts waiting to be gossiped."""
+        return len(self._queue)
+
+    def push_pull_interval(self) -> float:
+        """Seconds until the next TCP push/pull: memberlist's interval, stretched beyond
+        32 members (by 1 + ceil(log2(N / 32))) so that the cluster's total push/pull
+        traffic grows like N log N rather than N squared."""
+        members = len(self._table)
+        interval = self.profile.push_pull_interval
+        if members <= PUSH_PULL_SCALE_THRESHOLD:
+            return interval
+        return interval * (1 + math.ceil(math.log2(members / PUSH_PULL_SCALE_THRESHOLD)))
+
+    def push_pull_target(self) -> MemberState | None:
+        """Whom the next periodic push/pull should be with: a random live member or,
+        as likely as any of them, a dead one not yet forgotten.  Those attempts are how
+        the two sides of a healed partition find each other again (Serf's reconnect)
+        once gossip to the dead has stopped."""
+        return next(
+            iter(self._random_members(1, lambda state: state.status != LEFT)),
+            None,
+        )
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(old, new)`` on every change of a member; returns an unsubscriber."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    # Life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce ourselves and start probing and gossiping."""
+        if self._running:
+            return
+        self._running = True
+        self._broadcast_member(self._own.alive_message())
+        # A random phase, so that members started together do not probe in lockstep.
+        self._probe_call = self._clock.callLater(
+            self._rng.uniform(0, self.profile.probe_interval), self._probe_tick
+        )
+        self._gossip_call = self._clock.callLater(
+            self._rng.uniform(0, self.profile.gossip_interval), self._gossip_tick
+        )
+
+    def stop(self) -> None:
+        """Stop every timer; later datagrams are ignored."""
+        self._running = False
+        for call in (self._probe_call, self._gossip_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._probe_call = self._gossip_call = None
+        for suspicion in self._suspicions.values():
+            suspicion.cancel()
+        self._suspicions.clear()
+        self._urgent.clear()
+        for waiter in list(self._waiting.values()):
+            self._forget(waiter)
+        self._probe = None
+        if self._leaving is not None and not self._leaving.called:
+            self._leaving.callback(None)
+
+    def leave(self) -> Deferred[None]:
+        """Announce a graceful leave; fires once it was gossiped, or after leave_timeout."""
+        if self._leaving is not None:
+            done: Deferred[None] = Deferred()
+            self._leaving.addBoth(lambda result: done.callback(None))
+            return done
+        leaving: Deferred[None] = Deferred()
+        self._leaving = leaving
+        own = self._own
+        timeout = self._clock.callLater(self.profile.leave_timeout, self._left, "timed out")
+        leaving.addBoth(lambda result: timeout.cancel() if timeout.active() else None)
+        self._change(attrs.evolve(own, status=LEFT, since=self._clock.seconds()))
+        self._queue.put(
+            self.name,
+            Dead(self.name, own.incarnation, self.name),
+            on_done=lambda: self._left("gossiped"),
+        )
+        if not any(state.reachable for state in self._table if state.name != self.name):
+            self._left("alone")
+        return leaving
+
+    def _left(self, how: str) -> None:
+        if self._leaving is not None and not self._leaving.called:
+            self.log.info("Leave of {name} announced ({how})", name=self.name, how=how)
+            self._leaving.callback(None)
+
+    # Receiving --------------------------------------------------------------------------
+
+    def receive(self, sender: Endpoint, messages: Sequence[Message]) -> None:
+        """Handle the messages of one datagram from ``sender``.
+
+        News is handled before protocol messages, so that an ack we send back already
+        carries the refutation that a piggybacked suspicion provoked.
+        """
+        if not self._running:
+            return
+        handlers = self._handlers
+        protocol = []
+        for message in messages:
+            if type(message) in _PROTOCOL:
+                protocol.append(message)
+            else:
+                handlers[type(message)](sender, message)
+        for message in protocol:
+            handlers[type(message)](sender, message)
+
+    def merge_state(self, states: Sequence[MemberState]) -> None:
+        """Merge a peer's view (TCP push/pull or join), as memberlist does: its dead
+        become suspects for us, so that they get their chance to refute."""
+        for remote in states:
+            if remote.status == ALIVE:
+                self._alive(remote.alive_message(), None)
+            elif remote.status == LEFT:
+                self._dead(Dead(remote.name, remote.incarnation, remote.name))
+            elif remote.status in (SUSPECT, DEAD):
+                self._suspect(Suspect(remote.name, remote.incarnation, self.name))
+            else:
+                self._drop("unknown status in merged state", status=remote.status)
+
+    def broadcast_digest(self, name: str, version: int) -> None:
+        """Tell everyone that we hold record ``name`` at ``version``."""
+        key = ("digest", name)
+        queued = self._queue.get(key)
+        if isinstance(queued, Digest) and queued.version >= version:
+            return
+        self._queue.put(key, Digest(name, version))
+
+    def _receive_alive(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Alive)
+        self._alive(message, sender)
+
+    def _receive_suspect(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Suspect)
+        self._suspect(message)
+
+    def _receive_dead(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Dead)
+        self._dead(message)
+
+    def _receive_digest(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Digest)
+        holder = self._table.at(sender)
+        if holder is None:
+            self._drop("digest from an unknown sender", sender=sender)
+            return
+        if self.on_digest is not None and holder.name != self.name:
+            try:
+                self.on_digest(holder, message.name, message.version)
+            except Exception:
+                self.log.failure("Digest handler failed on {digest}", digest=message)
+
+    def _receive_ping(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Ping)
+        if message.target != self.name:
+            self._drop("ping for another member", target=message.target, sender=sender)
+            return
+        self._send(sender, [Ack(message.seq, self.name)])
+
+    def _receive_ping_req(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, PingReq)
+        if message.target == self.name:
+            self._drop("ping-req about ourselves", sender=sender)
+            return
+        if len(self._waiting) >= MAX_RELAYS:
+            self._drop("too many ping-req relays", sender=sender)
+            return
+        seq = self._next_seq()
+        relay = _Relay(sender, message.seq, message.target, seq)
+        self._waiting[seq] = relay
+        # Nack early enough to reach the requester before its probe ends, but keep
+        # listening a whole interval: a late ack still saves the target.
+        relay.timer = self._clock.callLater(self.profile.nack_timeout, self._nack, relay)
+        relay.expiry = self._clock.callLater(
+            self.profile.probe_interval, self._relay_expired, relay
+        )
+        self._send(message.target_address, [Ping(seq, message.target, self.name)])
+
+    def _receive_ack(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Ack)
+        waiter = self._waiting.get(message.seq)
+        if waiter is None:
+            # Late: the probe already ended.  Common under loss, not worth a drop.
+            return
+        if isinstance(waiter, _Relay):
+            if message.source != waiter.target:
+                self._drop("ack from the wrong member", source=message.source)
+                return
+            self._forget(waiter)
+            self._send(waiter.requester, [Ack(waiter.seq, waiter.target)])
+            return
+        if message.source != waiter.target.name:
+            self._drop("ack from the wrong member", source=message.source)
+            return
+        # A direct ack is evidence of our own good health; a relayed one is not.
+        self._probe_succeeded(waiter, 0 if waiter.indirect else -1)
+
+    def _receive_nack(self, sender: Endpoint, message: Message) -> None:
+        assert isinstance(message, Nack)
+        waiter = self._waiting.get(message.seq)
+        if isinstance(waiter, _Probe) and message.source in waiter.helpers:
+            waiter.nacks.add(message.source)
+
+    # Membership news --------------------------------------------------------------------
+
+    def _plausible(self, name: str, incarnation: int, known: int, direct: bool) -> bool:
+        if incarnation > INCARNATION_CEILING:
+            self._drop("absurd incarnation", member=name, incarnation=incarnation)
+            return False
+        if incarnation > known + INCARNATION_SLACK and not direct:
+            self._drop("incarnation jump", member=name, incarnation=incarnation, known=known)
+            return False
+        return True
+
+    def _alive(self, message: Alive, sender: Endpoint | None) -> None:
+        """``sender`` is where the datagram came from (None for merged state)."""
+        known = self._table.get(message.name)
+        if known is None:
+            if not self._plausible(message.name, message.incarnation, 0, True):
+                return
+            self._order.add(message.name)
+            self._broadcast_member(message)
+            self._change(
+                MemberState(
+                    message.name,
+                    message.address,
+                    message.role,
+                    message.incarnation,
+                    ALIVE,
+                    self._clock.seconds(),
+                )
+            )
+            return
+        if message.name == self.name:
+            # Someone speaks of us with news we did not make (an old instance of us, or a
+            # peer that misremembers): our own word must win.
+            if (
+                (message.incarnation > known.incarnation or message.role != known.role)
+                and self._leaving is None
+                and self._same_address(message, known)
+                and self._plausible(message.name, message.incarnation, known.incarnation, False)
+            ):
+                self._refute(message.incarnation)
+            return
+        # Most news is old news: this is the hot path of a join storm.
+        if message.incarnation <= known.incarnation or not self._same_address(message, known):
+            return
+        direct = sender is not None and sender == message.address
+        if not self._plausible(message.name, message.incarnation, known.incarnation, direct):
+            return
+        self._cancel_suspicion(message.name)
+        self._broadcast_member(message)
+        since = known.since if known.status == ALIVE else self._clock.seconds()
+        self._change(
+            MemberState(
+                message.name, message.address, message.role, message.incarnation, ALIVE, since
+            )
+        )
+
+    def _same_address(self, message: Alive, known: MemberState) -> bool:
+        """As memberlist: a live member keeps its address; another process claiming its
+        name elsewhere must wait until it is dead or left."""
+        if message.address == known.address or not known.reachable:
+            return True
+        self._drop(
+            "address conflict",
+            member=message.name,
+            known=known.address,
+            claimed=message.address,
+        )
+        return False
+
+    def _suspect(self, message: Suspect) -> None:
+        known = self._table.get(message.name)
+        if known is None:
+            return
+        if message.incarnation < known.incarnation:
+            self._stale_accusation(message.name)
+            return
+        if not self._plausible(message.name, message.incarnation, known.incarnation, False):
+            return
+        suspicion = self._suspicions.get(message.name)
+        if suspicion is not None:
+            # Each new accuser shortens the timeout, and its word is worth passing on.
+            if suspicion.confirm(message.source):
+                self._broadcast_member(message)
+            return
+        if known.status != ALIVE:
+            return
+        if message.name == self.name:
+            self._refute(message.incarnation)
+            return
+        self._broadcast_member(message)
+        now = self._clock.seconds()
+        self._change(
+            attrs.evolve(known, incarnation=message.incarnation, status=SUSPECT, since=now)
+        )
+        members = len(self._table)
+        # Expect confirmations from the accusers we would hear within the timeout; too
+        # small a cluster to provide them gets the shortest timeout straight away.
+        expected = self.profile.suspicion_mult - 2
+        if members - 2 < expected:
+            expected = 0
+        shortest, longest = self.profile.suspicion_timeouts(members)
+        self._suspicions[message.name] = Suspicion(
+            self._clock,
+            message.source,
+            expected,
+            shortest,
+            longest,
+            lambda confirmations: self._suspicion_expired(message.name, now, confirmations),
+            lambda: self._urgent.append(message.name),
+            LAST_LOOK_PROBES * self._awareness.scale(self.profile.probe_interval),
+        )
+
+    def _suspicion_expired(self, name: str, since: float, confirmations: int) -> None:
+        self._suspicions.pop(name, None)
+        known = self._table.get(name)
+        if known is None or known.status != SUSPECT or known.since != since:
+            return
+        self.log.info(
+            "Member {member} declared dead after {seconds:.1f}s of suspicion "
+            "({confirmations} confirmations)",
+            member=name,
+            seconds=self._clock.seconds() - since,
+            confirmations=confirmations,
+        )
+        self._dead(Dead(name, known.incarnation, self.name))
+
+    def _dead(self, message: Dead) -> None:
+        known = self._table.get(message.name)
+        if known is None:
+            return
+        if message.incarnation < known.incarnation:
+            self._stale_accusation(message.name)
+            return
+        if not self._plausible(message.name, message.incarnation, known.incarnation, False):
+            return
+        self._cancel_suspicion(message.name)
+        if not known.reachable:
+            return
+        if message.name == self.name:
+            # While leaving, our own state is already LEFT: only an accusation gets here.
+            self._refute(message.incarnation)
+            return
+        self._broadcast_member(message)
+        status = LEFT if message.is_leave else DEAD
+        self._change(
+            attrs.evolve(
+                known,
+                incarnation=message.incarnation,
+                status=status,
+                since=self._clock.seconds(),
+            )
+        )
+
+    def _stale_accusation(self, name: str) -> None:
+        """An accusation of us older than our incarnation: its sender missed our
+        refutation, so say it again (it rides on our very next datagram, often the ack to
+        the ping that carried the accusation)."""
+        if name == self.name and self._leaving is None and self._queue.get(name) is None:
+            self._broadcast_member(self._own.alive_message())
+
+    def _refute(self, accused: int) -> None:
+        own = self._own
+        incarnation = max(own.incarnation, accused) + 1
+        # Being accused is a sign that our own messages go missing (Lifeguard).
+        self._awareness.apply(1)
+        self.log.info(
+            "Refuting an accusation of {name} at incarnation {accused}: now {incarnation}",
+            name=self.name,
+            accused=accused,
+            incarnation=incarnation,
+        )
+        state = attrs.evolve(own, incarnation=incarnation)
+        self._change(state)
+        self._broadcast_member(state.alive_message())
+
+    def _cancel_suspicion(self, name: str) -> None:
+        suspicion = self._suspicions.pop(name, None)
+        if suspicion is not None:
+            suspicion.cancel()
+
+    def _change(self, new: MemberState) -> None:
+        old = self._table.get(new.name)
+        self._table.set(new)
+        if new.reachable:
+            self._departed.pop(new.name, None)
+        elif (old is None or old.reachable) and new.name != self.name:
+            self._departed[new.name] = new.since
+        if old is None or old.status != new.status:
+            self.log.debug(
+                "Member {member} is {status} (incarnation {incarnation})",
+                member=new.name,
+                status=new.status,
+                incarnation=new.incarnation,
+            )
+        for observer in list(self._observers):
+            try:
+                observer(old, new)
+            except Exception:
+                self.log.failure("Membership observer {observer!r} failed", observer=observer)
+
+    def _broadcast_member(self, message: Alive | Suspect | Dead) -> None:
+        # Keyed by member: newer news about a member replaces what was queued about it.
+        self._queue.put(message.name, message)
+
+    # Probing ----------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % _SEQ_MODULO
+        return self._seq
+
+    def _probe_tick(self) -> None:
+        if self._probe is not None:
+            self._probe_failed(self._probe)
+        self._reap()
+        target = self._next_target()
+        if target is not None:
+            self._start_probe(target)
+        # Lifeguard: a member in poor health probes less often and waits longer.
+        self._probe_call = self._clock.callLater(
+            self._awareness.scale(self.profile.probe_interval), self._probe_tick
+        )
+
+    def _next_target(self) -> MemberState | None:
+        while self._urgent:
+            state = self._table.get(self._urgent.pop(0))
+            if state is not None and state.status == SUSPECT:
+                return state
+        for _ in range(len(self._order)):
+            name = self._order.draw()
+            state = None if name is None else self._table.get(name)
+            if state is not None and state.reachable:
+                return state
+        return None
+
+    def _start_probe(self, target: MemberState) -> None:
+        seq = self._next_seq()
+        probe = _Probe(target, seq)
+        self._probe = probe
+        self._waiting[seq] = probe
+        messages: list[Message] = [Ping(seq, target.name, self.name)]
+        if target.status == SUSPECT:
+            # The buddy system: tell a suspect directly, so that it refutes at once.
+            messages.append(Suspect(target.name, target.incarnation, self.name))
+        probe.timer = self._clock.callLater(
+            self._awareness.scale(self.profile.probe_timeout), self._probe_indirectly, probe
+        )
+        self._send(target.address, messages)
+
+    def _probe_indirectly(self, probe: _Probe) -> None:
+        probe.timer = None
+        target = probe.target
+        helpers = self._random_members(
+            self.profile.indirect_checks,
+            lambda state: state.status == ALIVE and state.name != target.name,
+        )
+        probe.helpers = frozenset(helper.name for helper in helpers)
+        request = PingReq(probe.seq, target.name, target.address, self.name)
+        for helper in helpers:
+            self._send(helper.address, [request])
+        # In parallel with the helpers, try TCP: it gets through where UDP is blocked.
+        stream = self._network.ping_stream(target.address, Ping(probe.seq, target.name, self.name))
+        probe.stream = stream
+        stream.addCallbacks(
+            self._stream_answered,
+            self._stream_failed,
+            callbackArgs=(probe,),
+            errbackArgs=(probe,),
+        )
+
+    def _stream_answered(self, acked: bool, probe: _Probe) -> None:
+        probe.stream = None
+        if acked and self._probe is probe:
+            self.log.warn(
+                "{member} answered over TCP but not over UDP: is UDP blocked on the way?",
+                member=probe.target.name,
+            )
+            self._probe_succeeded(probe, 0)
+
+    def _stream_failed(self, failure: Failure, probe: _Probe) -> None:
+        probe.stream = None
+        if not failure.check(CancelledError):
+            self.log.failure("TCP ping of {member} failed", failure, member=probe.target.name)
+
+    def _probe_succeeded(self, probe: _Probe, health_delta: int) -> None:
+        self._forget(probe)
+        self._probe = None
+        self._awareness.apply(health_delta)
+
+    def _probe_failed(self, probe: _Probe) -> None:
+        self._forget(probe)
+        self._probe = None
+        # Lifeguard: every helper that did not even nack points at our own network.
+        if probe.helpers:
+            self._awareness.apply(len(probe.helpers) - len(probe.nacks))
+        else:
+            self._awareness.apply(1)
+        self._suspect(Suspect(probe.target.name, probe.target.incarnation, self.name))
+
+    def _nack(self, relay: _Relay) -> None:
+        relay.timer = None
+        self._send(relay.requester, [Nack(relay.seq, self.name)])
+
+    def _relay_expired(self, relay: _Relay) -> None:
+        relay.expiry = None
+        self._forget(relay)
+
+    def _forget(self, waiter: _Probe | _Relay) -> None:
+        """End a probe or relay: no more timers, no more interest in its acks."""
+        if isinstance(waiter, _Probe):
+            self._waiting.pop(waiter.seq, None)
+            if waiter.stream is not None:
+                stream, waiter.stream = waiter.stream, None
+                stream.cancel()
+        else:
+            self._waiting.pop(waiter.local_seq, None)
+            if waiter.expiry is not None and waiter.expiry.active():
+                waiter.expiry.cancel()
+            waiter.expiry = None
+        if waiter.timer is not None:
+            if waiter.timer.active():
+                waiter.timer.cancel()
+            waiter.timer = None
+
+    def _reap(self) -> None:
+        if not self._departed:
+            return
+        horizon = self._clock.seconds() - self.profile.reap_after
+        for name, since in list(self._departed.items()):
+            if since <= horizon:
+                del self._departed[name]
+                state = self._table.get(name)
+                self._table.remove(name)
+                self._order.remove(name)
+                if state is not None and self.on_reap is not None:
+                    try:
+                        self.on_reap(state)
+                    except Exception:
+                        self.log.failure("Reap handler failed on {member}", member=name)
+
+    # Gossip -----------------------------------------------------------------------------
+
+    def _gossip_tick(self) -> None:
+        self._gossip_call = self._clock.callLater(self.profile.gossip_interval, self._gossip_tick)
+        if not len(self._queue):
+            return
+        horizon = self._clock.seconds() - self.profile.gossip_to_the_dead
+        for target in self._random_members(
+            self.profile.gossip_nodes,
+            # The recently dead still hear gossip: that is how they learn to refute.
+            lambda state: state.reachable or (state.status == DEAD and state.since > horizon),
+        ):
+            messages = self._queue.take(_FRAME_BUDGET)
+            if not messages:
+                return
+            self._network.send(target.address, messages)
+
+    def _random_members(
+        self, count: int, accept: Callable[[MemberState], bool]
+    ) -> list[MemberState]:
+        """Up to ``count`` distinct random peers that ``accept`` takes (memberlist's
+        kRandomNodes: a bounded number of random draws, not a scan)."""
+        chosen: dict[str, MemberState] = {}
+        for _ in range(3 * len(self._order)):
+            if len(chosen) >= count:
+                break
+            name = self._order.sample()
+            if name is None or name in chosen:
+                continue
+            state = self._table.get(name)
+            if state is not None and accept(state):
+                chosen[name] = state
+        return list(chosen.values())
+
+    # Sending ----------------------------------------------------------------------------
+
+    def _send(self, to: Endpoint, messages: list[Message]) -> None:
+        """One datagram: ``messages`` first, then as much news as fits."""
+        budget = _FRAME_BUDGET - sum(encoded_size(message) for message in messages)
+        messages.extend(self._queue.take(budget))
+        self._network.send(to, messages)
+
+    def _drop(self, reason: str, **fields: object) -> None:
+        self.drops[reason] += 1
+        now = self._clock.seconds()
+        last = self._drop_logged.get(reason)
+        if last is None or now - last >= DROP_LOG_INTERVAL:
+            self._drop_logged[reason] = now
+            self.log.warn(
+                "Dropped gossip: {reason} ({count} so far) {fields}",
+                reason=reason,
+                count=self.drops[reason],
+                fields=fields,
+            )

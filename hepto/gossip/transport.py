@@ -1,0 +1,220 @@
+"""Gossip on the reactor: sealed UDP datagrams and sealed TCP streams on one port.
+
+:class:`GossipTransport` is the ``Network`` that Membership sends through, and the
+fetcher of the record store.  Received datagrams go size check -> open (decrypt,
+freshness, replay) -> decode -> ``receiver``; each refusal is counted by its reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP6ClientEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto.config import Endpoint
+from hepto.gossip import codec
+from hepto.gossip.crypto import MALFORMED, OVERSIZED, Dropped, Keyring
+from hepto.gossip.messages import MAX_DATAGRAM, MAX_PLAINTEXT, Message, Ping
+from hepto.gossip.streams import (
+    Fetch,
+    PushPull,
+    Record,
+    Responder,
+    StreamAck,
+    StreamClient,
+    StreamMessage,
+    StreamPing,
+    StreamServerFactory,
+)
+
+#: Seconds a stream request may take, connection included, before it counts as failed.
+STREAM_TIMEOUT: Final = 10.0
+#: Twisted reads at most this much of a datagram: anything over MAX_DATAGRAM must still
+#: be seen whole enough to be recognised as oversized, never silently truncated to fit.
+_READ_SIZE: Final = 65535
+
+Receiver = Callable[[Endpoint, Sequence[Message]], None]
+
+
+class _Datagrams(protocol.DatagramProtocol):
+    maxPacketSize = _READ_SIZE
+    noisy = False
+
+    def __init__(self, owner: GossipTransport) -> None:
+        self.owner = owner
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.owner.datagram_received(datagram, addr)
+
+
+class _OneStream(protocol.ClientFactory):
+    """connectProtocol's factory, without a log line per connection."""
+
+    noisy = False
+
+    def __init__(self, client: StreamClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> StreamClient:
+        return self.client
+
+
+class GossipTransport:
+    """UDP and TCP on the node's gossip address; ``receiver`` and ``responder`` plug in."""
+
+    log = Logger(namespace="hepto.gossip.transport")
+
+    def __init__(
+        self,
+        reactor: Any,
+        keyring: Keyring,
+        address: Endpoint,
+        stream_timeout: float = STREAM_TIMEOUT,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.keyring = keyring
+        self.drops = keyring.drops
+        self.address = address
+        self.stream_timeout = stream_timeout
+        self.receiver: Receiver | None = None
+        self.responder: Responder | None = None
+        self.sent = 0
+        self.received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._udp: IListeningPort | None = None
+        self._tcp: IListeningPort | None = None
+        self._datagrams = _Datagrams(self)
+        self._server: StreamServerFactory | None = None
+        self._clients: set[StreamClient] = set()
+
+    # Lifecycle
+
+    def listen(self) -> None:
+        """Bind UDP and TCP; raises CannotListenError (with the address) if taken."""
+        assert self.responder is not None, "a responder must be set before listening"
+        udp: IReactorUDP = self.reactor
+        tcp: IReactorTCP = self.reactor
+        interface = str(self.address.host)
+        self._udp = udp.listenUDP(
+            self.address.port, self._datagrams, interface=interface, maxPacketSize=_READ_SIZE
+        )
+        self._server = StreamServerFactory(self.keyring, self.clock, self.responder)
+        self._tcp = tcp.listenTCP(self.address.port, self._server, interface=interface)
+        self.log.info("Gossip listening on {address} (UDP and TCP)", address=self.address)
+
+    def stop(self) -> Deferred[Any]:
+        ports = [port for port in (self._udp, self._tcp) if port is not None]
+        self._udp = self._tcp = None
+        if self._server is not None:
+            self._server.abort_all()
+        for client in list(self._clients):
+            client.abort()
+        stopped = [d for d in (port.stopListening() for port in ports) if d is not None]
+        return DeferredList(stopped) if stopped else succeed(None)
+
+    # Datagrams
+
+    def send(self, to: Endpoint, messages: Sequence[Message]) -> None:
+        """Seal and send one datagram, best effort."""
+        if self._udp is None:
+            return
+        try:
+            payload = codec.encode(messages)
+        except codec.EncodeError:
+            self.log.failure("Cannot encode gossip for {peer}", peer=to)
+            return
+        if len(payload) > MAX_PLAINTEXT:  # The codec refuses this too; never trust it alone.
+            self.log.error("Refusing to send {size} bytes of gossip", size=len(payload))
+            return
+        datagram = self.keyring.seal(payload)
+        try:
+            self._udp.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
+        except OSError as error:
+            self.drops.count("send-failed", to, error.strerror or str(error))
+            return
+        self.sent += 1
+        self.bytes_sent += len(datagram)
+
+    def datagram_received(self, datagram: bytes, addr: Any) -> None:
+        try:
+            sender = Endpoint(ipaddress.IPv6Address(addr[0].split("%")[0]), int(addr[1]))
+        except (ValueError, TypeError, IndexError):
+            return
+        self.received += 1
+        self.bytes_received += len(datagram)
+        if len(datagram) > MAX_DATAGRAM:
+            self.drops.count(OVERSIZED, sender, f"{len(datagram)} bytes")
+            return
+        try:
+            payload = self.keyring.open(datagram, peer=sender)
+        except Dropped:
+            return
+        try:
+            messages = codec.decode(payload)
+        except codec.DecodeError as error:
+            self.drops.count(MALFORMED, sender, error.reason)
+            return
+        if self.receiver is None:
+            return
+        try:
+            self.receiver(sender, messages)
+        except Exception:
+            self.log.failure("Membership failed on a datagram from {peer}", peer=sender)
+
+    # Streams
+
+    def request(self, to: Endpoint, message: StreamMessage) -> Deferred[StreamMessage]:
+        """Open a stream to ``to``, send ``message``, fire with its reply, hang up."""
+        endpoint = TCP6ClientEndpoint(
+            self.reactor, str(to.host), to.port, timeout=max(1, int(self.stream_timeout))
+        )
+        client = StreamClient(self.keyring, self.clock)
+        connected = endpoint.connect(_OneStream(client))
+
+        def ask(_: object) -> Deferred[StreamMessage]:
+            self._clients.add(client)
+            return client.request(message)
+
+        def done(result: Any) -> Any:
+            self._clients.discard(client)
+            if client.transport is not None and not client.closed:
+                client.transport.loseConnection()
+            return result
+
+        answered: Deferred[StreamMessage] = connected.addCallback(ask)
+        answered.addTimeout(self.stream_timeout, self.clock)
+        return answered.addBoth(done)
+
+    def ping_stream(self, to: Endpoint, ping: Ping) -> Deferred[bool]:
+        """The fallback ping over TCP: True if acknowledged, False on any failure."""
+
+        def acked(reply: StreamMessage) -> bool:
+            return isinstance(reply, StreamAck) and reply.acked
+
+        def failed(_: Failure) -> bool:
+            return False
+
+        return self.request(to, StreamPing(ping)).addCallback(acked).addErrback(failed)
+
+    def fetch(self, to: Endpoint, name: str) -> Deferred[bytes | None]:
+
+        def blob(reply: StreamMessage) -> bytes | None:
+            return reply.blob if isinstance(reply, Record) else None
+
+        return self.request(to, Fetch(name)).addCallback(blob)
+
+    def push_pull(self, to: Endpoint, state: PushPull) -> Deferred[PushPull]:
+        def check(reply: StreamMessage) -> PushPull:
+            assert isinstance(reply, PushPull)  # StreamClient checks reply types.
+            return reply
+
+        return self.request(to, state).addCallback(check)

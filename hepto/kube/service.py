@@ -1,0 +1,267 @@
+"""KubeService: this node's Kubernetes components, under the supervisor.
+
+It chooses the components of the node's role (or of ``--components``), finds their
+programs before anything starts, and gives the supervisor one process each: started
+once its dependencies are ready, its certificates installed and the network up, and
+restarted when the PKI replaces one of its certificates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto import config
+from hepto.config import ConfigError, NodeConfig
+from hepto.kube.apiserver import apiserver
+from hepto.kube.component import (
+    Component,
+    Context,
+    GoMemory,
+    HTTPReadiness,
+    SocketReadiness,
+)
+from hepto.kube.controller_manager import controller_manager
+from hepto.kube.etcd import etcd
+from hepto.kube.scheduler import scheduler
+from hepto.pki.paths import Paths
+from hepto.programs import find_programs
+from hepto.supervisor import (
+    HTTPProbe,
+    Launcher,
+    Probe,
+    ProbeTLS,
+    ProcessSpec,
+    State,
+    Supervisor,
+    UnixSocketProbe,
+)
+from hepto.supervisor.supervisor import first_error
+
+#: The master's components in start order, each after what it depends on.
+MASTER: Final[dict[str, Callable[[Context], Component]]] = {
+    "etcd": etcd,
+    "kube-apiserver": apiserver,
+    "kube-controller-manager": controller_manager,
+    "kube-scheduler": scheduler,
+}
+assert tuple(MASTER) == config.MASTER_COMPONENTS
+
+#: The agent's environment variables children may see; see docs/kubernetes.rst.
+INHERITED: Final = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TZ",
+        "TMPDIR",
+        "LANG",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "GODEBUG",
+        "GOTRACEBACK",
+        "GOMAXPROCS",
+    }
+)
+#: A burst of renewed certificates makes one restart, not one per certificate.
+RESTART_DELAY: Final = 1.0
+
+
+def component_environment(
+    environ: Mapping[str, str], memory: GoMemory | None = None
+) -> dict[str, str]:
+    """What a component sees: the agent's allowed variables, then its Go settings."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in INHERITED or name == "LC_ALL" or name.startswith("LC_")
+    }
+    if memory is not None:
+        env.update(memory.environment())
+    return env
+
+
+def chosen_components(node: NodeConfig) -> list[str]:
+    """The master components this node runs, or a ConfigError naming the misfit."""
+    chosen = [name for name in node.components if name in MASTER]
+    if chosen and not node.is_master:
+        raise ConfigError(
+            "components",
+            f"{', '.join(chosen)}: only a master runs these; use --role master or full",
+        )
+    return chosen
+
+
+def required_programs(node: NodeConfig) -> list[str]:
+    context = Context.from_config(node)
+    return [MASTER[name](context).program for name in chosen_components(node)]
+
+
+def check_programs(node: NodeConfig, path: str | None = None) -> dict[str, Path]:
+    """Every program the node's components need, or MissingProgram (a ConfigError).
+
+    ``path`` stands for ``$PATH``.
+    """
+    return find_programs(required_programs(node), node.bin_dir, path)
+
+
+class CertificateSource(Protocol):
+    """What KubeService needs of the PKI (hepto.pki.service.PKIService offers it)."""
+
+    @property
+    def paths(self) -> Paths: ...
+
+    def when_installed(self, names: Iterable[str]) -> Deferred[Any]: ...
+
+    def subscribe(self, listener: Callable[[Any], None]) -> Callable[[], None]: ...
+
+
+class KubeService(MultiService):
+    """The Kubernetes components of one node, supervised."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        pki: CertificateSource,
+        # IReactorProcess, IReactorTCP, IReactorUNIX and IReactorTime: no one type says so.
+        reactor: Any,
+        *,
+        network_ready: Callable[[], Deferred[Any]] | None = None,
+        programs: Mapping[str, Path] | None = None,
+        memory: Mapping[str, GoMemory] | None = None,
+        launcher: Launcher | None = None,
+        clock: IReactorTime | None = None,
+        environ: Mapping[str, str] | None = None,
+        probes: Callable[[Component], Probe] | None = None,
+    ) -> None:
+        super().__init__()
+        self.setName("kube")
+        self._node = node
+        self._pki = pki
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._network_ready = network_ready
+        self._memory = dict(memory or {})
+        self._environ = os.environ if environ is None else environ
+        self._make_probe = probes or self._probe
+        context = Context.from_config(node)
+        self.components = [MASTER[name](context) for name in chosen_components(node)]
+        self.programs = (
+            dict(programs)
+            if programs is not None
+            else find_programs([c.program for c in self.components], node.bin_dir)
+        )
+        self.supervisor = Supervisor(reactor, self._clock, launcher)
+        self.supervisor.setServiceParent(self)
+        names = {component.name for component in self.components}
+        for component in self.components:
+            self.supervisor.add(self._spec(component, names))
+        self._unsubscribe: Callable[[], None] | None = None
+        self._restart_calls: dict[str, IDelayedCall] = {}
+        self._restarting: dict[str, Deferred[None]] = {}
+
+    # -- from descriptions to processes --------------------------------------------------
+
+    def _spec(self, component: Component, present: set[str]) -> ProcessSpec:
+        return ProcessSpec(
+            name=component.name,
+            argv=(str(self.programs[component.program]), *component.args),
+            env=component_environment(self._environ, self._memory.get(component.name)),
+            # A dependency this node does not run is someone else's (an outside etcd).
+            dependencies=[name for name in component.dependencies if name in present],
+            probe=self._make_probe(component),
+            precondition=lambda: self._precondition(component),
+            stop_timeout=component.stop_timeout,
+        )
+
+    def _probe(self, component: Component) -> Probe:
+        readiness = component.readiness
+        if isinstance(readiness, SocketReadiness):
+            return UnixSocketProbe(self._reactor, readiness.path)
+        assert isinstance(readiness, HTTPReadiness)
+        tls = None
+        if readiness.url.startswith("https:"):
+            tls = ProbeTLS(readiness.ca, readiness.certificate, readiness.key)
+        return HTTPProbe(self._reactor, readiness.url, tls, readiness.body_check)
+
+    def _precondition(self, component: Component) -> Deferred[Any]:
+        waits = [maybeDeferred(self._make_directories, component)]
+        if component.certificates:
+            waits.append(maybeDeferred(self._pki.when_installed, component.certificates))
+        if self._network_ready is not None:
+            waits.append(maybeDeferred(self._network_ready))
+        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
+
+    def _make_directories(self, component: Component) -> None:
+        for directory in component.directories:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)  # etcd refuses a data directory others can read
+
+    # -- service ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        later = [name for name in self._node.components if name not in MASTER]
+        if later:
+            self.log.warn(
+                "{components}: not run by this version of hepto yet",
+                components=", ".join(later),
+            )
+        self._unsubscribe = self._pki.subscribe(self._certificate_changed)
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for call in self._restart_calls.values():
+            if call.active():
+                call.cancel()
+        self._restart_calls.clear()
+        # A restart under way ends with a start: let it, then stop everything in order.
+        under_way = DeferredList(list(self._restarting.values()), consumeErrors=True)
+        return under_way.addCallback(lambda _: MultiService.stopService(self))
+
+    # -- certificate renewals -------------------------------------------------------------
+
+    def _certificate_changed(self, change: Any) -> None:
+        for component in self.components:
+            process = self.supervisor[component.name]
+            if change.name in component.certificates and process.state is State.RUNNING:
+                self._restart_soon(component.name, change.name)
+
+    def _restart_soon(self, name: str, certificate: str) -> None:
+        if name in self._restart_calls or name in self._restarting:
+            return
+        self.log.info(
+            "{component} will restart: its certificate {certificate} was replaced",
+            component=name,
+            certificate=certificate,
+        )
+        self._restart_calls[name] = self._clock.callLater(RESTART_DELAY, self._restart, name)
+
+    def _restart(self, name: str) -> None:
+        del self._restart_calls[name]
+        restarting = self.supervisor[name].restart()
+        self._restarting[name] = restarting
+
+        def done(result: object) -> object:
+            self._restarting.pop(name, None)
+            return result
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("{component} failed to restart", failure, component=name)
+
+        restarting.addBoth(done).addErrback(failed)

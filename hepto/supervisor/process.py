@@ -1,0 +1,482 @@
+"""One supervised program: start it when allowed, probe it, restart it, stop it.
+
+Lifecycle of a :class:`SupervisedProcess`::
+
+    waiting --gate opens--> running --probe passes--> running, ready
+       ^                       |  \\
+       |                 exits |   \\ stopService: SIGTERM, SIGKILL after stop_timeout
+       +---- backoff <---------+    +--> stopping --ends--> stopped
+
+The gate is a Deferred from whoever composes processes (dependencies ready,
+certificates installed); a process knows nothing of its peers.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorTime,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto.supervisor.backoff import RestartPolicy
+from hepto.supervisor.launcher import Launcher
+from hepto.supervisor.lines import LineBuffer, decode_line, line_level
+from hepto.supervisor.probes import AlwaysReady, Probe
+
+Gate = Callable[[], Deferred[Any]]
+
+
+def _strings(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
+def _open_gate() -> Deferred[Any]:
+    return succeed(None)
+
+
+@attrs.frozen
+class ProcessSpec:
+    """What to run and how to look after it.  Times are seconds.
+
+    ``argv[0]`` is the program's absolute path (see :mod:`hepto.programs`) and ``env``
+    the child's whole environment: nothing is inherited implicitly.
+    """
+
+    name: str
+    argv: tuple[str, ...] = attrs.field(converter=_strings)
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    dependencies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    probe: Probe = attrs.field(factory=AlwaysReady, eq=False)
+    #: Called before each start; the start waits for its Deferred (certificates, say).
+    precondition: Gate | None = attrs.field(default=None, eq=False)
+    probe_interval: float = 0.5
+    ready_probe_interval: float = 10.0
+    probe_timeout: float = 5.0
+    stop_timeout: float = 15.0
+    #: After the child is reaped, how long its pipes may stay open (held by a
+    #: grandchild) before the supervisor closes its ends and moves on.
+    drain_timeout: float = 2.0
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError(f"{self.name}: empty command line")
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    #: The gate failed: the process will not start until the service is restarted.
+    BLOCKED = "blocked"
+
+
+@attrs.frozen
+class ProcessStatus:
+    """A snapshot, for status pages and the manhole."""
+
+    name: str
+    state: State
+    ready: bool
+    pid: int | None
+    restarts: int
+    last_exit: str | None
+    last_probe_error: str | None
+
+
+def describe_exit(reason: Failure) -> str:
+    """``exited with status 1``, ``was killed by SIGKILL`` — as a log line wants it."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exited with status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = f"signal {value.signal}"
+            return f"was killed by {name}"
+        return f"exited with status {value.exitCode}"
+    return f"ended: {reason.getErrorMessage()}"
+
+
+def _exit_fields(reason: Failure) -> dict[str, int | None]:
+    value = reason.value
+    if isinstance(value, ProcessTerminated):
+        return {"exit_code": value.exitCode, "exit_signal": value.signal}
+    return {"exit_code": 0 if isinstance(value, ProcessDone) else None, "exit_signal": None}
+
+
+class ChildProtocol(ProcessProtocol):
+    """The pipes of one run: output to the log line by line, exit to the owner."""
+
+    _STREAMS = {1: "stdout", 2: "stderr"}
+
+    def __init__(self, owner: SupervisedProcess) -> None:
+        self._owner = owner
+        self._buffers = {fd: LineBuffer() for fd in self._STREAMS}
+        # Namespaced by component: `--log-format json` consumers filter on it.
+        self._log = Logger(namespace=owner.name)
+
+    def connectionMade(self) -> None:
+        # Nothing ever writes to a child's stdin; an open one would block a reader.
+        assert self.transport is not None
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffer = self._buffers.get(childFD)
+        if buffer is not None:
+            self._forward(childFD, buffer.feed(data))
+
+    def childConnectionLost(self, childFD: int) -> None:
+        buffer = self._buffers.get(childFD)
+        if buffer is not None:
+            self._forward(childFD, buffer.flush())
+
+    def _forward(self, fd: int, raws: list[bytes]) -> None:
+        for raw in raws:
+            line = decode_line(raw)
+            if line.strip():
+                self._log.emit(
+                    line_level(line),
+                    "{line}",
+                    line=line,
+                    component=self._owner.name,
+                    stream=self._STREAMS[fd],
+                )
+
+    def processExited(self, reason: Failure) -> None:
+        self._owner._exited(self, reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._owner._ended(self, reason)
+
+
+class SupervisedProcess(Service):
+    """A program kept running: started through ``gate``, probed, restarted with backoff.
+
+    ``stopService`` returns a Deferred that fires once the child is reaped and its
+    pipes are closed, so a parent ``MultiService`` (and twistd) waits for it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        reactor: IReactorProcess,
+        clock: IReactorTime,
+        launcher: Launcher,
+        gate: Gate = _open_gate,
+    ) -> None:
+        self.spec = spec
+        self.setName(spec.name)
+        self._reactor = reactor
+        self._clock = clock
+        self._launcher = launcher
+        self._gate = gate
+        self._state = State.IDLE
+        self._ready = False
+        self._ready_waiters: list[Deferred[None]] = []
+        self._stop_waiters: list[Deferred[None]] = []
+        self._gating: Deferred[Any] | None = None
+        self._child: ChildProtocol | None = None
+        self._started_at = 0.0
+        self._failures = 0
+        self._restarts = 0
+        self._last_exit: str | None = None
+        self._last_probe_error: str | None = None
+        self._restart_call: IDelayedCall | None = None
+        self._kill_call: IDelayedCall | None = None
+        self._drain_call: IDelayedCall | None = None
+        self._probe_call: IDelayedCall | None = None
+        self._probing: Deferred[Any] | None = None
+
+    # -- what others see --------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def pid(self) -> int | None:
+        transport = self._transport()
+        return None if transport is None else transport.pid
+
+    def status(self) -> ProcessStatus:
+        return ProcessStatus(
+            name=self.spec.name,
+            state=self._state,
+            ready=self._ready,
+            pid=self.pid,
+            restarts=self._restarts,
+            last_exit=self._last_exit,
+            last_probe_error=self._last_probe_error,
+        )
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires when the program is ready: now if it is, else at its next readiness."""
+        if self._ready:
+            return succeed(None)
+
+        def forget(waiter: Deferred[None]) -> None:
+            if waiter in self._ready_waiters:
+                self._ready_waiters.remove(waiter)
+
+        waiter: Deferred[None] = Deferred(canceller=forget)
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    # -- service ------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        if self._state in (State.STOPPING, State.RUNNING):
+            raise RuntimeError(f"{self.name} is still {self._state.value}")
+        super().startService()
+        self._failures = 0
+        self._wait()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._state is State.WAITING:
+            self._state = State.STOPPED
+            if self._gating is not None:
+                self._gating.cancel()
+        elif self._state is State.BACKOFF:
+            self._state = State.STOPPED
+            self._cancel("_restart_call")
+        elif self._state is State.RUNNING:
+            self._terminate()
+        elif self._state is not State.STOPPING:
+            self._state = State.STOPPED
+        if self._state is State.STOPPING:
+            waiter: Deferred[None] = Deferred()
+            self._stop_waiters.append(waiter)
+            return waiter
+        return succeed(None)
+
+    def restart(self) -> Deferred[None]:
+        """Stop, then start again (new certificates, say); fires once it is started."""
+        return self.stopService().addCallback(lambda _: self.startService())
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _wait(self) -> None:
+        self._state = State.WAITING
+        gating = maybeDeferred(self._gate)
+        self._gating = gating
+        gating.addCallbacks(self._gate_opened, self._gate_failed)
+
+    def _gate_opened(self, _: object) -> None:
+        self._gating = None
+        if self._state is State.WAITING:
+            self._spawn()
+
+    def _gate_failed(self, failure: Failure) -> None:
+        self._gating = None
+        if self._state is not State.WAITING or failure.check(CancelledError):
+            return
+        self._state = State.BLOCKED
+        self.log.failure(
+            "{component} will not start: {reason}",
+            failure,
+            component=self.name,
+            reason=failure.getErrorMessage(),
+        )
+
+    def _spawn(self) -> None:
+        argv = self._launcher.command(self.spec.argv)
+        child = ChildProtocol(self)
+        self._child = child
+        self._state = State.RUNNING
+        self._started_at = self._clock.seconds()
+        try:
+            # path=None keeps Twisted on posix_spawn, much cheaper than fork for a big agent.
+            self._reactor.spawnProcess(child, argv[0], argv, env=dict(self.spec.env), path=None)
+        except OSError as error:
+            self._child = None
+            self._after_run(f"could not be started: {error}", {})
+            return
+        if self._child is not child:
+            return  # it ended already, inside spawnProcess (possible before the reactor runs)
+        self.log.info(
+            "{component} started as pid {pid}: {command}",
+            component=self.name,
+            pid=self.pid,
+            command=" ".join(self.spec.argv),
+        )
+        self._probe_later(0.0)
+
+    # -- readiness ------------------------------------------------------------------------
+
+    def _probe_later(self, delay: float) -> None:
+        self._cancel("_probe_call")
+        self._probe_call = self._clock.callLater(delay, self._probe, self._child)
+
+    def _probe(self, child: ChildProtocol | None) -> None:
+        self._probe_call = None
+        probing = maybeDeferred(self.spec.probe.check)
+        probing.addTimeout(self.spec.probe_timeout, self._clock)
+        self._probing = probing
+        probing.addCallbacks(
+            lambda result: self._probe_passed(child),
+            lambda failure: self._probe_failed(failure, child),
+        )
+
+    def _probe_passed(self, child: ChildProtocol | None) -> None:
+        if child is not self._child or self._state is not State.RUNNING:
+            return
+        self._probing = None
+        self._last_probe_error = None
+        if not self._ready:
+            self._ready = True
+            self.log.info(
+                "{component} is ready ({probe}), {elapsed:.1f} s after its start",
+                component=self.name,
+                probe=self.spec.probe.describe(),
+                elapsed=self._clock.seconds() - self._started_at,
+            )
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self._probe_later(self.spec.ready_probe_interval)
+
+    def _probe_failed(self, failure: Failure, child: ChildProtocol | None) -> None:
+        if child is not self._child or self._state is not State.RUNNING:
+            return
+        self._probing = None
+        if failure.check(defer.TimeoutError):
+            reason = f"no answer within {self.spec.probe_timeout:g} s"
+        else:
+            reason = failure.getErrorMessage() or repr(failure.value)
+        self._last_probe_error = reason
+        if self._ready:
+            self._ready = False
+            self.log.warn(
+                "{component} is no longer ready: {reason}", component=self.name, reason=reason
+            )
+        else:
+            self.log.debug(
+                "{component} not ready yet: {reason}", component=self.name, reason=reason
+            )
+        self._probe_later(self.spec.probe_interval)
+
+    # -- stopping and ending ------------------------------------------------------------
+
+    def _terminate(self) -> None:
+        self._state = State.STOPPING
+        self._stop_probing()
+        # Armed first: a child may end inside signalProcess, and its end disarms this.
+        self._kill_call = self._clock.callLater(self.spec.stop_timeout, self._kill)
+        self.log.info("{component} stopping (SIGTERM)", component=self.name)
+        self._signal("TERM")
+
+    def _kill(self) -> None:
+        self._kill_call = None
+        self.log.warn(
+            "{component} did not exit within {timeout:g} s of SIGTERM: sending SIGKILL",
+            component=self.name,
+            timeout=self.spec.stop_timeout,
+        )
+        self._signal("KILL")
+
+    def _signal(self, name: str) -> None:
+        transport = self._transport()
+        if transport is None:
+            return
+        try:
+            transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass  # reaped, its end is on its way
+
+    def _exited(self, child: ChildProtocol, reason: Failure) -> None:
+        if child is self._child and child.transport is not None:
+            # A grandchild holding our pipes must not keep this run alive forever.
+            self._drain_call = self._clock.callLater(
+                self.spec.drain_timeout, child.transport.loseConnection
+            )
+
+    def _ended(self, child: ChildProtocol, reason: Failure) -> None:
+        if child is not self._child:
+            return
+        self._child = None
+        self._cancel("_drain_call")
+        self._cancel("_kill_call")
+        self._stop_probing()
+        self._after_run(describe_exit(reason), _exit_fields(reason))
+
+    def _after_run(self, how: str, fields: dict[str, int | None]) -> None:
+        self._ready = False
+        self._last_exit = how
+        run_time = self._clock.seconds() - self._started_at
+        if self._state is State.STOPPING:
+            self._state = State.STOPPED
+            self.log.info("{component} stopped: it {how}", component=self.name, how=how, **fields)
+            waiters, self._stop_waiters = self._stop_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        self._failures = self.spec.restart.failures_after(self._failures, run_time)
+        delay = self.spec.restart.delay(self._failures)
+        self._restarts += 1
+        self._state = State.BACKOFF
+        self._restart_call = self._clock.callLater(delay, self._restart_now)
+        self.log.warn(
+            "{component} {how} after {run_time:.1f} s; restarting in {delay:g} s{streak}",
+            component=self.name,
+            how=how,
+            run_time=run_time,
+            delay=delay,
+            failures=self._failures,
+            streak="" if self._failures == 1 else f" ({self._failures} short runs in a row)",
+            **fields,
+        )
+
+    def _restart_now(self) -> None:
+        self._restart_call = None
+        self._wait()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _transport(self) -> IProcessTransport | None:
+        child = self._child
+        return None if child is None else child.transport
+
+    def _stop_probing(self) -> None:
+        self._cancel("_probe_call")
+        probing, self._probing = self._probing, None
+        if probing is not None:
+            probing.cancel()
+
+    def _cancel(self, attribute: str) -> None:
+        call: IDelayedCall | None = getattr(self, attribute)
+        setattr(self, attribute, None)
+        if call is not None and call.active():
+            call.cancel()

@@ -1,0 +1,213 @@
+"""Real ``twistd -n hepto`` agents, each in its own network namespace on one bridge.
+
+What is observed goes through each agent's control socket (``hepto status --json``'s
+source) and its JSON log; nothing reaches into a process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent import KEY, Agent
+from netlab import Host, Lab, missing_requirements, wait_until
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from hepto.control import ControlError, query
+
+pytestmark = pytest.mark.integration
+
+CLUSTER = "hg"
+WRONG_KEY = "a5" * 32
+#: Generous: two shared cores, and a Go build competing for them.
+START_TIMEOUT = 120.0
+#: LAN profile: suspicion lasts 4 to 24 s among 4 members.
+DEATH_TIMEOUT = 120.0
+
+
+class AgentsTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        why = missing_requirements("nft")
+        if why:
+            raise SkipTest(why)
+        self.lab = Lab("hg")
+        self.addCleanup(self.lab.close)
+        self.root = Path(tempfile.mkdtemp(prefix="hg-"))
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.agents: dict[str, Agent] = {}
+        self.hosts: dict[str, Host] = {}
+
+    def start(self, host: Host, anchor: Host | None = None, key: str = KEY) -> Agent:
+        data_dir = self.root / host.name
+        data_dir.mkdir(exist_ok=True)
+        argv = [
+            "--cluster", CLUSTER, "--name", host.name, "--key", key, "--no-contain",
+            "--ip", str(host.interface), "--components", "none",
+        ]  # fmt: skip
+        if anchor is not None:
+            argv += ["--anchor", str(anchor.address)]
+        agent = Agent.start(argv, data_dir=data_dir, prefix=host.command([]))
+        self.addCleanup(agent.kill)
+        self.agents[host.name] = agent
+        self.hosts[host.name] = host
+        return agent
+
+    def socket(self, name: str) -> Path:
+        return self.root / name / CLUSTER / name / "control.sock"
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            return query(self.socket(name), timeout=10)
+        except ControlError:
+            return None
+
+    def view(self, observer: str) -> dict[str, dict[str, Any]]:
+        status = self.status(observer)
+        return {} if status is None else {m["name"]: m for m in status["members"]}
+
+    def all_see(
+        self,
+        observers: Iterable[str],
+        members: Iterable[str],
+        state: str = "alive",
+        check: Callable[[dict[str, Any]], bool] = lambda member: True,
+    ) -> bool:
+        members = list(members)
+        for observer in observers:
+            view = self.view(observer)
+            for name in members:
+                member = view.get(name)
+                if member is None or member["state"] != state or not check(member):
+                    return False
+        return True
+
+    def wait_all_see(
+        self,
+        observers: Iterable[str],
+        members: Iterable[str],
+        state: str,
+        timeout: float,
+        **kwargs: Any,
+    ) -> float:
+        observers, members = list(observers), list(members)
+        started = time.monotonic()
+        wait_until(
+            lambda: self.all_see(observers, members, state, **kwargs),
+            timeout,
+            interval=0.2,
+            what=f"{observers} to see {members} {state}",
+        )
+        return time.monotonic() - started
+
+    def record_arrivals(self, member: str, version: int) -> dict[str, float]:
+        """When each agent logged holding ``member``'s record at ``version``."""
+        arrivals = {}
+        for name, agent in self.agents.items():
+            for event in agent.events():
+                if (
+                    event.get("member") == member
+                    and event.get("version") == version
+                    and "log_time" in event
+                    and "Record of" in event.get("log_text", "")
+                ):
+                    arrivals[name] = float(event["log_time"])
+                    break
+        return arrivals
+
+
+class JoinKillRestartTests(AgentsTestCase):
+    def test_join_propagate_kill_restart_and_a_wrong_key(self) -> None:
+        names = ["a1", "a2", "a3", "a4"]
+        hosts = [self.lab.add_host(name) for name in names]
+        mallory = self.lab.add_host("mallory")
+        self.start(hosts[0])
+        for host in hosts[1:]:
+            self.start(host, anchor=hosts[0])
+        self.start(mallory, anchor=hosts[0], key=WRONG_KEY)
+        joined = self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        print(f"\n4 agents see each other alive {joined:.1f} s after the last start")
+
+        # A changed 4 KiB record: only its digest rides UDP, the record travels by fetch.
+        # Five rounds, each from a different phase of the gossip timers.
+        last_arrivals = []
+        for round_ in range(5):
+            payload = str(round_) * 4096
+            published_at = time.time()
+            answer = query(self.socket("a4"), "publish", key="x-payload", value=payload)
+            version = answer["version"]
+            self.wait_all_see(
+                names, ["a4"], "alive", 60, check=lambda m, v=version: m["version"] >= v
+            )
+            arrivals = self.record_arrivals("a4", version)
+            self.assertEqual(set(arrivals), {"a1", "a2", "a3"})
+            last_arrivals.append(max(arrivals.values()) - published_at)
+            time.sleep(0.37)  # A pause off the 200 ms gossip beat.
+        print(
+            "a changed 4 KiB record held by all 3 others after "
+            + ", ".join(f"{delay * 1000:.0f}" for delay in last_arrivals)
+            + f" ms (median {statistics.median(last_arrivals) * 1000:.0f} ms)"
+        )
+
+        # kill -9: every other member declares it dead. (Forgetting it takes the LAN
+        # profile's reap_after, an hour; test_gossip_transport covers it on fast timings.)
+        before = self.view("a1")["a3"]
+        self.agents["a3"].kill()
+        survivors = ["a1", "a2", "a4"]
+        dead_after = self.wait_all_see(survivors, ["a3"], "dead", DEATH_TIMEOUT)
+        print(f"a3 killed: declared dead by all survivors after {dead_after:.1f} s")
+
+        # Restarted from its directory: same identity, later incarnation and version.
+        self.start(hosts[2], anchor=hosts[0])
+        self.wait_all_see(
+            names,
+            ["a3"],
+            "alive",
+            START_TIMEOUT,
+            check=lambda m: (
+                m["incarnation"] > before["incarnation"] and m["version"] > before["version"]
+            ),
+        )
+
+        # The agent with the wrong key never got in, and was counted knocking.
+        for name in names:
+            self.assertNotIn("mallory", self.view(name))
+        anchor_status = self.status("a1")
+        assert anchor_status is not None
+        self.assertGreater(anchor_status["drops"].get("undecryptable", 0), 0)
+        outsider = self.status("mallory")
+        assert outsider is not None
+        self.assertEqual([m["name"] for m in outsider["members"]], ["mallory"])
+        self.assertFalse(outsider["joined"])
+        self.assertEqual(anchor_status["conflicts"], [])
+
+
+class PartitionTests(AgentsTestCase):
+    def test_partition_and_heal(self) -> None:
+        names = ["p1", "p2", "p3", "p4"]
+        hosts = [self.lab.add_host(name) for name in names]
+        self.start(hosts[0])
+        for host in hosts[1:]:
+            self.start(host, anchor=hosts[0])
+        self.wait_all_see(names, names, "alive", START_TIMEOUT)
+
+        left, right = hosts[:2], hosts[2:]
+        for host in left:
+            host.drop_from(*right)
+        for host in right:
+            host.drop_from(*left)
+        split = self.wait_all_see(["p1", "p2"], ["p3", "p4"], "dead", DEATH_TIMEOUT)
+        self.wait_all_see(["p3", "p4"], ["p1", "p2"], "dead", DEATH_TIMEOUT)
+        self.assertTrue(self.all_see(["p1", "p2"], ["p1", "p2"]))
+        self.assertTrue(self.all_see(["p3", "p4"], ["p3", "p4"]))
+        print(f"\npartition: each side declared the other dead after {split:.1f} s")
+
+        for host in hosts:
+            host.heal()
+        healed = self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        print(f"healed: all alive again after {healed:.1f} s")

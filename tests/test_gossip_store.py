@@ -1,0 +1,359 @@
+"""The record store against a fake Membership and a fake fetcher: no network, no reactor."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import plan
+from hepto.config import Endpoint
+from hepto.gossip import records, store
+from hepto.gossip.crypto import Drops
+from hepto.gossip.identity import Identity, Pins
+from hepto.gossip.records import SignedRecord, sign_record
+from hepto.gossip.store import RecordStore
+from hepto.state import ALIVE, DEAD, SUSPECT, Change
+
+CLUSTER = "prod"
+ME = Identity.generate()
+BOB = Identity.generate()
+CAROL = Identity.generate()
+MALLORY = Identity.generate()
+
+
+def endpoint(index: int) -> Endpoint:
+    return Endpoint(ipaddress.IPv6Address(f"2001:db8::{index}"), 7946)
+
+
+@attrs.frozen
+class FakeState:
+    name: str
+    address: Endpoint
+    role: str = "node"
+    incarnation: int = 0
+    status: str = ALIVE
+
+
+@attrs.define
+class FakeMembership:
+    on_digest: Callable[[Any, str, int], None] | None = None
+    states: dict[str, FakeState] = attrs.field(factory=dict)
+    callbacks: list[Callable[[Any, Any], None]] = attrs.field(factory=list)
+    broadcasts: list[tuple[str, int]] = attrs.field(factory=list)
+
+    def members(self) -> Mapping[str, FakeState]:
+        return dict(self.states)
+
+    def subscribe(self, callback: Callable[[Any, Any], None]) -> None:
+        self.callbacks.append(callback)
+
+    def broadcast_digest(self, name: str, version: int) -> None:
+        self.broadcasts.append((name, version))
+
+    def set(self, state: FakeState) -> None:
+        old = self.states.get(state.name)
+        self.states[state.name] = state
+        for callback in self.callbacks:
+            callback(old, state)
+
+    def digest(self, holder: str, name: str, version: int) -> None:
+        assert self.on_digest is not None
+        self.on_digest(self.states[holder], name, version)
+
+
+@attrs.define
+class FakeFetcher:
+    calls: list[tuple[Endpoint, str, Deferred[bytes | None]]] = attrs.field(factory=list)
+
+    def __call__(self, holder: Endpoint, name: str) -> Deferred[bytes | None]:
+        result: Deferred[bytes | None] = Deferred()
+        self.calls.append((holder, name, result))
+        return result
+
+    def pending(self) -> list[tuple[Endpoint, str]]:
+        return [(holder, name) for holder, name, d in self.calls if not d.called]
+
+    def answer(self, blob: bytes | None, index: int = -1) -> None:
+        self.calls[index][2].callback(blob)
+
+    def fail(self, index: int = -1) -> None:
+        self.calls[index][2].errback(ConnectionError("refused"))
+
+
+def signed(identity: Identity, name: str, version: int, **data: Any) -> SignedRecord:
+    return sign_record(identity, CLUSTER, name, version, data)
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.membership = FakeMembership()
+        self.membership.set(FakeState("me", endpoint(1), role="master"))
+        self.fetcher = FakeFetcher()
+        self.saved: list[SignedRecord] = []
+        self.drops = Drops(self.clock)
+        self.store = RecordStore.create(
+            cluster=CLUSTER,
+            name="me",
+            identity=ME,
+            data={"role": "master", "gossip": str(endpoint(1))},
+            membership=self.membership,
+            fetch=self.fetcher,
+            clock=self.clock,
+            drops=self.drops,
+            on_own_record=self.saved.append,
+        )
+        self.changes: list[Change] = []
+        self.store.subscribe(self.changes.append)
+        self.store.start()
+
+    def add(self, name: str, index: int, status: str = ALIVE) -> None:
+        self.membership.set(FakeState(name, endpoint(index), status=status))
+
+    def test_own_record_announced_and_saved(self) -> None:
+        member = self.store.members()["me"]
+        self.assertEqual(member.status, ALIVE)
+        assert member.record is not None
+        self.assertEqual(member.record.version, 1)
+        self.assertEqual(member.record.get("role"), "master")
+        self.assertEqual(self.membership.broadcasts, [("me", 1)])
+        self.assertEqual([record.version for record in self.saved], [1])
+
+    def test_restart_continues_the_version(self) -> None:
+        previous = signed(ME, "me", 41, role="master", wireguard="key")
+        restarted = RecordStore.create(
+            cluster=CLUSTER,
+            name="me",
+            identity=ME,
+            data={"role": "node"},
+            previous=previous,
+            membership=FakeMembership(),
+            fetch=self.fetcher,
+            clock=self.clock,
+            drops=self.drops,
+        )
+        self.assertEqual(restarted.own.version, 42)
+        self.assertEqual(restarted.own.data, {"role": "node", "wireguard": "key"})
+
+    def test_publish(self) -> None:
+        self.changes.clear()
+        self.store.publish("wireguard", {"key": "abc"})
+        own = self.store.members()["me"].record
+        assert own is not None
+        self.assertEqual((own.version, own.get("wireguard")), (2, {"key": "abc"}))
+        self.assertEqual(self.membership.broadcasts[-1], ("me", 2))
+        self.assertEqual(self.saved[-1].version, 2)
+        self.assertEqual(len(self.changes), 1)
+        self.assertEqual(self.changes[0].new, self.store.members()["me"])
+        # The same value again costs nothing.
+        self.store.publish("wireguard", {"key": "abc"})
+        self.assertEqual(self.store.own.version, 2)
+        self.store.publish("absent", None)
+        self.assertEqual(self.store.own.version, 2)
+        self.store.publish("wireguard", None)
+        self.assertEqual((self.store.own.version, "wireguard" in self.store.own.data), (3, False))
+
+    def test_publish_refuses_bad_values_unchanged(self) -> None:
+        self.assertRaises((TypeError, ValueError), self.store.publish, "x", object())
+        self.assertRaises(ValueError, self.store.publish, "x", "a" * records.MAX_RECORD_SIZE)
+        self.assertEqual(self.store.own.version, 1)
+
+    def test_digest_fetches_and_shows(self) -> None:
+        self.add("bob", 2)
+        self.assertIsNone(self.store.members()["bob"].record)
+        self.changes.clear()
+        self.membership.digest("bob", "bob", 3)
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "bob")])
+        self.fetcher.answer(signed(BOB, "bob", 3, role="node").blob)
+        record = self.store.members()["bob"].record
+        assert record is not None
+        self.assertEqual((record.version, record.get("role")), (3, "node"))
+        self.assertEqual(
+            [(c.name, c.old and c.old.record, c.new and c.new.record) for c in self.changes],
+            [("bob", None, record)],
+        )
+        self.assertEqual(self.fetcher.pending(), [])
+        # Already held: no fetch.
+        self.membership.digest("bob", "bob", 3)
+        self.membership.digest("bob", "bob", 2)
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_fetches_deduplicated_and_newer_wins(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.digest("bob", "bob", 3)
+        self.membership.digest("carol", "bob", 3)
+        self.membership.digest("carol", "bob", 4)
+        self.assertEqual(len(self.fetcher.calls), 1)
+        self.fetcher.answer(signed(BOB, "bob", 3).blob)
+        # v3 is not what we want now: ask the one that advertised v4.
+        self.assertEqual(self.fetcher.pending(), [(endpoint(3), "bob")])
+        self.fetcher.answer(signed(BOB, "bob", 4).blob)
+        self.assertEqual(self.store.digests()["bob"], 4)
+        self.assertEqual(self.fetcher.pending(), [])
+
+    def test_failed_fetch_retries_another_holder_then_the_owner(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.add("dave", 4)
+        self.membership.digest("carol", "bob", 5)
+        self.membership.digest("dave", "bob", 5)
+        self.fetcher.fail()
+        self.assertEqual(self.fetcher.pending(), [(endpoint(4), "bob")])
+        self.fetcher.answer(None)  # dave no longer has it
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "bob")])
+        self.fetcher.answer(b"garbage")
+        self.assertEqual(self.drops.counts[records.BAD_RECORD], 1)
+        self.assertEqual(self.fetcher.pending(), [])
+        self.assertNotIn("bob", self.store.digests())
+        # A later digest starts over.
+        self.membership.digest("carol", "bob", 5)
+        self.assertEqual(self.fetcher.pending(), [(endpoint(3), "bob")])
+
+    def test_fetcher_raising_is_a_failed_fetch(self) -> None:
+        self.add("bob", 2)
+
+        def broken(holder: Endpoint, name: str) -> Deferred[bytes | None]:
+            raise OSError("no route")
+
+        self.store.fetch = broken
+        self.membership.digest("bob", "bob", 2)
+        self.assertNotIn("bob", self.store.digests())
+
+    def test_versions_never_go_backwards(self) -> None:
+        self.add("bob", 2)
+        self.assertTrue(self.store.accept(signed(BOB, "bob", 5).blob))
+        self.assertFalse(self.store.accept(signed(BOB, "bob", 4).blob))
+        self.assertFalse(self.store.accept(signed(BOB, "bob", 5, other=1).blob))
+        self.assertEqual(self.store.digests()["bob"], 5)
+        self.assertEqual(self.drops.counts[store.OUTDATED_RECORD], 1)
+
+    def test_unexpected_record_refused(self) -> None:
+        self.add("bob", 2)
+        self.membership.digest("bob", "bob", 1)
+        self.fetcher.answer(signed(CAROL, "carol", 1).blob)
+        self.assertEqual(self.drops.counts[store.UNEXPECTED_RECORD], 1)
+        self.assertNotIn("carol", self.store.digests())
+
+    def test_pinned_identity_conflict(self) -> None:
+        self.add("bob", 2)
+        self.assertTrue(self.store.accept(signed(BOB, "bob", 1).blob))
+        self.changes.clear()
+        self.assertFalse(self.store.accept(signed(MALLORY, "bob", 9, role="master").blob, "x"))
+        self.assertEqual(self.store.digests()["bob"], 1)
+        self.assertEqual(self.changes, [])
+        self.assertEqual(self.drops.counts[store.CONFLICT], 1)
+        [conflict] = self.store.conflicts()
+        self.assertEqual((conflict["kind"], conflict["names"]), ("identity", ["bob"]))
+        self.store.accept(signed(MALLORY, "bob", 10).blob)
+        self.assertEqual(self.store.conflicts()[0]["count"], 2)
+
+    def test_pins_survive_through_the_pins_object(self) -> None:
+        pins = Pins.from_mapping({"bob": BOB.public_key})
+        self.store.pins = pins
+        self.assertFalse(self.store.accept(signed(MALLORY, "bob", 1).blob))
+
+    def test_someone_else_signing_our_name(self) -> None:
+        self.assertFalse(self.store.accept(signed(MALLORY, "me", 99).blob))
+        self.assertEqual(self.store.own.version, 1)
+        self.assertEqual(self.store.conflicts()[0]["names"], ["me"])
+
+    def test_own_record_ahead_of_us_moves_us_forward(self) -> None:
+        """Restored from an old backup: others hold v7 of ours; we jump to v8."""
+        self.add("bob", 2)
+        self.membership.digest("bob", "me", 7)
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "me")])
+        self.fetcher.answer(signed(ME, "me", 7, role="old").blob)
+        self.assertEqual(self.store.own.version, 8)
+        self.assertEqual(self.store.own.data["role"], "master")
+        self.assertEqual(self.membership.broadcasts[-1], ("me", 8))
+        self.assertEqual(self.saved[-1].version, 8)
+
+    def test_own_record_at_our_version_changes_nothing(self) -> None:
+        self.assertFalse(self.store.accept(self.store.own.blob))
+        self.assertEqual(self.store.own.version, 1)
+        self.assertEqual(self.membership.broadcasts, [("me", 1)])
+
+    def test_impossible_versions_not_fetched(self) -> None:
+        self.add("bob", 2)
+        self.membership.digest("bob", "bob", records.MAX_VERSION + 1)
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_statuses_follow_membership(self) -> None:
+        self.add("bob", 2)
+        self.store.accept(signed(BOB, "bob", 1).blob)
+        self.changes.clear()
+        self.add("bob", 2, SUSPECT)
+        self.add("bob", 2, DEAD)
+        self.assertEqual(
+            [
+                (c.old.status if c.old else None, c.new.status if c.new else None)
+                for c in self.changes
+            ],
+            [(ALIVE, SUSPECT), (SUSPECT, DEAD)],
+        )
+        self.assertEqual(self.changes[-1].new.record, self.changes[-1].old.record)  # type: ignore[union-attr]
+        self.store.forget("bob")
+        self.assertNotIn("bob", self.store.members())
+        self.assertIsNone(self.changes[-1].new)
+
+    def test_record_without_member_is_held_not_shown(self) -> None:
+        self.store.accept(signed(BOB, "bob", 1).blob)
+        self.assertNotIn("bob", self.store.members())
+        self.add("bob", 2)
+        self.assertEqual(self.store.members()["bob"].record.version, 1)  # type: ignore[union-attr]
+
+    def test_mesh_address_conflict_reported(self) -> None:
+        real = plan.mesh_address
+
+        def colliding(cluster: str, name: str) -> ipaddress.IPv6Address:
+            return real(cluster, "twin" if name in ("twin-a", "twin-b") else name)
+
+        self.patch(plan, "mesh_address", colliding)
+        self.add("twin-a", 5)
+        self.assertEqual(self.store.conflicts(), [])
+        self.add("twin-b", 6)
+        [conflict] = self.store.conflicts()
+        self.assertEqual(conflict["kind"], "mesh-address")
+        self.assertEqual(conflict["names"], ["twin-a", "twin-b"])
+
+    def test_status_rows(self) -> None:
+        self.add("bob", 2, SUSPECT)
+        self.store.accept(signed(BOB, "bob", 4, role="node").blob)
+        self.assertEqual(
+            self.store.status(),
+            [
+                {
+                    "name": "bob",
+                    "role": "node",
+                    "address": "[2001:db8::2]:7946",
+                    "state": "suspect",
+                    "incarnation": 0,
+                    "version": 4,
+                },
+                {
+                    "name": "me",
+                    "role": "master",
+                    "address": "[2001:db8::1]:7946",
+                    "state": "alive",
+                    "incarnation": 0,
+                    "version": 1,
+                },
+            ],
+        )
+
+    def test_a_failing_listener_does_not_stop_the_store(self) -> None:
+        def broken(change: Change) -> None:
+            raise RuntimeError("bug in a service")
+
+        self.store.subscribe(broken)
+        self.add("bob", 2)
+        self.store.accept(signed(BOB, "bob", 1).blob)
+        self.assertEqual(self.changes[-1].new.record.version, 1)  # type: ignore[union-attr]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)

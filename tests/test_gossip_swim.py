@@ -1,0 +1,791 @@
+"""SWIM with Lifeguard, one member at a time, on task.Clock with a scripted network."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Iterable
+from typing import TypeVar
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto.config import Endpoint
+from hepto.gossip import codec
+from hepto.gossip.awareness import Awareness
+from hepto.gossip.broadcast import BroadcastQueue
+from hepto.gossip.messages import (
+    MAX_PLAINTEXT,
+    Ack,
+    Alive,
+    Dead,
+    Digest,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Suspect,
+)
+from hepto.gossip.profile import LAN, WAN, Profile
+from hepto.gossip.suspicion import Suspicion, suspicion_timeout
+from hepto.gossip.swim import (
+    INCARNATION_CEILING,
+    INCARNATION_SLACK,
+    Membership,
+    MemberState,
+    ProbeOrder,
+    Snapshot,
+)
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
+
+PEERS = ("b", "c", "d", "e")
+AnyMessage = TypeVar("AnyMessage", bound=Message)
+
+
+def endpoint(index: int) -> Endpoint:
+    return Endpoint(ipaddress.IPv6Address(f"2001:db8::{index}"), 7946)
+
+
+def state(name: str, index: int, status: str = ALIVE, incarnation: int = 0) -> MemberState:
+    return MemberState(name, endpoint(index), "node", incarnation, status, 0.0)
+
+
+class ScriptedPeers:
+    """Everyone but the member under test: responsive peers ack its pings and serve its
+    ping-reqs (acking for a responsive target, nacking otherwise), as real ones would."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.membership: Membership | None = None
+        self.sent: list[tuple[float, Endpoint, list[Message]]] = []
+        #: Who answers at each endpoint.
+        self.responsive: dict[Endpoint, str] = {}
+        #: Endpoints whose direct pings from us are lost, though relays get through.
+        self.blocked: set[Endpoint] = set()
+        self.streams: list[tuple[Endpoint, Deferred[bool]]] = []
+        self.cancelled: list[Deferred[bool]] = []
+        self.stream_answer: bool | None = None
+
+    def send(self, to: Endpoint, messages: Iterable[Message]) -> None:
+        messages = list(messages)
+        self.sent.append((self.clock.seconds(), to, messages))
+        name = self.responsive.get(to)
+        if name is None:
+            return
+        for message in messages:
+            if isinstance(message, Ping) and message.target == name and to not in self.blocked:
+                self._reply(0.01, to, Ack(message.seq, name))
+            elif isinstance(message, PingReq):
+                if self.responsive.get(message.target_address) == message.target:
+                    self._reply(0.02, to, Ack(message.seq, message.target))
+                else:
+                    self._reply(LAN.nack_timeout, to, Nack(message.seq, name))
+
+    def _reply(self, delay: float, sender: Endpoint, message: Message) -> None:
+        assert self.membership is not None
+        self.clock.callLater(delay, self.membership.receive, sender, [message])
+
+    def ping_stream(self, to: Endpoint, ping: Ping) -> Deferred[bool]:
+        if self.stream_answer is not None:
+            return succeed(self.stream_answer)
+        pending: Deferred[bool] = Deferred(self.cancelled.append)
+        self.streams.append((to, pending))
+        return pending
+
+    def messages(self, kind: type[AnyMessage], to: Endpoint | None = None) -> list[AnyMessage]:
+        return [
+            message
+            for _, destination, datagram in self.sent
+            for message in datagram
+            if isinstance(message, kind) and (to is None or destination == to)
+        ]
+
+    def probes(self) -> list[tuple[float, Endpoint, Ping]]:
+        """Pings that open a datagram: our own probes (relayed pings are for others)."""
+        return [
+            (when, to, first)
+            for when, to, (first, *_) in self.sent
+            if isinstance(first, Ping) and first.source == "a"
+        ]
+
+
+class MembershipTestCase(SynchronousTestCase):
+    profile = LAN
+
+    clock: Clock
+    network: ScriptedPeers
+
+    def make(
+        self, peers: Iterable[str] = PEERS, profile: Profile | None = None, start: bool = True
+    ) -> Membership:
+        """Member "a" knowing ``peers`` (all responsive), on self.clock and self.network."""
+        clock = self.clock = Clock()
+        network = self.network = ScriptedPeers(clock)
+        member = Membership(
+            "a", endpoint(1), "node", clock, network, profile or self.profile, random.Random(7)
+        )
+        network.membership = member
+        states = [state(name, index) for index, name in enumerate(peers, start=2)]
+        member.merge_state(states)
+        network.responsive = {peer.address: peer.name for peer in states}
+        if start:
+            member.start()
+        self.addCleanup(member.stop)
+        return member
+
+    def status(self, member: Membership, name: str) -> str | None:
+        known = member.member(name)
+        return None if known is None else known.status
+
+    def run_until_probed(self, target: Endpoint) -> Ping:
+        for _ in range(10_000):
+            for _, to, ping in self.network.probes():
+                if to == target:
+                    return ping
+            self.clock.advance(0.01)
+        self.fail(f"{target} never probed")
+
+
+class PingTests(MembershipTestCase):
+    def test_answers_ping_with_news(self) -> None:
+        member = self.make()
+        self.network.sent.clear()
+        member.receive(endpoint(2), [Ping(7, "a", "b")])
+        (_, to, datagram) = self.network.sent[-1]
+        self.assertEqual(to, endpoint(2))
+        self.assertEqual(datagram[0], Ack(7, "a"))
+        # The ack carries queued news along: here, our own Alive and our peers'.
+        self.assertIn(Alive("a", 0, endpoint(1), "node"), datagram)
+
+    def test_ping_for_another_member(self) -> None:
+        """A stale address (someone else lives there now) gets no ack: the prober must
+        not take it for the member it meant."""
+        member = self.make()
+        self.network.sent.clear()
+        member.receive(endpoint(2), [Ping(7, "z", "b")])
+        self.assertEqual(self.network.sent, [])
+        self.assertEqual(member.drops["ping for another member"], 1)
+
+    def test_stopped_member_ignores(self) -> None:
+        member = self.make()
+        member.stop()
+        self.network.sent.clear()
+        member.receive(endpoint(2), [Ping(7, "a", "b")])
+        self.assertEqual(self.network.sent, [])
+
+
+class ProbeTests(MembershipTestCase):
+    def test_round_robin(self) -> None:
+        """Each round probes every peer once, in a fresh random order."""
+        member = self.make()
+        self.clock.pump([0.1] * 400)
+        targets = [to for _, to, _ in self.network.probes()]
+        self.assertGreaterEqual(len(targets), 32)
+        peers = {endpoint(index) for index in range(2, 6)}
+        rounds = [tuple(targets[start : start + 4]) for start in range(0, 32, 4)]
+        for probe_round in rounds:
+            self.assertEqual(set(probe_round), peers)
+        self.assertGreater(len(set(rounds)), 3)
+        self.assertEqual([self.status(member, peer) for peer in PEERS], [ALIVE] * 4)
+        self.assertEqual(member.health, 0)
+
+    def test_unanswered_probe(self) -> None:
+        """No ack: ask the others and try TCP; when they all fail, suspect."""
+        member = self.make()
+        del self.network.responsive[endpoint(5)]
+        ping = self.run_until_probed(endpoint(5))
+        self.clock.advance(LAN.probe_timeout)
+        requests = self.network.messages(PingReq)
+        self.assertEqual(len(requests), 3)
+        self.assertEqual({request.target for request in requests}, {"e"})
+        self.assertEqual({request.seq for request in requests}, {ping.seq})
+        self.assertNotIn(endpoint(5), [to for _, to, datagram in self.network.sent[-3:]])
+        ((stream_to, stream),) = self.network.streams
+        self.assertEqual(stream_to, endpoint(5))
+        self.assertEqual(self.status(member, "e"), ALIVE)
+        self.clock.advance(LAN.probe_interval - LAN.probe_timeout + 0.01)
+        self.assertEqual(self.status(member, "e"), SUSPECT)
+        # The helpers all nacked: our own self.network is fine, our health with it.
+        self.assertEqual(member.health, 0)
+        # The TCP attempt that did not finish in time was abandoned.
+        self.assertEqual(self.network.cancelled, [stream])
+
+    def test_silent_helpers_hurt_health(self) -> None:
+        """Lifeguard: when even the helpers stay silent, the problem is likely ours, so
+        we probe less often and wait longer."""
+        member = self.make()
+        self.network.responsive.clear()
+        self.clock.pump([0.05] * 800)
+        times = [when for when, _, _ in self.network.probes()]
+        self.assertEqual(member.health, Awareness(8).limit - 1)
+        # The second probe came one interval after the first; later ones spread out.
+        self.assertLess(abs(times[1] - times[0] - 1.0), 0.06)
+        self.assertGreater(times[2] - times[1], 3.9)
+
+    def test_direct_ack_restores_health(self) -> None:
+        member = self.make()
+        member._awareness.apply(3)
+        self.clock.pump([0.1] * 100)
+        self.assertEqual(member.health, 0)
+
+    def test_relayed_ack(self) -> None:
+        """A peer we cannot reach directly, but others can, stays alive."""
+        member = self.make()
+        self.network.blocked.add(endpoint(5))
+        self.clock.pump([0.1] * 100)
+        self.assertGreater(len(self.network.messages(PingReq)), 0)
+        self.assertEqual(self.status(member, "e"), ALIVE)
+        self.assertEqual(member.health, 0)
+
+    def test_tcp_fallback(self) -> None:
+        member = self.make()
+        del self.network.responsive[endpoint(5)]
+        self.network.stream_answer = True
+        self.clock.pump([0.1] * 100)
+        self.assertGreater(len(self.network.messages(PingReq)), 0)
+        self.assertEqual(self.status(member, "e"), ALIVE)
+
+    def test_ack_from_the_wrong_member(self) -> None:
+        member = self.make()
+        del self.network.responsive[endpoint(5)]
+        ping = self.run_until_probed(endpoint(5))
+        member.receive(endpoint(5), [Ack(ping.seq, "d")])
+        self.assertEqual(member.drops["ack from the wrong member"], 1)
+        self.clock.advance(1.01)
+        self.assertEqual(self.status(member, "e"), SUSPECT)
+
+    def test_buddy_system(self) -> None:
+        """A suspect we probe learns of the suspicion in the same datagram."""
+        member = self.make()
+        member.receive(endpoint(3), [Suspect("b", 0, "c")])
+        self.network.sent.clear()
+        self.run_until_probed(endpoint(2))
+        datagram = next(
+            d for _, to, d in self.network.sent if to == endpoint(2) and isinstance(d[0], Ping)
+        )
+        self.assertIn(Suspect("b", 0, "a"), datagram)
+
+
+class RelayTests(MembershipTestCase):
+    def test_relays_ack(self) -> None:
+        member = self.make()
+        self.network.sent.clear()
+        member.receive(endpoint(3), [PingReq(9, "b", endpoint(2), "c")])
+        ((_, to, datagram),) = self.network.sent
+        self.assertEqual(to, endpoint(2))
+        ping = datagram[0]
+        assert isinstance(ping, Ping)
+        self.assertEqual((ping.target, ping.source), ("b", "a"))
+        self.clock.advance(0.02)
+        self.assertEqual(self.network.messages(Ack, endpoint(3)), [Ack(9, "b")])
+        self.clock.advance(1)
+        self.assertEqual(self.network.messages(Nack), [])
+
+    def test_nacks_when_target_is_silent(self) -> None:
+        member = self.make()
+        del self.network.responsive[endpoint(2)]
+        member.receive(endpoint(3), [PingReq(9, "b", endpoint(2), "c")])
+        self.clock.advance(LAN.probe_timeout)
+        self.assertEqual(self.network.messages(Nack, endpoint(3)), [Nack(9, "a")])
+        self.assertEqual(self.network.messages(Ack, endpoint(3)), [])
+
+    def test_relay_flood(self) -> None:
+        member = self.make(start=False)
+        member.start()
+        for seq in range(300):
+            member.receive(endpoint(3), [PingReq(seq, "b", endpoint(2), "c")])
+        self.assertEqual(member.drops["too many ping-req relays"], 300 - 256)
+
+
+class SuspicionTests(MembershipTestCase):
+    def test_formula_matches_memberlist(self) -> None:
+        """memberlist's suspicion_test.go: remaining time after n of k confirmations."""
+        for confirmations, elapsed, remaining in [(0, 0, 30), (1, 2, 14), (2, 3, 4.81), (3, 4, -2)]:
+            total = suspicion_timeout(confirmations, 3, 2.0, 30.0)
+            self.assertLess(abs(total - elapsed - remaining), 0.01)
+        self.assertEqual(suspicion_timeout(5, 0, 2.0, 30.0), 2.0)
+
+    def test_confirmations_shorten(self) -> None:
+        peers = [f"p{index}" for index in range(9)]
+        member = self.make(peers)
+        shortest, longest = LAN.suspicion_timeouts(10)
+        self.assertEqual((shortest, longest), (4.0, 24.0))
+        member.receive(endpoint(2), [Suspect("p8", 0, "p0")])
+        start = self.clock.seconds()
+        self.clock.advance(1)
+        member.receive(endpoint(3), [Suspect("p8", 0, "p0")])  # the same accuser again
+        member.receive(endpoint(3), [Suspect("p8", 0, "p1")])
+        expected = suspicion_timeout(1, 2, shortest, longest)
+        self.clock.advance(expected - 1 - 0.05)
+        self.assertEqual(self.status(member, "p8"), SUSPECT)
+        self.clock.advance(0.1)
+        self.assertEqual(self.status(member, "p8"), DEAD)
+        self.assertLess(abs(self.clock.seconds() - start - expected), 0.1)
+        self.assertEqual(member._queue.get("p8"), Dead("p8", 0, "a"))
+
+    def test_enough_confirmations_give_shortest(self) -> None:
+        peers = [f"p{index}" for index in range(9)]
+        member = self.make(peers)
+        for accuser in ("p0", "p1", "p2"):
+            member.receive(endpoint(2), [Suspect("p8", 0, accuser)])
+        self.clock.advance(3.9)
+        self.assertEqual(self.status(member, "p8"), SUSPECT)
+        self.clock.advance(0.2)
+        self.assertEqual(self.status(member, "p8"), DEAD)
+
+    def test_small_cluster(self) -> None:
+        """Too few members to confirm: the shortest timeout at once."""
+        member = self.make(["b", "c"])
+        member.receive(endpoint(2), [Suspect("c", 0, "b")])
+        self.clock.advance(3.9)
+        self.assertEqual(self.status(member, "c"), SUSPECT)
+        self.clock.advance(0.2)
+        self.assertEqual(self.status(member, "c"), DEAD)
+
+    def test_last_look(self) -> None:
+        """Before declaring a suspect dead, we probe it ourselves, suspicion attached: a
+        live one that refuted long ago (and we missed it) answers with its Alive."""
+        member = self.make()
+        member.receive(endpoint(3), [Suspect("e", 0, "c")])
+        deadline = member._suspicions["e"].deadline
+        self.clock.advance(deadline - self.clock.seconds() - 2.0 - 0.01)
+        self.network.sent.clear()
+        self.clock.advance(1.0)
+        ((_, to, ping),) = self.network.probes()
+        self.assertEqual(to, endpoint(5))
+        datagram = next(sent[2] for sent in self.network.sent if sent[2][0] is ping)
+        self.assertIn(Suspect("e", 0, "a"), datagram)
+        member.receive(endpoint(5), [Alive("e", 1, endpoint(5), "node"), Ack(ping.seq, "e")])
+        self.clock.advance(30)
+        self.assertEqual(self.status(member, "e"), ALIVE)
+
+    def test_suspicion_object(self) -> None:
+        clock = Clock()
+        expired: list[int] = []
+        looks: list[float] = []
+        suspicion = Suspicion(
+            clock, "x", 2, 4.0, 24.0, expired.append, lambda: looks.append(clock.seconds()), 2.0
+        )
+        self.assertFalse(suspicion.confirm("x"))
+        self.assertTrue(suspicion.confirm("y"))
+        self.assertTrue(suspicion.confirm("z"))
+        self.assertFalse(suspicion.confirm("w"))
+        clock.pump([0.5] * 8)
+        self.assertEqual((expired, looks), ([2], [2.0]))
+        suspicion.cancel()
+
+
+class RefutationTests(MembershipTestCase):
+    def test_refutes_suspicion(self) -> None:
+        member = self.make()
+        member.receive(endpoint(2), [Suspect("a", 0, "b")])
+        self.assertEqual(member.incarnation, 1)
+        self.assertEqual(self.status(member, "a"), ALIVE)
+        self.assertEqual(member.health, 1)
+        member.receive(endpoint(2), [Ping(3, "a", "b")])
+        self.assertIn(Alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
+
+    def test_refutes_death_above_accusation(self) -> None:
+        member = self.make()
+        member.receive(endpoint(2), [Dead("a", 5, "b")])
+        self.assertEqual(member.incarnation, 6)
+
+    def test_refutation_rides_on_the_ack(self) -> None:
+        """News is handled before the ping it came with, so the ack carries the answer."""
+        member = self.make()
+        self.clock.advance(5)
+        self.network.sent.clear()
+        member.receive(endpoint(2), [Ping(3, "a", "b"), Suspect("a", 0, "b")])
+        datagram = self.network.sent[-1][2]
+        self.assertEqual(datagram[0], Ack(3, "a"))
+        self.assertEqual(datagram[1], Alive("a", 1, endpoint(1), "node"))
+
+    def test_stale_accusation_repeats_refutation(self) -> None:
+        member = self.make()
+        member.receive(endpoint(2), [Suspect("a", 0, "b")])
+        self.clock.pump([0.1] * 50)
+        self.assertEqual(member.queued(), 0)
+        member.receive(endpoint(3), [Ping(4, "a", "c"), Suspect("a", 0, "c")])
+        self.assertIn(Alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
+        self.assertEqual(member.incarnation, 1)
+
+    def test_alive_about_us(self) -> None:
+        """Someone thinks we are at a newer incarnation, or have another role: correct it."""
+        member = self.make()
+        member.receive(endpoint(2), [Alive("a", 3, endpoint(1), "node")])
+        self.assertEqual(member.incarnation, 4)
+        member.receive(endpoint(2), [Alive("a", 4, endpoint(1), "master")])
+        self.assertEqual(member.incarnation, 5)
+        self.assertEqual(member.member("a").role, "node")  # type: ignore[union-attr]
+        member.receive(endpoint(2), [Alive("a", 5, endpoint(1), "node")])
+        self.assertEqual(member.incarnation, 5)
+
+    def test_news_revives(self) -> None:
+        member = self.make()
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        self.assertEqual(self.status(member, "b"), DEAD)
+        member.receive(endpoint(3), [Alive("b", 0, endpoint(2), "node")])
+        self.assertEqual(self.status(member, "b"), DEAD)
+        member.receive(endpoint(3), [Alive("b", 1, endpoint(2), "node")])
+        self.assertEqual(self.status(member, "b"), ALIVE)
+
+
+class IncarnationSanityTests(MembershipTestCase):
+    def test_jump_in_accusation(self) -> None:
+        member = self.make()
+        member.receive(endpoint(3), [Suspect("b", INCARNATION_SLACK + 1, "c")])
+        member.receive(endpoint(3), [Dead("b", INCARNATION_SLACK + 1, "c")])
+        self.assertEqual(self.status(member, "b"), ALIVE)
+        self.assertEqual(member.drops["incarnation jump"], 2)
+        member.receive(endpoint(3), [Suspect("b", INCARNATION_SLACK, "c")])
+        self.assertEqual(self.status(member, "b"), SUSPECT)
+
+    def test_accusation_of_us(self) -> None:
+        """An absurd accusation of us is dropped; refuting it would cost us our future."""
+        member = self.make()
+        member.receive(endpoint(3), [Dead("a", 2**63, "c")])
+        member.receive(endpoint(3), [Suspect("a", INCARNATION_SLACK + 1, "c")])
+        self.assertEqual(member.incarnation, 0)
+        self.assertEqual(member.drops["absurd incarnation"], 1)
+        self.assertEqual(member.drops["incarnation jump"], 1)
+
+    def test_jump_in_alive(self) -> None:
+        """Only the member itself may jump ahead (say, after losing its saved state)."""
+        member = self.make()
+        jump = Alive("b", INCARNATION_SLACK + 5, endpoint(2), "node")
+        member.receive(endpoint(3), [jump])
+        self.assertEqual(member.member("b").incarnation, 0)  # type: ignore[union-attr]
+        member.receive(endpoint(2), [jump])
+        self.assertEqual(member.member("b").incarnation, jump.incarnation)  # type: ignore[union-attr]
+
+    def test_ceiling(self) -> None:
+        member = self.make()
+        member.receive(endpoint(9), [Alive("z", INCARNATION_CEILING + 1, endpoint(9), "node")])
+        self.assertIsNone(member.member("z"))
+        member.receive(endpoint(9), [Alive("z", INCARNATION_CEILING, endpoint(9), "node")])
+        self.assertEqual(self.status(member, "z"), ALIVE)
+
+
+class ConflictTests(MembershipTestCase):
+    def test_address_conflict(self) -> None:
+        member = self.make()
+        member.receive(endpoint(3), [Alive("b", 1, endpoint(9), "node")])
+        self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
+        self.assertEqual(member.drops["address conflict"], 1)
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        member.receive(endpoint(3), [Alive("b", 1, endpoint(9), "node")])
+        self.assertEqual(member.member("b").address, endpoint(9))  # type: ignore[union-attr]
+        self.assertEqual(self.status(member, "b"), ALIVE)
+
+    def test_our_name_elsewhere(self) -> None:
+        member = self.make()
+        member.receive(endpoint(3), [Alive("a", 9, endpoint(9), "node")])
+        self.assertEqual(member.incarnation, 0)
+        self.assertEqual(member.member("a").address, endpoint(1))  # type: ignore[union-attr]
+
+
+class LeaveTests(MembershipTestCase):
+    def test_leave(self) -> None:
+        member = self.make()
+        left = member.leave()
+        self.assertEqual(self.status(member, "a"), LEFT)
+        self.assertNoResult(left)
+        self.clock.pump([0.1] * 10)
+        self.successResultOf(left)
+        limit = LAN.retransmit_limit(5)
+        self.assertEqual(len(self.network.messages(Dead)), limit)
+        self.assertEqual(set(self.network.messages(Dead)), {Dead("a", 0, "a")})
+        # A departed member does not argue any more.
+        member.receive(endpoint(2), [Suspect("a", 0, "b"), Alive("a", 3, endpoint(1), "node")])
+        self.assertEqual(member.incarnation, 0)
+        self.successResultOf(member.leave())
+
+    def test_alone(self) -> None:
+        member = self.make([])
+        self.successResultOf(member.leave())
+
+    def test_timeout(self) -> None:
+        member = self.make(profile=attrs.evolve(LAN, retransmit_mult=1000))
+        left = member.leave()
+        self.clock.advance(LAN.leave_timeout - 0.1)
+        self.assertNoResult(left)
+        self.clock.advance(0.2)
+        self.successResultOf(left)
+
+    def test_stop_while_leaving(self) -> None:
+        member = self.make(profile=attrs.evolve(LAN, retransmit_mult=1000))
+        left = member.leave()
+        member.stop()
+        self.successResultOf(left)
+
+    def test_others_leave(self) -> None:
+        member = self.make()
+        member.receive(endpoint(2), [Dead("b", 0, "b")])
+        self.assertEqual(self.status(member, "b"), LEFT)
+
+
+class ReapTests(MembershipTestCase):
+    def test_reap(self) -> None:
+        profile = attrs.evolve(LAN, gossip_to_the_dead=10.0, reap_after=20.0)
+        member = self.make(profile=profile)
+        reaped: list[MemberState] = []
+        member.on_reap = reaped.append
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        self.clock.pump([0.5] * 38)
+        self.assertEqual(self.status(member, "b"), DEAD)
+        self.clock.pump([0.5] * 6)
+        self.assertIsNone(member.member("b"))
+        self.assertEqual([(gone.name, gone.status) for gone in reaped], [("b", DEAD)])
+        self.assertNotIn("b", member._order)
+        # Forgotten means forgotten: it can come back, as new.
+        member.receive(endpoint(2), [Alive("b", 0, endpoint(2), "node")])
+        self.assertEqual(self.status(member, "b"), ALIVE)
+
+    def test_gossip_to_the_dead(self) -> None:
+        profile = attrs.evolve(LAN, gossip_to_the_dead=10.0)
+        member = self.make(profile=profile)
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        died = self.clock.seconds()
+        for version in range(1, 200):
+            member.broadcast_digest("a", version)
+            self.clock.advance(0.1)
+
+        def gossip_to_b(start: float, end: float) -> int:
+            return sum(
+                1
+                for when, to, datagram in self.network.sent
+                if to == endpoint(2) and start <= when < end and isinstance(datagram[0], Digest)
+            )
+
+        self.assertGreater(gossip_to_b(died, died + 10), 0)
+        self.assertEqual(gossip_to_b(died + 10.1, died + 20), 0)
+
+
+class StateExchangeTests(MembershipTestCase):
+    def test_merge(self) -> None:
+        member = self.make()
+        member.merge_state(
+            [
+                state("b", 2, DEAD),
+                state("c", 3, LEFT),
+                state("f", 7),
+                state("x", 8, SUSPECT),
+                state("y", 9, "confused"),
+            ]
+        )
+        # Their dead is our suspect: it gets its chance to refute.
+        self.assertEqual(self.status(member, "b"), SUSPECT)
+        self.assertEqual(self.status(member, "c"), LEFT)
+        self.assertEqual(self.status(member, "f"), ALIVE)
+        self.assertIsNone(member.member("x"))
+        self.assertEqual(member.drops["unknown status in merged state"], 1)
+        names = {known.name for known in member.local_state()}
+        self.assertEqual(names, {"a", "b", "c", "d", "e", "f"})
+        self.assertEqual(set(member.members()), names)
+
+    def test_push_pull(self) -> None:
+        member = self.make()
+        self.assertEqual(member.push_pull_interval(), LAN.push_pull_interval)
+        member.merge_state([state(f"p{index}", index + 10) for index in range(95)])
+        self.assertEqual(member.push_pull_interval(), 3 * LAN.push_pull_interval)
+        member.receive(endpoint(2), [Dead("b", 0, "b")])
+        targets = {member.push_pull_target().name for _ in range(500)}  # type: ignore[union-attr]
+        self.assertNotIn("b", targets)
+        self.assertNotIn("a", targets)
+
+    def test_observers(self) -> None:
+        member = self.make()
+        seen: list[tuple[str | None, str]] = []
+
+        def broken(old: MemberState | None, new: MemberState) -> None:
+            raise ZeroDivisionError()
+
+        member.subscribe(broken)
+        unsubscribe = member.subscribe(
+            lambda old, new: seen.append((None if old is None else old.status, new.status))
+        )
+        member.receive(endpoint(3), [Suspect("b", 0, "c"), Alive("f", 0, endpoint(7), "node")])
+        self.assertEqual(seen, [(ALIVE, SUSPECT), (None, ALIVE)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        unsubscribe()
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        self.assertEqual(len(seen), 2)
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
+class DigestTests(MembershipTestCase):
+    def test_heard(self) -> None:
+        member = self.make()
+        heard: list[tuple[str, str, int]] = []
+        member.on_digest = lambda holder, name, version: heard.append((holder.name, name, version))
+        member.receive(endpoint(2), [Digest("c", 3)])
+        member.receive(endpoint(99), [Digest("c", 4)])
+        self.assertEqual(heard, [("b", "c", 3)])
+        self.assertEqual(member.drops["digest from an unknown sender"], 1)
+
+    def test_newest_wins(self) -> None:
+        member = self.make(start=False)
+        member.broadcast_digest("a", 2)
+        member.broadcast_digest("a", 1)
+        member.broadcast_digest("b", 1)
+        self.assertEqual(member._queue.get(("digest", "a")), Digest("a", 2))
+        member.broadcast_digest("a", 3)
+        self.assertEqual(member._queue.get(("digest", "a")), Digest("a", 3))
+        self.assertEqual(member._queue.get(("digest", "b")), Digest("b", 1))
+
+
+class PackingTests(MembershipTestCase):
+    def test_datagrams_fit(self) -> None:
+        """Whatever is queued, every datagram encodes within the budget."""
+        member = self.make()
+        member.merge_state(
+            [state(f"member-{index:04d}-" + "x" * 50, index + 10) for index in range(300)]
+        )
+        for version in range(50):
+            member.broadcast_digest(f"record-{version}-" + "y" * 200, version)
+        self.clock.pump([0.1] * 50)
+        self.assertGreater(len(self.network.sent), 50)
+        sizes = [len(codec.encode(datagram)) for _, _, datagram in self.network.sent]
+        self.assertLessEqual(max(sizes), MAX_PLAINTEXT)
+        self.assertGreater(max(sizes), MAX_PLAINTEXT - 300)
+
+    def test_stop_leaves_nothing_behind(self) -> None:
+        member = self.make()
+        del self.network.responsive[endpoint(5)]
+        self.run_until_probed(endpoint(5))
+        self.clock.advance(LAN.probe_timeout)
+        member.receive(endpoint(3), [Suspect("b", 0, "c")])
+        member.receive(endpoint(3), [PingReq(9, "c", endpoint(3), "d")])
+        ((_, stream),) = self.network.streams
+        member.stop()
+        self.assertEqual(self.network.cancelled, [stream])
+        # Only the scripted peers' answers are still on their way.
+        self.assertEqual(
+            [
+                call
+                for call in self.clock.getDelayedCalls()
+                if getattr(call, "func", None) != member.receive
+            ],
+            [],
+        )
+
+
+class BroadcastQueueTests(SynchronousTestCase):
+    def test_limit_and_invalidation(self) -> None:
+        done: list[str] = []
+        queue = BroadcastQueue(lambda: 2)
+        queue.put("x", Digest("x", 1), on_done=lambda: done.append("x1"))
+        queue.put("x", Digest("x", 2), on_done=lambda: done.append("x2"))
+        self.assertEqual(done, ["x1"])
+        self.assertEqual(queue.take(1000), [Digest("x", 2)])
+        self.assertEqual(queue.take(1000), [Digest("x", 2)])
+        self.assertEqual(done, ["x1", "x2"])
+        self.assertEqual(queue.take(1000), [])
+
+    def test_fewest_sent_then_newest_first(self) -> None:
+        queue = BroadcastQueue(lambda: 10)
+        size = codec.encoded_size(Digest("a", 1))
+        queue.put("a", Digest("a", 1))
+        self.assertEqual(queue.take(size), [Digest("a", 1)])
+        queue.put("b", Digest("b", 1))
+        queue.put("c", Digest("c", 1))
+        self.assertEqual(queue.take(size), [Digest("c", 1)])
+        self.assertEqual(queue.take(size), [Digest("b", 1)])
+        # All sent once now: the latest to get there goes first.
+        self.assertEqual(queue.take(3 * size), [Digest("b", 1), Digest("c", 1), Digest("a", 1)])
+
+    def test_skips_what_does_not_fit(self) -> None:
+        queue = BroadcastQueue(lambda: 10)
+        big, small = Digest("b" * 100, 1), Digest("s", 1)
+        queue.put("small", small)
+        queue.put("big", big)
+        self.assertEqual(queue.take(codec.encoded_size(small) + 5), [small])
+        self.assertEqual(queue.take(codec.MIN_MESSAGE_SIZE - 1), [])
+        self.assertEqual(len(queue), 2)
+        queue.clear()
+        self.assertEqual(len(queue), 0)
+
+
+class ProfileTests(SynchronousTestCase):
+    def test_memberlist_figures(self) -> None:
+        """The figures memberlist gives for 100 members (docs/gossip.rst repeats them)."""
+        self.assertEqual(LAN.retransmit_limit(100), 12)
+        self.assertEqual(LAN.suspicion_timeouts(100), (8.0, 48.0))
+        self.assertEqual(WAN.suspicion_timeouts(1)[0], 30.0)
+
+    def test_validation(self) -> None:
+        self.assertRaises(ValueError, Profile, probe_interval=1.0, probe_timeout=1.0)
+        self.assertRaises(ValueError, Profile, gossip_to_the_dead=60.0, reap_after=30.0)
+        self.assertRaises(ValueError, Profile, gossip_interval=0)
+        self.assertRaises(ValueError, Profile, gossip_nodes=0)
+
+
+class AwarenessTests(SynchronousTestCase):
+    def test_bounds(self) -> None:
+        awareness = Awareness(8)
+        awareness.apply(-3)
+        self.assertEqual(awareness.score, 0)
+        awareness.apply(20)
+        self.assertEqual(awareness.score, 7)
+        self.assertEqual(awareness.scale(0.5), 4.0)
+
+
+class ProbeOrderTests(SynchronousTestCase):
+    @settings(max_examples=300)
+    @given(
+        st.lists(st.text("abcdefgh", min_size=1, max_size=2), unique=True, max_size=8),
+        st.lists(
+            st.tuples(st.sampled_from(["add", "remove", "draw"]), st.text("abcdefghij", max_size=2))
+        ),
+        st.integers(0, 2**32),
+    )
+    def test_model(self, base: list[str], actions: list[tuple[str, str]], seed: int) -> None:
+        """Against a set: same contents, and a round without changes visits each once."""
+        order = ProbeOrder(random.Random(seed), base, {name: i for i, name in enumerate(base)})
+        model = set(base)
+        for action, name in actions:
+            if action == "add" and name:
+                order.add(name)
+                model.add(name)
+            elif action == "remove":
+                order.remove(name)
+                model.discard(name)
+            else:
+                drawn = order.draw()
+                self.assertTrue(drawn in model if model else drawn is None)
+            self.assertEqual(sorted(order), sorted(model))
+            self.assertEqual(len(order), len(model))
+        # Finish the current round, then one full round must visit each name once.
+        for _ in range(len(model)):
+            if order._next >= len(order):
+                break
+            order.draw()
+        self.assertEqual(sorted(order.draw() or "" for _ in model), sorted(model))
+
+    def test_snapshot_shared(self) -> None:
+        """Members started from one snapshot do not copy it."""
+        states = [state(f"m{index}", index + 2) for index in range(100)]
+        snapshot = Snapshot(states)
+        clock = Clock()
+        members = [
+            Membership(
+                known.name,
+                known.address,
+                "node",
+                clock,
+                ScriptedPeers(clock),
+                LAN,
+                random.Random(index),
+                snapshot=snapshot,
+            )
+            for index, known in enumerate(states[:3])
+        ]
+        for member in members:
+            self.assertEqual(len(member.members()), 100)
+            self.assertEqual(len(member._order), 99)
+            self.assertNotIn(member.name, member._order)
+            self.assertEqual(member._table._changed.keys(), {member.name})

@@ -1,0 +1,490 @@
+"""Streams and datagrams: decoders under fuzz, then real GossipServices over [::1]."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from hepto import config
+from hepto.config import Endpoint
+from hepto.control import ControlError, query
+from hepto.gossip import codec, crypto, streams
+from hepto.gossip.crypto import Keyring
+from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
+from hepto.gossip.profile import Profile
+from hepto.gossip.service import GossipService
+from hepto.gossip.streams import (
+    Fetch,
+    FrameBuffer,
+    PeerState,
+    PushPull,
+    Record,
+    StreamAck,
+    StreamDecodeError,
+    StreamPing,
+)
+from hepto.state import ALIVE, DEAD, LEFT, Change
+
+KEY = "5a" * 32
+WRONG_KEY = "a5" * 32
+LOOPBACK = ipaddress.IPv6Address("::1")
+#: Fast timings: the same protocol, ten times quicker than the LAN profile.
+FAST = Profile(
+    probe_interval=0.2,
+    probe_timeout=0.1,
+    gossip_interval=0.05,
+    suspicion_mult=3,
+    gossip_to_the_dead=3.0,
+    reap_after=3.0,
+    push_pull_interval=1.0,
+    leave_timeout=1.0,
+)
+#: Generous: this machine's two cores are shared with a Go build.
+TIMEOUT = 30.0
+
+
+class StreamCodecTests(SynchronousTestCase):
+    def test_round_trips(self) -> None:
+        messages: list[streams.StreamMessage] = [
+            PushPull(
+                "alice",
+                True,
+                (PeerState("bob", Endpoint(LOOPBACK, 7946), "master", 3, DEAD),),
+                (("bob", 4), ("alice", 1)),
+            ),
+            Fetch("bob"),
+            Record(b"\x01blob"),
+            Record(None),
+            StreamPing(Ping(7, "bob", "alice")),
+            StreamAck(True),
+            StreamAck(False),
+        ]
+        for message in messages:
+            self.assertEqual(streams.decode(streams.encode(message)), message)
+
+    def test_strict(self) -> None:
+        good = json.loads(
+            streams.encode(
+                PushPull("a", False, (PeerState("b", Endpoint(LOOPBACK, 1), "node", 1, ALIVE),), ())
+            )[1:]
+        )
+        bad_documents = [
+            {**good, "join": 1},
+            {**good, "extra": 1},
+            {**good, "sender": "Not A Name"},
+            {**good, "members": [["b", "::1", 0, "node", 1, "alive"]]},
+            {**good, "members": [["b", "1.2.3.4", 1, "node", 1, "alive"]]},
+            {**good, "members": [["b", "::1", 1, "king", 1, "alive"]]},
+            {**good, "members": [["b", "::1", 1, "node", -1, "alive"]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "zombie"]]},
+            {**good, "members": [["b", "::1", 1, "node", 1]]},
+            {**good, "digests": [["b", 0]]},
+            {**good, "digests": [["b", 2**60]]},
+            {**good, "digests": [["b", 1, 2]]},
+        ]
+        for document in bad_documents:
+            payload = bytes((streams.PUSH_PULL,)) + json.dumps(document).encode()
+            self.assertRaises(StreamDecodeError, streams.decode, payload)
+        for payload in (b"", b"\x09", b"\x03", b"\x03\x02x", b"\x05\x02", b"\x02\xff", b"\x04"):
+            self.assertRaises(StreamDecodeError, streams.decode, payload)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_fuzz_decoder(self, payload: bytes) -> None:
+        try:
+            message = streams.decode(payload)
+        except StreamDecodeError:
+            return
+        # Whatever is accepted is a well-formed message that encodes again.
+        streams.encode(message)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([1, 2, 3, 4, 5]), st.text(max_size=200))
+    def test_fuzz_typed_bodies(self, kind: int, body: str) -> None:
+        try:
+            streams.decode(bytes((kind,)) + body.encode())
+        except StreamDecodeError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=70), max_size=8), st.integers(1, 40))
+    def test_fuzz_frame_buffer(self, frames: list[bytes], chunk: int) -> None:
+        data = b"".join(streams.frame(f) for f in frames)
+        buffer = FrameBuffer(limit=100)
+        got = []
+        for start in range(0, len(data), chunk):
+            got += buffer.feed(data[start : start + chunk])
+        self.assertEqual(got, frames)
+
+    def test_frame_limit(self) -> None:
+        buffer = FrameBuffer(limit=10)
+        error = self.assertRaises(crypto.Dropped, buffer.feed, b"\x00\x00\x00\x0b")
+        self.assertEqual(error.reason, crypto.OVERSIZED)
+
+
+def node_config(
+    name: str, port: int, data_dir: Path, key: str = KEY, anchors: tuple[int, ...] = ()
+) -> config.NodeConfig:
+    node = config.parse_node_config(
+        {
+            "cluster": "test",
+            "name": name,
+            "key": key,
+            "ip": "::1/128",
+            "port": str(port),
+            "data-dir": str(data_dir),
+            "role": "node",
+        },
+        {"anchor": [f"[::1]:{anchor}" for anchor in anchors]},
+        {"no-contain": True},
+    )
+    node.node_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    return node
+
+
+def held(service: GossipService, name: str, key: str) -> Any:
+    """``key`` of the record ``service`` holds for ``name``, or None."""
+    member = service.state.members().get(name)
+    return None if member is None or member.record is None else member.record.get(key)
+
+
+def until(service: GossipService, predicate: Callable[[], bool], what: str) -> Deferred[None]:
+    """Fires once ``predicate`` holds, checked on every state change: no polling."""
+    done: Deferred[None] = Deferred()
+
+    def check(change: Change | None = None) -> None:
+        if not done.called and predicate():
+            unsubscribe()
+            done.callback(None)
+
+    unsubscribe = service.state.subscribe(check)
+    check()
+
+    def timed_out(failure: Any) -> Any:
+        unsubscribe()
+        failure.value.args = (f"timed out waiting for {what}",)
+        return failure
+
+    done.addTimeout(TIMEOUT, reactor)
+    return done.addErrback(timed_out)
+
+
+def counted(service: GossipService, reason: str, at_least: int = 1) -> Deferred[None]:
+    """Fires once ``reason`` was counted ``at_least`` times."""
+    done: Deferred[None] = Deferred()
+
+    def check(_: str = "") -> None:
+        if not done.called and service.drops.counts[reason] >= at_least:
+            stop()
+            done.callback(None)
+
+    stop = service.drops.observe(check)
+    check()
+    return done.addTimeout(TIMEOUT, reactor)
+
+
+class ServicesTests(TestCase):
+    """Real UDP and TCP on [::1] between GossipServices of one process."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.data_dir = Path(self.mktemp())
+        self.services: dict[str, GossipService] = {}
+
+    def start(
+        self, name: str, key: str = KEY, anchors: tuple[str, ...] = (), port: int | None = None
+    ) -> GossipService:
+        port = port or free_port()
+        anchor_ports = tuple(self.services[anchor].address.port for anchor in anchors)
+        service = GossipService(
+            node_config(name, port, self.data_dir, key, anchor_ports),
+            reactor,
+            FAST,
+            random.Random(name),
+        )
+        service.startService()
+        self.services[name] = service
+        self.addCleanup(self.stop, service)
+        return service
+
+    def stop(self, service: GossipService) -> Deferred[None] | None:
+        return service.stopService() if service.running else None
+
+    def sees(self, observer: str, name: str, status: str = ALIVE) -> Callable[[], bool]:
+        def predicate() -> bool:
+            member = self.services[observer].state.members().get(name)
+            return member is not None and member.status == status
+
+        return predicate
+
+    @inlineCallbacks
+    def test_join_propagate_fetch_and_leave(self) -> Any:
+        alice = self.start("alice")
+        bob = self.start("bob", anchors=("alice",))
+        carol = self.start("carol", anchors=("bob",))
+        for observer in ("alice", "bob", "carol"):
+            for name in ("alice", "bob", "carol"):
+                yield until(
+                    self.services[observer], self.sees(observer, name), f"{observer} sees {name}"
+                )
+        self.assertTrue(all(s.joined for s in self.services.values()))
+
+        blob = "x" * 4096  # Too big for any datagram: it must travel by fetch.
+        carol.state.publish("payload", blob)
+        for service in (alice, bob):
+            yield until(
+                service,
+                lambda s=service: held(s, "carol", "payload") == blob,  # type: ignore[misc]
+                "the 4 KiB record",
+            )
+        record = alice.state.members()["carol"].record
+        assert record is not None
+        self.assertEqual(record.version, carol.store.own.version)
+        self.assertEqual(record.get("role"), "node")
+        self.assertEqual(record.get("gossip"), str(carol.address))
+
+        yield carol.stopService()
+        yield until(alice, self.sees("alice", "carol", LEFT), "carol's leave")
+        self.assertEqual(alice.status()["drops"].get(crypto.UNDECRYPTABLE, 0), 0)
+
+    def crash(self, service: GossipService) -> None:
+        """As kill -9 would: no leave, no goodbye; timers and sockets just stop."""
+        service._stopping = True
+        for timer in service._timers.values():
+            if timer.active():
+                timer.cancel()
+        service.membership.stop()
+        stopped = [service.control.stopService(), service.transport.stop()]
+        self.addCleanup(lambda: DeferredList(stopped))
+
+    @inlineCallbacks
+    def test_crashed_member_declared_dead_then_forgotten(self) -> Any:
+        alice = self.start("alice")
+        bob = self.start("bob", anchors=("alice",))
+        carol = self.start("carol", anchors=("alice",))
+        for observer in (alice, bob):
+            yield until(observer, self.sees(observer.config.name, "carol"), "carol joins")
+        forgotten: list[Change] = []
+        alice.state.subscribe(lambda c: forgotten.append(c) if c.new is None else None)
+        self.crash(carol)
+        yield until(alice, self.sees("alice", "carol", DEAD), "carol dead for alice")
+        yield until(bob, self.sees("bob", "carol", DEAD), "carol dead for bob")
+        yield until(alice, lambda: "carol" not in alice.state.members(), "carol reaped")
+        self.assertEqual([c.name for c in forgotten], ["carol"])
+        self.assertNotIn("carol", alice.store.digests())
+
+    @inlineCallbacks
+    def test_join_retries_until_an_anchor_answers(self) -> Any:
+        """The anchor starts after its joiner: the joiner keeps trying, then gets in."""
+        anchor_port = free_port()
+        bob = GossipService(
+            node_config("bob", free_port(), Path(self.mktemp()), anchors=(anchor_port,)),
+            reactor,
+            FAST,
+            random.Random(1),
+        )
+        bob.startService()
+        self.addCleanup(self.stop, bob)
+        self.services["bob"] = bob
+        yield deferLater(reactor, 1.5, lambda: None)  # At least one refused attempt.
+        self.assertFalse(bob.joined)
+        self.assertGreaterEqual(bob._join_attempts, 2)
+        self.start("alice", port=anchor_port)
+        yield until(bob, self.sees("bob", "alice"), "bob joins alice")
+        yield deferLater(reactor, 0, lambda: None)  # The join's own callbacks come next.
+        self.assertTrue(bob.joined)
+
+    @inlineCallbacks
+    def test_stream_flood_refused_and_counted(self) -> Any:
+        alice = self.start("alice")
+        endpoint = TCP6ClientEndpoint(reactor, "::1", alice.address.port)
+        limit = 64
+        idle = [Protocol() for _ in range(limit + 3)]
+        for protocol in idle:
+            yield connectProtocol(endpoint, protocol)
+            self.addCleanup(protocol.transport.abortConnection)  # type: ignore[union-attr]
+        yield counted(alice, streams.BUSY, 3)
+        # Still serving once the flood is gone.
+        for protocol in idle:
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+        bob = self.start("bob", anchors=("alice",))
+        yield until(bob, self.sees("bob", "alice"), "bob joins after the flood")
+
+    @inlineCallbacks
+    def test_wrong_key_never_admitted(self) -> Any:
+        alice = self.start("alice")
+        mallory = self.start("mallory", key=WRONG_KEY, anchors=("alice",))
+        bob = self.start("bob", anchors=("alice",))
+        yield until(alice, self.sees("alice", "bob"), "bob joins")
+        # Mallory keeps trying to join; every attempt is dropped as undecryptable.
+        yield counted(alice, crypto.UNDECRYPTABLE, 2)
+        self.assertNotIn("mallory", alice.state.members())
+        self.assertNotIn("mallory", bob.state.members())
+        self.assertFalse(mallory.joined)
+        self.assertEqual(set(mallory.state.members()), {"mallory"})
+
+    @inlineCallbacks
+    def test_restart_rejoins_ahead(self) -> Any:
+        alice = self.start("alice")
+        port = free_port()
+        bob = self.start("bob", anchors=("alice",), port=port)
+        yield until(alice, self.sees("alice", "bob"), "bob joins")
+        bob.state.publish("wireguard", "key-1")
+        yield until(
+            alice,
+            lambda: held(alice, "bob", "wireguard") == "key-1",
+            "bob's record",
+        )
+        before = (bob.membership.incarnation, bob.store.own.version)
+        yield bob.stopService()
+        yield until(alice, self.sees("alice", "bob", LEFT), "bob leaves")
+        # Same directory: same identity, later incarnation and version, same data.
+        again = self.start("bob", anchors=("alice",), port=port)
+        self.assertGreater(again.membership.incarnation, before[0])
+        self.assertGreater(again.store.own.version, before[1])
+        self.assertEqual(again.store.own.data.get("wireguard"), "key-1")
+        self.assertEqual(again.identity.public_key, bob.identity.public_key)
+        yield until(alice, self.sees("alice", "bob"), "bob back")
+        yield until(
+            alice,
+            lambda: alice.state.members()["bob"].record.version == again.store.own.version,  # type: ignore[union-attr]
+            "bob's new version",
+        )
+
+    @inlineCallbacks
+    def test_control_socket(self) -> Any:
+        alice = self.start("alice")
+        self.start("bob", anchors=("alice",))
+        yield until(alice, self.sees("alice", "bob"), "bob joins")
+        path = alice.control.path
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+        alice.control.sections["extra"] = lambda: {"answer": 42}
+        status = yield self._query(path)
+        self.assertEqual({m["name"] for m in status["members"]}, {"alice", "bob"})
+        bob_row = next(m for m in status["members"] if m["name"] == "bob")
+        self.assertEqual(
+            set(bob_row), {"name", "role", "address", "state", "incarnation", "version"}
+        )
+        self.assertEqual(bob_row["state"], "alive")
+        self.assertIsInstance(status["drops"], dict)
+        self.assertIsInstance(status["health"], int)
+        self.assertEqual(status["conflicts"], [])
+        self.assertEqual(status["extra"], {"answer": 42})
+        error = yield self._query(path, "reboot")
+        self.assertIsInstance(error, ControlError)
+        missing = yield self._query(path.with_name("nothing.sock"))
+        self.assertIn("no hepto agent is running", str(missing))
+        version = alice.store.own.version
+        published = yield self._query(path, "publish", key="x-note", value={"a": 1})
+        self.assertEqual(published, {"name": "alice", "version": version + 1})
+        self.assertEqual(alice.store.own.data["x-note"], {"a": 1})
+        refused = yield self._query(path, "publish", key="role", value="master")
+        self.assertIn("'x-'", str(refused))
+        self.assertEqual(alice.store.own.data["role"], "node")
+
+    def _query(self, path: Path, command: str = "status", **arguments: Any) -> Deferred[Any]:
+        from twisted.internet.threads import deferToThread
+
+        def ask() -> Any:
+            try:
+                return query(path, command, **arguments)
+            except ControlError as error:
+                return error
+
+        return deferToThread(ask)
+
+    @inlineCallbacks
+    def test_bad_datagrams_counted_and_replay_refused(self) -> Any:
+        alice = self.start("alice")
+        ring = Keyring.from_cluster_keys((bytes.fromhex(KEY),), "test", reactor)
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.addCleanup(probe.close)
+        probe.bind(("::1", 0))
+        probe.settimeout(TIMEOUT)
+        target = ("::1", alice.address.port)
+        probe.sendto(b"\x01garbage", target)
+        probe.sendto(b"\x00" * (MAX_DATAGRAM + 1), target)
+        sealed_garbage = ring.seal(b"\x07\x07")
+        probe.sendto(sealed_garbage, target)
+        ping = ring.seal(codec.encode([Ping(1, "alice", "tester")]))
+        probe.sendto(ping, target)
+        from twisted.internet.threads import deferToThread
+
+        reply = yield deferToThread(probe.recv, 2048)
+        acked = codec.decode(ring.open(reply))
+        self.assertIn(Ack(1, "alice"), acked)
+        probe.sendto(ping, target)  # The same datagram again: a replay.
+        yield counted(alice, crypto.REPLAYED)
+        drops = alice.status()["drops"]
+        self.assertEqual(drops.get(crypto.TRUNCATED), 1)
+        self.assertEqual(drops.get(crypto.OVERSIZED), 1)
+        self.assertEqual(drops.get(crypto.MALFORMED), 1)
+        self.assertEqual(drops.get(crypto.REPLAYED), 1)
+
+    @inlineCallbacks
+    def test_bad_streams_aborted_and_counted(self) -> Any:
+        alice = self.start("alice")
+        endpoint = TCP6ClientEndpoint(reactor, "::1", alice.address.port)
+
+        class Sender(Protocol):
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+                self.lost: Deferred[None] = Deferred()
+
+            def connectionMade(self) -> None:
+                self.transport.write(self.data)  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.lost.callback(None)
+
+        for data in (b"\xff\xff\xff\xff", streams.frame(b"\x01" + b"\0" * 60)):
+            sender = Sender(data)
+            yield connectProtocol(endpoint, sender)
+            yield sender.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(alice.drops.counts[crypto.OVERSIZED], 1)
+        self.assertEqual(alice.drops.counts[crypto.UNDECRYPTABLE], 1)
+
+
+class ControlSocketTests(TestCase):
+    @inlineCallbacks
+    def test_path_longer_than_sun_path(self) -> Any:
+        """Long cluster and node names make the path exceed 107 bytes: still served."""
+        from twisted.internet.threads import deferToThread
+
+        from hepto.control import ControlService
+
+        directory = Path(self.mktemp()).absolute() / ("n" * 120)
+        directory.mkdir(parents=True)
+        path = directory / "control.sock"
+        self.assertGreater(len(str(path)), 107)
+        control = ControlService(path, lambda: {"members": []}, reactor)  # type: ignore[arg-type]
+        control.startService()
+        stopped = False
+        try:
+            self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+            status = yield deferToThread(query, path)
+            self.assertEqual(status, {"members": []})
+            yield control.stopService()
+            stopped = True
+            self.assertFalse(path.exists())
+            error = yield deferToThread(lambda: self.assertRaises(ControlError, query, path))
+            self.assertIn("no hepto agent is running", str(error))
+        finally:
+            if not stopped:
+                yield control.stopService()

@@ -1,0 +1,296 @@
+"""The master components' command lines: pure values from the plan and the PKI's paths."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import plan
+from hepto.config import ConfigError, parse_node_config
+from hepto.kube import apiserver, controller_manager, etcd, scheduler
+from hepto.kube.component import Component, Context, GoMemory, HTTPReadiness, flags
+from hepto.kube.service import (
+    chosen_components,
+    component_environment,
+    required_programs,
+)
+from hepto.pki.paths import COMPONENT_CERTIFICATES, Paths
+
+CLUSTER, NAME = "mycluster", "master1"
+NODE_DIR = Path("/var/lib/hepto/mycluster/master1")
+CONTEXT = Context(CLUSTER, NAME, NODE_DIR)
+PLAN = plan.Plan(CLUSTER, NAME)
+MESH = plan.mesh_address(CLUSTER, NAME)
+APISERVER = plan.apiserver_address(CLUSTER)
+PKI = Paths(NODE_DIR)
+
+
+def node_config(role: str = "master", components: str | None = None):  # type: ignore[no-untyped-def]
+    raw = {
+        "cluster": CLUSTER,
+        "name": NAME,
+        "key": "00" * 32,
+        "role": role,
+        "ip": "2001:db8::1/64",
+        "data-dir": "/var/lib/hepto",
+        "components": components,
+    }
+    return parse_node_config(raw, {}, {"no-contain": True})
+
+
+def addresses(component: Component) -> set[str]:
+    """Every IP literal in the command line: hepto is IPv6-only."""
+    found = set()
+    for arg in component.args:
+        for text in re.findall(r"\[([0-9a-f:]+)\]|=([0-9a-f:.]+)(?:/\d+)?$", arg):
+            literal = text[0] or text[1]
+            try:
+                found.add(str(ipaddress.ip_address(literal)))
+            except ValueError:
+                pass
+    return found
+
+
+class CommonTests(SynchronousTestCase):
+    components = (
+        etcd.etcd(CONTEXT),
+        apiserver.apiserver(CONTEXT),
+        controller_manager.controller_manager(CONTEXT),
+        scheduler.scheduler(CONTEXT),
+    )
+
+    def test_ipv6_only(self) -> None:
+        for component in self.components:
+            for literal in addresses(component):
+                self.assertEqual(ipaddress.ip_address(literal).version, 6, component.name)
+            self.assertNotRegex(" ".join(component.args), r"\b\d+\.\d+\.\d+\.\d+\b")
+
+    def test_every_pki_file_of_the_component_is_passed(self) -> None:
+        for component in self.components:
+            files = PKI.component_files(component.name)
+            for flag, path in files.items():
+                if flag in ("--cluster-signing-cert-file", "--cluster-signing-key-file"):
+                    continue
+                if flag == "--service-account-private-key-file":
+                    continue
+                self.assertEqual(component.flag(flag), str(path), (component.name, flag))
+
+    def test_waits_for_its_certificates(self) -> None:
+        for component in self.components:
+            self.assertTrue(
+                set(COMPONENT_CERTIFICATES[component.name]) <= set(component.certificates)
+            )
+
+    def test_dependencies(self) -> None:
+        self.assertEqual(
+            {component.name: component.dependencies for component in self.components},
+            {
+                "etcd": (),
+                "kube-apiserver": ("etcd",),
+                "kube-controller-manager": ("kube-apiserver",),
+                "kube-scheduler": ("kube-apiserver",),
+            },
+        )
+
+    def test_no_flag_twice(self) -> None:
+        for component in self.components:
+            names = [arg.split("=", 1)[0] for arg in component.args]
+            self.assertEqual(len(names), len(set(names)), component.name)
+            self.assertTrue(all(name.startswith("--") for name in names))
+
+
+class EtcdTests(SynchronousTestCase):
+    component = etcd.etcd(CONTEXT)
+
+    def test_listens_on_the_mesh_address_and_loopback(self) -> None:
+        flag = self.component.flag
+        self.assertEqual(flag("--listen-client-urls"), f"https://[{MESH}]:2379,https://[::1]:2379")
+        self.assertEqual(flag("--advertise-client-urls"), f"https://[{MESH}]:2379")
+        self.assertEqual(flag("--listen-peer-urls"), f"https://[{MESH}]:2380")
+        self.assertEqual(flag("--initial-cluster"), f"master1=https://[{MESH}]:2380")
+        self.assertEqual(flag("--initial-cluster-token"), CLUSTER)
+        self.assertEqual(flag("--name"), NAME)
+
+    def test_mutual_tls(self) -> None:
+        self.assertEqual(self.component.flag("--client-cert-auth"), "true")
+        self.assertEqual(self.component.flag("--peer-client-cert-auth"), "true")
+        self.assertEqual(
+            self.component.flag("--trusted-ca-file"), str(NODE_DIR / "pki/ca/etcd.crt")
+        )
+
+    def test_data_directory(self) -> None:
+        self.assertEqual(self.component.flag("--data-dir"), str(NODE_DIR / "etcd"))
+        self.assertEqual(self.component.directories, (NODE_DIR / "etcd",))
+
+    def test_probed_as_the_apiserver(self) -> None:
+        readiness = self.component.readiness
+        assert isinstance(readiness, HTTPReadiness)
+        self.assertEqual(readiness.url, "https://[::1]:2379/health")
+        self.assertEqual(readiness.certificate, PKI.certificate("apiserver-etcd-client"))
+        self.assertIn("apiserver-etcd-client", self.component.certificates)
+
+    def test_health_body(self) -> None:
+        self.assertIsNone(etcd.health(b'{"health":"true","reason":""}'))
+        self.assertEqual(
+            etcd.health(b'{"health":"false","reason":"RAFT NO LEADER"}'),
+            "etcd is not healthy: RAFT NO LEADER",
+        )
+        self.assertIn("not JSON", etcd.health(b"<html>") or "")
+        self.assertIsNotNone(etcd.health(b"[1]"))
+
+
+class APIServerTests(SynchronousTestCase):
+    component = apiserver.apiserver(CONTEXT)
+
+    def test_addresses_and_ranges(self) -> None:
+        flag = self.component.flag
+        self.assertEqual(flag("--advertise-address"), str(APISERVER))
+        self.assertEqual(flag("--bind-address"), str(APISERVER))
+        self.assertEqual(flag("--secure-port"), "6443")
+        self.assertEqual(flag("--service-cluster-ip-range"), str(PLAN.service_prefix))
+        self.assertEqual(flag("--etcd-servers"), "https://[::1]:2379")
+
+    def test_authorization_and_admission(self) -> None:
+        self.assertEqual(self.component.flag("--authorization-mode"), "Node,RBAC")
+        self.assertEqual(self.component.flag("--enable-admission-plugins"), "NodeRestriction")
+
+    def test_service_accounts(self) -> None:
+        flag = self.component.flag
+        self.assertEqual(
+            flag("--service-account-issuer"), "https://kubernetes.default.svc.cluster.local"
+        )
+        self.assertEqual(flag("--service-account-signing-key-file"), str(PKI.service_account_key))
+        self.assertEqual(flag("--service-account-key-file"), str(PKI.service_account_public))
+
+    def test_front_proxy(self) -> None:
+        self.assertEqual(self.component.flag("--requestheader-allowed-names"), "front-proxy-client")
+        self.assertEqual(
+            self.component.flag("--proxy-client-cert-file"),
+            str(PKI.certificate("front-proxy-client")),
+        )
+
+    def test_probe_is_verified(self) -> None:
+        readiness = self.component.readiness
+        assert isinstance(readiness, HTTPReadiness)
+        self.assertEqual(readiness.url, f"https://[{APISERVER}]:6443/readyz")
+        self.assertEqual(readiness.ca, PKI.trusted_ca)
+
+
+class ControllerManagerTests(SynchronousTestCase):
+    component = controller_manager.controller_manager(CONTEXT)
+
+    def test_node_ipam(self) -> None:
+        flag = self.component.flag
+        self.assertEqual(flag("--allocate-node-cidrs"), "true")
+        self.assertEqual(flag("--cluster-cidr"), str(PLAN.pod_prefix))
+        self.assertEqual(flag("--node-cidr-mask-size-ipv6"), "64")
+        self.assertEqual(flag("--service-cluster-ip-range"), str(PLAN.service_prefix))
+
+    def test_signs_only_kubelet_serving_certificates(self) -> None:
+        flag = self.component.flag
+        self.assertIsNone(flag("--cluster-signing-cert-file"))
+        self.assertIsNone(flag("--cluster-signing-key-file"))
+        self.assertEqual(
+            flag("--cluster-signing-kubelet-serving-cert-file"),
+            str(PKI.authority_certificate("kubernetes")),
+        )
+        self.assertEqual(
+            flag("--cluster-signing-kubelet-serving-key-file"),
+            str(PKI.authority_key("kubernetes")),
+        )
+
+    def test_flexvolume_stays_in_the_node_directory(self) -> None:
+        self.assertEqual(
+            self.component.flag("--flex-volume-plugin-dir"), str(NODE_DIR / "volume-plugins")
+        )
+
+    def test_no_legacy_service_account_tokens(self) -> None:
+        self.assertIsNone(self.component.flag("--service-account-private-key-file"))
+        self.assertEqual(self.component.flag("--use-service-account-credentials"), "true")
+
+    def test_loopback_only(self) -> None:
+        self.assertEqual(self.component.flag("--bind-address"), "::1")
+        readiness = self.component.readiness
+        assert isinstance(readiness, HTTPReadiness)
+        self.assertEqual(readiness.url, "https://[::1]:10257/healthz")
+        self.assertIsNone(readiness.ca)
+
+
+class SchedulerTests(SynchronousTestCase):
+    def test_command_line(self) -> None:
+        component = scheduler.scheduler(CONTEXT)
+        self.assertEqual(
+            component.args,
+            (
+                "--bind-address=::1",
+                "--secure-port=10259",
+                f"--authentication-kubeconfig={NODE_DIR}/pki/scheduler.kubeconfig",
+                f"--authorization-kubeconfig={NODE_DIR}/pki/scheduler.kubeconfig",
+                f"--kubeconfig={NODE_DIR}/pki/scheduler.kubeconfig",
+            ),
+        )
+
+
+class FlagsTests(SynchronousTestCase):
+    def test_rendering(self) -> None:
+        self.assertEqual(
+            flags(("--a", True), ("--b", 3), files={"--z": Path("/z"), "--c": Path("/c")}),
+            ("--a=true", "--b=3", "--c=/c", "--z=/z"),
+        )
+
+    def test_twice_is_an_error(self) -> None:
+        self.assertRaises(ValueError, flags, ("--a", 1), files={"--a": Path("/a")})
+
+
+class EnvironmentTests(SynchronousTestCase):
+    def test_only_allowed_variables_pass(self) -> None:
+        environ = {
+            "PATH": "/usr/bin",
+            "LC_ALL": "C.UTF-8",
+            "HTTPS_PROXY": "http://[2001:db8::8]:3128",
+            "HEPTO_KEY": "secret",
+            "NOTIFY_SOCKET": "/run/systemd/notify",
+            "ETCD_NAME": "other",
+            "KUBECONFIG": "/root/.kube/config",
+        }
+        self.assertEqual(
+            component_environment(environ, GoMemory(limit="300MiB", gc_percent=50)),
+            {
+                "PATH": "/usr/bin",
+                "LC_ALL": "C.UTF-8",
+                "HTTPS_PROXY": "http://[2001:db8::8]:3128",
+                "GOMEMLIMIT": "300MiB",
+                "GOGC": "50",
+            },
+        )
+
+    def test_go_memory(self) -> None:
+        self.assertEqual(GoMemory().environment(), {})
+        self.assertEqual(GoMemory(gc_percent="off").environment(), {"GOGC": "off"})
+
+
+class ChoiceTests(SynchronousTestCase):
+    def test_master_runs_the_control_plane(self) -> None:
+        self.assertEqual(
+            chosen_components(node_config()),
+            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+        )
+        self.assertEqual(
+            required_programs(node_config()),
+            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+        )
+
+    def test_a_node_runs_none_of_it(self) -> None:
+        self.assertEqual(chosen_components(node_config("node")), [])
+        self.assertEqual(chosen_components(node_config("master", "none")), [])
+
+    def test_master_components_need_a_master(self) -> None:
+        error = self.assertRaises(
+            ConfigError, chosen_components, node_config("node", "etcd,kubelet")
+        )
+        self.assertEqual(
+            str(error), "--components: etcd: only a master runs these; use --role master or full"
+        )
