@@ -2,19 +2,20 @@
 // Pins and the reason for every replace: docs/bundle.rst.
 module hepto/bundle
 
+// containerd v2.4.2 declares go 1.26.6, so the main module must too.
 go 1.26.6
 
 // Same GODEBUG defaults as Kubernetes v1.37.2's own go.mod.
 godebug default=go1.26
 
 require (
-	github.com/containerd/containerd/v2 v2.4.2
-	go.etcd.io/etcd/etcdctl/v3 v3.7.0
-	go.etcd.io/etcd/server/v3 v3.7.0
-	k8s.io/client-go v0.37.2
-	k8s.io/component-base v0.37.2
-	k8s.io/kubectl v0.0.0
-	k8s.io/kubernetes v1.37.2
+	github.com/containerd/containerd/v2 v2.4.2 // containerd RELEASES.md: Kubernetes 1.37 needs 2.4.0+ or 2.3.0+
+	go.etcd.io/etcd/etcdctl/v3 v3.7.0 // same release as the server
+	go.etcd.io/etcd/server/v3 v3.7.0 // etcd Kubernetes v1.37.2 tests with (build/dependencies.yaml), = its etcd client
+	k8s.io/client-go v0.37.2 // staging module: version set by the replace below
+	k8s.io/component-base v0.37.2 // staging module: version set by the replace below
+	k8s.io/kubectl v0.0.0 // staging module as k8s.io/kubernetes requires it; replaced by v0.37.2 below
+	k8s.io/kubernetes v1.37.2 // newest release served by the proxy; needs go 1.26
 )
 
 require (

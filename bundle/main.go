@@ -1,17 +1,15 @@
 // Command hepto-bundle is a multi-call binary (like busybox) holding the
 // upstream programs hepto runs: etcd, etcdctl, kube-apiserver,
-// kube-controller-manager, kube-scheduler, kubelet, kubectl, containerd and
-// containerd-shim-runc-v2. Each program is the vanilla upstream entry point,
-// linked from the module versions pinned in go.mod.
+// kube-controller-manager, kube-scheduler, kubelet, kubectl and containerd.
+// Each program is the vanilla upstream entry point, linked from the module
+// versions pinned in go.mod. containerd-shim-runc-v2 is built from the same
+// module set as its own binary (./containerd-shim-runc-v2, see there why).
 //
-// The program is chosen, in this order, by:
+// The program is chosen by:
 //
 //  1. the base name of argv[0] (symlinks named after each program);
-//  2. the first argument (`hepto-bundle kubectl get pods`), after which the
-//     arguments are shifted so the program sees argv[0] = its own name;
-//  3. the HEPTO_BUNDLE_PROGRAM environment variable, for programs that re-exec
-//     themselves through os.Executable(), which resolves the symlink to
-//     hepto-bundle (containerd-shim-runc-v2 does that to daemonize).
+//  2. else the first argument (`hepto-bundle kubectl get pods`), after which
+//     the arguments are shifted so the program sees argv[0] = its own name.
 //
 // See docs/bundle.rst.
 package main
@@ -23,10 +21,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
-// envProgram names the program to run when neither argv[0] nor argv[1] does.
-const envProgram = "HEPTO_BUNDLE_PROGRAM"
+// siblings are programs built as their own binary next to hepto-bundle;
+// `hepto-bundle NAME args...` execs them so the fallback form covers them too.
+var siblings = map[string]bool{"containerd-shim-runc-v2": true}
 
 // programs maps each program name to its entry point. Entry points never
 // return normally except where the upstream main also returns (exit 0).
@@ -39,13 +39,16 @@ var programs = map[string]func(){
 	"kubelet":                 runKubelet,
 	"kubectl":                 runKubectl,
 	"containerd":              runContainerd,
-	"containerd-shim-runc-v2": runContainerdShimRuncV2,
 }
 
-// Programs returns the sorted program names (used by `hepto-bundle --list`).
+// Programs returns the sorted program names, siblings included (used by
+// `hepto-bundle --list`).
 func Programs() []string {
-	names := make([]string, 0, len(programs))
+	names := make([]string, 0, len(programs)+len(siblings))
 	for name := range programs {
+		names = append(names, name)
+	}
+	for name := range siblings {
 		names = append(names, name)
 	}
 	sort.Strings(names)
@@ -53,7 +56,7 @@ func Programs() []string {
 }
 
 // pick returns the program to run and the argv it should see.
-func pick(args []string, env string) (string, []string) {
+func pick(args []string) (string, []string) {
 	if len(args) == 0 {
 		return "", args
 	}
@@ -66,9 +69,6 @@ func pick(args []string, env string) (string, []string) {
 			return args[1], args[1:]
 		}
 	}
-	if _, ok := programs[env]; ok {
-		return env, args
-	}
 	return "", args
 }
 
@@ -78,7 +78,10 @@ func usage() {
 }
 
 func main() {
-	name, args := pick(os.Args, os.Getenv(envProgram))
+	name, args := pick(os.Args)
+	if name == "" && len(os.Args) > 1 && siblings[os.Args[1]] {
+		execSibling(os.Args[1], os.Args[2:])
+	}
 	if name == "" {
 		if len(os.Args) > 1 && os.Args[1] == "--list" {
 			fmt.Println(strings.Join(Programs(), "\n"))
@@ -89,6 +92,18 @@ func main() {
 	}
 	os.Args = args
 	programs[name]()
+}
+
+// execSibling replaces this process with the program built next to the
+// (symlink-resolved) hepto-bundle executable.
+func execSibling(name string, args []string) {
+	self, err := os.Executable()
+	if err == nil {
+		path := filepath.Join(filepath.Dir(self), name)
+		err = syscall.Exec(path, append([]string{path}, args...), os.Environ())
+	}
+	fmt.Fprintf(os.Stderr, "hepto-bundle: cannot run %s: %v\n", name, err)
+	os.Exit(127)
 }
 
 // background is the context upstream mains create for themselves.

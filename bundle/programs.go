@@ -27,9 +27,6 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
 	containerd "github.com/containerd/containerd/v2/cmd/containerd/command"
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
-	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/task/plugin"
-	"github.com/containerd/containerd/v2/pkg/shim"
 
 	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
 )
@@ -61,13 +58,4 @@ func runContainerd() {
 		fmt.Fprintln(os.Stderr, "containerd:", err)
 		os.Exit(1)
 	}
-}
-
-func runContainerdShimRuncV2() {
-	// The shim's "start" action re-executes os.Executable() (the resolved
-	// hepto-bundle path, not the symlink) to daemonize; this variable makes
-	// that child dispatch back to the shim. It is not seen by containers:
-	// runc gives them the environment from the OCI spec.
-	os.Setenv(envProgram, "containerd-shim-runc-v2")
-	shim.RunShim(background(), manager.NewShimManager("io.containerd.runc.v2"))
 }

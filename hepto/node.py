@@ -18,6 +18,7 @@ from hepto.gossip.profile import PROFILES
 from hepto.gossip.service import GossipService
 from hepto.kube.service import KubeService
 from hepto.logs import json_lines_observer
+from hepto.mesh.service import mesh_service
 from hepto.pki.service import PKIService
 
 
@@ -49,7 +50,12 @@ class NodeService(MultiService):
         self.pki = PKIService.from_config(config, self.gossip.state, reactor)
         self.pki.setServiceParent(self)
         self.gossip.control.sections["pki"] = self.pki.status
-        self.kube = KubeService(config, self.pki, reactor)
+        self.mesh = mesh_service(config, self.gossip.state, reactor)
+        self.mesh.setServiceParent(self)
+        self.gossip.control.sections["mesh"] = self.mesh.status
+        self.kube = KubeService(
+            config, self.pki, reactor, network_ready=self.mesh.when_addresses_ready
+        )
         self.kube.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service

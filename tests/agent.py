@@ -93,3 +93,16 @@ class Agent:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+
+
+def lone_host(testcase: Any, prefix: str) -> Any:
+    """One simulated host for one test, so an agent never touches the root namespace
+    (its mesh would create a WireGuard interface there)."""
+    from netlab import Lab, missing_requirements
+
+    why = missing_requirements("wireguard-go")
+    if why:
+        testcase.skipTest(why)
+    lab = Lab(prefix)
+    testcase.addCleanup(lab.close)
+    return lab.add_host("h")

@@ -184,6 +184,18 @@ class StoreTests(SynchronousTestCase):
         self.membership.digest("bob", "bob", 2)
         self.assertEqual(len(self.fetcher.calls), 1)
 
+    def test_new_holders_advertise_what_they_fetched(self) -> None:
+        """Epidemic spread: a member that fetched a newer record advertises it in turn."""
+        self.add("bob", 2)
+        self.membership.broadcasts.clear()
+        self.membership.digest("bob", "bob", 3)
+        self.assertEqual(self.membership.broadcasts, [])
+        self.fetcher.answer(signed(BOB, "bob", 3).blob)
+        self.assertEqual(self.membership.broadcasts, [("bob", 3)])
+        # Hearing of what we already hold advertises nothing again.
+        self.membership.digest("bob", "bob", 3)
+        self.assertEqual(self.membership.broadcasts, [("bob", 3)])
+
     def test_fetches_deduplicated_and_newer_wins(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)

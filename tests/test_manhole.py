@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent import KEY, Agent, free_port
+from agent import KEY, Agent, lone_host
 from netlab import wait_until
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -39,27 +39,13 @@ class ManholeTests(SynchronousTestCase):
         self.agent = None
 
     def start(self, manhole: str, authorized: Path) -> Agent:
-        agent = Agent.start(
-            [
-                "--cluster",
-                "c",
-                "--name",
-                "n1",
-                "--key",
-                KEY,
-                "--no-contain",
-                "--ip",
-                "::1/128",
-                "--port",
-                str(free_port()),
-                "--components",
-                "none",
-                "--manhole",
-                manhole,
-                "--manhole-keys",
-                str(authorized),
-            ]
-        )
+        self.host = lone_host(self, "hh")
+        argv = [
+            "--cluster", "c", "--name", "n1", "--key", KEY, "--no-contain",
+            "--ip", str(self.host.interface), "--components", "none",
+            "--manhole", manhole, "--manhole-keys", str(authorized),
+        ]  # fmt: skip
+        agent = Agent.start(argv, prefix=self.host.command([]))
         self.addCleanup(agent.kill)
         wait_until(lambda: agent.logged("hepto node n1 running"), 60, what="agent start")
         return agent
@@ -83,6 +69,7 @@ class ManholeTests(SynchronousTestCase):
         try:
             return subprocess.run(
                 [
+                    *self.host.command([]),
                     "ssh",
                     "-tt",
                     "-i",
@@ -115,7 +102,7 @@ class ManholeTests(SynchronousTestCase):
         stranger = self.keypair(directory, "stranger")
         authorized = directory / "authorized_keys"
         shutil.copy(allowed.with_suffix(".pub"), authorized)
-        port = free_port()
+        port = 2222  # a fresh network namespace: every port is free
         self.start(str(port), authorized)
 
         result = self.ssh(allowed, ["-p", str(port), "operator@::1"])

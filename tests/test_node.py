@@ -1,52 +1,44 @@
-"""A first runnable node: starts, logs its plan, stops cleanly."""
+"""A first runnable node: starts, logs its plan, stops cleanly, or says why it cannot."""
 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from agent import KEY, Agent, free_port, program
+from agent import KEY, Agent, lone_host, program
 from netlab import wait_until
 from twisted.trial.unittest import SynchronousTestCase
 
 
+def node_argv(host: Any, *extra: str) -> list[str]:
+    return [
+        "--cluster", "c", "--name", "n1", "--key", KEY, "--no-contain",
+        "--ip", str(host.interface), "--components", "none", *extra,
+    ]  # fmt: skip
+
+
 class LifecycleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.host = lone_host(self, "hn")
+
     def start(self, *argv: str) -> Agent:
-        agent = Agent.start(
-            [
-                "--cluster",
-                "c",
-                "--name",
-                "n1",
-                "--key",
-                KEY,
-                "--no-contain",
-                "--ip",
-                "::1/128",
-                "--port",
-                str(free_port()),
-                "--components",
-                "none",
-                *argv,
-            ]
-        )
+        agent = Agent.start(node_argv(self.host, *argv), prefix=self.host.command([]))
         self.addCleanup(agent.kill)
+        wait_until(partial(agent.logged, "hepto node n1 running"), 60, what="start")
         return agent
 
     def test_sigterm_stops_with_status_0(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             agent = self.start()
-            wait_until(partial(agent.logged, "hepto node n1 running"), 60, what="start")
             self.assertEqual(agent.stop(sig), 0)
             self.assertTrue(agent.logged("hepto node n1 stopping"))
 
     def test_json_logs_are_one_object_per_line(self) -> None:
         agent = self.start()
-        wait_until(lambda: agent.logged("hepto node n1 running"), 60, what="start")
         agent.stop()
         plan_events = [e for e in agent.events() if "mesh_address" in e]
         self.assertTrue(plan_events, agent.events())
@@ -60,52 +52,35 @@ class LifecycleTests(SynchronousTestCase):
 class StartupErrorTests(SynchronousTestCase):
     """What stops a node before it runs is said in one line, without a traceback."""
 
-    def run_agent(self, data_dir: str, port: int) -> subprocess.CompletedProcess[str]:
+    def run_agent(self, data_dir: Path, *argv: str, prefix: list[str] | None = None) -> Any:
         return subprocess.run(
-            [
-                program("twistd"),
-                "-n",
-                "--pidfile=",
-                "hepto",
-                "--cluster",
-                "c",
-                "--name",
-                "n1",
-                "--key",
-                KEY,
-                "--no-contain",
-                "--ip",
-                "::1/128",
-                "--port",
-                str(port),
-                "--components",
-                "none",
-                "--data-dir",
-                data_dir,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=data_dir,
-        )
+            [*(prefix or []), program("twistd"), "-n", "--pidfile=", "hepto",
+             "--data-dir", str(data_dir), *argv],
+            capture_output=True, text=True, timeout=60, cwd=data_dir,
+        )  # fmt: skip
 
-    def assertOneLineError(self, result: subprocess.CompletedProcess[str], words: str) -> None:
+    def assertOneLineError(self, result: Any, words: str) -> None:
         self.assertNotEqual(result.returncode, 0)
         output = result.stdout + result.stderr
         self.assertNotIn("Traceback", output)
         self.assertIn(words, output.strip().splitlines()[-1])
 
     def test_port_taken(self) -> None:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as taken:
-            taken.bind(("::1", 0))
-            port = taken.getsockname()[1]
-            result = self.run_agent(tempfile.mkdtemp(prefix="hepto-test-"), port)
-        self.assertOneLineError(result, "Address already in use")
+        host = lone_host(self, "hn")
+        first = Agent.start(node_argv(host), prefix=host.command([]))
+        self.addCleanup(first.kill)
+        wait_until(partial(first.logged, "hepto node n1 running"), 60, what="start")
+        second = self.run_agent(
+            Path(tempfile.mkdtemp(prefix="hepto-test-")),
+            *node_argv(host),
+            prefix=host.command([]),
+        )
+        self.assertOneLineError(second, "Address already in use")
 
     def test_damaged_identity(self) -> None:
         data_dir = Path(tempfile.mkdtemp(prefix="hepto-test-"))
         node_dir = data_dir / "c" / "n1"
         node_dir.mkdir(parents=True)
         (node_dir / "identity.key").write_bytes(b"garbage")
-        result = self.run_agent(str(data_dir), free_port())
+        result = self.run_agent(data_dir, *node_argv(lone_host(self, "hn")))
         self.assertOneLineError(result, "identity.key")

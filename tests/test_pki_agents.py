@@ -6,7 +6,6 @@ change no CA (and no certificate).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import tempfile
@@ -30,31 +29,9 @@ START_TIMEOUT = 120.0
 NODE_FILES = (KUBELET_CLIENT, KUBELET_SERVING)
 
 
-def pki_wired() -> str | None:
-    """Why the agent cannot be tested yet, or None."""
-    if importlib.util.find_spec("hepto.gossip.service") is None:
-        return "needs hepto.gossip.service"
-    from hepto import tap
-
-    options = tap.Options()
-    root = tempfile.mkdtemp(prefix="hp-probe-")
-    try:
-        options.parseOptions(
-            ["--cluster", CLUSTER, "--key", KEY, "--name", "probe", "--no-contain",
-             "--ip", "2001:db8::1/64", "--components", "none", "--data-dir", root]
-        )  # fmt: skip
-        service = tap.makeService(options)
-        service.getServiceNamed("pki")  # type: ignore[attr-defined]
-    except KeyError:
-        return "the node does not run the PKI service yet (hepto/node.py)"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return None
-
-
 class PKIAgentsTests(SynchronousTestCase):
     def setUp(self) -> None:
-        why = missing_requirements("openssl") or pki_wired()
+        why = missing_requirements("openssl", "wireguard-go")
         if why:
             raise SkipTest(why)
         self.lab = Lab("hp")

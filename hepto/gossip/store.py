@@ -230,6 +230,9 @@ class RecordStore:
                 )
             return False
         self._records[record.name] = record
+        # Epidemic spread: every new holder advertises, not the owner alone, so a change
+        # reaches everyone in O(log N) gossip rounds rather than at the next push/pull.
+        self.membership.broadcast_digest(record.name, record.version)
         self._log.debug(
             "Record of {member} now at version {version} ({size} bytes)",
             member=record.name,

@@ -1,0 +1,194 @@
+"""The mesh as it should be, from membership alone, and the changes that get a device there.
+
+Pure functions of plain values: no reactor, no I/O.  :func:`desired_mesh` turns the
+members into peers and routes; :func:`plan_peer_changes` compares them with what a device
+actually has and returns the fewest changes, none when nothing differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+
+from hepto import plan
+from hepto.mesh import record
+from hepto.mesh.backend import (
+    AddPeer,
+    IPNetwork,
+    PeerChange,
+    PeerSpec,
+    PeerStatus,
+    RemovePeer,
+    UpdatePeer,
+)
+from hepto.mesh.record import RecordError
+from hepto.state import Member
+
+#: Seconds; below the 30 s that the most impatient common NATs keep a UDP mapping.
+DEFAULT_KEEPALIVE: Final = 25
+#: IPv6 header 40 + UDP header 8 + WireGuard data header 16 + authentication tag 16.
+WIREGUARD_OVERHEAD: Final = 80
+#: IPv6's minimum link MTU (RFC 8200): a smaller one would break IPv6 itself.
+MINIMUM_MTU: Final = 1280
+
+
+def mesh_mtu(underlay_mtu: int) -> int:
+    return max(MINIMUM_MTU, underlay_mtu - WIREGUARD_OVERHEAD)
+
+
+def host_network(address: ipaddress.IPv6Address) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network((address, 128))
+
+
+def own_addresses(cluster: str, name: str, is_master: bool) -> frozenset[ipaddress.IPv6Address]:
+    """The addresses the mesh interface carries: the node's, and the apiserver's on the master."""
+    addresses = {plan.mesh_address(cluster, name)}
+    if is_master:
+        addresses.add(plan.apiserver_address(cluster))
+    return frozenset(addresses)
+
+
+@attrs.frozen
+class Problem:
+    """A member whose record the mesh could not use (entirely or in part), and why.
+
+    ``kind`` names the counter of such drops: ``bad_wireguard``, ``bad_pod_prefix``,
+    ``duplicate_key`` or ``overlap``.
+    """
+
+    member: str
+    kind: str
+    reason: str
+
+
+@attrs.frozen
+class Desired:
+    """Peers by public key, the routes through the mesh interface, and what was left out."""
+
+    peers: Mapping[str, PeerSpec]
+    routes: frozenset[ipaddress.IPv6Network]
+    problems: frozenset[Problem] = frozenset()
+
+
+def desired_mesh(
+    cluster: str,
+    own_name: str,
+    is_master: bool,
+    own_public_key: str,
+    members: Mapping[str, Member],
+    keepalive: int = DEFAULT_KEEPALIVE,
+) -> Desired:
+    """Exactly the other reachable members that published a usable ``wireguard`` key.
+
+    Members are taken in name order, so that when two claim one public key or one
+    allowed prefix, every node keeps the same one and reports the other.
+    """
+    claimed: dict[IPNetwork, str] = {
+        host_network(address): own_name for address in own_addresses(cluster, own_name, is_master)
+    }
+    own = members.get(own_name)
+    if own is not None and own.record is not None and own.record.get(record.POD_PREFIX):
+        try:
+            claimed[record.parse_pod_prefix(cluster, own.record.get(record.POD_PREFIX))] = own_name
+        except RecordError:
+            pass  # Our own record is not ours to judge here; the allocator logs it.
+    owners = {own_public_key: own_name}
+    peers: dict[str, PeerSpec] = {}
+    problems: set[Problem] = set()
+    routes = {plan.mesh_prefix(cluster)}
+    for name in sorted(members):
+        member = members[name]
+        if name == own_name or not member.reachable or member.record is None:
+            continue
+        value = member.record.get(record.WIREGUARD)
+        if value is None:
+            continue  # Not meshed yet: its mesh service has not started.
+        try:
+            public_key, endpoint = record.parse_wireguard(value)
+        except RecordError as error:
+            problems.add(Problem(name, "bad_wireguard", str(error)))
+            continue
+        if public_key in owners:
+            problems.add(
+                Problem(name, "duplicate_key", f"public key already used by {owners[public_key]}")
+            )
+            continue
+        wanted: set[IPNetwork] = {host_network(plan.mesh_address(cluster, name))}
+        if member.record.get(record.ROLE) in record.MASTER_ROLES:
+            wanted.add(host_network(plan.apiserver_address(cluster)))
+        pod_value = member.record.get(record.POD_PREFIX)
+        pod_prefix = None
+        if pod_value is not None:
+            try:
+                pod_prefix = record.parse_pod_prefix(cluster, pod_value)
+            except RecordError as error:
+                problems.add(Problem(name, "bad_pod_prefix", str(error)))
+            else:
+                wanted.add(pod_prefix)
+        allowed: set[IPNetwork] = set()
+        for network in sorted(wanted, key=str):
+            holder = _overlapping_holder(claimed, network)
+            if holder is not None:
+                problems.add(Problem(name, "overlap", f"{network} overlaps {holder}'s"))
+                continue
+            claimed[network] = name
+            allowed.add(network)
+        owners[public_key] = name
+        peers[public_key] = PeerSpec(name, public_key, endpoint, frozenset(allowed), keepalive)
+        if pod_prefix is not None and pod_prefix in allowed:
+            routes.add(pod_prefix)
+    return Desired(peers, frozenset(routes), frozenset(problems))
+
+
+def _overlapping_holder(claimed: Mapping[IPNetwork, str], network: IPNetwork) -> str | None:
+    for other, holder in claimed.items():
+        if other.version == network.version and network.overlaps(other):
+            return holder
+    return None
+
+
+def plan_peer_changes(
+    desired: Mapping[str, PeerSpec],
+    actual: Mapping[str, PeerStatus],
+    previous: Mapping[str, PeerSpec],
+) -> list[PeerChange]:
+    """What turns the device's ``actual`` peers into ``desired``; empty when they agree.
+
+    ``previous`` is what the last pass asked for.  A device moves a peer's endpoint to
+    wherever its authenticated packets come from (roaming, how WireGuard crosses NAT):
+    writing the advertised endpoint back on every pass would undo that, so the endpoint
+    is only set for a new peer, one with none, or when the advertised endpoint changes.
+    Removals come first, so that a prefix moving between peers is never held twice.
+    """
+    changes: list[PeerChange] = [
+        RemovePeer(key, previous[key].name if key in previous else None)
+        for key in sorted(actual)
+        if key not in desired
+    ]
+    for key, spec in sorted(desired.items(), key=lambda item: item[1].name):
+        current = actual.get(key)
+        if current is None:
+            changes.append(AddPeer(spec))
+            continue
+        before = previous.get(key)
+        advertised = str(spec.endpoint)
+        endpoint = current.endpoint != advertised and (
+            current.endpoint is None or before is None or before.endpoint != spec.endpoint
+        )
+        if (
+            endpoint
+            or current.allowed_ips != spec.allowed_ips
+            or current.keepalive != spec.keepalive
+        ):
+            changes.append(UpdatePeer(spec, endpoint))
+    return changes
+
+
+def plan_set(
+    actual: frozenset[ipaddress.IPv6Network], desired: frozenset[ipaddress.IPv6Network]
+) -> tuple[list[ipaddress.IPv6Network], list[ipaddress.IPv6Network]]:
+    """(to add, to remove), each sorted, for routes or addresses."""
+    return sorted(desired - actual), sorted(actual - desired)

@@ -1,0 +1,549 @@
+"""MeshService: keeps this node's WireGuard device equal to the cluster's membership.
+
+On start it loads (or makes) the node's key pair, finds the underlay (the public
+address peers reach it on, and that link's MTU), brings up a backend (the kernel's
+WireGuard if it has one, else wireguard-go), and publishes ``wireguard`` in its record.
+Then every state change asks for a reconcile pass.  Passes never overlap, a burst of
+changes makes one pass, and a pass whose desired mesh equals the last one applied does
+no I/O at all.  Forced passes (after wireguard-go came back, and every
+``resync_interval`` to refresh the status and undo hand edits) read the device and
+still change only what differs.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import ipaddress
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto.config import Endpoint, NodeConfig
+from hepto.mesh import keys as keyfile
+from hepto.mesh import links as netlink
+from hepto.mesh import record
+from hepto.mesh.backend import (
+    AddPeer,
+    Backend,
+    BackendUnavailable,
+    DeviceStatus,
+    PeerChange,
+    PeerSpec,
+    RemovePeer,
+)
+from hepto.mesh.keys import KeyPair
+from hepto.mesh.links import LinkMissing, Links
+from hepto.mesh.reconcile import (
+    DEFAULT_KEEPALIVE,
+    Desired,
+    Problem,
+    desired_mesh,
+    mesh_mtu,
+    own_addresses,
+    plan_peer_changes,
+)
+from hepto.mesh.uapi import UAPIProtocolError
+from hepto.state import Change, ClusterState
+
+#: The mesh interface; "hepto" says who owns it in ``ip link``, and it avoids ``wg0``,
+#: which an operator's own WireGuard may already use.
+DEFAULT_INTERFACE: Final = "hepto0"
+#: WireGuard's customary port: the one firewall rules and documentation expect.
+DEFAULT_LISTEN_PORT: Final = 51820
+#: Seconds between forced passes.  They keep the status fresh (handshakes, byte counts:
+#: nothing announces those) and undo hand edits; when nothing drifted, one costs a device
+#: read and three netlink dumps, and changes nothing.
+RESYNC_INTERVAL: Final = 10.0
+#: Seconds before retrying a failed pass, doubling up to the resync interval.
+RETRY_DELAY: Final = 1.0
+#: Seconds between looks for the underlay address while it is missing (router
+#: advertisements not in yet): nothing notifies us of a new address.
+UNDERLAY_RETRY: Final = 5.0
+#: Assumed when the underlay's MTU cannot be read: Ethernet's.
+DEFAULT_UNDERLAY_MTU: Final = 1500
+
+
+#: What a pass may meet while wireguard-go restarts: logged without a traceback.
+TRANSIENT: Final = (
+    BackendUnavailable,
+    LinkMissing,
+    ConnectError,
+    ConnectionLost,
+    UAPIProtocolError,
+    TimeoutError,
+)
+
+
+@attrs.frozen
+class MeshSettings:
+    cluster: str
+    name: str
+    is_master: bool
+    interface: str = DEFAULT_INTERFACE
+    listen_port: int = DEFAULT_LISTEN_PORT
+    keepalive: int = DEFAULT_KEEPALIVE
+    resync_interval: float = RESYNC_INTERVAL
+
+
+@attrs.frozen
+class Underlay:
+    """Where peers reach this node, and the MTU of the link that gets them there."""
+
+    address: ipaddress.IPv6Address
+    mtu: int
+
+
+def describe(change: PeerChange) -> str:
+    if isinstance(change, RemovePeer):
+        return f"removed peer {change.name or '?'} ({change.public_key})"
+    spec: PeerSpec = change.spec
+    verb = "added" if isinstance(change, AddPeer) else "updated"
+    where = f" at {spec.endpoint}" if isinstance(change, AddPeer) or change.endpoint else ""
+    allowed = ", ".join(sorted(str(network) for network in spec.allowed_ips))
+    return f"{verb} peer {spec.name} ({spec.public_key}){where} allowing {allowed}"
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class MeshService(Service):
+    """The WireGuard mesh of one node; its name is ``mesh``."""
+
+    name = "mesh"
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: MeshSettings,
+        state: ClusterState,
+        reactor: Any,
+        key_path: Path,
+        backends: Sequence[Callable[[], Backend]],
+        links: Links,
+        underlay: Callable[[], Underlay | None],
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.reactor = reactor
+        self.key_path = key_path
+        self._backend_factories = tuple(backends)
+        self.links = links
+        self._find_underlay = underlay
+        self.keys: KeyPair | None = None
+        self.underlay: Underlay | None = None
+        self.backend: Backend | None = None
+        self.phase = "stopped"
+        self.error: str | None = None
+        #: Counted reasons for leaving a member (or part of its record) out of the mesh.
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.passes = 0
+        self.device_reads = 0
+        self._problems: frozenset[Problem] = frozenset()
+        self._device: DeviceStatus | None = None
+        self._device_at: float | None = None
+        self._applied: Desired | None = None
+        self._starting: Deferred[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._resync: task.LoopingCall | None = None
+        self._call: IDelayedCall | None = None
+        self._retry: IDelayedCall | None = None
+        self._retry_delay = RETRY_DELAY
+        self._running: Deferred[None] | None = None
+        self._again = False
+        self._force = False
+        self._addresses_up = False
+        self._address_waiters: list[Deferred[None]] = []
+
+    @property
+    def mtu(self) -> int | None:
+        return None if self.underlay is None else mesh_mtu(self.underlay.mtu)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        if self.underlay is None:
+            return None
+        return Endpoint(self.underlay.address, self.settings.listen_port)
+
+    @property
+    def addresses(self) -> frozenset[ipaddress.IPv6Address]:
+        settings = self.settings
+        return own_addresses(settings.cluster, settings.name, settings.is_master)
+
+    def when_addresses_ready(self) -> Deferred[None]:
+        """Fires once this node's mesh addresses (and the apiserver's) are on the interface.
+
+        For the services that bind to them, such as etcd and kube-apiserver.
+        """
+        if self._addresses_up:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._address_waiters.append(waiter)
+        return waiter
+
+    # Starting and stopping
+
+    def startService(self) -> None:
+        super().startService()
+        self.phase = "starting"
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        try:
+            self.keys = keyfile.load_or_create(self.key_path)
+        except keyfile.KeyFileError as error:
+            raise MeshError(str(error)) from None
+        self.underlay = await self._wait_for_underlay()
+        self.backend = await self._bring_up_backend()
+        self.phase = "running"
+        self.log.info(
+            "Mesh up on {interface} ({backend}): {addresses}, endpoint {endpoint}, mtu {mtu}",
+            interface=self.settings.interface,
+            backend=self.backend.kind,
+            addresses=", ".join(sorted(str(address) for address in self.addresses)),
+            endpoint=str(self.endpoint),
+            mtu=self.mtu,
+        )
+        self._unsubscribe = self.state.subscribe(self._changed)
+        self._resync = task.LoopingCall(self._wanted, True)
+        self._resync.clock = self.reactor
+        self._resync.start(self.settings.resync_interval, now=False)
+        self._wanted(force=True)
+
+    async def _wait_for_underlay(self) -> Underlay:
+        told = False
+        while True:
+            found = self._find_underlay()
+            if found is not None:
+                return found
+            if not told:
+                self.log.warn(
+                    "No public IPv6 address for the mesh endpoint yet; "
+                    "looking again every {delay} s",
+                    delay=UNDERLAY_RETRY,
+                )
+                told = True
+            await task.deferLater(self.reactor, UNDERLAY_RETRY)
+
+    async def _bring_up_backend(self) -> Backend:
+        reasons = []
+        for make in self._backend_factories:
+            backend = make()
+            self.backend = backend  # so that a stop meanwhile stops it too
+            try:
+                await backend.start(self._recreated)
+            except BackendUnavailable as error:
+                self.backend = None
+                reasons.append(f"{backend.kind}: {error}")
+                self.log.info(
+                    "WireGuard backend {backend} unavailable ({reason}); trying the next",
+                    backend=backend.kind,
+                    reason=str(error),
+                )
+                continue
+            self.log.info(
+                "WireGuard backend: {backend} for {interface}",
+                backend=backend.kind,
+                interface=self.settings.interface,
+            )
+            return backend
+        raise MeshError("no usable WireGuard backend (" + "; ".join(reasons) + ")")
+
+    def _start_failed(self, reason: Failure) -> None:
+        if not self.running:
+            return  # Stopped while starting: the failure is the stop's doing.
+        self.phase = "failed"
+        self.error = reason.getErrorMessage()
+        if reason.check(MeshError):
+            self.log.critical("The mesh cannot start: {error}", error=self.error)
+        else:
+            self.log.failure("The mesh cannot start", reason)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.phase = "stopped"
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._resync is not None and self._resync.running:
+            self._resync.stop()
+        for call in (self._call, self._retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._retry = self._resync = None
+        # A later start finds its device anew: nothing of this run is assumed.
+        self._applied = None
+        self._again = self._force = False
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return defer.succeed(None)
+        stopped = backend.stop()
+        stopped.addErrback(
+            lambda reason: self.log.failure("Stopping the mesh backend failed", reason)
+        )
+        return stopped
+
+    def _publish(self) -> None:
+        assert self.keys is not None and self.endpoint is not None
+        value = record.wireguard_value(self.keys.public_key, self.endpoint)
+        own = self.state.members().get(self.state.name)
+        if own is None or own.record is None or own.record.get(record.WIREGUARD) != value:
+            self.state.publish(record.WIREGUARD, value)
+
+    # Reconciling
+
+    def _changed(self, change: Change) -> None:
+        self._wanted()
+
+    def _recreated(self) -> None:
+        self.log.info(
+            "The WireGuard device {interface} came back empty; configuring it again",
+            interface=self.settings.interface,
+        )
+        self._wanted(force=True)
+
+    def _wanted(self, force: bool = False) -> None:
+        """Ask for a pass: passes never overlap, and a burst of changes makes one pass."""
+        self._force = self._force or force
+        if self._running is not None:
+            self._again = True
+        elif self._call is None and self.running and self.backend is not None:
+            self._call = self.reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        force, self._force = self._force, False
+        running = self._running = Deferred.fromCoroutine(self._pass(force))
+        running.addCallbacks(self._passed, self._pass_failed)
+        running.addBoth(self._ran)
+
+    def _ran(self, _: object) -> None:
+        self._running = None
+        if self._again:
+            self._again = False
+            self._wanted()
+
+    def _passed(self, _: object) -> None:
+        self._retry_delay = RETRY_DELAY
+
+    def _pass_failed(self, reason: Failure) -> None:
+        if not self.running:
+            return
+        self._applied = None
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, self.settings.resync_interval)
+        self._retry = self.reactor.callLater(delay, self._retry_now)
+        if reason.check(*TRANSIENT):
+            # wireguard-go restarting, its socket or link briefly gone: no traceback.
+            self.log.warn(
+                "Mesh reconcile failed ({error}); retrying in {delay} s",
+                error=reason.getErrorMessage() or repr(reason.value),
+                delay=delay,
+            )
+        else:
+            self.log.failure("Mesh reconcile failed; retrying in {delay} s", reason, delay=delay)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._wanted(force=True)
+
+    def desired(self) -> Desired:
+        assert self.keys is not None
+        settings = self.settings
+        return desired_mesh(
+            settings.cluster,
+            settings.name,
+            settings.is_master,
+            self.keys.public_key,
+            self.state.members(),
+            settings.keepalive,
+        )
+
+    async def _pass(self, force: bool) -> None:
+        assert self.keys is not None and self.backend is not None and self.mtu is not None
+        desired = self.desired()
+        self._report(desired.problems)
+        if not force and desired == self._applied:
+            return
+        self.passes += 1
+        backend = self.backend
+        device = await self._read(backend)
+        if (
+            device.private_key != self.keys.private_key
+            or device.listen_port != self.settings.listen_port
+        ):
+            await backend.configure(self.keys.private_key, self.settings.listen_port)
+            self.log.info(
+                "Set the key and port {port} of {interface}",
+                port=self.settings.listen_port,
+                interface=self.settings.interface,
+            )
+        # The link goes up before peers are added: wireguard-go and the kernel greet a
+        # peer given a keepalive at once, but only on an interface that is up.
+        done = self.links.sync(self.addresses, desired.routes, self.mtu)
+        if done:
+            self.log.info(
+                "Mesh interface {interface}: {done}",
+                interface=self.settings.interface,
+                done=", ".join(done),
+            )
+        if not self._addresses_up:
+            self._addresses_up = True
+            waiters, self._address_waiters = self._address_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        previous = {} if self._applied is None else self._applied.peers
+        changes = plan_peer_changes(desired.peers, device.peers, previous)
+        if changes:
+            await backend.apply(changes)
+            for change in changes:
+                self.log.info("Mesh: {change}", change=describe(change))
+            await self._read(backend)  # for the status
+        self._applied = desired
+        # Only now do others learn our key: a handshake that reaches a device without
+        # its key is lost, and its sender waits 5 s (REKEY_TIMEOUT) to try again.
+        self._publish()
+
+    async def _read(self, backend: Backend) -> DeviceStatus:
+        device = await backend.read()
+        self.device_reads += 1
+        self._device = device
+        self._device_at = self.reactor.seconds()
+        return device
+
+    def _report(self, problems: frozenset[Problem]) -> None:
+        """Log and count each problem once, when it appears, not on every pass."""
+        for problem in sorted(problems - self._problems, key=lambda p: (p.member, p.reason)):
+            self.drops[problem.kind] += 1
+            self.log.warn(
+                "Leaving out of the mesh (in part) member {member}: {reason}",
+                member=problem.member,
+                reason=problem.reason,
+            )
+        self._problems = problems
+
+    # Status
+
+    def status(self) -> dict[str, Any]:
+        """What ``hepto status`` shows of the mesh: a JSON-compatible dict.
+
+        Peers come from the device as last read: at most ``resync_interval`` old, and
+        ``as_of`` says when.
+        """
+        names = (
+            {key: spec.name for key, spec in self._applied.peers.items()} if self._applied else {}
+        )
+        device = self._device
+        peers = None
+        if device is not None:
+            peers = [
+                {
+                    "name": names.get(key),
+                    "public_key": key,
+                    "endpoint": peer.endpoint,
+                    "allowed_ips": sorted(str(network) for network in peer.allowed_ips),
+                    "persistent_keepalive": peer.keepalive,
+                    "last_handshake": _timestamp(peer.last_handshake),
+                    "rx_bytes": peer.rx_bytes,
+                    "tx_bytes": peer.tx_bytes,
+                }
+                for key, peer in sorted(
+                    device.peers.items(), key=lambda item: (names.get(item[0]) or "", item[0])
+                )
+            ]
+        return {
+            "interface": self.settings.interface,
+            "backend": None if self.backend is None else self.backend.kind,
+            "phase": self.phase,
+            "error": self.error,
+            "public_key": None if self.keys is None else self.keys.public_key,
+            "endpoint": None if self.endpoint is None else str(self.endpoint),
+            "mtu": self.mtu,
+            "addresses": sorted(str(address) for address in self.addresses),
+            "routes": [] if self._applied is None else sorted(map(str, self._applied.routes)),
+            "peers": peers,
+            "as_of": _timestamp(self._device_at),
+            "problems": [
+                {"member": problem.member, "kind": problem.kind, "reason": problem.reason}
+                for problem in sorted(self._problems, key=lambda p: (p.member, p.reason))
+            ],
+            "drops": dict(self.drops),
+        }
+
+
+class MeshError(Exception):
+    """The mesh cannot run; ``str()`` says why in one sentence."""
+
+
+def find_underlay(ipr: Any, config: NodeConfig) -> Underlay | None:
+    """The node's public address (``--ip``, else ``--iface``'s first global one) and MTU."""
+    if config.ip is not None:
+        address: ipaddress.IPv6Address | None = config.ip.ip
+        assert address is not None
+        interface = config.iface or netlink.interface_with(ipr, address)
+    elif config.iface is not None:
+        address = netlink.global_address(ipr, config.iface)
+        interface = config.iface
+    else:
+        return None
+    if address is None:
+        return None
+    mtu = netlink.link_mtu(ipr, interface) if interface else None
+    if mtu is None:
+        MeshService.log.warn(
+            "Cannot read the MTU of the link under {address}; assuming {mtu}",
+            address=str(address),
+            mtu=DEFAULT_UNDERLAY_MTU,
+        )
+        mtu = DEFAULT_UNDERLAY_MTU
+    return Underlay(address, mtu)
+
+
+def mesh_service(
+    config: NodeConfig,
+    state: ClusterState,
+    reactor: Any,
+    interface: str = DEFAULT_INTERFACE,
+    listen_port: int = DEFAULT_LISTEN_PORT,
+) -> MeshService:
+    """The node's mesh: key and socket directory in the node's directory, both backends."""
+    from pyroute2 import IPRoute, WireGuard
+
+    from hepto.mesh.kernel import KernelBackend
+    from hepto.mesh.userspace import UserspaceBackend
+
+    # No multicast groups: unread notifications would pile up in the socket until the
+    # kernel reports ENOBUFS on a later request.
+    ipr = IPRoute(groups=0)
+    socket_dir = config.node_dir / "wireguard"
+    program = "wireguard-go"
+    if config.bin_dir is not None and (config.bin_dir / program).exists():
+        program = str(config.bin_dir / program)
+    return MeshService(
+        MeshSettings(config.cluster, config.name, config.is_master, interface, listen_port),
+        state,
+        reactor,
+        key_path=config.node_dir / "wireguard.key",
+        backends=(
+            lambda: KernelBackend(ipr, WireGuard, interface),
+            lambda: UserspaceBackend(reactor, interface, socket_dir, program=program),
+        ),
+        links=Links(ipr, interface),
+        underlay=lambda: find_underlay(ipr, config),
+    )

@@ -1,0 +1,300 @@
+"""The desired mesh from membership, and the changes from a device's state to it."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import plan
+from hepto.config import Endpoint
+from hepto.mesh.backend import AddPeer, PeerSpec, PeerStatus, RemovePeer, UpdatePeer
+from hepto.mesh.keys import KeyPair
+from hepto.mesh.reconcile import (
+    DEFAULT_KEEPALIVE,
+    MINIMUM_MTU,
+    Desired,
+    Problem,
+    desired_mesh,
+    host_network,
+    mesh_mtu,
+    plan_peer_changes,
+)
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Member, Record
+
+CLUSTER = "geo"
+KEYS = {name: KeyPair.generate() for name in ("me", "a", "b", "c")}
+
+
+def endpoint(index: int, port: int = 51820) -> Endpoint:
+    return Endpoint(ipaddress.IPv6Address(f"2001:db8:1::{index}"), port)
+
+
+def member(name: str, index: int, status: str = ALIVE, **data: object) -> Member:
+    value = {"public_key": KEYS[name].public_key, "endpoint": str(endpoint(index))}
+    return Member(name, status, Record(name, 1, {"wireguard": value, **data}))
+
+
+def pods(index: int) -> ipaddress.IPv6Network:
+    return list(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))[index]
+
+
+def mesh_host(name: str) -> ipaddress.IPv6Network:
+    return host_network(plan.mesh_address(CLUSTER, name))
+
+
+def desired(*members: Member, is_master: bool = False) -> Desired:
+    everyone = {"me": member("me", 9), **{m.name: m for m in members}}
+    return desired_mesh(CLUSTER, "me", is_master, KEYS["me"].public_key, everyone)
+
+
+class DesiredMeshTests(SynchronousTestCase):
+    def test_reachable_members_with_a_key_are_peers(self) -> None:
+        result = desired(member("a", 1), member("b", 2, SUSPECT))
+        self.assertEqual(
+            result.peers[KEYS["a"].public_key],
+            PeerSpec(
+                "a",
+                KEYS["a"].public_key,
+                endpoint(1),
+                frozenset({mesh_host("a")}),
+                DEFAULT_KEEPALIVE,
+            ),
+        )
+        self.assertEqual(
+            {spec.name for spec in result.peers.values()}, {"a", "b"}, "suspect stays a peer"
+        )
+        self.assertEqual(result.routes, frozenset({plan.mesh_prefix(CLUSTER)}))
+        self.assertEqual(result.problems, frozenset())
+
+    def test_dead_and_left_members_are_not_peers(self) -> None:
+        result = desired(member("a", 1, DEAD), member("b", 2, LEFT), member("c", 3))
+        self.assertEqual([spec.name for spec in result.peers.values()], ["c"])
+
+    def test_member_without_wireguard_key_is_quietly_skipped(self) -> None:
+        bare = Member("a", ALIVE, Record("a", 1, {"role": "node"}))
+        result = desired(bare, Member("b", ALIVE, None))
+        self.assertEqual(result.peers, {})
+        self.assertEqual(result.problems, frozenset())
+
+    def test_self_is_never_a_peer(self) -> None:
+        self.assertEqual(desired().peers, {})
+
+    def test_master_peer_carries_the_apiserver_address(self) -> None:
+        result = desired(member("a", 1, role="master"), member("b", 2, role="full"))
+        apiserver = host_network(plan.apiserver_address(CLUSTER))
+        self.assertEqual(
+            result.peers[KEYS["a"].public_key].allowed_ips,
+            frozenset({mesh_host("a"), apiserver}),
+        )
+        # One address cannot sit behind two peers: the first by name keeps it.
+        self.assertEqual(result.peers[KEYS["b"].public_key].allowed_ips, {mesh_host("b")})
+        self.assertEqual(result.problems, {Problem("b", "overlap", f"{apiserver} overlaps a's")})
+
+    def test_when_this_node_is_master_no_peer_gets_the_apiserver_address(self) -> None:
+        result = desired(member("a", 1, role="master"), is_master=True)
+        self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a")})
+        self.assertEqual(len(result.problems), 1)
+
+    def test_pod_prefix_is_allowed_and_routed(self) -> None:
+        result = desired(member("a", 1, pod_prefix=str(pods(5))))
+        self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a"), pods(5)})
+        self.assertEqual(result.routes, {plan.mesh_prefix(CLUSTER), pods(5)})
+
+    def test_pod_prefix_outside_the_cluster_is_dropped_but_the_peer_stays(self) -> None:
+        result = desired(member("a", 1, pod_prefix="::/0"))
+        self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a")})
+        self.assertEqual(result.routes, {plan.mesh_prefix(CLUSTER)})
+        (problem,) = result.problems
+        self.assertIn("outside the cluster", problem.reason)
+
+    def test_overlapping_pod_prefixes_go_to_the_first_member_by_name(self) -> None:
+        result = desired(
+            member("b", 2, pod_prefix=str(pods(1))), member("a", 1, pod_prefix=str(pods(1)))
+        )
+        self.assertIn(pods(1), result.peers[KEYS["a"].public_key].allowed_ips)
+        self.assertNotIn(pods(1), result.peers[KEYS["b"].public_key].allowed_ips)
+
+    def test_own_pod_prefix_is_never_given_to_a_peer(self) -> None:
+        me = member("me", 9, pod_prefix=str(pods(3)))
+        result = desired_mesh(
+            CLUSTER,
+            "me",
+            False,
+            KEYS["me"].public_key,
+            {"me": me, "a": member("a", 1, pod_prefix=str(pods(3)))},
+        )
+        self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a")})
+
+    def test_malformed_records_are_reported_not_raised(self) -> None:
+        broken = {
+            "a": "not an object",
+            "b": {"public_key": "short", "endpoint": "[2001:db8::1]:1"},
+            "c": {"public_key": KEYS["c"].public_key, "endpoint": "2001:db8::1"},
+        }
+        members = [
+            Member(name, ALIVE, Record(name, 1, {"wireguard": v})) for name, v in broken.items()
+        ]
+        result = desired(*members)
+        self.assertEqual(result.peers, {})
+        self.assertEqual({problem.member for problem in result.problems}, {"a", "b", "c"})
+
+    def test_a_public_key_used_twice_goes_to_the_first_member_by_name(self) -> None:
+        copycat = Member(
+            "b",
+            ALIVE,
+            Record(
+                "b",
+                1,
+                {"wireguard": {"public_key": KEYS["a"].public_key, "endpoint": "[2001:db8::2]:1"}},
+            ),
+        )
+        result = desired(copycat, member("a", 1))
+        self.assertEqual([spec.name for spec in result.peers.values()], ["a"])
+        self.assertEqual(
+            result.problems, {Problem("b", "duplicate_key", "public key already used by a")}
+        )
+
+    def test_own_public_key_in_another_record_is_refused(self) -> None:
+        thief = Member(
+            "a",
+            ALIVE,
+            Record(
+                "a",
+                1,
+                {"wireguard": {"public_key": KEYS["me"].public_key, "endpoint": "[2001:db8::2]:1"}},
+            ),
+        )
+        self.assertEqual(desired(thief).peers, {})
+
+
+def status(spec: PeerSpec, endpoint_text: str | None = None, **changes: object) -> PeerStatus:
+    values: dict[str, object] = {
+        "public_key": spec.public_key,
+        "endpoint": str(spec.endpoint) if endpoint_text is None else endpoint_text,
+        "allowed_ips": spec.allowed_ips,
+        "keepalive": spec.keepalive,
+    }
+    values.update(changes)
+    return PeerStatus(**values)  # type: ignore[arg-type]
+
+
+def spec(name: str, index: int, *networks: ipaddress.IPv6Network) -> PeerSpec:
+    return PeerSpec(
+        name, KEYS[name].public_key, endpoint(index), frozenset({mesh_host(name), *networks}), 25
+    )
+
+
+class PlanPeerChangesTests(SynchronousTestCase):
+    def test_nothing_to_do(self) -> None:
+        a, b = spec("a", 1), spec("b", 2)
+        desired = {a.public_key: a, b.public_key: b}
+        actual = {a.public_key: status(a), b.public_key: status(b)}
+        self.assertEqual(plan_peer_changes(desired, actual, desired), [])
+
+    def test_add(self) -> None:
+        a = spec("a", 1)
+        self.assertEqual(plan_peer_changes({a.public_key: a}, {}, {}), [AddPeer(a)])
+
+    def test_remove(self) -> None:
+        a = spec("a", 1)
+        self.assertEqual(
+            plan_peer_changes({}, {a.public_key: status(a)}, {a.public_key: a}),
+            [RemovePeer(a.public_key, "a")],
+        )
+
+    def test_remove_an_unknown_peer(self) -> None:
+        stranger = KeyPair.generate().public_key
+        self.assertEqual(
+            plan_peer_changes({}, {stranger: status(spec("a", 1), public_key=stranger)}, {}),
+            [RemovePeer(stranger, None)],
+        )
+
+    def test_update_allowed_ips_keeps_a_roamed_endpoint(self) -> None:
+        before = spec("a", 1)
+        after = spec("a", 1, ipaddress.IPv6Network("fd00:200::/64"))
+        roamed = status(before, "[2001:db8:ffff::7]:4242")
+        self.assertEqual(
+            plan_peer_changes(
+                {after.public_key: after}, {after.public_key: roamed}, {before.public_key: before}
+            ),
+            [UpdatePeer(after, endpoint=False)],
+        )
+
+    def test_update_keepalive(self) -> None:
+        a = spec("a", 1)
+        self.assertEqual(
+            plan_peer_changes(
+                {a.public_key: a}, {a.public_key: status(a, keepalive=0)}, {a.public_key: a}
+            ),
+            [UpdatePeer(a, endpoint=False)],
+        )
+
+    def test_roaming_alone_is_left_alone(self) -> None:
+        a = spec("a", 1)
+        roamed = status(a, "[2001:db8:ffff::7]:4242")
+        self.assertEqual(
+            plan_peer_changes({a.public_key: a}, {a.public_key: roamed}, {a.public_key: a}), []
+        )
+
+    def test_a_new_advertised_endpoint_is_set(self) -> None:
+        before, after = spec("a", 1), spec("a", 2)
+        self.assertEqual(
+            plan_peer_changes(
+                {after.public_key: after},
+                {after.public_key: status(before)},
+                {before.public_key: before},
+            ),
+            [UpdatePeer(after, endpoint=True)],
+        )
+
+    def test_a_peer_without_endpoint_gets_one(self) -> None:
+        a = spec("a", 1)
+        self.assertEqual(
+            plan_peer_changes(
+                {a.public_key: a}, {a.public_key: status(a, endpoint=None)}, {a.public_key: a}
+            ),
+            [UpdatePeer(a, endpoint=True)],
+        )
+
+    def test_first_pass_over_an_existing_device_sets_differing_endpoints(self) -> None:
+        a = spec("a", 1)
+        self.assertEqual(
+            plan_peer_changes({a.public_key: a}, {a.public_key: status(a, "[2001:db8::99]:1")}, {}),
+            [UpdatePeer(a, endpoint=True)],
+        )
+
+    def test_removals_come_first(self) -> None:
+        a, b = spec("a", 1), spec("b", 2)
+        changes = plan_peer_changes({b.public_key: b}, {a.public_key: status(a)}, {})
+        self.assertEqual(changes, [RemovePeer(a.public_key, None), AddPeer(b)])
+
+    @given(
+        st.sets(st.sampled_from(["a", "b", "c"])),
+        st.sets(st.sampled_from(["a", "b", "c"])),
+    )
+    def test_applying_the_plan_reaches_the_desired_peers(
+        self, wanted: set[str], present: set[str]
+    ) -> None:
+        specs = {name: spec(name, i) for i, name in enumerate(["a", "b", "c"], 1)}
+        desired = {specs[n].public_key: specs[n] for n in wanted}
+        actual = {specs[n].public_key: status(specs[n], keepalive=0) for n in present}
+        for change in plan_peer_changes(desired, actual, {}):
+            if isinstance(change, RemovePeer):
+                del actual[change.public_key]
+            else:
+                actual[change.spec.public_key] = status(change.spec)
+        self.assertEqual(set(actual), set(desired))
+        self.assertEqual(plan_peer_changes(desired, actual, desired), [])
+
+
+class MTUTests(SynchronousTestCase):
+    def test_overhead_is_80_bytes(self) -> None:
+        self.assertEqual(mesh_mtu(1500), 1420)
+        self.assertEqual(mesh_mtu(1400), 1320)
+
+    def test_never_below_ipv6_minimum(self) -> None:
+        self.assertEqual(mesh_mtu(1300), MINIMUM_MTU)
+        self.assertEqual(mesh_mtu(576), MINIMUM_MTU)

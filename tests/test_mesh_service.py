@@ -1,0 +1,434 @@
+"""MeshService against MemoryCluster, a recording backend and a fake netlink, on a Clock."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import plan
+from hepto.config import NodeConfig, parse_node_config
+from hepto.mesh.backend import AddPeer, BackendUnavailable, RemovePeer, UpdatePeer
+from hepto.mesh.keys import KeyPair
+from hepto.mesh.links import Links
+from hepto.mesh.reconcile import host_network
+from hepto.mesh.service import (
+    RESYNC_INTERVAL,
+    UNDERLAY_RETRY,
+    MeshService,
+    MeshSettings,
+    Underlay,
+    find_underlay,
+    mesh_service,
+)
+from hepto.mesh.testing import FakeIPRoute, RecordingBackend
+from hepto.mesh.userspace import UserspaceBackend
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, MemoryCluster, MemoryState
+
+CLUSTER = "geo"
+KEY = "5a" * 32
+
+
+def wireguard(index: int, keys: KeyPair | None = None) -> dict[str, str]:
+    keys = keys or KeyPair.generate()
+    return {"public_key": keys.public_key, "endpoint": f"[2001:db8:1::{index}]:51820"}
+
+
+class Harness:
+    """One node "me" of a MemoryCluster, its mesh service, and what it drives."""
+
+    def __init__(self, case: SynchronousTestCase, is_master: bool = False, **kwargs: Any) -> None:
+        self.cluster = MemoryCluster()
+        self.state = self.cluster.join("me", role="master" if is_master else "node")
+        self.clock = task.Clock()
+        self.backend = kwargs.pop("backend", None) or RecordingBackend()
+        self.ipr = FakeIPRoute()
+        self.ipr.add_link("hepto0", "wireguard", mtu=1420)
+        self.underlay: Underlay | None = Underlay(ipaddress.IPv6Address("2001:db8:1::9"), 1500)
+        self.key_path = Path(case.mktemp()) / "wireguard.key"
+        backends = kwargs.pop("backends", None) or [lambda: self.backend]
+        self.service = MeshService(
+            MeshSettings(CLUSTER, "me", is_master),
+            self.state,
+            self.clock,
+            key_path=self.key_path,
+            backends=backends,
+            links=Links(self.ipr, "hepto0"),
+            underlay=lambda: self.underlay,
+        )
+        case.addCleanup(self.stop)
+
+    def start(self) -> None:
+        self.service.startService()
+        self.clock.advance(0)
+
+    def stop(self) -> None:
+        if self.service.running:
+            self.service.stopService()
+
+    def join(self, name: str, index: int, **data: Any) -> MemoryState:
+        view = self.cluster.join(name, role="node", **data)
+        self.clock.advance(0)
+        return view
+
+    def calls(self, kind: str) -> list[Any]:
+        return [argument for name, argument in self.backend.calls if name == kind]
+
+    def peer_names(self) -> set[str]:
+        applied = self.service._applied
+        assert applied is not None
+        names = {key: spec.name for key, spec in applied.peers.items()}
+        return {names[key] for key in self.backend.device.peers}
+
+
+class StartTests(SynchronousTestCase):
+    def test_start_configures_device_and_publishes_record(self) -> None:
+        h = Harness(self)
+        h.start()
+        self.assertEqual(h.service.phase, "running")
+        keys = h.service.keys
+        assert keys is not None
+        self.assertEqual(h.backend.device.private_key, keys.private_key)
+        self.assertEqual(h.backend.device.listen_port, 51820)
+        record = h.state.members()["me"].record
+        assert record is not None
+        self.assertEqual(
+            record.get("wireguard"),
+            {"public_key": keys.public_key, "endpoint": "[2001:db8:1::9]:51820"},
+        )
+        link = h.ipr.links[1]
+        self.assertEqual(link.mtu, 1420, "1500 - 80")
+        self.assertEqual(
+            [entry[1] for entry in h.ipr.addresses], [str(plan.mesh_address(CLUSTER, "me"))]
+        )
+        self.assertIn((1, str(plan.mesh_prefix(CLUSTER).network_address), 64, 4), h.ipr.routes)
+
+    def test_master_carries_the_apiserver_address(self) -> None:
+        h = Harness(self, is_master=True)
+        h.start()
+        self.assertEqual(
+            {entry[1] for entry in h.ipr.addresses},
+            {str(plan.mesh_address(CLUSTER, "me")), str(plan.apiserver_address(CLUSTER))},
+        )
+
+    def test_restart_keeps_the_key_and_does_not_republish(self) -> None:
+        h = Harness(self)
+        h.start()
+        version = h.state.members()["me"].record.version  # type: ignore[union-attr]
+        h.stop()
+        h.start()
+        self.assertEqual(h.state.members()["me"].record.version, version)  # type: ignore[union-attr]
+
+    def test_falls_back_to_the_next_backend_and_says_so(self) -> None:
+        kernel = RecordingBackend(kind="kernel", unavailable="this kernel has no WireGuard")
+        userspace = RecordingBackend(kind="userspace")
+        with capturedLogs() as events:
+            h = Harness(self, backends=[lambda: kernel, lambda: userspace], backend=userspace)
+            h.start()
+        self.assertEqual(h.service.backend, userspace)
+        self.assertTrue(userspace.started)
+        texts = [formatEvent(event) for event in events]
+        self.assertIn(
+            "WireGuard backend kernel unavailable (this kernel has no WireGuard); trying the next",
+            texts,
+        )
+        self.assertIn("WireGuard backend: userspace for hepto0", texts)
+
+    def test_no_backend_at_all_is_a_clear_failure(self) -> None:
+        kernel = RecordingBackend(kind="kernel", unavailable="this kernel has no WireGuard")
+        userspace = RecordingBackend(kind="userspace", unavailable="wireguard-go is missing")
+        h = Harness(self, backends=[lambda: kernel, lambda: userspace])
+        with capturedLogs() as events:
+            h.start()
+        self.assertEqual(h.service.phase, "failed")
+        self.assertIn("wireguard-go is missing", h.service.error or "")
+        self.assertEqual(
+            [e["log_level"].name for e in events if "cannot start" in formatEvent(e)], ["critical"]
+        )
+        self.assertEqual(h.service.status()["error"], h.service.error)
+
+    def test_unusable_key_file_is_a_clear_failure(self) -> None:
+        h = Harness(self)
+        h.key_path.parent.mkdir(parents=True)
+        h.key_path.write_text("garbage\n")
+        h.start()
+        self.assertEqual(h.service.phase, "failed")
+        self.assertIn("does not hold a WireGuard private key", h.service.error or "")
+        self.assertEqual(h.backend.calls, [])
+
+    def test_waits_for_an_underlay_address(self) -> None:
+        h = Harness(self)
+        h.underlay = None
+        h.start()
+        self.assertEqual(h.service.phase, "starting")
+        self.assertEqual(h.backend.calls, [])
+        h.clock.advance(UNDERLAY_RETRY)
+        self.assertEqual(h.backend.calls, [])
+        h.underlay = Underlay(ipaddress.IPv6Address("2001:db8:1::9"), 1280)
+        h.clock.advance(UNDERLAY_RETRY)
+        self.assertEqual(h.service.phase, "running")
+        self.assertEqual(h.ipr.links[1].mtu, 1280, "never below IPv6's minimum")
+
+    def test_stop_while_starting_stops_the_backend(self) -> None:
+        pending: Deferred[None] = Deferred()
+
+        class Slow(RecordingBackend):
+            def start(self, recreated: Any) -> Deferred[None]:
+                super().start(recreated)
+                return pending
+
+        slow = Slow()
+        h = Harness(self, backend=slow)
+        h.start()
+        self.assertEqual(h.service.phase, "starting")
+        self.successResultOf(h.service.stopService())
+        self.assertTrue(slow.stopped)
+        self.assertEqual(h.service.phase, "stopped")
+
+
+class ReconcileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.start()
+
+    def test_members_become_peers(self) -> None:
+        h = self.h
+        a_keys = KeyPair.generate()
+        h.join("a", 1, wireguard=wireguard(1, a_keys))
+        h.join("b", 2, wireguard=wireguard(2))
+        self.assertEqual(h.peer_names(), {"a", "b"})
+        peer = h.backend.device.peers[a_keys.public_key]
+        self.assertEqual(peer.endpoint, "[2001:db8:1::1]:51820")
+        self.assertEqual(peer.allowed_ips, {host_network(plan.mesh_address(CLUSTER, "a"))})
+        self.assertEqual(peer.keepalive, 25)
+
+    def test_a_burst_of_changes_makes_one_pass(self) -> None:
+        h = self.h
+        before = len(h.calls("apply"))
+        for index, name in enumerate(("a", "b", "c"), 1):
+            h.cluster.join(name, wireguard=wireguard(index))
+        h.clock.advance(0)
+        applied = h.calls("apply")[before:]
+        self.assertEqual(len(applied), 1)
+        self.assertEqual([type(change) for change in applied[0]], [AddPeer] * 3)
+
+    def test_dead_member_loses_its_peer_and_gets_it_back(self) -> None:
+        h = self.h
+        h.join("a", 1, wireguard=wireguard(1))
+        h.join("b", 2, wireguard=wireguard(2))
+        h.cluster.set_status("a", SUSPECT)
+        h.clock.advance(0)
+        self.assertEqual(h.peer_names(), {"a", "b"}, "suspect is still a peer")
+        h.cluster.set_status("a", DEAD)
+        h.clock.advance(0)
+        self.assertEqual(h.peer_names(), {"b"})
+        self.assertIsInstance(h.calls("apply")[-1][0], RemovePeer)
+        h.cluster.set_status("a", ALIVE)
+        h.clock.advance(0)
+        self.assertEqual(h.peer_names(), {"a", "b"})
+        h.cluster.set_status("b", LEFT)
+        h.clock.advance(0)
+        self.assertEqual(h.peer_names(), {"a"})
+
+    def test_nothing_changed_touches_nothing(self) -> None:
+        h = self.h
+        a = h.join("a", 1, wireguard=wireguard(1))
+        calls, requests = len(h.backend.calls), len(h.ipr.requests)
+        # Other services' keys, heartbeats of records: no I/O at all.
+        a.publish("pki", {"csr": "..."})
+        h.cluster.set_status("a", ALIVE)
+        h.clock.advance(0)
+        self.assertEqual(len(h.backend.calls), calls)
+        self.assertEqual(len(h.ipr.requests), requests)
+
+    def test_resync_reads_but_changes_nothing(self) -> None:
+        h = self.h
+        h.join("a", 1, wireguard=wireguard(1))
+        calls, requests = len(h.backend.calls), len(h.ipr.requests)
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(h.backend.calls[calls:], [("read", None)])
+        self.assertEqual(h.ipr.requests[requests:], [])
+
+    def test_resync_repairs_a_hand_edit(self) -> None:
+        h = self.h
+        keys = KeyPair.generate()
+        h.join("a", 1, wireguard=wireguard(1, keys))
+        h.backend.device = type(h.backend.device)(h.backend.device.private_key, 51820, {})
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(set(h.backend.device.peers), {keys.public_key})
+
+    def test_roamed_endpoint_is_kept_while_allowed_ips_change(self) -> None:
+        h = self.h
+        keys = KeyPair.generate()
+        a = h.join("a", 1, wireguard=wireguard(1, keys))
+        h.backend.roam(keys.public_key, "[2001:db8:ffff::1]:4000")
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(
+            h.backend.device.peers[keys.public_key].endpoint, "[2001:db8:ffff::1]:4000"
+        )
+        pods = next(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))
+        a.publish("pod_prefix", str(pods))
+        h.clock.advance(0)
+        (change,) = h.calls("apply")[-1]
+        self.assertEqual(change, UpdatePeer(change.spec, endpoint=False))
+        peer = h.backend.device.peers[keys.public_key]
+        self.assertEqual(peer.endpoint, "[2001:db8:ffff::1]:4000")
+        self.assertIn(pods, peer.allowed_ips)
+        self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
+
+    def test_a_moved_node_gets_its_new_endpoint(self) -> None:
+        h = self.h
+        keys = KeyPair.generate()
+        a = h.join("a", 1, wireguard=wireguard(1, keys))
+        a.publish("wireguard", wireguard(7, keys))
+        h.clock.advance(0)
+        self.assertEqual(h.backend.device.peers[keys.public_key].endpoint, "[2001:db8:1::7]:51820")
+
+    def test_recreated_device_is_configured_again(self) -> None:
+        h = self.h
+        h.join("a", 1, wireguard=wireguard(1))
+        h.ipr.addresses.clear()
+        h.ipr.routes.clear()
+        h.backend.recreate()
+        h.clock.advance(0)
+        keys = h.service.keys
+        assert keys is not None
+        self.assertEqual(h.backend.device.private_key, keys.private_key)
+        self.assertEqual(h.peer_names(), {"a"})
+        self.assertEqual(len(h.ipr.addresses), 1)
+
+    def test_failed_pass_is_retried(self) -> None:
+        h = self.h
+        h.backend.fail_next = OSError("socket went away")
+        with capturedLogs() as events:
+            h.join("a", 1, wireguard=wireguard(1))
+        self.assertEqual(h.backend.device.peers, {})
+        self.assertTrue(any("retrying in 1.0 s" in formatEvent(e) for e in events))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        h.clock.advance(1)
+        self.assertEqual(h.peer_names(), {"a"})
+
+    def test_backend_down_is_a_warning_and_a_retry(self) -> None:
+        h = self.h
+        h.backend.fail_next = BackendUnavailable("wireguard-go for hepto0 is not running")
+        with capturedLogs() as events:
+            h.join("a", 1, wireguard=wireguard(1))
+        self.assertEqual(
+            [formatEvent(e) for e in events if "failed" in formatEvent(e)],
+            ["Mesh reconcile failed (wireguard-go for hepto0 is not running); retrying in 1.0 s"],
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.clock.advance(1)
+        self.assertEqual(h.peer_names(), {"a"})
+
+    def test_bad_records_are_logged_once_and_counted(self) -> None:
+        h = self.h
+        with capturedLogs() as events:
+            h.join("a", 1, wireguard={"public_key": "@@@", "endpoint": "[2001:db8::1]:1"})
+            h.join("b", 2, wireguard=wireguard(2))
+            h.clock.advance(RESYNC_INTERVAL * 3)
+        warnings = [formatEvent(e) for e in events if "Leaving out" in formatEvent(e)]
+        self.assertEqual(
+            warnings, ["Leaving out of the mesh (in part) member a: public_key is not base64"]
+        )
+        status = h.service.status()
+        self.assertEqual(status["drops"], {"bad_wireguard": 1})
+        self.assertEqual(
+            status["problems"],
+            [{"member": "a", "kind": "bad_wireguard", "reason": "public_key is not base64"}],
+        )
+        self.assertEqual(h.peer_names(), {"b"})
+
+    def test_status(self) -> None:
+        h = self.h
+        keys = KeyPair.generate()
+        h.join("a", 1, wireguard=wireguard(1, keys))
+        status = h.service.status()
+        self.assertEqual(status["backend"], "recording")
+        self.assertEqual(status["phase"], "running")
+        self.assertEqual(status["endpoint"], "[2001:db8:1::9]:51820")
+        self.assertEqual(status["mtu"], 1420)
+        self.assertEqual(
+            status["peers"],
+            [
+                {
+                    "name": "a",
+                    "public_key": keys.public_key,
+                    "endpoint": "[2001:db8:1::1]:51820",
+                    "allowed_ips": [f"{plan.mesh_address(CLUSTER, 'a')}/128"],
+                    "persistent_keepalive": 25,
+                    "last_handshake": None,
+                    "rx_bytes": 0,
+                    "tx_bytes": 0,
+                }
+            ],
+        )
+        self.assertEqual(status["as_of"], "1970-01-01T00:00:00Z")
+        import json
+
+        json.dumps(status)
+
+    def test_stop_stops_backend_and_listening(self) -> None:
+        h = self.h
+        self.successResultOf(defer.maybeDeferred(h.service.stopService))
+        self.assertTrue(h.backend.stopped)
+        calls = len(h.backend.calls)
+        h.join("a", 1, wireguard=wireguard(1))
+        h.clock.advance(RESYNC_INTERVAL * 2)
+        self.assertEqual(len(h.backend.calls), calls)
+
+
+def node_config(data_dir: Path, **raw: str) -> NodeConfig:
+    return parse_node_config(
+        {"cluster": CLUSTER, "name": "me", "key": KEY, "data-dir": str(data_dir), **raw},
+        {},
+        {"no-contain": True},
+    )
+
+
+class WiringTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.ipr = FakeIPRoute()
+        eth = self.ipr.add_link("eth0", mtu=1400)
+        self.ipr.addresses.append((eth.index, "2001:db8::6", 64, 0x80))
+        self.data = Path(self.mktemp())
+
+    def test_underlay_from_ip(self) -> None:
+        config = node_config(self.data, ip="2001:db8::6/64")
+        self.assertEqual(
+            find_underlay(self.ipr, config),
+            Underlay(ipaddress.IPv6Address("2001:db8::6"), 1400),
+        )
+
+    def test_underlay_from_iface(self) -> None:
+        config = node_config(self.data, iface="eth0")
+        self.assertEqual(
+            find_underlay(self.ipr, config),
+            Underlay(ipaddress.IPv6Address("2001:db8::6"), 1400),
+        )
+        self.ipr.addresses.clear()
+        self.assertIsNone(find_underlay(self.ipr, config), "no address yet")
+
+    def test_underlay_address_on_no_link_assumes_ethernet(self) -> None:
+        config = node_config(self.data, ip="2001:db8::99/64")
+        with capturedLogs() as events:
+            underlay = find_underlay(self.ipr, config)
+        self.assertEqual(underlay, Underlay(ipaddress.IPv6Address("2001:db8::99"), 1500))
+        self.assertIn("assuming 1500", formatEvent(events[0]))
+
+    def test_mesh_service_of_a_node(self) -> None:
+        config = node_config(self.data, ip="2001:db8::6/64", role="full")
+        service = mesh_service(config, MemoryCluster().join("me"), task.Clock())
+        self.assertEqual(service.name, "mesh")
+        self.assertEqual(service.key_path, config.node_dir / "wireguard.key")
+        self.assertEqual(service.settings, MeshSettings(CLUSTER, "me", True))
+        kinds = [make() for make in service._backend_factories]
+        self.assertEqual([backend.kind for backend in kinds], ["kernel", "userspace"])
+        userspace = kinds[1]
+        assert isinstance(userspace, UserspaceBackend)
+        self.assertEqual(userspace.socket, config.node_dir / "wireguard" / "hepto0.sock")
