@@ -25,12 +25,18 @@ SUBNET = ipaddress.IPv6Network("2001:db8:1::/64")
 #: The kernel's IPv6 neighbour table is one for all network namespaces, 1,024 entries
 #: at most by default: a lab of 100 hosts that all talk fills it, and from then on no
 #: namespace on the machine resolves a new neighbour. Raised once, machine-wide.
-NEIGHBOUR_TABLE = {"gc_thresh1": 8192, "gc_thresh2": 32768, "gc_thresh3": 65536}
+#: Likewise every agent's mesh holds an inotify instance, 128 per user by default.
+MACHINE_LIMITS = {
+    "net/ipv6/neigh/default/gc_thresh1": 8192,
+    "net/ipv6/neigh/default/gc_thresh2": 32768,
+    "net/ipv6/neigh/default/gc_thresh3": 65536,
+    "fs/inotify/max_user_instances": 8192,
+}
 
 
-def _enlarge_neighbour_table() -> None:
-    for name, wanted in NEIGHBOUR_TABLE.items():
-        path = Path("/proc/sys/net/ipv6/neigh/default") / name
+def _raise_machine_limits() -> None:
+    for name, wanted in MACHINE_LIMITS.items():
+        path = Path("/proc/sys") / name
         if int(path.read_text()) < wanted:
             path.write_text(str(wanted))
 
@@ -140,7 +146,7 @@ class Lab:
     @property
     def switch(self) -> str:
         if self._switch is None:
-            _enlarge_neighbour_table()
+            _raise_machine_limits()
             self._switch = f"{self.prefix}{self.token}-sw"
             _run(["ip", "netns", "add", self._switch])
             self._in_switch(["ip", "link", "add", "br0", "type", "bridge"])

@@ -175,3 +175,29 @@ def logged(words: str, count: int) -> defer.Deferred[list[dict[str, Any]]]:
 
     globalLogPublisher.addObserver(cast(ILogObserver, observe))
     return done
+
+
+class SocketWatchFallbackTests(SynchronousTestCase):
+    """Without an inotify instance to be had, the socket is still noticed."""
+
+    def test_looks_when_inotify_is_spent(self) -> None:
+        from twisted.internet import inotify, task
+
+        from hepto.mesh import userspace
+
+        def spent(reactor: Any) -> None:
+            raise inotify.INotifyError("INotify initialization error.")
+
+        self.patch(inotify, "INotify", spent)
+        clock = task.Clock()
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        watch = userspace.SocketWatch(clock, directory)
+        appeared = watch.appeared("hepto0.sock")
+        clock.advance(1)
+        self.assertNoResult(appeared)
+        (directory / "hepto0.sock").touch()
+        clock.advance(userspace.FALLBACK_INTERVAL)
+        self.successResultOf(appeared)
+        watch.close()
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -42,6 +42,8 @@ RESTART_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_RUN: Final = 60.0
 #: Seconds for wireguard-go to open its socket (~15 ms seen) before it is killed.
 READY_TIMEOUT: Final = 30.0
+#: How often a SocketWatch without inotify looks for the socket (wireguard-go takes ~15 ms).
+FALLBACK_INTERVAL: Final = 0.05
 #: wireguard-go binds its socket, then listens: a connection in between is refused.
 #: Retry that many times, from PROBE_DELAY seconds doubling (1.3 s in all).
 PROBE_ATTEMPTS: Final = 9
@@ -117,12 +119,33 @@ class WireGuardGoProtocol(ProcessProtocol):
 
 
 class SocketWatch:
-    """Tells when a file appears in a directory, through inotify: no polling."""
+    """Tells when a file appears in a directory: through inotify, without polling.
+
+    Where no inotify instance can be had (``fs.inotify.max_user_instances`` is spent,
+    as when a test runs a hundred agents on one machine), it looks every
+    ``FALLBACK_INTERVAL`` seconds instead, and says so once.
+    """
+
+    log = Logger()
 
     def __init__(self, reactor: Any, directory: Path) -> None:
         self.directory = directory
         self._waiting: dict[str, list[Deferred[None]]] = {}
-        self._notifier = inotify.INotify(reactor)
+        self._notifier: inotify.INotify | None = None
+        self._looking: task.LoopingCall | None = None
+        try:
+            self._notifier = inotify.INotify(reactor)
+        except inotify.INotifyError as error:
+            self.log.warn(
+                "No inotify for {directory} ({error}): looking for sockets every {interval} s",
+                directory=str(directory),
+                error=str(error),
+                interval=FALLBACK_INTERVAL,
+            )
+            self._looking = task.LoopingCall(self._look)
+            self._looking.clock = reactor
+            self._looking.start(FALLBACK_INTERVAL, now=False)
+            return
         self._notifier.startReading()
         self._notifier.watch(
             FilePath(str(directory)),
@@ -147,12 +170,19 @@ class SocketWatch:
         # INotify hands over bytes paths, whatever mode the watch was made in.
         self._fire(path.asTextMode().basename())
 
+    def _look(self) -> None:
+        for name in [name for name in self._waiting if (self.directory / name).exists()]:
+            self._fire(name)
+
     def _fire(self, name: str) -> None:
         for waiter in self._waiting.pop(name, []):
             waiter.callback(None)
 
     def close(self) -> None:
-        self._notifier.loseConnection()
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+        if self._looking is not None and self._looking.running:
+            self._looking.stop()
 
 
 class UserspaceBackend:
