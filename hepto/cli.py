@@ -88,20 +88,85 @@ def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _certificate_rows(certificates: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "certificate": name,
+            "subject": certificate.get("subject", ""),
+            "state": certificate.get("state", ""),
+            "expires": certificate.get("not_after", ""),
+            "renews": certificate.get("renew_at", ""),
+        }
+        for name, certificate in sorted(certificates.items())
+    ]
+
+
+def _peer_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "peer": peer.get("name", ""),
+            "endpoint": peer.get("endpoint", ""),
+            "allowed ips": ",".join(peer.get("allowed_ips", [])),
+            "handshake": peer.get("last_handshake") or "never",
+            "rx": peer.get("rx_bytes", 0),
+            "tx": peer.get("tx_bytes", 0),
+        }
+        for peer in peers
+    ]
+
+
 def render_status(status: dict[str, Any]) -> str:
-    parts = []
-    members = status.get("members", [])
-    parts.append(
-        render_table(members, ["name", "role", "address", "state", "incarnation", "version"])
-    )
+    """What an operator reads: tables of members, certificates and peers, then the rest."""
+    shown = {"members", "pki", "mesh", "kube"}
+    parts = [render_table(status.get("members", []), MEMBER_COLUMNS)]
+    summary = {
+        key: value
+        for key, value in status.items()
+        if key not in shown and not isinstance(value, dict | list)
+    }
+    if summary:
+        parts.append("  ".join(f"{key}: {value}" for key, value in summary.items()))
+    for key in ("drops", "traffic"):
+        if status.get(key):
+            parts.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(status[key].items())))
+    if status.get("conflicts"):
+        parts.append(
+            "conflicts:\n" + render_table(status["conflicts"], list(status["conflicts"][0]))
+        )
+    pki = status.get("pki")
+    if isinstance(pki, dict):
+        if pki.get("certificates"):
+            parts.append(render_table(_certificate_rows(pki["certificates"]), CERTIFICATE_COLUMNS))
+        if pki.get("waiting"):
+            parts.append("certificates awaited: " + ", ".join(map(str, pki["waiting"])))
+        if pki.get("refusals"):
+            parts.append("refusals:\n" + render_table(pki["refusals"], list(pki["refusals"][0])))
+    mesh = status.get("mesh")
+    if isinstance(mesh, dict):
+        parts.append(
+            f"mesh: {mesh.get('interface')} ({mesh.get('backend')}, {mesh.get('phase')}), "
+            f"endpoint {mesh.get('endpoint')}, mtu {mesh.get('mtu')}, "
+            f"addresses {', '.join(mesh.get('addresses', []))}"
+            + (f", error: {mesh['error']}" if mesh.get("error") else "")
+        )
+        if mesh.get("peers"):
+            parts.append(render_table(_peer_rows(mesh["peers"]), PEER_COLUMNS))
+    kube = status.get("kube")
+    if isinstance(kube, dict) and kube.get("components"):
+        rows = [
+            {"component": component.get("name"), **component} for component in kube["components"]
+        ]
+        parts.append(render_table(rows, COMPONENT_COLUMNS))
     for key, value in status.items():
-        if key == "members":
-            continue
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            parts.append(f"{key}:\n" + render_table(value, list(value[0])))
-        else:
+        if key not in shown and key not in summary and key not in ("drops", "traffic", "conflicts"):
             parts.append(f"{key}: {json.dumps(value, sort_keys=True)}")
     return "\n\n".join(parts)
+
+
+MEMBER_COLUMNS = ["name", "role", "address", "state", "incarnation", "version"]
+CERTIFICATE_COLUMNS = ["certificate", "subject", "state", "expires", "renews"]
+COMPONENT_COLUMNS = ["component", "state", "ready", "pid", "restarts", "last_exit"]
+PEER_COLUMNS = ["peer", "endpoint", "allowed ips", "handshake", "rx", "tx"]
 
 
 def _fail(message: str) -> NoReturn:

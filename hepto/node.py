@@ -57,6 +57,7 @@ class NodeService(MultiService):
             config, self.pki, reactor, network_ready=self.mesh.when_addresses_ready
         )
         self.kube.setServiceParent(self)
+        self.gossip.control.sections["kube"] = self.kube.status
         if config.manhole is not None:
             from hepto.manhole import manhole_service
 

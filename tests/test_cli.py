@@ -109,3 +109,24 @@ class RenderTests(SynchronousTestCase):
         )
         self.assertEqual(lines[1].split(), ["a", "master", "[2001:db8::1]:7946", "alive", "1", "3"])
         self.assertIn("health: 0", text)
+
+    def test_sections_of_other_services(self) -> None:
+        text = cli.render_status(
+            {
+                "members": [],
+                "pki": {"certificates": {"admin": {"subject": "CN=a", "state": "valid",
+                                                   "not_after": "2027", "renew_at": "2026"}},
+                        "refusals": [{"member": "x", "reason": "forbidden subject"}]},
+                "mesh": {"interface": "hepto0", "backend": "userspace", "phase": "running",
+                         "endpoint": "[2001:db8::1]:51820", "mtu": 1420, "addresses": ["fd00::1"],
+                         "peers": [{"name": "b", "endpoint": "[2001:db8::2]:51820",
+                                    "allowed_ips": ["fd00::2/128"], "rx_bytes": 1, "tx_bytes": 2}]},
+                "kube": {"components": [{"name": "etcd", "state": "running", "ready": True,
+                                         "pid": 7, "restarts": 0, "last_exit": None}]},
+            }
+        )  # fmt: skip
+        self.assertIn("admin        CN=a     valid  2027     2026", text)
+        self.assertIn("forbidden subject", text)
+        self.assertIn("mesh: hepto0 (userspace, running)", text)
+        self.assertIn("b     [2001:db8::2]:51820  fd00::2/128  never      1   2", text)
+        self.assertIn("etcd       running  True   7    0         None", text)

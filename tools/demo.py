@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=2, help="nodes besides the master")
     parser.add_argument("--cluster", default="demo")
-    parser.add_argument("--components", default="none", help="Kubernetes components to run")
+    parser.add_argument("--bin-dir", required=True, help="upstream programs (tools/build-bundle)")
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
     args = parser.parse_args()
     if why := missing_requirements():
@@ -38,20 +38,10 @@ def main() -> None:
         for name in names:
             host = master if name == "master" else lab.add_host(name)
             argv = [
-                "--cluster",
-                args.cluster,
-                "--key",
-                KEY,
-                "--name",
-                name,
-                "--no-contain",
-                "--ip",
-                str(host.interface),
-                "--components",
-                args.components,
-                "--role",
-                "master" if name == "master" else "node",
-            ]
+                "--cluster", args.cluster, "--key", KEY, "--name", name, "--no-contain",
+                "--ip", str(host.interface), "--bin-dir", args.bin_dir,
+                "--role", "master" if name == "master" else "node",
+            ]  # fmt: skip
             if name != "master":
                 argv += ["--anchor", str(master.address)]
             agents[name] = Agent.start(argv, data_dir, prefix=host.command([]))
@@ -59,6 +49,27 @@ def main() -> None:
         for name, agent in agents.items():
             wait_until(partial(agent.logged, f"hepto node {name} running"), 120, what=name)
         print(f"demo: {len(agents)} agents running; data and logs in {data_dir}")
+        kubeconfig = data_dir / args.cluster / "master" / "kubeconfig"
+        node = lab.hosts[-1]
+        kubectl = [
+            *node.command([]),
+            str(Path(args.bin_dir) / "kubectl"),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--request-timeout=5s",
+        ]
+
+        def ready() -> bool:
+            if not kubeconfig.exists():
+                return False
+            answer = subprocess.run(
+                [*kubectl, "get", "--raw", "/readyz"], capture_output=True, text=True
+            )
+            return answer.stdout.strip() == "ok"
+
+        wait_until(ready, 300, 0.5, "the apiserver")
+        print(f"demo: the apiserver answers /readyz ok, asked from {node.name} through the mesh")
+        subprocess.run([*kubectl, "get", "namespaces"])
         status = subprocess.run(
             [
                 program("hepto"),
