@@ -150,7 +150,7 @@ def parse_port(option: str, text: str | int) -> int:
     return port
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Endpoint:
     """An IPv6 address and UDP/TCP port."""
 

@@ -139,6 +139,8 @@ class DecodeErrorTests(SynchronousTestCase):
     @given(st.binary(max_size=MAX_DATAGRAM + 10))
     def test_random_bytes(self, data: bytes) -> None:
         self.assertOnlyDecodeError(data)
+        # Past the version byte too, where the message parsers take over.
+        self.assertOnlyDecodeError(bytes((codec.VERSION,)) + data)
 
     @settings(max_examples=1000)
     @given(frames, st.data())

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -232,6 +232,28 @@ class ServicesTests(TestCase):
             return member is not None and member.status == status
 
         return predicate
+
+    @inlineCallbacks
+    def test_fallback_ping_can_be_cancelled(self) -> Any:
+        """Membership cancels the TCP ping when the probe interval ends: no late reply."""
+        alice = self.start("alice")
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        factory = Factory.forProtocol(Silent)
+        listening = reactor.listenTCP(0, factory, interface="::1")
+        self.addCleanup(listening.stopListening)
+        target = Endpoint(ipaddress.IPv6Address("::1"), listening.getHost().port)
+        pinged = alice.transport.ping_stream(target, Ping(1, "nobody", "alice"))
+        while not accepted:  # Nothing in the cluster state changes: look.
+            yield deferLater(reactor, 0.01, lambda: None)
+        pinged.cancel()
+        self.assertFalse(self.successResultOf(pinged))
+        while accepted[0].transport.connected:
+            yield deferLater(reactor, 0.01, lambda: None)
 
     @inlineCallbacks
     def test_join_propagate_fetch_and_leave(self) -> Any:

@@ -28,6 +28,7 @@ class _Item:
     message: Message
     size: int
     on_done: Callable[[], None] | None
+    weight: int = 1
     transmits: int = 0
 
     def finish(self) -> None:
@@ -56,15 +57,20 @@ class BroadcastQueue:
         return None if item is None else item.message
 
     def put(
-        self, key: Hashable, message: Message, on_done: Callable[[], None] | None = None
+        self,
+        key: Hashable,
+        message: Message,
+        on_done: Callable[[], None] | None = None,
+        weight: int = 1,
     ) -> None:
-        """Queue ``message``, replacing whatever was queued under ``key``.
+        """Queue ``message``, replacing whatever was queued under ``key``, to be sent
+        ``weight`` times the limit.
 
         ``on_done`` runs once the message will not be sent any more: sent often enough,
         replaced, or dropped.
         """
         self.discard(key)
-        item = _Item(key, message, encoded_size(message), on_done)
+        item = _Item(key, message, encoded_size(message), on_done, weight)
         self._items[key] = item
         self._tiers.setdefault(0, {})[key] = item
 
@@ -112,7 +118,7 @@ class BroadcastQueue:
         # Promote only after the walk, or an item could be taken twice from the next tier.
         for item in taken:
             item.transmits += 1
-            if item.transmits >= limit:
+            if item.transmits >= limit * item.weight:
                 del self._items[item.key]
                 item.finish()
             else:

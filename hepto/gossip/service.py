@@ -258,7 +258,8 @@ class GossipService(MultiService):
         self._schedule("reconnect", self._reconnect_delay(), self._reconnect)
 
     def _push_pull_delay(self) -> float:
-        return self.profile.push_pull_interval * self.rng.uniform(0.9, 1.1)
+        # Stretched in large clusters, and early while exchanges still bring news (joins).
+        return self.membership.push_pull_interval() * self.rng.uniform(0.9, 1.1)
 
     def _reconnect_delay(self) -> float:
         # Dead members and anchors are retried three times per push/pull interval, so
@@ -266,16 +267,16 @@ class GossipService(MultiService):
         return self.profile.push_pull_interval / 3 * self.rng.uniform(0.9, 1.1)
 
     def _push_pull(self) -> None:
-        self._schedule("push-pull", self._push_pull_delay(), self._push_pull)
-        peers = [
-            state
-            for state in self.membership.members().values()
-            if state.reachable and state.name != self.config.name
-        ]
-        if not peers:
+        peer = self.membership.push_pull_target()
+        if peer is None or peer.name == self.config.name:
+            self._schedule("push-pull", self._push_pull_delay(), self._push_pull)
             return
-        peer = self.rng.choice(peers)
-        self._exchange(peer.address, join=False).addErrback(self._exchange_failed, peer.address)
+        exchanged = self._exchange(peer.address, join=False)
+        exchanged.addErrback(self._exchange_failed, peer.address)
+        # The next one is timed once this one is merged: its news decides how soon.
+        exchanged.addCallback(
+            lambda _: self._schedule("push-pull", self._push_pull_delay(), self._push_pull)
+        )
 
     def _reconnect(self) -> None:
         """Try a dead member or an anchor not known alive: how partitions heal."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -362,7 +363,7 @@ class Simulation:
         for name in self.names if names is None else names:
             member = self.members[name]
             member.start()
-            if self.push_pull:
+            if self.push_pull and member.size > 1:
                 self.clock.callLater(
                     self.rng.uniform(0, member.push_pull_interval()), self._push_pull_tick, name
                 )
@@ -380,10 +381,13 @@ class Simulation:
         return True
 
     def join(self, name: str, anchor: str) -> None:
-        """What a join through ``anchor`` does: a TCP push/pull of both views."""
-        self._push_pull(name, self.endpoints[anchor])
+        """What a join through ``anchor`` does: a TCP push/pull of both views, then
+        periodic ones (when ``push_pull``), as the gossip service does."""
+        joined = self._push_pull(name, self.endpoints[anchor])
+        if self.push_pull:
+            joined.addCallback(lambda _: self._schedule_push_pull(name))
 
-    def _push_pull(self, name: str, peer_address: Endpoint) -> None:
+    def _push_pull(self, name: str, peer_address: Endpoint) -> Deferred[None]:
         member = self.members[name]
         exchange = self.network.exchange(member.address, peer_address, 4)
 
@@ -400,16 +404,23 @@ class Simulation:
                     for record, version in self.records[other.name].held.items():
                         self.records[one.name].heard(holder, record, version)
 
-        exchange.addCallback(merge)
+        return exchange.addCallback(merge)
 
     def _push_pull_tick(self, name: str) -> None:
         if name not in self.running:
             return
         member = self.members[name]
         target = member.push_pull_target()
-        if target is not None:
-            self._push_pull(name, target.address)
-        self.clock.callLater(member.push_pull_interval(), self._push_pull_tick, name)
+        if target is None:
+            self._schedule_push_pull(name)
+        else:
+            self._push_pull(name, target.address).addCallback(
+                lambda _: self._schedule_push_pull(name)
+            )
+
+    def _schedule_push_pull(self, name: str) -> None:
+        # After the exchange: its outcome decides how soon the next one is due.
+        self.clock.callLater(self.members[name].push_pull_interval(), self._push_pull_tick, name)
 
     def kill(self, name: str) -> None:
         """Like kill -9: the member stops answering, without a word."""
@@ -441,6 +452,9 @@ class Simulation:
     def converged(self) -> bool:
         """Every running member sees every running member alive, and no other as such."""
         expected = len(self.running)
+        # Counting first is cheap, and fails fast while a join is still spreading.
+        if any(self.members[name].size < expected for name in self.running):
+            return False
         for name in self.running:
             alive = [
                 state.name for state in self.members[name].local_state() if state.status == ALIVE
@@ -464,5 +478,4 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

@@ -8,6 +8,8 @@ one confused accuser (often the one with the bad network) cannot.
 hepto adds a last look: ``lead`` seconds before the deadline, ``on_last_look`` runs once
 so that the member can probe the suspect itself before declaring it dead.  Confirmations
 only count accusers, and on a lossy network they may all predate a refutation we missed.
+A suspect that answers that probe is evidently alive: :meth:`Suspicion.postpone` gives
+it a few more looks for its refutation to get through.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import math
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+#: How many times a suspect that answers our probes (but whose refutation keeps getting
+#: lost) gets another look before it is declared dead anyway.
+MAX_POSTPONEMENTS = 3
 
 
 def suspicion_timeout(confirmations: int, expected: int, shortest: float, longest: float) -> float:
@@ -51,6 +57,7 @@ class Suspicion:
         self._on_last_look = on_last_look
         self._lead = lead
         self._started = clock.seconds()
+        self._postponements = 0
         timeout = suspicion_timeout(0, expected, shortest, longest)
         self._call: IDelayedCall = clock.callLater(timeout, self._expire)
         self._look: IDelayedCall | None = (
@@ -80,6 +87,15 @@ class Suspicion:
             self._call.reset(remaining)
             if self._look is not None and self._look.active():
                 self._look.reset(max(0.0, remaining - self._lead))
+        return True
+
+    def postpone(self, delay: float) -> bool:
+        """After expiry, expire again ``delay`` from now (``on_last_look`` just before);
+        False once :data:`MAX_POSTPONEMENTS` were granted."""
+        if self._postponements >= MAX_POSTPONEMENTS or self._call.active():
+            return False
+        self._postponements += 1
+        self._call = self._clock.callLater(delay, self._expire)
         return True
 
     def cancel(self) -> None:

@@ -17,6 +17,12 @@ Dissemination: membership news (alive, suspect, dead) and record digests are que
 in a :class:`~hepto.gossip.broadcast.BroadcastQueue` and piggybacked on every datagram
 we send, plus gossip-only datagrams to ``gossip_nodes`` random peers each interval.
 
+Beyond memberlist, against false deaths on lossy links: a member probes a suspect
+itself shortly before declaring it dead (the last look), gives a suspect that answers
+a few more looks, repeats its refutation to anyone still accusing an older incarnation,
+and tells the recently dead that they are thought dead even when there is no other
+news.  ``docs/gossip.rst`` explains each rule and its figures.
+
 Incarnation sanity (an absurd number must not evict a member for ever):
 
 * an incarnation above :data:`INCARNATION_CEILING` (2**48) is never legitimate — a
@@ -71,9 +77,15 @@ MAX_RELAYS: Final = 256
 DROP_LOG_INTERVAL: Final = 60.0
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
 PUSH_PULL_SCALE_THRESHOLD: Final = 32
-#: Probe intervals before its deadline at which a member probes a suspect itself: one
-#: to reach the next probe tick, one for the probe.
-LAST_LOOK_PROBES: Final = 2
+#: Probe intervals before its deadline at which a member probes a suspect itself: up to
+#: one to reach the next probe tick, one for the probe, and one to spare so that the
+#: probe's outcome is in before the deadline.
+LAST_LOOK_PROBES: Final = 3
+#: Digests are sent this many times the retransmit limit: they are small (18 bytes
+#: with an 8-character name) and rare (a record changes when a certificate or key does),
+#: and a member that misses one waits for a push/pull; doubling the sends squares the
+#: chance to miss (about N * exp(-2L * (1 - loss))).
+DIGEST_WEIGHT: Final = 2
 _SEQ_MODULO: Final = 2**32
 _FRAME_BUDGET: Final = MAX_PLAINTEXT - HEADER_SIZE
 _PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
@@ -330,6 +342,8 @@ class Membership:
         self._suspicions: dict[str, Suspicion] = {}
         #: Suspects to probe before the round robin goes on.
         self._urgent: list[str] = []
+        #: Suspects that answered a probe of ours during their suspicion.
+        self._answering: set[str] = set()
         self._departed: dict[str, float] = dict(base.departed)
         self._waiting: dict[int, _Probe | _Relay] = {}
         self._probe: _Probe | None = None
@@ -338,6 +352,10 @@ class Membership:
         self._probe_call: IDelayedCall | None = None
         self._gossip_call: IDelayedCall | None = None
         self._running = False
+        self._catching_up = False
+        #: Changes of our view so far, and whether the last merge brought any.
+        self._changes = 0
+        self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
         self._drop_logged: dict[str, float] = {}
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
@@ -378,6 +396,11 @@ class Membership:
         """Every known member, this one included, by name."""
         return {state.name: state for state in self._table}
 
+    @property
+    def size(self) -> int:
+        """Members known, this one and the dead included: the N of the formulas."""
+        return len(self._table)
+
     def member(self, name: str) -> MemberState | None:
         """How we see ``name``, if we know it at all."""
         return self._table.get(name)
@@ -393,8 +416,17 @@ class Membership:
     def push_pull_interval(self) -> float:
         """Seconds until the next TCP push/pull: memberlist's interval, stretched beyond
         32 members (by 1 + ceil(log2(N / 32))) so that the cluster's total push/pull
-        traffic grows like N log N rather than N squared."""
+        traffic grows like N log N rather than N squared.
+
+        While push/pull keeps finding news (the last merge changed our view: we are
+        joining, others are, or a partition just healed), the next one comes as soon
+        as gossip has had time to spread (``retransmit_limit`` gossip intervals):
+        members that joined at the same time as us were neither in our anchor's state
+        nor, since few knew us yet, in the gossip that reached us.
+        """
         members = len(self._table)
+        if self._merge_found_news:
+            return self.profile.gossip_interval * self.profile.retransmit_limit(members)
         interval = self.profile.push_pull_interval
         if members <= PUSH_PULL_SCALE_THRESHOLD:
             return interval
@@ -447,6 +479,7 @@ class Membership:
             suspicion.cancel()
         self._suspicions.clear()
         self._urgent.clear()
+        self._answering.clear()
         for waiter in list(self._waiting.values()):
             self._forget(waiter)
         self._probe = None
@@ -501,16 +534,28 @@ class Membership:
 
     def merge_state(self, states: Sequence[MemberState]) -> None:
         """Merge a peer's view (TCP push/pull or join), as memberlist does: its dead
-        become suspects for us, so that they get their chance to refute."""
-        for remote in states:
-            if remote.status == ALIVE:
-                self._alive(remote.alive_message(), None)
-            elif remote.status == LEFT:
-                self._dead(Dead(remote.name, remote.incarnation, remote.name))
-            elif remote.status in (SUSPECT, DEAD):
-                self._suspect(Suspect(remote.name, remote.incarnation, self.name))
-            else:
-                self._drop("unknown status in merged state", status=remote.status)
+        become suspects for us, so that they get their chance to refute.
+
+        Unlike memberlist, a member that knew nobody (it is joining) does not
+        re-broadcast what it learns: that is old news to everyone else, and a thousand
+        joiners each re-gossiping a thousand members doubled the cost of a join storm.
+        """
+        self._catching_up = len(self._table) == 1
+        changes, before = self._changes, self.incarnation
+        try:
+            for remote in states:
+                if remote.status == ALIVE:
+                    self._alive(remote.alive_message(), None)
+                elif remote.status == LEFT:
+                    self._dead(Dead(remote.name, remote.incarnation, remote.name))
+                elif remote.status in (SUSPECT, DEAD):
+                    self._suspect(Suspect(remote.name, remote.incarnation, self.name))
+                else:
+                    self._drop("unknown status in merged state", status=remote.status)
+        finally:
+            self._catching_up = False
+            # Our own refutation of what the peer said about us is not news about others.
+            self._merge_found_news = self._changes > changes + (self.incarnation > before)
 
     def broadcast_digest(self, name: str, version: int) -> None:
         """Tell everyone that we hold record ``name`` at ``version``."""
@@ -518,7 +563,7 @@ class Membership:
         queued = self._queue.get(key)
         if isinstance(queued, Digest) and queued.version >= version:
             return
-        self._queue.put(key, Digest(name, version))
+        self._queue.put(key, Digest(name, version), weight=DIGEST_WEIGHT)
 
     def _receive_alive(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Alive)
@@ -526,11 +571,11 @@ class Membership:
 
     def _receive_suspect(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Suspect)
-        self._suspect(message)
+        self._suspect(message, sender)
 
     def _receive_dead(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Dead)
-        self._dead(message)
+        self._dead(message, sender)
 
     def _receive_digest(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Digest)
@@ -664,12 +709,12 @@ class Membership:
         )
         return False
 
-    def _suspect(self, message: Suspect) -> None:
+    def _suspect(self, message: Suspect, sender: Endpoint | None = None) -> None:
         known = self._table.get(message.name)
         if known is None:
             return
         if message.incarnation < known.incarnation:
-            self._stale_accusation(message.name)
+            self._stale_accusation(known, sender)
             return
         if not self._plausible(message.name, message.incarnation, known.incarnation, False):
             return
@@ -704,14 +749,25 @@ class Membership:
             longest,
             lambda confirmations: self._suspicion_expired(message.name, now, confirmations),
             lambda: self._urgent.append(message.name),
-            LAST_LOOK_PROBES * self._awareness.scale(self.profile.probe_interval),
+            self._last_look_lead(),
         )
 
     def _suspicion_expired(self, name: str, since: float, confirmations: int) -> None:
-        self._suspicions.pop(name, None)
         known = self._table.get(name)
         if known is None or known.status != SUSPECT or known.since != since:
+            self._forget_suspicion(name)
             return
+        suspicion = self._suspicions.get(name)
+        if (
+            name in self._answering
+            and suspicion is not None
+            and suspicion.postpone(self._last_look_lead())
+        ):
+            # It answered our probe, so it is alive; only its refutation went missing.
+            self._answering.discard(name)
+            self._urgent.append(name)
+            return
+        self._forget_suspicion(name)
         self.log.info(
             "Member {member} declared dead after {seconds:.1f}s of suspicion "
             "({confirmations} confirmations)",
@@ -721,12 +777,12 @@ class Membership:
         )
         self._dead(Dead(name, known.incarnation, self.name))
 
-    def _dead(self, message: Dead) -> None:
+    def _dead(self, message: Dead, sender: Endpoint | None = None) -> None:
         known = self._table.get(message.name)
         if known is None:
             return
         if message.incarnation < known.incarnation:
-            self._stale_accusation(message.name)
+            self._stale_accusation(known, sender)
             return
         if not self._plausible(message.name, message.incarnation, known.incarnation, False):
             return
@@ -748,12 +804,16 @@ class Membership:
             )
         )
 
-    def _stale_accusation(self, name: str) -> None:
-        """An accusation of us older than our incarnation: its sender missed our
-        refutation, so say it again (it rides on our very next datagram, often the ack to
-        the ping that carried the accusation)."""
-        if name == self.name and self._leaving is None and self._queue.get(name) is None:
-            self._broadcast_member(self._own.alive_message())
+    def _stale_accusation(self, known: MemberState, sender: Endpoint | None) -> None:
+        """An accusation older than the incarnation we know: its sender missed the
+        refutation.  If it is about us, say it again (it rides on our very next
+        datagram, often the ack to the ping that carried the accusation); if about a
+        live member, tell the sender directly, before its suspicion runs out."""
+        if known.name == self.name:
+            if self._leaving is None and self._queue.get(self.name) is None:
+                self._broadcast_member(known.alive_message())
+        elif sender is not None and known.status == ALIVE:
+            self._send(sender, [known.alive_message()])
 
     def _refute(self, accused: int) -> None:
         own = self._own
@@ -771,11 +831,20 @@ class Membership:
         self._broadcast_member(state.alive_message())
 
     def _cancel_suspicion(self, name: str) -> None:
-        suspicion = self._suspicions.pop(name, None)
+        suspicion = self._suspicions.get(name)
         if suspicion is not None:
             suspicion.cancel()
+        self._forget_suspicion(name)
+
+    def _forget_suspicion(self, name: str) -> None:
+        self._suspicions.pop(name, None)
+        self._answering.discard(name)
+
+    def _last_look_lead(self) -> float:
+        return LAST_LOOK_PROBES * self._awareness.scale(self.profile.probe_interval)
 
     def _change(self, new: MemberState) -> None:
+        self._changes += 1
         old = self._table.get(new.name)
         self._table.set(new)
         if new.reachable:
@@ -796,6 +865,8 @@ class Membership:
                 self.log.failure("Membership observer {observer!r} failed", observer=observer)
 
     def _broadcast_member(self, message: Alive | Suspect | Dead) -> None:
+        if self._catching_up and message.name != self.name:
+            return
         # Keyed by member: newer news about a member replaces what was queued about it.
         self._queue.put(message.name, message)
 
@@ -881,6 +952,8 @@ class Membership:
     def _probe_succeeded(self, probe: _Probe, health_delta: int) -> None:
         self._forget(probe)
         self._probe = None
+        if probe.target.name in self._suspicions:
+            self._answering.add(probe.target.name)
         self._awareness.apply(health_delta)
 
     def _probe_failed(self, probe: _Probe) -> None:
@@ -938,18 +1011,27 @@ class Membership:
 
     def _gossip_tick(self) -> None:
         self._gossip_call = self._clock.callLater(self.profile.gossip_interval, self._gossip_tick)
-        if not len(self._queue):
-            return
         horizon = self._clock.seconds() - self.profile.gossip_to_the_dead
+        recently_dead = any(since > horizon for since in self._departed.values())
+        if not len(self._queue) and not recently_dead:
+            return
         for target in self._random_members(
             self.profile.gossip_nodes,
-            # The recently dead still hear gossip: that is how they learn to refute.
             lambda state: state.reachable or (state.status == DEAD and state.since > horizon),
         ):
-            messages = self._queue.take(_FRAME_BUDGET)
-            if not messages:
-                return
-            self._network.send(target.address, messages)
+            messages = self._queue.take(_FRAME_BUDGET - self._dead_notice_size(target))
+            if not target.reachable:
+                # The recently dead hear that they are dead, even when there is no other
+                # news: one that was merely cut off refutes and rejoins (memberlist only
+                # sends them the news it happens to have, which has often run out).
+                messages.insert(0, Dead(target.name, target.incarnation, self.name))
+            if messages:
+                self._network.send(target.address, messages)
+
+    def _dead_notice_size(self, target: MemberState) -> int:
+        if target.reachable:
+            return 0
+        return encoded_size(Dead(target.name, target.incarnation, self.name))
 
     def _random_members(
         self, count: int, accept: Callable[[MemberState], bool]

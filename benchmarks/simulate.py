@@ -1,0 +1,175 @@
+"""Simulated clusters of hepto gossip: dissemination, detection and traffic, printed.
+
+    .venv/bin/python benchmarks/simulate.py                 # N = 1,000 and 10,000
+    .venv/bin/python benchmarks/simulate.py --sizes 100 --loss 0.1 --lossy-minutes 10
+
+For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
+
+* a converged cluster idles for ``--warmup`` seconds; its traffic over the following
+  ten seconds gives the steady UDP bytes per second per member (sealed sizes);
+* one member publishes a new record version: the time until each member holds it
+  (the record layer fetches it from whoever advertised it, then advertises it in
+  turn), median and p99 across members, and the traffic meanwhile;
+* one member is killed: the time until each member declares it dead, median and
+  the last of all;
+* with ``--lossy-minutes``, false deaths during that long a run at ``--loss``.
+
+Figures are printed, not asserted: they depend on the seed, and the point is to see
+them move when the protocol changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hepto.gossip.profile import PROFILES, Profile
+from hepto.gossip.simulation import Simulation, percentile
+
+
+def measure(
+    size: int,
+    profile: Profile,
+    seed: int,
+    loss: float,
+    latency: float,
+    jitter: float,
+    warmup: float,
+) -> dict[str, float]:
+    started = time.perf_counter()
+    simulation = Simulation(
+        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
+    )
+    simulation.start()
+    simulation.run(warmup)
+    before = simulation.traffic().bytes
+    simulation.run(10)
+    steady = (simulation.traffic().bytes - before) / 10 / size
+
+    publisher, victim = simulation.names[0], simulation.names[size // 2]
+    simulation.publish(publisher, 1)
+    published = simulation.clock.seconds()
+    before = simulation.traffic().bytes
+    arrivals = simulation.record_arrivals[publisher, 1]
+    simulation.run_until(lambda: len(arrivals) == size, limit=120, step=0.05)
+    spread_time = simulation.clock.seconds() - published
+    spreading = (simulation.traffic().bytes - before) / max(spread_time, 1e-9) / size
+    reached = [when - published for when in arrivals.values()]
+
+    simulation.kill(victim)
+    killed = simulation.clock.seconds()
+    deaths = simulation.deaths[victim]
+    simulation.run_until(lambda: len(deaths) >= size - 1, limit=600, step=0.25)
+    detected = [when - killed for when in deaths.values()]
+
+    return {
+        "members": size,
+        "record_p50": percentile(reached, 0.5),
+        "record_p99": percentile(reached, 0.99),
+        "record_all": len(reached) == size,
+        "dead_p50": percentile(detected, 0.5),
+        "dead_all": max(detected) if len(detected) >= size - 1 else float("nan"),
+        "steady_bps": steady,
+        "spreading_bps": spreading,
+        "false_deaths": len(simulation.false_deaths),
+        "oversized": simulation.traffic().oversized,
+        "wall": time.perf_counter() - started,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def lossy(
+    size: int,
+    profile: Profile,
+    seed: int,
+    loss: float,
+    latency: float,
+    jitter: float,
+    minutes: float,
+) -> dict[str, float]:
+    started = time.perf_counter()
+    simulation = Simulation(
+        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
+    )
+    simulation.start()
+    simulation.run(minutes * 60)
+    refutations = sum(member.incarnation for member in simulation.members.values())
+    return {
+        "members": size,
+        "false_deaths": len(simulation.false_deaths),
+        "refutations": refutations,
+        "bps": simulation.traffic().bytes / (minutes * 60) / size,
+        "wall": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="lan")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loss", type=float, default=0.0, help="datagram loss, 0..1")
+    parser.add_argument("--latency", type=float, default=0.005, help="one way, seconds")
+    parser.add_argument("--jitter", type=float, default=0.01, help="added 0..jitter seconds")
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--lossy-minutes", type=float, default=0.0)
+    arguments = parser.parse_args()
+    profile = PROFILES[arguments.profile]
+
+    print(
+        f"profile {arguments.profile}, seed {arguments.seed}, loss {arguments.loss:.0%}, "
+        f"latency {arguments.latency * 1000:.0f} ms + 0..{arguments.jitter * 1000:.0f} ms"
+    )
+    header = (
+        f"{'members':>8} {'record p50':>10} {'p99':>6} {'dead p50':>9} {'all':>6} "
+        f"{'B/s idle':>9} {'B/s spread':>10} {'false':>6} {'wall s':>7} {'RSS MB':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for size in arguments.sizes:
+        row = measure(
+            size,
+            profile,
+            arguments.seed,
+            arguments.loss,
+            arguments.latency,
+            arguments.jitter,
+            arguments.warmup,
+        )
+        print(
+            f"{size:>8} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
+            f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
+            f"{row['spreading_bps']:>10.0f} {row['false_deaths']:>6} {row['wall']:>7.1f} "
+            f"{row['rss_mb']:>7.0f}",
+            flush=True,
+        )
+        if row["oversized"]:
+            print(f"  !! {row['oversized']} datagrams over the size limit")
+    if arguments.lossy_minutes:
+        print()
+        print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")
+        for size in arguments.sizes:
+            row = lossy(
+                size,
+                profile,
+                arguments.seed,
+                arguments.loss,
+                arguments.latency,
+                arguments.jitter,
+                arguments.lossy_minutes,
+            )
+            print(
+                f"{size:>8} members: {row['false_deaths']} false deaths, "
+                f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
+                f"{row['wall']:.0f} s wall",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
