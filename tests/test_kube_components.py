@@ -10,9 +10,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
 from hepto.config import ConfigError, parse_node_config
-from hepto.kube import apiserver, controller_manager, etcd, scheduler
+from hepto.kube import apiserver, controller_manager, etcd, memory, scheduler
 from hepto.kube.component import Component, Context, GoMemory, HTTPReadiness, flags
 from hepto.kube.service import (
+    MASTER,
     chosen_components,
     component_environment,
     required_programs,
@@ -270,6 +271,22 @@ class EnvironmentTests(SynchronousTestCase):
     def test_go_memory(self) -> None:
         self.assertEqual(GoMemory().environment(), {})
         self.assertEqual(GoMemory(gc_percent="off").environment(), {"GOGC": "off"})
+        self.assertEqual(GoMemory(limit="1073741824").environment(), {"GOMEMLIMIT": "1073741824"})
+
+    def test_go_memory_refuses_what_go_would_ignore(self) -> None:
+        # Go dies at start on a malformed GOMEMLIMIT (a crash loop) and silently ignores a
+        # malformed GOGC: both are refused here.  No limit is None, not "off".
+        for limit in ("300M", "300mib", "1.5GiB", "", "300 MiB", "-1", "off"):
+            error = self.assertRaises(ValueError, GoMemory, limit=limit)
+            self.assertIn("GOMEMLIMIT", str(error))
+        for percent in (0, -5, True, "50", "OFF"):
+            error = self.assertRaises(ValueError, GoMemory, gc_percent=percent)
+            self.assertIn("GOGC", str(error))
+
+    def test_default_go_memory_names_master_components(self) -> None:
+        self.assertLessEqual(set(memory.DEFAULTS), set(MASTER))
+        for name, settings in memory.DEFAULTS.items():
+            self.assertIsInstance(settings, GoMemory, name)
 
 
 class ChoiceTests(SynchronousTestCase):

@@ -18,6 +18,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto.config import parse_node_config
+from hepto.kube import memory
+from hepto.kube.component import GoMemory
 from hepto.kube.service import RESTART_DELAY, KubeService, check_programs
 from hepto.pki.paths import Paths
 from hepto.programs import MissingProgram
@@ -77,6 +79,10 @@ PROGRAMS = {
 }
 
 
+def go_settings(component: str) -> dict[str, str]:
+    return memory.DEFAULTS.get(component, GoMemory()).environment()
+
+
 class KubeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data = Path(tempfile.mkdtemp(prefix="hk-kube-"))
@@ -133,7 +139,7 @@ class KubeServiceTests(SynchronousTestCase):
         etcd = self.reactor.last
         self.assertEqual(etcd.argv[0], "/opt/bin/etcd")
         self.assertIn("--name=master1", etcd.argv)
-        self.assertEqual(etcd.env, {"PATH": "/usr/bin"})
+        self.assertEqual(etcd.env, {"PATH": "/usr/bin", **go_settings("etcd")})
         data_dir = self.data / "mycluster/master1/etcd"
         self.assertEqual(stat.S_IMODE(data_dir.stat().st_mode), 0o700)
 
@@ -160,12 +166,35 @@ class KubeServiceTests(SynchronousTestCase):
         self.assertEqual(self.spawned(), ["etcd"])
 
     def test_go_memory_settings_reach_the_environment(self) -> None:
-        from hepto.kube.component import GoMemory
-
         kube, pki = self.service(memory={"etcd": GoMemory(limit="100MiB")})
         kube.startService()
         pki.install(*ALL_MASTER_CERTIFICATES)
         self.assertEqual(self.reactor.last.env, {"PATH": "/usr/bin", "GOMEMLIMIT": "100MiB"})
+
+    def test_go_memory_defaults(self) -> None:
+        # Read when the service is made, not at import: benchmarks/memory.py relies on it.
+        with mock.patch.object(memory, "DEFAULTS", {"etcd": GoMemory(gc_percent=42)}):
+            kube, pki = self.service()
+        kube.startService()
+        pki.install(*ALL_MASTER_CERTIFICATES)
+        self.assertEqual(self.reactor.last.env, {"PATH": "/usr/bin", "GOGC": "42"})
+
+    def test_no_go_memory_settings(self) -> None:
+        kube, pki = self.service(memory={})
+        kube.startService()
+        pki.install(*ALL_MASTER_CERTIFICATES)
+        self.assertEqual(self.reactor.last.env, {"PATH": "/usr/bin"})
+
+    def test_every_component_gets_its_default(self) -> None:
+        kube, pki = self.service()
+        kube.startService()
+        pki.install(*ALL_MASTER_CERTIFICATES)
+        self.make_ready(kube, "etcd")
+        self.make_ready(kube, "kube-apiserver")
+        for process in self.reactor.processes:
+            name = process.argv[0].rsplit("/", 1)[1]
+            self.assertEqual(process.env, {"PATH": "/usr/bin", **go_settings(name)}, name)
+        self.assertEqual(len(self.reactor.processes), len(PROGRAMS))
 
     def test_a_renewed_certificate_restarts_its_component_once(self) -> None:
         kube, pki = self.service()

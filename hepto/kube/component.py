@@ -8,6 +8,7 @@ here does I/O, so command lines are tested as plain values.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final, Literal
@@ -78,17 +79,39 @@ class SocketReadiness:
 Readiness = HTTPReadiness | SocketReadiness
 
 
+#: What the Go runtime reads in GOMEMLIMIT: bytes, with an optional IEC unit.
+_GO_LIMIT: Final = re.compile(r"[0-9]+(B|KiB|MiB|GiB|TiB)?")
+
+
+def _check_limit(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and not _GO_LIMIT.fullmatch(value):
+        raise ValueError(f"GOMEMLIMIT {value!r}: bytes with an optional B, KiB, MiB, GiB or TiB")
+
+
+def _check_gc_percent(
+    instance: object, attribute: attrs.Attribute[int | str | None], value: int | str | None
+) -> None:
+    if value is None or value == "off":
+        return
+    # bool is an int: GOGC=True would reach the child as "True", which Go ignores.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"GOGC {value!r}: a percentage of 1 or more, or 'off'")
+
+
 @attrs.frozen
 class GoMemory:
     """The Go runtime's memory settings for one component, through its environment.
 
     ``limit`` is GOMEMLIMIT (a soft limit the collector works harder to stay under,
     as ``300MiB``); ``gc_percent`` is GOGC (heap growth between collections, or
-    ``"off"``).  None leaves Go's default.
+    ``"off"``).  None leaves Go's default.  Malformed values are refused here: Go dies at
+    start on a bad GOMEMLIMIT and silently ignores a bad GOGC.
     """
 
-    limit: str | None = None
-    gc_percent: int | Literal["off"] | None = None
+    limit: str | None = attrs.field(default=None, validator=_check_limit)
+    gc_percent: int | Literal["off"] | None = attrs.field(default=None, validator=_check_gc_percent)
 
     def environment(self) -> dict[str, str]:
         env = {}

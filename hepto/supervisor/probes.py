@@ -2,35 +2,38 @@
 
 A probe's ``check()`` returns a Deferred that fires (with anything) when the program is
 ready and fails with :class:`ProbeFailed`, or any other error, when it is not.  Probes
-neither retry nor time out: the supervisor schedules them and bounds each attempt.
-This is the one place hepto polls, because upstream programs offer nothing to wait on.
+do not retry: the supervisor schedules them and bounds each attempt.  This is the one
+place hepto polls, because upstream programs offer nothing to wait on.
+
+HTTPS probes use the standard library's :mod:`ssl` and :mod:`http.client` in the
+reactor's thread pool rather than Twisted's TLS, which needs pyOpenSSL: importing that
+costs every agent about 13 MB of resident memory, while :mod:`ssl` links the libssl that
+``cryptography`` has loaded already (see ``docs/memory.rst``).
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IReactorUNIX
+from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as WireProtocol
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    optionsForClientTLS,
-    trustRootFromCertificates,
-)
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+
+#: A probe reads "ok" or a short JSON document; anything beyond this is not read.
+BODY_LIMIT: Final = 64 * 1024
 
 
 class ProbeFailed(Exception):
@@ -54,22 +57,16 @@ class AlwaysReady:
         return "started"
 
 
-def _load_certificates(path: Path) -> list[Certificate]:
-    """Every certificate of a PEM file, so a CA bundle carrying old and new CAs works."""
-    found = x509.load_pem_x509_certificates(path.read_bytes())
-    return [Certificate.loadPEM(item.public_bytes(Encoding.PEM)) for item in found]
-
-
-@implementer(IPolicyForHTTPS)
 @attrs.frozen
 class ProbeTLS:
     """How a probe speaks TLS: which CA it trusts, which certificate it shows.
 
-    Files are read at every probe, so renewed certificates are picked up.  Without a
-    CA the server is not verified, which is only allowed on loopback: the probe then
-    learns nothing an attacker on the host could not already read, and sends no secret
-    (a TLS client certificate proves possession of its key without revealing it).
-    Components that generate their own self-signed serving certificate need this.
+    Files are read at every probe, so renewed certificates are picked up; a CA file may
+    hold several certificates (old and new CAs during a rotation).  Without a CA the
+    server is not verified, which is only allowed on loopback: the probe then learns
+    nothing an attacker on the host could not already read, and sends no secret (a TLS
+    client certificate proves possession of its key without revealing it).  Components
+    that generate their own self-signed serving certificate need this.
     """
 
     ca: Path | None
@@ -80,105 +77,154 @@ class ProbeTLS:
         if (self.certificate is None) != (self.key is None):
             raise ValueError("a client certificate needs its key, and a key its certificate")
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        host = hostname.decode("ascii").strip("[]")
-        client: dict[str, Any] = {}
+    def context(self) -> ssl.SSLContext:
+        """A fresh client context from the files as they are now."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.certificate is not None and self.key is not None:
-            # cryptography objects: pyOpenSSL deprecates its own for these.
-            client["certificate"] = x509.load_pem_x509_certificate(self.certificate.read_bytes())
-            client["privateKey"] = load_pem_private_key(self.key.read_bytes(), password=None)
+            context.load_cert_chain(self.certificate, self.key)
         if self.ca is None:
-            return CertificateOptions(verify=False, **client)
-        trust = trustRootFromCertificates(_load_certificates(self.ca))
-        return optionsForClientTLS(host, trustRoot=trust, extraCertificateOptions=client)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            # Checks the server's IP address SAN against the URL's address, too.
+            context.load_verify_locations(cafile=self.ca)
+        return context
 
 
 BodyCheck = Callable[[bytes], str | None]
 """Returns why a 200 response's body does not mean ready, or None when it does."""
 
 
+@attrs.frozen
+class Answer:
+    """What a server said: its status code and the first :data:`BODY_LIMIT` bytes."""
+
+    status: int
+    body: bytes
+
+
+def judge(answer: Answer, body_check: BodyCheck | None = None) -> None:
+    """Raises ProbeFailed unless the answer means ready."""
+    if answer.status != 200:
+        excerpt = answer.body[:200].decode("utf-8", errors="replace").strip()
+        raise ProbeFailed(f"HTTP {answer.status}: {excerpt}")
+    if body_check is not None:
+        problem = body_check(answer.body)
+        if problem is not None:
+            raise ProbeFailed(problem)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.define
+class _Exchange:
+    """One request in a worker thread; ``abort`` (from any thread) unblocks it."""
+
+    connection: http.client.HTTPConnection
+    path: str
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _aborted: bool = False
+
+    def run(self) -> Answer:
+        try:
+            self.connection.connect()
+            with self._lock:
+                if self._aborted:
+                    raise ProbeFailed("cancelled")
+            self.connection.request("GET", self.path, headers={"Connection": "close"})
+            response = self.connection.getresponse()
+            return Answer(response.status, response.read(BODY_LIMIT))
+        finally:
+            self.connection.close()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            sock = self.connection.sock
+        if sock is not None:
+            try:
+                # Wakes a worker blocked in recv at once; close() stays with the worker.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected yet, or closed already
+
+
 @attrs.define
 class HTTPProbe:
-    """``GET url`` answers 200 (and, with ``body_check``, the expected body)."""
+    """``GET url`` answers 200 (and, with ``body_check``, the expected body).
 
-    reactor: IReactorTCP
+    ``reactor`` provides ``getThreadPool`` and ``callFromThread``.  ``timeout`` bounds
+    each blocking step of the request (connect, handshake, each read) in its worker
+    thread, which the supervisor's own time limit cannot interrupt; cancelling the
+    Deferred, as that limit does, shuts the connection down and frees the thread at once.
+    """
+
+    reactor: Any
     url: str
     tls: ProbeTLS | None = None
     body_check: BodyCheck | None = None
-    _agent: Agent = attrs.field(init=False)
+    timeout: float = 5.0
+    _host: str = attrs.field(init=False)
+    _port: int = attrs.field(init=False)
+    _path: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.url.startswith("https:") and self.tls is None:
-            raise ValueError(f"{self.url}: an https probe needs its ProbeTLS")
-        if self.url.startswith("https:") and self.tls is not None and self.tls.ca is None:
-            host = self.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-            if host not in ("[::1]", "127.0.0.1", "localhost"):
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{self.url}: not an http or https URL")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path = parts.path or "/"
+        if parts.query:
+            self._path += f"?{parts.query}"
+        if parts.scheme == "https":
+            if self.tls is None:
+                raise ValueError(f"{self.url}: an https probe needs its ProbeTLS")
+            if self.tls.ca is None and not is_loopback(self._host):
                 raise ValueError(f"{self.url}: only a loopback probe may skip verification")
-        # Not persistent: a probe every few seconds must not pin a connection to the
-        # program, which would then count it among its clients for its whole life.
-        pool = _QuietPool(self.reactor, persistent=False)
-        self._agent = Agent(self.reactor, contextFactory=self.tls or _NoTLS(), pool=pool)
+        elif self.tls is not None:
+            raise ValueError(f"{self.url}: a plain http probe takes no ProbeTLS")
 
     def describe(self) -> str:
         return f"GET {self.url}"
 
     def check(self) -> Deferred[Any]:
-        requested = self._agent.request(b"GET", self.url.encode("ascii"))
-        return requested.addCallback(self._read)
+        # Built here, in the reactor thread: a bad certificate file fails this probe only.
+        try:
+            exchange = _Exchange(self._connection(), self._path)
+        except (OSError, ValueError) as error:
+            return fail(error)
+        pool = self.reactor.getThreadPool()
+        answered: Deferred[Answer] = deferToThreadPool(self.reactor, pool, exchange.run)
+        answered.addCallback(judge, self.body_check)
+        # deferToThreadPool's Deferred cannot be cancelled; this one can, and then the
+        # worker's late outcome (an error from the aborted connection) goes nowhere.
+        result: Deferred[Any] = Deferred(canceller=lambda _: exchange.abort())
 
-    def _read(self, response: IResponse) -> Deferred[None]:
-        body = _BoundedBody()
-        response.deliverBody(body)
-        return body.done.addCallback(self._judge, response.code)
+        def deliver(outcome: object) -> None:
+            if not result.called:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
 
-    def _judge(self, body: bytes, code: int) -> None:
-        excerpt = body[:200].decode("utf-8", errors="replace").strip()
-        if code != 200:
-            raise ProbeFailed(f"HTTP {code}: {excerpt}")
-        if self.body_check is not None:
-            problem = self.body_check(body)
-            if problem is not None:
-                raise ProbeFailed(problem)
+        answered.addBoth(deliver)
+        return result
 
-
-class _QuietPool(HTTPConnectionPool):
-    """A pool whose connections do not log "Starting factory" twice per probe."""
-
-    @staticmethod
-    def _factory(*args: Any) -> Any:  # type: ignore[override]
-        # HTTPConnectionPool documents _factory as the connection factory it builds.
-        factory = HTTPConnectionPool._factory(*args)
-        factory.noisy = False
-        return factory
-
-
-class _BoundedBody(WireProtocol):
-    """Keeps the first bytes of a response body: a probe reads "ok" or a short JSON."""
-
-    limit = 64 * 1024
-
-    def __init__(self) -> None:
-        self.done: Deferred[bytes] = Deferred()
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        room = self.limit - self._size
-        if room > 0:
-            self._parts.append(data[:room])
-            self._size += min(len(data), room)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._parts))
-        else:
-            self.done.errback(reason)
-
-
-@implementer(IPolicyForHTTPS)
-class _NoTLS:
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        raise ProbeFailed("this probe speaks plain HTTP; https needs a ProbeTLS")
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tls is None:
+            return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        return http.client.HTTPSConnection(
+            self._host, self._port, timeout=self.timeout, context=self.tls.context()
+        )
 
 
 class _Hangup(WireProtocol):

@@ -1,0 +1,1229 @@
+"""Gossip benchmarks with real processes: hepto agents beside HashiCorp memberlist.
+
+Every member runs in a network namespace of its own on one bridge (``tests/netlab.py``),
+and each system in turn meets the same scenarios with the same timing parameters:
+
+* spread: one member changes its 4 KiB record; how long until each other member holds it;
+* detection: one member is killed with SIGKILL; how long until each survivor declares it dead;
+* loss: every host drops a share of its incoming packets at random for a while; how many
+  times a member that never failed is declared dead;
+* traffic and cost, in a quiet window: UDP and TCP bytes per second per member (nftables
+  counters in each namespace), resident memory and CPU of each process (``/proc``).
+
+Figures are printed, never asserted.  ``benchmarks/README.rst`` says how to run this and
+what every figure means; ``docs/benchmarks.rst`` holds the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, Final, Protocol
+
+import attrs
+from twisted.internet import defer, protocol, task, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, ConnectionClosed, ProcessDone, ProcessTerminated
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from netlab import Host, Lab, missing_requirements  # noqa: E402
+
+CLUSTER: Final = "bench"
+PORT: Final = 7946
+RECORD_SIZE: Final = 4096
+#: The record key the benchmark changes: hepto's ``publish`` control command sets only
+#: operator keys, those starting with "x-".
+PUBLISH_KEY: Final = "x-benchmark"
+CACHE: Final = Path(os.environ.get("HEPTO_CACHE", "/var/cache/hepto"))
+#: The states in which a member counts as declared dead; "gone" is a member a node has
+#: already forgotten (reaped) by the time it was asked.
+DEAD_STATES: Final = frozenset({"dead", "gone"})
+
+log = Logger(namespace="benchmarks.agents")
+
+
+# Figures
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest rank: the smallest value with at least ``fraction`` of them at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+# What the members report
+
+
+@attrs.frozen
+class Report:
+    """``observer`` said something about ``subject`` at ``t`` (seconds since the epoch)."""
+
+    t: float
+    observer: str
+    subject: str
+
+
+@attrs.define
+class Observatory:
+    """Everything members report of each other, stamped with the reporters' own clocks.
+
+    All processes share the host's clock, so a member's timestamp compares directly with
+    the harness's.  Waiters are checked after every report: nothing here polls.
+    """
+
+    states: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    _held: dict[tuple[str, str], list[tuple[int, float]]] = attrs.field(factory=dict)
+    deaths: list[Report] = attrs.field(factory=list)
+    suspicions: list[Report] = attrs.field(factory=list)
+    _waiters: list[tuple[Callable[[], bool], Deferred[None]]] = attrs.field(factory=list)
+
+    def state(self, observer: str, subject: str, state: str, t: float) -> None:
+        view = self.states.setdefault(observer, {})
+        if view.get(subject) == state:
+            return
+        view[subject] = state
+        if state in DEAD_STATES:
+            self.deaths.append(Report(t, observer, subject))
+        elif state == "suspect":
+            self.suspicions.append(Report(t, observer, subject))
+        self._check()
+
+    def suspect(self, observer: str, subject: str, t: float) -> None:
+        """``observer`` suspects ``subject``, for systems that report only that (memberlist)."""
+        self.suspicions.append(Report(t, observer, subject))
+
+    def holds(self, observer: str, origin: str, version: int, t: float) -> None:
+        history = self._held.setdefault((observer, origin), [])
+        if history and history[-1][0] >= version:
+            return
+        history.append((version, t))
+        self._check()
+
+    def first_held(self, observer: str, origin: str, version: int) -> float | None:
+        """When ``observer`` first held ``origin``'s record at ``version`` or newer."""
+        for held, t in self._held.get((observer, origin), ()):
+            if held >= version:
+                return t
+        return None
+
+    def deaths_between(self, start: float, end: float) -> list[Report]:
+        return [report for report in self.deaths if start <= report.t <= end]
+
+    def forget(self, member: str) -> None:
+        """``member`` is gone for good: drop its own view (what others think of it stays)."""
+        self.states.pop(member, None)
+
+    def when(self, predicate: Callable[[], bool]) -> Deferred[None]:
+        """A Deferred that fires once ``predicate`` holds, checked after each report."""
+
+        def cancel(deferred: Deferred[None]) -> None:
+            self._waiters[:] = [w for w in self._waiters if w[1] is not deferred]
+
+        waiter: Deferred[None] = Deferred(cancel)
+        if predicate():
+            waiter.callback(None)
+        else:
+            self._waiters.append((predicate, waiter))
+        return waiter
+
+    def _check(self) -> None:
+        for entry in list(self._waiters):
+            predicate, waiter = entry
+            if predicate():
+                self._waiters.remove(entry)
+                waiter.callback(None)
+
+
+def wait(deferred: Deferred[Any], timeout: float, clock: Any) -> Deferred[bool]:
+    """True once ``deferred`` fires, False if ``timeout`` seconds pass first."""
+
+    def timed_out(failure: Failure) -> bool:
+        failure.trap(defer.TimeoutError)
+        return False
+
+    deferred.addTimeout(timeout, clock)
+    result: Deferred[bool] = deferred.addCallback(lambda _: True)
+    return result.addErrback(timed_out)
+
+
+# Processes
+
+
+class MemberProcess(protocol.ProcessProtocol):
+    """One member's process: its output is kept in a file and handed on line by line."""
+
+    def __init__(self, name: str, log_file: IO[bytes], on_line: Callable[[bytes], None]) -> None:
+        self.name = name
+        self._log_file = log_file
+        self._on_line = on_line
+        self._buffer = b""
+        self.ended: Deferred[None] = Deferred()
+        self.running = True
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.transport is None else self.transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        self._log_file.write(data)
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._on_line(line)
+
+    def errReceived(self, data: bytes) -> None:
+        self._log_file.write(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.running = False
+        self._log_file.close()
+        if not reason.check(ProcessDone, ProcessTerminated):
+            log.failure("{name} ended oddly", reason, name=self.name)
+        self.ended.callback(None)
+
+    def signal(self, name: str) -> None:
+        if self.running and self.transport is not None:
+            self.transport.signalProcess(name)
+
+
+def spawn(
+    reactor: Any,
+    host: Host,
+    argv: Sequence[str],
+    log_path: Path,
+    on_line: Callable[[bytes], None],
+    env: dict[str, str] | None = None,
+) -> MemberProcess:
+    # `ip netns exec` execs the program: the pid is the member's own, for /proc.
+    command = host.command(argv)
+    # Unbuffered: the logs of a run still going are read to see what it is doing.
+    process = MemberProcess(host.name, log_path.open("ab", buffering=0), on_line)
+    reactor.spawnProcess(process, command[0], command, env=env or dict(os.environ))
+    return process
+
+
+@attrs.frozen
+class Usage:
+    """What ``/proc`` says of a process: CPU seconds so far, resident and peak memory."""
+
+    cpu: float
+    rss: int
+    peak_rss: int
+
+    @classmethod
+    def of(cls, pid: int) -> Usage | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        # Fields after the parenthesised command name, which may itself hold spaces.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        memory = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in status.splitlines()
+            if line.startswith(("VmRSS:", "VmHWM:"))
+        }
+        return cls(ticks / os.sysconf("SC_CLK_TCK"), memory["VmRSS"], memory["VmHWM"])
+
+
+# The members of each system
+
+
+class Member(Protocol):
+    name: str
+    process: MemberProcess
+
+    def update(self) -> Deferred[tuple[int, float]]:
+        """Change this member's record; fires with its new version and when it changed."""
+
+    def poll(self) -> Deferred[None]:
+        """Ask the member how it sees the cluster (for members that do not report)."""
+
+    def stop(self) -> Deferred[None]: ...
+
+
+class System(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    #: Whether members must be polled to learn what they see (they do not report it).
+    polled: bool
+    #: Whether members start with small records, to be grown to RECORD_SIZE after joining.
+    small_records: bool
+
+    def start(self, host: Host, anchor: Host, directory: Path) -> Member: ...
+
+
+def _stop(reactor: Any, process: MemberProcess, grace: float = 15.0) -> Deferred[None]:
+    """The process's end; SIGKILL if it lingers past ``grace`` seconds."""
+    if process.running:
+        killer = reactor.callLater(grace, process.signal, "KILL")
+        process.ended.addBoth(lambda result: killer.active() and killer.cancel())
+    ended: Deferred[None] = Deferred()
+    process.ended.addBoth(lambda _: ended.callback(None))
+    return ended
+
+
+@attrs.define(eq=False)
+class MemberlistMember:
+    """A ``memberlist-bench`` process: it reports every change on its own, in JSON lines."""
+
+    name: str
+    observatory: Observatory
+    reactor: Any
+    process: MemberProcess = attrs.field(init=False)
+    _updates: list[Deferred[tuple[int, float]]] = attrs.field(factory=list)
+
+    def line(self, raw: bytes) -> None:
+        try:
+            event = json.loads(raw)
+            kind, t = event["event"], float(event["t"])
+        except (ValueError, KeyError, TypeError):
+            log.warn("{name}: unreadable line {line!r}", name=self.name, line=raw[:200])
+            return
+        if kind in ("join", "update", "leave"):
+            self.observatory.state(self.name, event["node"], event["state"], t)
+        elif kind == "payload":
+            self.observatory.holds(self.name, event["origin"], event["version"], t)
+        elif kind == "ready":
+            self.observatory.holds(self.name, self.name, event["version"], t)
+        elif kind == "updated":
+            self.observatory.holds(self.name, self.name, event["version"], t)
+            if self._updates:
+                self._updates.pop(0).callback((event["version"], t))
+        elif kind == "log" and event["msg"].startswith("memberlist: Suspect "):
+            # "Suspect NAME has failed, no acks received": a probe of ours raised it.
+            self.observatory.suspect(self.name, event["msg"].split()[2], t)
+        elif kind == "error":
+            log.error("{name}: {error}", name=self.name, error=event.get("error"))
+
+    def update(self) -> Deferred[tuple[int, float]]:
+        done: Deferred[tuple[int, float]] = Deferred()
+        self._updates.append(done)
+        self.process.transport.write(b"update\n")  # type: ignore[union-attr]
+        return done
+
+    def poll(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        # End of input stops it at once, without a leave: as the harness dying would.
+        if self.process.running:
+            self.process.transport.closeStdin()  # type: ignore[union-attr]
+        return _stop(self.reactor, self.process)
+
+
+@attrs.define
+class MemberlistSystem:
+    """HashiCorp memberlist with ``DefaultLANConfig``, the program in benchmarks/memberlist."""
+
+    binary: Path
+    key: str
+    observatory: Observatory
+    reactor: Any
+    chunks: bool = False
+    polled: bool = False
+    small_records: bool = False
+
+    @property
+    def name(self) -> str:
+        return "memberlist+chunks" if self.chunks else "memberlist"
+
+    def start(self, host: Host, anchor: Host, directory: Path) -> Member:
+        member = MemberlistMember(host.name, self.observatory, self.reactor)
+        argv = [
+            str(self.binary),
+            f"-name={host.name}",
+            f"-bind={host.address}",
+            f"-port={PORT}",
+            f"-key={self.key}",
+            f"-label={CLUSTER}",
+            f"-payload-size={RECORD_SIZE}",
+        ]
+        if self.chunks:
+            argv.append("-chunks")
+        if host is not anchor:
+            argv.append(f"-join={anchor.address}")
+        member.process = spawn(
+            self.reactor, host, argv, directory / f"{host.name}.log", member.line
+        )
+        return member
+
+
+class ControlLine(LineOnlyReceiver):
+    """One request on a hepto control socket and its one-line JSON answer."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.answer: Deferred[dict[str, Any]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.sendLine(json.dumps(self.request).encode())
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self.answer.called:
+            try:
+                self.answer.callback(json.loads(line))
+            except ValueError as error:
+                self.answer.errback(error)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if not self.answer.called:
+            self.answer.errback(reason)
+
+
+async def control(reactor: Any, socket: Path, request: dict[str, Any]) -> dict[str, Any]:
+    line = ControlLine(request)
+    await connectProtocol(UNIXClientEndpoint(reactor, str(socket), timeout=10), line)
+    answer = await line.answer
+    if not isinstance(answer, dict):
+        raise ValueError(f"not a JSON object: {answer!r}")
+    return answer
+
+
+@attrs.define(eq=False)
+class HeptoMember:
+    """A ``twistd -n hepto`` agent, asked through its control socket how it sees the cluster.
+
+    Its JSON logs are read too: a log event naming a member and its new state or record
+    version is taken as a report, stamped with the agent's own ``log_time``, which is
+    sharper than the polling interval.
+    """
+
+    name: str
+    observatory: Observatory
+    reactor: Any
+    data_dir: Path
+    process: MemberProcess = attrs.field(init=False)
+    unanswered: int = 0
+    last_error: str | None = None
+    _polling: bool = False
+    _known: set[str] = attrs.field(factory=set)
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / CLUSTER / self.name / "control.sock"
+
+    def line(self, raw: bytes) -> None:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or not str(event.get("log_namespace", "")).startswith(
+            "hepto.gossip"
+        ):
+            return
+        subject, t = event.get("member"), event.get("log_time")
+        if not isinstance(subject, str) or not isinstance(t, float | int):
+            return
+        state = event.get("state", event.get("status"))
+        if state in ("alive", "suspect", "dead", "left"):
+            self.observatory.state(self.name, subject, state, t)
+        version = event.get("version")
+        if isinstance(version, int) and "record" in str(event.get("log_format", "")).lower():
+            self.observatory.holds(self.name, subject, version, t)
+
+    def poll(self) -> Deferred[None]:
+        if self._polling or not self.process.running:
+            return defer.succeed(None)
+        return Deferred.fromCoroutine(self._poll())
+
+    async def _poll(self) -> None:
+        self._polling = True
+        try:
+            self._status(await control(self.reactor, self.socket, {"command": "status"}))
+        except (ConnectError, ConnectionClosed, ValueError) as error:
+            # Not up yet, or going: the next poll will tell.
+            self.unanswered += 1
+            self.last_error = str(error)
+        finally:
+            self._polling = False
+
+    def _status(self, status: dict[str, Any]) -> None:
+        t = time.time()
+        seen = set()
+        for row in status.get("members", []):
+            subject = row.get("name")
+            if not isinstance(subject, str):
+                continue
+            seen.add(subject)
+            if isinstance(row.get("state"), str):
+                self.observatory.state(self.name, subject, row["state"], t)
+            if isinstance(row.get("version"), int):
+                self.observatory.holds(self.name, subject, row["version"], t)
+        for subject in self._known - seen:
+            self.observatory.state(self.name, subject, "gone", t)
+        self._known = seen
+
+    async def _update(self) -> tuple[int, float]:
+        started = time.time()
+        # What changes is what a real record change carries: text (a PEM bundle, a CSR).
+        value = base64.b64encode(secrets.token_bytes(RECORD_SIZE * 3 // 4)).decode()
+        answer = await control(
+            self.reactor,
+            self.socket,
+            {"command": "publish", "key": PUBLISH_KEY, "value": value},
+        )
+        if "error" in answer:
+            raise RuntimeError(f"publish refused: {answer['error']}")
+        version = answer.get("version")
+        if not isinstance(version, int):
+            status = await control(self.reactor, self.socket, {"command": "status"})
+            own = [row for row in status.get("members", []) if row.get("name") == self.name]
+            version = own[0]["version"]
+        return version, started
+
+    def update(self) -> Deferred[tuple[int, float]]:
+        return Deferred.fromCoroutine(self._update())
+
+    def stop(self) -> Deferred[None]:
+        self.process.signal("TERM")
+        return _stop(self.reactor, self.process)
+
+
+@attrs.define
+class HeptoSystem:
+    """Real hepto agents, without Kubernetes components, on the LAN profile."""
+
+    key: str
+    observatory: Observatory
+    reactor: Any
+    name: str = "hepto"
+    polled: bool = True
+    small_records: bool = True
+
+    def start(self, host: Host, anchor: Host, directory: Path) -> Member:
+        data_dir = directory / host.name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        member = HeptoMember(host.name, self.observatory, self.reactor, data_dir)
+        twistd = Path(sys.executable).with_name("twistd")
+        argv = [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "hepto",
+            f"--cluster={CLUSTER}",
+            f"--key={self.key}",
+            f"--name={host.name}",
+            "--no-contain",
+            f"--ip={host.interface}",
+            "--components=none",
+            f"--data-dir={data_dir}",
+            f"--anchor={anchor.address}",
+            "--log-format=json",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}
+        member.process = spawn(
+            self.reactor, host, argv, directory / f"{host.name}.log", member.line, env
+        )
+        return member
+
+
+# Traffic: nftables counters in every namespace
+
+METER: Final = """
+table inet hbmeter {
+    counter udp_out {}
+    counter udp_in {}
+    counter tcp_out {}
+    counter tcp_in {}
+    chain out {
+        type filter hook output priority 0; policy accept;
+        oifname "eth0" meta l4proto udp counter name udp_out
+        oifname "eth0" meta l4proto tcp counter name tcp_out
+    }
+    chain in {
+        # After netlab's loss rules (priority 0): what was dropped was never received.
+        type filter hook input priority 10; policy accept;
+        iifname "eth0" meta l4proto udp counter name udp_in
+        iifname "eth0" meta l4proto tcp counter name tcp_in
+    }
+}
+"""
+
+
+def install_meter(host: Host) -> None:
+    subprocess.run(
+        host.command(["nft", "-f", "-"]), input=METER, text=True, check=True, capture_output=True
+    )
+
+
+def read_meter(host: Host) -> dict[str, int]:
+    """Bytes counted so far (IPv6 packets, headers included), by counter name."""
+    listing = host.run(["nft", "-j", "list", "counters", "table", "inet", "hbmeter"]).stdout
+    counters = {}
+    for item in json.loads(listing)["nftables"]:
+        if "counter" in item:
+            counters[item["counter"]["name"]] = int(item["counter"]["bytes"])
+    return counters
+
+
+def on_every_host(hosts: Iterable[Host], action: Callable[[Host], Any]) -> list[Any]:
+    """Run a blocking ``action`` on hosts in parallel (from a thread, never the reactor's)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(action, hosts))
+
+
+# One system, one cluster size
+
+
+@attrs.define
+class Settings:
+    sizes: list[int]
+    systems: list[str]
+    window: float
+    settle: float
+    changes: int
+    loss: int
+    loss_duration: float
+    join_timeout: float
+    spread_timeout: float
+    death_timeout: float
+    kills: int
+    poll: float
+    poll_fast: float
+    run_dir: Path
+    prefix: str
+
+
+@attrs.define
+class Bench:
+    """Runs the scenarios for one system on one lab, and collects the figures."""
+
+    reactor: Any
+    system: System
+    observatory: Observatory
+    lab: Lab
+    settings: Settings
+    directory: Path
+    members: dict[str, Member] = attrs.field(factory=dict)
+    figures: dict[str, Any] = attrs.field(factory=dict)
+    _poller: task.LoopingCall | None = None
+    _stopping: bool = False
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.lab.hosts
+
+    def observe(self, interval: float | None) -> None:
+        """Poll the members every ``interval`` seconds (None: stop); reporting systems need not."""
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+        if interval is not None and self.system.polled:
+            self._poller = task.LoopingCall(self._poll_all)
+            self._poller.clock = self.reactor
+            self._poller.start(interval, now=True)
+
+    def _poll_all(self) -> None:
+        for member in self.members.values():
+            member.poll()
+
+    def everyone_sees_everyone(self) -> bool:
+        names = set(self.members)
+        return all(
+            all(self.observatory.states.get(observer, {}).get(n) == "alive" for n in names)
+            for observer in names
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await task.deferLater(self.reactor, seconds, lambda: None)
+
+    async def run(self) -> dict[str, Any]:
+        # The machine is shared: the load during each phase says how far to trust it.
+        loads: list[tuple[float, float]] = []
+        sampler = task.LoopingCall(lambda: loads.append((time.time(), os.getloadavg()[0])))
+        sampler.clock = self.reactor
+        sampler.start(5, now=True)
+        phases: dict[str, tuple[float, float]] = {}
+
+        async def phase(name: str, step: Callable[[], Awaitable[Any]]) -> Any:
+            started = time.time()
+            try:
+                return await step()
+            finally:
+                phases[name] = (started, time.time())
+
+        try:
+            await self.start_all()
+            if await phase("join", lambda: self.converge("join", self.settings.join_timeout)):
+                await phase("grow", self.grow_records)
+                await self.sleep(self.settings.settle)
+                await phase("window", self.measure_quiet_window)
+                await phase("spread", self.spread)
+                await phase("loss", self.lossy_run)
+                await phase("kill", self.kill)
+            else:
+                await phase("window", self.measure_quiet_window)
+        finally:
+            sampler.stop()
+            self.observe(None)
+            self._stopping = True
+            await defer.DeferredList([member.stop() for member in self.members.values()])
+            self.figures["load"] = {
+                name: {
+                    "median": median([load for t, load in loads if start <= t <= end]),
+                    "max": max((load for t, load in loads if start <= t <= end), default=None),
+                }
+                for name, (start, end) in phases.items()
+            }
+        return self.figures
+
+    async def start_all(self) -> None:
+        anchor = self.hosts[0]
+        self.figures["started"] = time.time()
+        for host in self.hosts:
+            member = self.members[host.name] = self.system.start(host, anchor, self.directory)
+            member.process.ended.addCallback(self._ended, host.name)
+
+    def _ended(self, result: None, name: str) -> None:
+        """A member's process ended; unless it was killed or stopped, it crashed."""
+        if self.members.pop(name, None) is None or self._stopping:
+            return
+        log.warn("{system}: {name} ended on its own", system=self.system.name, name=name)
+        self.figures.setdefault("crashed", []).append(name)
+        # The others will declare it dead: whatever waits on them must not wait on it.
+        self.observatory.forget(name)
+
+    async def converge(self, phase: str, timeout: float) -> bool:
+        started = time.time()
+        self.observe(self.settings.poll)
+        done = await wait(self.observatory.when(self.everyone_sees_everyone), timeout, self.reactor)
+        self.observe(None)
+        self.figures[f"{phase}_converged"] = done
+        self.figures[f"{phase}_seconds"] = time.time() - started if done else None
+        if not done:
+            seeing = [
+                sum(state == "alive" for state in self.observatory.states.get(name, {}).values())
+                for name in self.members
+            ]
+            self.figures[f"{phase}_alive_seen_median"] = median(seeing)
+            log.warn(
+                "{system}: members still disagree after {timeout}s ({phase}): "
+                "a median member sees {seen} of {n} alive",
+                system=self.system.name,
+                timeout=timeout,
+                phase=phase,
+                seen=median(seeing),
+                n=len(self.members),
+            )
+        return done
+
+    async def grow_records(self) -> None:
+        """Give every member a RECORD_SIZE record, as memberlist members have from the start.
+
+        Otherwise the quiet window would compare push/pulls of N small records with push/pulls
+        of N large ones.
+        """
+        if not self.system.small_records:
+            return
+        started = time.time()
+        versions = {}
+        for name, member in self.members.items():
+            try:
+                versions[name], _ = await member.update()
+            except Exception as error:
+                self.figures["grow_error"] = str(error)
+                return
+        names = list(self.members)
+
+        def everyone_holds_everything() -> bool:
+            return all(
+                self.observatory.first_held(observer, origin, version) is not None
+                for observer in names
+                for origin, version in versions.items()
+            )
+
+        self.observe(self.settings.poll)
+        done = await wait(
+            self.observatory.when(everyone_holds_everything),
+            self.settings.spread_timeout,
+            self.reactor,
+        )
+        self.observe(None)
+        self.figures["grow_seconds"] = time.time() - started if done else None
+
+    async def measure_quiet_window(self) -> None:
+        """Traffic, CPU and memory over a window in which nothing happens (and nobody polls)."""
+        pids = {name: m.process.pid for name, m in self.members.items()}
+        before_usage = {name: Usage.of(pid) for name, pid in pids.items() if pid}
+        before = await threads.deferToThread(on_every_host, self.hosts, read_meter)
+        started = time.monotonic()
+        await self.sleep(self.settings.window)
+        after = await threads.deferToThread(on_every_host, self.hosts, read_meter)
+        elapsed = time.monotonic() - started
+        after_usage = {name: Usage.of(pid) for name, pid in pids.items() if pid}
+        for counter in ("udp_out", "udp_in", "tcp_out", "tcp_in"):
+            rates = [
+                (a[counter] - b[counter]) / elapsed for a, b in zip(after, before, strict=True)
+            ]
+            self.figures[f"{counter}_rate"] = {"median": median(rates), "max": max(rates)}
+        cpu = []
+        rss = []
+        peak = []
+        for name, end in after_usage.items():
+            begin = before_usage.get(name)
+            if end is None or begin is None:
+                continue
+            cpu.append(100 * (end.cpu - begin.cpu) / elapsed)
+            rss.append(end.rss / 2**20)
+            peak.append(end.peak_rss / 2**20)
+        self.figures["cpu_percent"] = {"median": median(cpu), "max": max(cpu, default=None)}
+        self.figures["rss_mib"] = {"median": median(rss), "max": max(rss, default=None)}
+        self.figures["peak_rss_mib"] = max(peak, default=None)
+        self.figures["window_seconds"] = elapsed
+
+    async def spread(self) -> None:
+        """Change one record at a time; how long until every other member holds it."""
+        delays: list[float] = []
+        missing = 0
+        names = list(self.members)
+        for change in range(self.settings.changes):
+            origin = names[(change + 1) % len(names)]
+            try:
+                version, changed = await self.members[origin].update()
+            except Exception as error:
+                self.figures["spread_error"] = str(error)
+                log.warn(
+                    "{system}: cannot change a record: {error}",
+                    error=error,
+                    system=self.system.name,
+                )
+                return
+            others = [name for name in names if name != origin]
+
+            def everyone_holds(
+                origin: str = origin, version: int = version, others: list[str] = others
+            ) -> bool:
+                return all(
+                    self.observatory.first_held(name, origin, version) is not None
+                    for name in others
+                )
+
+            self.observe(self.settings.poll_fast)
+            await wait(
+                self.observatory.when(everyone_holds), self.settings.spread_timeout, self.reactor
+            )
+            self.observe(None)
+            for name in others:
+                held = self.observatory.first_held(name, origin, version)
+                if held is None:
+                    missing += 1
+                else:
+                    delays.append(max(0.0, held - changed))
+            # Let the queues drain, so that one change does not ride on the last one's traffic.
+            await self.sleep(self.settings.settle)
+        self.figures["spread"] = summary(delays) | {"missing": missing}
+
+    async def lossy_run(self) -> None:
+        """Drop a share of every host's incoming packets; count deaths of living members."""
+        if self.settings.loss_duration <= 0:
+            return
+        loss = self.settings.loss
+        await threads.deferToThread(on_every_host, self.hosts, lambda host: host.set_loss(loss))
+        started = time.time()
+        suspicions_before = len(self.observatory.suspicions)
+        self.observe(self.settings.poll)
+        try:
+            await self.sleep(self.settings.loss_duration)
+        finally:
+            self.observe(None)
+            ended = time.time()
+            await threads.deferToThread(on_every_host, self.hosts, lambda host: host.heal())
+        deaths = self.observatory.deaths_between(started, ended)
+        self.figures["false_deaths"] = {
+            # Distinct pairs: a state seen twice (in a log line, then in a poll) is one death.
+            "declarations": len({(report.observer, report.subject) for report in deaths}),
+            "members": len({report.subject for report in deaths}),
+            "suspicions": len(self.observatory.suspicions) - suspicions_before,
+            "seconds": ended - started,
+            "loss_percent": loss,
+        }
+        await self.converge("recovery", self.settings.join_timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL members one after the other, from the last; time their burials."""
+        delays: list[float] = []
+        burials: list[float] = []
+        missing = 0
+        for victim in [host.name for host in reversed(self.hosts)][: self.settings.kills]:
+            if len(self.members) <= 2:
+                break
+            outcome = await self.kill_one(victim)
+            if outcome is None:
+                break
+            delays += outcome
+            missing += len(self.members) - len(outcome)
+            if len(outcome) == len(self.members):
+                burials.append(max(outcome))
+            await self.sleep(self.settings.settle)
+        self.figures["detection"] = summary(delays) | {
+            "missing": missing,
+            "kills": len(burials),
+            "by_all_median": median(burials),
+            "by_all_max": max(burials, default=None),
+        }
+
+    async def kill_one(self, victim: str) -> list[float] | None:
+        """How long after ``victim``'s SIGKILL each survivor declared it dead (None: no kill)."""
+        survivors = [name for name in self.members if name != victim]
+
+        def everyone_buried() -> bool:
+            return all(
+                self.observatory.states.get(name, {}).get(victim) in DEAD_STATES
+                for name in survivors
+            )
+
+        if everyone_buried():  # Leftovers of the lossy run would make this meaningless.
+            self.figures["detection_error"] = f"{victim} declared dead before its kill"
+            return None
+        member = self.members.pop(victim)
+        killed = time.time()
+        member.process.signal("KILL")
+        self.observatory.forget(victim)
+        self.observe(self.settings.poll_fast)
+        await wait(
+            self.observatory.when(everyone_buried), self.settings.death_timeout, self.reactor
+        )
+        self.observe(None)
+        await member.stop()
+        delays = []
+        for name in survivors:
+            declared = [
+                r.t
+                for r in self.observatory.deaths
+                if r.observer == name and r.subject == victim and r.t >= killed
+            ]
+            if declared:
+                delays.append(min(declared) - killed)
+        return delays
+
+
+def summary(delays: Sequence[float]) -> dict[str, float | int | None]:
+    return {
+        "median": median(delays),
+        "p99": percentile(delays, 0.99),
+        "max": max(delays, default=None),
+        "count": len(delays),
+    }
+
+
+# The run
+
+
+def build_memberlist() -> Path:
+    """Build benchmarks/memberlist with the module proxy, caches shared with tools/build-bundle."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    output = CACHE / "benchmarks" / "memberlist-bench"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        GOCACHE=str(CACHE / "go" / "build"),
+        GOMODCACHE=str(CACHE / "go" / "mod"),
+        GOFLAGS="-mod=mod",
+        GOWORK="off",
+        CGO_ENABLED="0",
+    )
+    subprocess.run(
+        [go, "build", "-trimpath", "-o", str(output), "."],
+        cwd=ROOT / "benchmarks" / "memberlist",
+        env=env,
+        check=True,
+    )
+    return output
+
+
+def add_hosts(lab: Lab, count: int) -> None:
+    for index in range(1, count + 1):
+        lab.add_host(f"n{index}")
+
+
+def kill_leftovers(host: Host) -> None:
+    """SIGKILL whatever still runs in the host's namespace (a member's stray child)."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", host.netns], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def remove_leftovers(prefix: str) -> int:
+    """Delete every namespace named ``prefix...`` after killing what runs in it."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    names = [line.split()[0] for line in listing.stdout.splitlines() if line.startswith(prefix)]
+    for name in names:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    print(f"removed {len(names)} namespace(s) named {prefix}*", file=sys.stderr)
+    return 0
+
+
+def make_system(
+    name: str, key: str, observatory: Observatory, reactor: Any, memberlist: Path | None
+) -> System:
+    if name == "hepto":
+        return HeptoSystem(key, observatory, reactor)
+    assert memberlist is not None
+    return MemberlistSystem(
+        memberlist, key, observatory, reactor, chunks=name == "memberlist+chunks"
+    )
+
+
+async def run(
+    reactor: Any,
+    settings: Settings,
+    labs: list[Lab],
+    results: dict[str, dict[int, Any]],
+    memberlist: Path | None,
+) -> None:
+    """Every size, every system; ``results`` fills as figures come, for an interrupted run."""
+    key = secrets.token_hex(32)
+    for size in settings.sizes:
+        lab = Lab(settings.prefix)
+        labs.append(lab)
+        started = time.monotonic()
+        await threads.deferToThread(add_hosts, lab, size)
+        await threads.deferToThread(on_every_host, lab.hosts, install_meter)
+        log.info("{n} hosts ready in {s:.1f}s", n=size, s=time.monotonic() - started)
+        for name in settings.systems:
+            observatory = Observatory()
+            system = make_system(name, key, observatory, reactor, memberlist)
+            directory = settings.run_dir / f"{name}-{size}"
+            directory.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "{system} with {n} members: logs in {directory}",
+                system=name,
+                n=size,
+                directory=directory,
+            )
+            bench = Bench(reactor, system, observatory, lab, settings, directory)
+            results.setdefault(name, {})[size] = bench.figures
+            await bench.run()
+            bench.figures["load_average"] = os.getloadavg()
+            log.info(
+                "{system} {n}: {figures}",
+                system=name,
+                n=size,
+                figures=json.dumps(results[name][size]),
+            )
+            # Whatever a member left behind (a child, a socket) goes before the next system.
+            await threads.deferToThread(on_every_host, lab.hosts, kill_leftovers)
+        await threads.deferToThread(lab.close)
+        labs.remove(lab)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, dict[int, Any]]) -> str:
+    """The figures as an RST grid: one column per system and size."""
+    columns = [(name, size) for name, sizes in results.items() for size in sizes]
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("join: all see all alive (s)", lambda f: _fmt(f.get("join_seconds"), 1)),
+        ("members that crashed", lambda f: _fmt(len(f.get("crashed", [])))),
+        ("record spread median (s)", lambda f: _fmt(f.get("spread", {}).get("median"))),
+        ("record spread p99 (s)", lambda f: _fmt(f.get("spread", {}).get("p99"))),
+        ("record spread: not reached", lambda f: _fmt(f.get("spread", {}).get("missing"))),
+        ("kill -9 to dead, median (s)", lambda f: _fmt(f.get("detection", {}).get("median"))),
+        ("kill -9 to dead, p99 (s)", lambda f: _fmt(f.get("detection", {}).get("p99"))),
+        (
+            "kill -9 to dead by all, median (s)",
+            lambda f: _fmt(f.get("detection", {}).get("by_all_median")),
+        ),
+        (
+            "kill -9 to dead by all, max (s)",
+            lambda f: _fmt(f.get("detection", {}).get("by_all_max")),
+        ),
+        (
+            "false deaths (declarations)",
+            lambda f: _fmt(f.get("false_deaths", {}).get("declarations")),
+        ),
+        ("false deaths (members)", lambda f: _fmt(f.get("false_deaths", {}).get("members"))),
+        ("suspicions (see README)", lambda f: _fmt(f.get("false_deaths", {}).get("suspicions"))),
+        ("lossy run (s)", lambda f: _fmt(f.get("false_deaths", {}).get("seconds"), 0)),
+        ("UDP out, B/s per member", lambda f: _fmt(f.get("udp_out_rate", {}).get("median"), 0)),
+        ("UDP in, B/s per member", lambda f: _fmt(f.get("udp_in_rate", {}).get("median"), 0)),
+        ("TCP out, B/s per member", lambda f: _fmt(f.get("tcp_out_rate", {}).get("median"), 0)),
+        ("RSS median (MiB)", lambda f: _fmt(f.get("rss_mib", {}).get("median"), 1)),
+        ("RSS max (MiB)", lambda f: _fmt(f.get("rss_mib", {}).get("max"), 1)),
+        ("CPU median (% of a core)", lambda f: _fmt(f.get("cpu_percent", {}).get("median"), 1)),
+        ("CPU max (% of a core)", lambda f: _fmt(f.get("cpu_percent", {}).get("max"), 1)),
+        (
+            "machine load in window, max",
+            lambda f: _fmt(f.get("load", {}).get("window", {}).get("max"), 1),
+        ),
+        (
+            "machine load in loss run, max",
+            lambda f: _fmt(f.get("load", {}).get("loss", {}).get("max"), 1),
+        ),
+    ]
+    header = ["figure", *[f"{name} {size}" for name, size in columns]]
+    body = [[label, *[cell(results[n][s]) for n, s in columns]] for label, cell in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
+
+    lines = [
+        rule,
+        line(header),
+        rule.replace("-", "="),
+        *[x for r in body for x in (line(r), rule)],
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,50,100", help="cluster sizes (default: %(default)s)")
+    parser.add_argument(
+        "--systems",
+        default="memberlist,memberlist+chunks,hepto",
+        help="any of memberlist, memberlist+chunks, hepto (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=60, help="quiet window, s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10, help="pause after join and each change, s"
+    )
+    parser.add_argument(
+        "--changes", type=int, default=3, help="record changes to time (default: 3)"
+    )
+    parser.add_argument(
+        "--loss", type=int, default=10, help="percent of packets dropped (default: 10)"
+    )
+    parser.add_argument(
+        "--loss-duration", type=float, default=600, help="lossy run, s; 0 skips it (default: 600)"
+    )
+    parser.add_argument("--join-timeout", type=float, default=300)
+    parser.add_argument("--spread-timeout", type=float, default=600)
+    parser.add_argument("--death-timeout", type=float, default=300)
+    parser.add_argument("--kills", type=int, default=3, help="members killed, one by one")
+    parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
+    parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
+    parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
+    parser.add_argument("--prefix", default="hb", help="namespace prefix (default: hb)")
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only remove namespaces (and their processes) left by a killed run, then exit",
+    )
+    args = parser.parse_args(argv)
+    if args.cleanup:
+        raise SystemExit(remove_leftovers(args.prefix))
+    systems = [name for name in args.systems.split(",") if name]
+    unknown = set(systems) - {"memberlist", "memberlist+chunks", "hepto"}
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="hepto-bench-"))
+    return Settings(
+        sizes=[int(size) for size in args.sizes.split(",") if size],
+        systems=systems,
+        window=args.window,
+        settle=args.settle,
+        changes=args.changes,
+        loss=args.loss,
+        loss_duration=args.loss_duration,
+        join_timeout=args.join_timeout,
+        spread_timeout=args.spread_timeout,
+        death_timeout=args.death_timeout,
+        kills=args.kills,
+        poll=args.poll,
+        poll_fast=args.poll_fast,
+        run_dir=run_dir,
+        prefix=args.prefix,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_args(argv)
+    problem = missing_requirements("nft")
+    if problem:
+        raise SystemExit(f"agents.py: {problem}")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    levels = LogLevelFilterPredicate(LogLevel.info)
+    # Every control request would say "Starting factory": only the run's own story is told.
+    levels.setLogLevelForNamespace("twisted.internet.endpoints", LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    memberlist = None
+    if any(name.startswith("memberlist") for name in settings.systems):
+        memberlist = build_memberlist()
+    labs: list[Lab] = []
+    results: dict[str, dict[int, Any]] = {}
+
+    async def bench(reactor: Any) -> None:
+        # A hangup stops the run like an interrupt does: everything is cleaned up below.
+        signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(reactor.stop))
+        await run(reactor, settings, labs, results, memberlist)
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(bench(reactor)))
+    finally:
+        for lab in labs:
+            lab.close()
+        (settings.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        if results:
+            print(table(results))
+        print(f"\nlogs and results.json in {settings.run_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,776 @@
+"""Memory of the hepto agent and of an idle master's components, printed, never asserted.
+
+Three parts, each with real processes in network namespaces on a private bridge
+(``tests/netlab.py``), all named with the prefix ``hx``:
+
+* ``agent``: one idle agent with ``--components none`` as node and one as master;
+* ``members``: N idle agents (100 by default) that all see each other;
+* ``master``: an agent with the master's components (etcd, kube-apiserver,
+  kube-controller-manager, kube-scheduler), once per Go memory setting of
+  :data:`SETTINGS`, and per bin dir (the bundle; separate binaries when given).
+
+Every figure is the median of several samples of ``/proc/<pid>/smaps_rollup`` taken
+after an idle wait: RSS, PSS (shared pages divided among the processes that map them)
+and anonymous memory (heaps and stacks: what the Go settings act on). ``docs/memory.rst``
+says how to read them and holds the results.
+
+Run as root from the repository (about 45 minutes with the defaults)::
+
+    .venv/bin/python benchmarks/memory.py --json /tmp/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from netlab import Host, Lab, missing_requirements, wait_until  # noqa: E402
+
+from hepto.control import ControlError, query  # noqa: E402
+from hepto.kube import memory as go_memory  # noqa: E402
+from hepto.kube.component import GoMemory  # noqa: E402
+from hepto.kube.service import MASTER  # noqa: E402
+from hepto.programs import BUNDLE_BIN_DIR  # noqa: E402
+
+PREFIX: Final = "hx"
+CLUSTER: Final = "hxmem"
+KEY: Final = "5a" * 32
+TWISTD: Final = Path(sys.executable).with_name("twistd")
+#: Where a build of each program as its own binary may be, for the comparison.
+SEPARATE_BIN_DIRS: Final = (
+    Path("/var/cache/hepto/separate/current/bin"),
+    Path("/var/cache/hepto/separate/bin"),
+)
+
+_ALL_COMPONENTS: Final = tuple(MASTER)
+
+
+def _each(memory: GoMemory) -> dict[str, GoMemory]:
+    return dict.fromkeys(_ALL_COMPONENTS, memory)
+
+
+#: Go memory settings to compare, by name: the Go settings of each component.
+SETTINGS: Final[dict[str, Mapping[str, GoMemory]]] = {
+    "go-defaults": {},
+    "gogc-50": _each(GoMemory(gc_percent=50)),
+    "limits": {
+        "etcd": GoMemory(limit="64MiB"),
+        "kube-apiserver": GoMemory(limit="200MiB"),
+        "kube-controller-manager": GoMemory(limit="48MiB"),
+        "kube-scheduler": GoMemory(limit="48MiB"),
+    },
+    "limits-tight": {
+        "etcd": GoMemory(limit="40MiB"),
+        "kube-apiserver": GoMemory(limit="120MiB"),
+        "kube-controller-manager": GoMemory(limit="24MiB"),
+        "kube-scheduler": GoMemory(limit="24MiB"),
+    },
+    "gogc-25": _each(GoMemory(gc_percent=25)),
+    "limits+gogc-50": {
+        "etcd": GoMemory(limit="64MiB", gc_percent=50),
+        "kube-apiserver": GoMemory(limit="200MiB", gc_percent=50),
+        "kube-controller-manager": GoMemory(limit="48MiB", gc_percent=50),
+        "kube-scheduler": GoMemory(limit="48MiB", gc_percent=50),
+    },
+    "hepto": go_memory.DEFAULTS,
+}
+
+#: What the HTTPS readiness probes imported before they moved to the standard library.
+OLD_PROBE_IMPORTS: Final = ("twisted.internet.ssl", "twisted.web.client")
+
+#: The real agent, after imports given and with KubeService's Go memory defaults replaced.
+_LAUNCHER: Final = textwrap.dedent(
+    """
+    import importlib, json, sys
+    launch = json.loads(sys.argv[1])
+    for name in launch["preload"]:
+        importlib.import_module(name)
+    if launch["go"] is not None:
+        from hepto.kube import component, memory
+        memory.DEFAULTS = {
+            name: component.GoMemory(**value) for name, value in launch["go"].items()
+        }
+    sys.argv = ["twistd", *sys.argv[2:]]
+    from twisted.scripts.twistd import run
+    run()
+    """
+)
+
+
+@attrs.frozen
+class Launch:
+    """How an agent is started: plain ``twistd``, or through :data:`_LAUNCHER`."""
+
+    go_settings: Mapping[str, GoMemory] | None = None
+    preload: tuple[str, ...] = ()
+    #: Put first on the agent's PYTHONPATH (packages installed with ``pip --target``).
+    python_path: Path | None = None
+
+    def argv(self, options: Sequence[str]) -> list[str]:
+        if self == Launch():
+            return [str(TWISTD), *options]
+        go = None
+        if self.go_settings is not None:
+            go = {key: attrs.asdict(value) for key, value in self.go_settings.items()}
+        launch = json.dumps({"go": go, "preload": list(self.preload)})
+        return [sys.executable, "-c", _LAUNCHER, launch, *options]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}
+        if self.python_path is not None:
+            env["PYTHONPATH"] = str(self.python_path)
+        return env
+
+
+LOAD_LISTS: Final = 20
+#: A fixed amount of work for the apiserver and etcd, run in the master's namespace with
+#: the admin kubeconfig: create ConfigMaps of 2 KiB, list them all repeatedly, delete
+#: them.  The standard library only, over one kept-alive connection.
+_LOAD: Final = textwrap.dedent(
+    """
+    import base64, http.client, json, os, re, ssl, sys, tempfile, time
+    kubeconfig, count, lists = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    text = open(kubeconfig).read()
+    def field(name):
+        return json.loads(re.search(name + r": (\\S+)", text).group(1))
+    with tempfile.TemporaryDirectory() as directory:
+        def pem(name):
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as file:
+                file.write(base64.b64decode(field(name)))
+            return path
+        context = ssl.create_default_context(cafile=pem("certificate-authority-data"))
+        context.load_cert_chain(pem("client-certificate-data"), pem("client-key-data"))
+    host = re.match(r"https://\\[(.*)\\]:(\\d+)", field("server"))
+    connection = http.client.HTTPSConnection(host[1], int(host[2]), context=context)
+    base = "/api/v1/namespaces/default/configmaps"
+    def call(method, path, body=None, expect=200):
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload else {}
+        connection.request(method, path, payload, headers)
+        answer = connection.getresponse()
+        data = answer.read()
+        if answer.status != expect:
+            raise SystemExit(f"{method} {path}: {answer.status} {data[:200]!r}")
+        return data
+    began = time.monotonic()
+    for index in range(count):
+        body = {"metadata": {"name": f"load-{index}"}, "data": {"blob": "x" * 2048}}
+        call("POST", base, body, 201)
+    listed = 0
+    for _ in range(lists):
+        listed += len(json.loads(call("GET", base))["items"])
+    for index in range(count):
+        call("DELETE", f"{base}/load-{index}")
+    print(json.dumps({"seconds": time.monotonic() - began, "listed": listed}))
+    """
+)
+
+
+# Measuring
+
+
+@attrs.frozen
+class Footprint:
+    """Memory of one process, in KiB, from ``/proc/<pid>/smaps_rollup``."""
+
+    rss: float
+    pss: float
+    anon: float
+
+    @classmethod
+    def of(cls, pid: int) -> Footprint | None:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            return None
+        fields = {}
+        for line in text.splitlines()[1:]:
+            name, value, *_ = line.split()
+            fields[name.rstrip(":")] = float(value)
+        return cls(fields["Rss"], fields["Pss"], fields["Pss_Anon"])
+
+    @classmethod
+    def median(cls, samples: Sequence[Footprint]) -> Footprint:
+        return cls(
+            statistics.median(s.rss for s in samples),
+            statistics.median(s.pss for s in samples),
+            statistics.median(s.anon for s in samples),
+        )
+
+    def __add__(self, other: Footprint) -> Footprint:
+        return Footprint(self.rss + other.rss, self.pss + other.pss, self.anon + other.anon)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rss_kib": self.rss, "pss_kib": self.pss, "anon_kib": self.anon}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sample(
+    pids: Mapping[str, int], count: int, interval: float, still: Callable[[], None]
+) -> dict[str, Footprint]:
+    """The median footprint of each process over ``count`` samples, ``interval`` apart.
+
+    ``still`` raises if the processes are no longer the ones measured (a restart).
+    """
+    taken: dict[str, list[Footprint]] = {name: [] for name in pids}
+    for index in range(count):
+        if index:
+            time.sleep(interval)
+        still()
+        for name, pid in pids.items():
+            footprint = Footprint.of(pid)
+            if footprint is None:
+                raise RuntimeError(f"{name} (pid {pid}) is gone")
+            taken[name].append(footprint)
+    return {name: Footprint.median(samples) for name, samples in taken.items()}
+
+
+def measure(
+    pids: Mapping[str, int], count: int, interval: float, still: Callable[[], None]
+) -> tuple[dict[str, Footprint], dict[str, float]]:
+    """:func:`sample`, and the CPU share (percent of one core) of each process meanwhile."""
+    before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+    began = time.monotonic()
+    footprints = sample(pids, count, interval, still)
+    elapsed = time.monotonic() - began
+    cpu = {
+        name: 100 * ((cpu_seconds(pid) or before[name]) - before[name]) / elapsed
+        for name, pid in pids.items()
+    }
+    return footprints, cpu
+
+
+def neighbours(mine: Iterable[int]) -> dict[str, int]:
+    """Other processes sharing files with ours, which lowers our PSS: per kind."""
+    ours = set(mine)
+    counts = {"python": 0, "hepto-bundle": 0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            exe = os.readlink(entry / "exe")
+        except OSError:
+            continue
+        if "python" in Path(exe).name:
+            counts["python"] += 1
+        elif Path(exe).name == "hepto-bundle":
+            counts["hepto-bundle"] += 1
+    return counts
+
+
+def descendants(root: int) -> dict[str, int]:
+    """The processes under ``root``, by the name they were started as (argv[0])."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: dict[str, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent:
+                frontier.append(pid)
+                try:
+                    argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:
+                    continue
+                found[Path(argv0.decode()).name] = pid
+    return found
+
+
+# Agents
+
+
+@attrs.define
+class Agent:
+    """A ``twistd -n hepto`` process in a lab host, with its JSON log in a file."""
+
+    host: Host
+    name: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(
+        cls,
+        host: Host,
+        name: str,
+        role: str,
+        directory: Path,
+        extra: Sequence[str] = (),
+        launch: Launch = Launch(),
+    ) -> Agent:
+        data_dir = directory / name
+        data_dir.mkdir(parents=True)
+        options = [
+            "-n",
+            "--pidfile=",
+            "hepto",
+            f"--cluster={CLUSTER}",
+            f"--key={KEY}",
+            f"--name={name}",
+            f"--role={role}",
+            "--no-contain",
+            f"--ip={host.interface}",
+            f"--data-dir={data_dir}",
+            "--log-format=json",
+            *extra,
+        ]
+        with (data_dir / "agent.log").open("wb") as log:
+            process = host.spawn(
+                launch.argv(options),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=launch.environment(),
+            )
+        return cls(host, name, data_dir, process)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in (self.data_dir / "agent.log").read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def texts(self) -> list[str]:
+        return [str(event.get("log_text", "")) for event in self.events()]
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = "\n".join(self.texts()[-20:])
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+
+    def running(self) -> bool:
+        self.check_alive()
+        return any(text.endswith(" running") for text in self.texts())
+
+    def children(self) -> dict[str, int]:
+        """The latest pid of each component, from the supervisor's log."""
+        pids = {}
+        for event in self.events():
+            if str(event.get("log_format", "")).startswith("{component} started as pid"):
+                pids[event["component"]] = int(event["pid"])
+        return pids
+
+    def ready(self) -> set[str]:
+        self.check_alive()
+        return {
+            str(event["component"])
+            for event in self.events()
+            if str(event.get("log_format", "")).startswith("{component} is ready")
+        }
+
+    def status(self) -> dict[str, Any] | None:
+        socket = self.data_dir / CLUSTER / self.name / "control.sock"
+        try:
+            return query(socket, "status", timeout=10)
+        except ControlError:
+            return None
+
+    def alive_members(self) -> int:
+        status = self.status() or {}
+        return sum(1 for row in status.get("members", []) if row.get("state") == "alive")
+
+    def stop(self, timeout: float = 120) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.host.kill(self.process)
+
+
+# The parts
+
+
+@attrs.define
+class Bench:
+    lab: Lab
+    directory: Path
+    idle: float
+    samples: int
+    interval: float
+    #: ConfigMaps of the load phase of the master part; 0 for none.
+    load_size: int = 0
+    results: dict[str, Any] = attrs.field(factory=dict)
+
+    def host(self, name: str) -> Host:
+        return self.lab.add_host(name)
+
+    def settle(self, what: str) -> None:
+        print(f"  {what}: idle for {self.idle:g} s, then {self.samples} samples", flush=True)
+        time.sleep(self.idle)
+
+    def idle_agents(self) -> None:
+        print("Idle agents with --components none", flush=True)
+        agents = [
+            Agent.start(
+                self.host(f"a{role[0]}"),
+                f"idle-{role}",
+                role,
+                self.directory,
+                ["--components=none"],
+            )
+            for role in ("node", "master")
+        ]
+        try:
+            for agent in agents:
+                wait_until(agent.running, 300, 0.5, f"{agent.name} running")
+            self.settle("both running")
+            pids = {agent.name: agent.pid for agent in agents}
+            for agent in agents:
+                for child, pid in descendants(agent.pid).items():
+                    pids[f"{agent.name}/{child}"] = pid
+            figures = sample(pids, self.samples, self.interval, lambda: None)
+        finally:
+            for agent in agents:
+                agent.stop()
+        self.results["agent"] = {name: f.as_dict() for name, f in figures.items()}
+        self.results["agent_neighbours"] = neighbours(pids.values())
+        table(["agent", "rss", "pss", "anon"], [(n, *_row(f)) for n, f in figures.items()])
+
+    def pyopenssl(self, target: Path) -> None:
+        """The idle agent as it is, and as it was with pyOpenSSL and the old probes' imports.
+
+        ``target`` holds pyOpenSSL and service-identity (``pip install --target``); on the
+        agent's PYTHONPATH, Twisted's TCP support imports them, as it did when installed.
+        Both agents start through the launcher, so that only that differs.
+        """
+        print("The idle agent without and with pyOpenSSL", flush=True)
+        launches = {
+            "without-pyopenssl": Launch(preload=("twisted.internet.reactor",)),
+            "with-pyopenssl": Launch(preload=OLD_PROBE_IMPORTS, python_path=target),
+        }
+        check = "import sys, twisted.internet.reactor; print('OpenSSL' in sys.modules)"
+        loaded = {
+            name: subprocess.run(
+                [sys.executable, "-c", check],
+                env=launch.environment(),
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            for name, launch in launches.items()
+        }
+        agents = [
+            Agent.start(
+                self.host(f"t{index}"), name, "node", self.directory, ["--components=none"], launch
+            )
+            for index, (name, launch) in enumerate(launches.items())
+        ]
+        try:
+            for agent in agents:
+                wait_until(agent.running, 300, 0.5, f"{agent.name} running")
+            self.settle("both running")
+            pids = {agent.name: agent.pid for agent in agents}
+            figures = sample(pids, self.samples, self.interval, lambda: None)
+        finally:
+            for agent in agents:
+                agent.stop()
+        self.results["pyopenssl"] = {name: f.as_dict() for name, f in figures.items()}
+        table(["agent", "rss", "pss", "anon"], [(n, *_row(f)) for n, f in figures.items()])
+        print(f"  pyOpenSSL imported by the reactor: {loaded}", flush=True)
+
+    def members(self, count: int, converge: float, batch: int = 10) -> None:
+        print(f"{count} agents that see each other", flush=True)
+        agents: list[Agent] = []
+        try:
+            for first in range(0, count, batch):
+                started = []
+                for index in range(first, min(first + batch, count)):
+                    extra = ["--components=none"]
+                    # The first agent and an earlier one, as an operator gives several
+                    # anchors: joins do not all queue at one member.
+                    if agents:
+                        anchors = {agents[0].host.address, agents[index // 2].host.address}
+                        extra += [f"--anchor={address}" for address in sorted(anchors)]
+                    host = self.host(f"m{index}")
+                    agent = Agent.start(host, f"member{index}", "node", self.directory, extra)
+                    started.append(agent)
+                    agents.append(agent)
+                # A batch at a time: a hundred Python starts at once would starve two cores.
+                for agent in started:
+                    wait_until(agent.running, 600, 0.5, f"{agent.name} running")
+                print(f"  {len(agents)} running", flush=True)
+            began = time.monotonic()
+            try:
+                wait_until(
+                    lambda: all(a.alive_members() == count for a in agents),
+                    converge,
+                    5,
+                    f"every agent sees {count} alive",
+                )
+                print(f"  all see {count} alive after {time.monotonic() - began:.0f} s")
+            except AssertionError as error:
+                # Measured anyway, with the counts reported: memory is the question here.
+                print(f"  {error}; measuring them as they are", flush=True)
+            self.settle("joined")
+            pids = {agent.name: agent.pid for agent in agents}
+            helpers = {}
+            for agent in agents:
+                for child, pid in descendants(agent.pid).items():
+                    helpers[f"{agent.name}/{child}"] = pid
+            figures, cpu = measure(pids | helpers, self.samples, self.interval, lambda: None)
+            alive = sorted(agent.alive_members() for agent in agents)
+        finally:
+            for agent in agents:
+                if agent.process.poll() is None:
+                    agent.process.send_signal(signal.SIGTERM)
+            for agent in agents:
+                agent.stop()
+        summary: dict[str, Any] = {
+            "members": count,
+            "alive_seen": {"min": alive[0], "median": statistics.median(alive), "max": alive[-1]},
+            "cpu_percent_median": statistics.median(cpu[name] for name in pids),
+        }
+        kinds = {"agent": [figures[name] for name in pids]}
+        for name, footprint in figures.items():
+            if "/" in name:
+                kinds.setdefault(name.split("/", 1)[1], []).append(footprint)
+        for kind, footprints in kinds.items():
+            summary[kind] = {"count": len(footprints)}
+            for field in ("rss", "pss", "anon"):
+                values = sorted(getattr(f, field) for f in footprints)
+                summary[kind][field] = {
+                    "median_kib": statistics.median(values),
+                    "min_kib": values[0],
+                    "max_kib": values[-1],
+                }
+        self.results["members"] = summary
+        print(json.dumps(summary, indent=2), flush=True)
+
+    def master(self, label: str, bin_dir: Path, setting: str) -> None:
+        go_settings = SETTINGS[setting]
+        name = f"{label}-{setting}".replace("+", "-")
+        print(f"Master from {label} ({bin_dir}), Go settings {setting}", flush=True)
+        # The agent's mesh gives the interface its mesh and apiserver addresses.
+        host = self.host(f"c{len(self.lab.hosts)}")
+        node = "hxmaster"
+        directory = self.directory / name
+        directory.mkdir()
+        extra = [f"--bin-dir={bin_dir}"]
+        agent = Agent.start(host, node, "master", directory, extra, Launch(go_settings))
+        try:
+            began = time.monotonic()
+            wait_until(lambda: agent.ready() >= set(MASTER), 600, 1, "every component ready")
+            ready_after = time.monotonic() - began
+            self.settle(f"ready after {ready_after:.1f} s")
+            components = agent.children()
+            found = {"agent": agent.pid, **descendants(agent.pid)}
+            order = ["agent", "wireguard-go", *MASTER]
+            pids = dict(sorted(found.items(), key=lambda item: _rank(order, item[0])))
+            if not set(components.items()) <= set(pids.items()):
+                raise RuntimeError(f"components restarted: {components}, running {pids}")
+
+            def same_processes() -> None:
+                agent.check_alive()
+                if agent.children() != components:
+                    raise RuntimeError(f"a component restarted: {agent.children()}")
+
+            figures, cpu = measure(pids, self.samples, self.interval, same_processes)
+            sharing = neighbours(pids.values())
+            load = self.load(agent, pids) if self.load_size else None
+        finally:
+            agent.stop()
+        total = sum(figures.values(), Footprint(0, 0, 0))
+        self.results.setdefault("master", {})[name] = {
+            "bin_dir": str(bin_dir),
+            "setting": {k: attrs.asdict(v) for k, v in go_settings.items()},
+            "ready_after_s": ready_after,
+            "processes": {n: f.as_dict() | {"cpu_percent": cpu[n]} for n, f in figures.items()},
+            "sum": total.as_dict(),
+            "neighbours": sharing,
+            "load": load,
+        }
+        rows = [(n, *_row(f), f"{cpu[n]:.1f}") for n, f in figures.items()]
+        total_cpu = f"{sum(cpu.values()):.1f}"
+        table(["process", "rss", "pss", "anon", "cpu%"], [*rows, ("sum", *_row(total), total_cpu)])
+        print(f"  other processes mapping the same files: {sharing}", flush=True)
+        if load is not None:
+            seconds = ", ".join(f"{n} {v:.1f}" for n, v in load["cpu_seconds"].items())
+            after = ", ".join(f"{n} {v / 1024:.1f}" for n, v in load["pss_after_kib"].items())
+            print(f"  load: {load['seconds']:.1f} s; CPU seconds: {seconds}", flush=True)
+            print(f"  PSS (MiB) right after the load: {after}", flush=True)
+
+    def load(self, agent: Agent, pids: Mapping[str, int]) -> dict[str, Any]:
+        """Runs :data:`_LOAD` against the master: CPU seconds spent on it, PSS after it."""
+        kubeconfig = agent.data_dir / CLUSTER / agent.name / "kubeconfig"
+        before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+        done = agent.host.run(
+            [sys.executable, "-c", _LOAD, str(kubeconfig), str(self.load_size), str(LOAD_LISTS)]
+        )
+        spent = {name: (cpu_seconds(pid) or 0.0) - before[name] for name, pid in pids.items()}
+        after = {name: (Footprint.of(pid) or Footprint(0, 0, 0)).pss for name, pid in pids.items()}
+        report = json.loads(done.stdout)
+        return {
+            "configmaps": self.load_size,
+            "lists": LOAD_LISTS,
+            "seconds": report["seconds"],
+            "cpu_seconds": spent,
+            "pss_after_kib": after,
+        }
+
+
+def _rank(order: Sequence[str], name: str) -> tuple[int, str]:
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _row(footprint: Footprint) -> tuple[str, ...]:
+    return tuple(f"{value / 1024:.1f}" for value in attrs.astuple(footprint))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = (str(cell).rjust(width) for cell, width in zip(row, widths, strict=True))
+        print("  " + "  ".join(cells), flush=True)
+
+
+def summary_table(results: Mapping[str, Any]) -> None:
+    """One line per master run: PSS (MiB) of each process and their sum."""
+    runs = results.get("master", {})
+    if not runs:
+        return
+    print("\nPSS in MiB (RSS, anonymous in parentheses for the sum); CPU in % of one core")
+    names = ["agent", "wireguard-go", *MASTER]
+    rows = []
+    for run, figures in runs.items():
+        processes = figures["processes"]
+        cells = [f"{processes[n]['pss_kib'] / 1024:.1f}" if n in processes else "-" for n in names]
+        total = figures["sum"]
+        cells.append(
+            f"{total['pss_kib'] / 1024:.1f} ({total['rss_kib'] / 1024:.0f}, "
+            f"{total['anon_kib'] / 1024:.0f})"
+        )
+        cells.append(f"{sum(p['cpu_percent'] for p in processes.values()):.1f}")
+        rows.append((run, *cells))
+    table(["run", *names, "sum", "cpu"], rows)
+
+
+def separate_bin_dir(given: str | None) -> Path | None:
+    candidates = [Path(given)] if given else list(SEPARATE_BIN_DIRS)
+    for candidate in candidates:
+        if all((candidate / program).exists() for program in MASTER):
+            return candidate
+    if given:
+        raise SystemExit(f"{given}: no etcd, kube-apiserver, ... there")
+    return None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="agent,members,master")
+    parser.add_argument("--members", type=int, default=100)
+    parser.add_argument(
+        "--converge", type=float, default=900.0, help="seconds to wait for the members to join"
+    )
+    parser.add_argument("--idle", type=float, default=180.0, help="seconds before sampling")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--interval", type=float, default=20.0, help="seconds between samples")
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help=f"Go memory settings to compare: {', '.join(SETTINGS)}",
+    )
+    parser.add_argument("--bin-dir", default=str(BUNDLE_BIN_DIR), help="the bundle's bin dir")
+    parser.add_argument("--separate", help="bin dir of separately built programs, if any")
+    parser.add_argument(
+        "--separate-settings",
+        default="go-defaults,hepto",
+        help="the settings run with the separate programs too",
+    )
+    parser.add_argument(
+        "--pyopenssl",
+        help="a directory holding pyOpenSSL and service-identity (pip install --target), "
+        "for the pyopenssl part",
+    )
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=2000,
+        help=f"ConfigMaps created, listed {LOAD_LISTS} times and deleted after each master's idle "
+        "samples (0: no load)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    unknown = set(args.settings.split(",")) - set(SETTINGS)
+    if unknown:
+        parser.error(f"unknown settings: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    missing = missing_requirements("nft")
+    if missing:
+        raise SystemExit(f"memory.py {missing}")
+    parts = set(args.parts.split(","))
+    directory = Path(tempfile.mkdtemp(prefix="hx-memory-"))
+    lab = Lab(PREFIX)
+    bench = Bench(lab, directory, args.idle, args.samples, args.interval, args.load)
+    print(f"Logs and data in {directory}", flush=True)
+    try:
+        if "agent" in parts:
+            bench.idle_agents()
+        if "pyopenssl" in parts:
+            if not args.pyopenssl:
+                raise SystemExit("the pyopenssl part needs --pyopenssl DIR")
+            bench.pyopenssl(Path(args.pyopenssl))
+        if "members" in parts and args.members:
+            bench.members(args.members, args.converge)
+        if "master" in parts:
+            for setting in args.settings.split(","):
+                bench.master("bundle", Path(args.bin_dir), setting)
+            separate = separate_bin_dir(args.separate)
+            if separate is None:
+                print("No separately built programs: the bundle comparison is left out.")
+            else:
+                for setting in args.separate_settings.split(","):
+                    bench.master("separate", separate, setting)
+    finally:
+        lab.close()
+        summary_table(bench.results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(bench.results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
