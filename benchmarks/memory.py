@@ -40,13 +40,12 @@ import attrs
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from netlab import Host, Lab, missing_requirements, wait_until  # noqa: E402
-
 from hepto.control import ControlError, query  # noqa: E402
 from hepto.kube import memory as go_memory  # noqa: E402
 from hepto.kube.component import GoMemory  # noqa: E402
 from hepto.kube.service import MASTER  # noqa: E402
 from hepto.programs import BUNDLE_BIN_DIR  # noqa: E402
+from netlab import Host, Lab, missing_requirements, wait_until  # noqa: E402
 
 PREFIX: Final = "hx"
 CLUSTER: Final = "hxmem"

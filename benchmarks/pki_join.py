@@ -20,10 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from agent import KEY, Agent
-from netlab import Lab, wait_until
-
 from hepto.pki.paths import Paths
 from hepto.pki.requests import KUBELET_CLIENT, KUBELET_SERVING
+from netlab import Lab, wait_until
 
 CLUSTER = "pkibench"
 

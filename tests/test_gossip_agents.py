@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent import KEY, Agent
-from netlab import Host, Lab, missing_requirements, wait_until
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from agent import KEY, Agent
 from hepto.control import ControlError, query
+from netlab import Host, Lab, missing_requirements, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -20,6 +19,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from agent import free_port
 from hepto import config
 from hepto.config import Endpoint
 from hepto.control import ControlError, query

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import IO
 
-import netlab
 from twisted.trial.unittest import SynchronousTestCase
 
+import netlab
 from hepto import plan
 from hepto.programs import BUNDLE_BIN_DIR, MissingProgram, find_programs
 

@@ -12,7 +12,6 @@ from typing import Any
 from unittest import mock
 
 import attrs
-from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +23,7 @@ from hepto.kube.service import RESTART_DELAY, KubeService, check_programs
 from hepto.pki.paths import Paths
 from hepto.programs import MissingProgram
 from hepto.supervisor import DirectLauncher, State
+from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 
 
 @attrs.define

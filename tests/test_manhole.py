@@ -9,9 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from agent import KEY, Agent, lone_host
 from netlab import wait_until
-from twisted.trial.unittest import SynchronousTestCase
 
 # OpenSSH reaches a unix socket through a ProxyCommand relaying stdin and stdout.
 RELAY = """

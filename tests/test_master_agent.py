@@ -14,11 +14,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-from agent import KEY, Agent
-from netlab import Host, Lab, missing_requirements, wait_until
 from twisted.trial.unittest import SynchronousTestCase
 
+from agent import KEY, Agent
 from hepto.programs import BUNDLE_BIN_DIR
+from netlab import Host, Lab, missing_requirements, wait_until
 
 BIN_DIR = Path(os.environ.get("HEPTO_TEST_BIN_DIR", BUNDLE_BIN_DIR))
 CLUSTER = "mastertest"

@@ -16,14 +16,14 @@ import time
 from functools import partial
 from pathlib import Path
 
-from agent import KEY, Agent
-from netlab import Host, Lab, missing_requirements, wait_until
 from twisted.trial.unittest import SynchronousTestCase
 
+from agent import KEY, Agent
 from hepto import plan
 from hepto.mesh.backend import DeviceStatus
 from hepto.mesh.keys import load_or_create
 from hepto.mesh.uapi import GET_REQUEST, parse_get
+from netlab import Host, Lab, missing_requirements, wait_until
 
 CLUSTER = "meshagents"
 HOSTS = int(os.environ.get("HEPTO_MESH_LAB_HOSTS", "3"))

@@ -21,11 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import netlab
 from pyroute2 import IPRoute
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
+import netlab
 from hepto import plan
 from hepto.mesh.links import Links
 from hepto.mesh.service import MeshService, MeshSettings, Underlay

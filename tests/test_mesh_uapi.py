@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-import netlab
 from twisted.internet import defer, error
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import netlab
 from hepto.config import Endpoint
 from hepto.mesh import uapi
 from hepto.mesh.backend import AddPeer, PeerSpec, RemovePeer, UpdatePeer

@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 from typing import Any, cast
 
-import netlab
 from twisted.internet import defer, reactor
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import netlab
 from hepto.mesh.backend import BackendUnavailable
 from hepto.mesh.userspace import MOUNT_SCRIPT, UserspaceBackend, command
 

@@ -9,9 +9,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from agent import KEY, Agent, lone_host, program
 from netlab import wait_until
-from twisted.trial.unittest import SynchronousTestCase
 
 
 def node_argv(host: Any, *extra: str) -> list[str]:

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from agent import KEY, Agent
-from netlab import Host, Lab, missing_requirements, wait_until
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from agent import KEY, Agent
 from hepto import plan
 from hepto.pki.paths import Paths
 from hepto.pki.requests import KUBELET_CLIENT, KUBELET_SERVING, master_specs
+from netlab import Host, Lab, missing_requirements, wait_until
 
 pytestmark = pytest.mark.integration
 

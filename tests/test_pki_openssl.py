@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pki_service import CLUSTER, Lab, scratch
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hepto import plan
 from hepto.pki import requests
 from hepto.pki.requests import CLIENT, SERVER, CertificateSpec
+from test_pki_service import CLUSTER, Lab, scratch
 
 pytestmark = pytest.mark.integration
 

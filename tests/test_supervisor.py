@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Any
 
-from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
@@ -27,6 +26,7 @@ from hepto.supervisor import (
 )
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
 from hepto.supervisor.process import Gate
+from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 
 
 class RestartPolicyTests(SynchronousTestCase):

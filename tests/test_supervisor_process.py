@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_supervisor_fakes import LogCapture
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -33,6 +32,7 @@ from hepto.supervisor import (
     UtilLinuxLauncher,
     default_launcher,
 )
+from test_supervisor_fakes import LogCapture
 
 PYTHON = sys.executable
 
