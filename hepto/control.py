@@ -8,7 +8,6 @@ line-delimited JSON: one request object per line, one response object per line.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,35 +20,15 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from hepto.unixpath import ShortPath
+
 SOCKET_NAME: Final = "control.sock"
 MAX_LINE: Final = 64 * 1024
 #: The largest response a client reads: a status of 10,000 members is ~1.5 MiB.
 MAX_RESPONSE: Final = 64 * 1024 * 1024
 
-#: sun_path holds 108 bytes with its terminating NUL; a node directory named after a
-#: long cluster and node name exceeds it.
-_SUN_PATH_MAX: Final = 107
-
 Section = Callable[[], Mapping[str, Any]]
 Command = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-
-
-class _BindablePath:
-    """A socket path short enough for sun_path: the path itself, or, when too long, the
-    same file reached through ``/proc/self/fd`` and an open descriptor of its directory."""
-
-    def __init__(self, path: Path) -> None:
-        self._directory: int | None = None
-        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-            self.path = str(path)
-            return
-        self._directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        self.path = f"/proc/self/fd/{self._directory}/{path.name}"
-
-    def close(self) -> None:
-        if self._directory is not None:
-            os.close(self._directory)
-            self._directory = None
 
 
 class ControlError(Exception):
@@ -114,7 +93,7 @@ class ControlService(Service):
         self.sections: dict[str, Section] = {}
         self.commands: dict[str, Command] = {"status": lambda request: self.status()}
         self._port: IListeningPort | None = None
-        self._bound: _BindablePath | None = None
+        self._bound: ShortPath | None = None
         self.setName("control")
 
     def answer(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -143,7 +122,7 @@ class ControlService(Service):
     def startService(self) -> None:
         # The descriptor stays open while listening: the lock and the unlink at stop use
         # the same path.
-        self._bound = _BindablePath(self.path)
+        self._bound = ShortPath(self.path)
         try:
             # wantPID takes a lock beside the socket, and removes a socket left by a dead
             # agent; the node directory is owner-only, so mode 0600 is never even raced.
@@ -169,7 +148,7 @@ def query(
     """Ask the agent listening on ``socket_path``; raises ControlError with a clear reason."""
     path = str(socket_path)
     try:
-        bindable = _BindablePath(Path(path))
+        bindable = ShortPath(Path(path))
     except FileNotFoundError:
         raise ControlError(
             f"no hepto agent is running for this node ({Path(path).parent} does not exist)"

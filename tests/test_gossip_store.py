@@ -210,6 +210,25 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.digests()["bob"], 4)
         self.assertEqual(self.fetcher.pending(), [])
 
+    def test_fetches_run_a_few_at_a_time_and_the_rest_in_turn(self) -> None:
+        """A joiner learns of every record at once: it asks for them a few at a time."""
+        self.store.max_fetches = 2
+        identities = {f"m{index}": Identity.generate() for index in range(5)}
+        for index, name in enumerate(identities, start=2):
+            self.add(name, index)
+            self.store.want(name, 1, endpoint(index))
+        self.assertEqual([name for _, name in self.fetcher.pending()], ["m0", "m1"])
+        self.fetcher.answer(signed(identities["m0"], "m0", 1).blob, 0)
+        self.assertEqual([name for _, name in self.fetcher.pending()], ["m1", "m2"])
+        # A queued record that arrives meanwhile through another fetch is not asked again.
+        self.store.accept(signed(identities["m3"], "m3", 1).blob)
+        self.fetcher.fail(1)
+        self.assertEqual([name for _, name in self.fetcher.pending()], ["m2", "m4"])
+        self.fetcher.answer(signed(identities["m2"], "m2", 1).blob, 2)
+        self.fetcher.answer(signed(identities["m4"], "m4", 1).blob, 3)
+        self.assertEqual(self.fetcher.pending(), [])
+        self.assertEqual(set(self.store.digests()), {"me", "m0", "m2", "m3", "m4"})
+
     def test_failed_fetch_retries_another_holder_then_the_owner(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)

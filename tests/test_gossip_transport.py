@@ -339,13 +339,17 @@ class ServicesTests(TestCase):
     @inlineCallbacks
     def test_stream_flood_refused_and_counted(self) -> Any:
         alice = self.start("alice")
+        server = alice.transport._server
+        assert server is not None
+        # Smaller than the defaults (64 served, 256 waiting), the same logic.
+        server.limit, server.backlog = 8, 16
         endpoint = TCP6ClientEndpoint(reactor, "::1", alice.address.port)
-        limit = 64
-        idle = [Protocol() for _ in range(limit + 3)]
+        idle = [Protocol() for _ in range(8 + 16 + 3)]
         for protocol in idle:
             yield connectProtocol(endpoint, protocol)
             self.addCleanup(protocol.transport.abortConnection)  # type: ignore[union-attr]
         yield counted(alice, streams.BUSY, 3)
+        self.assertEqual((len(server.open), len(server.waiting)), (8, 16))
         # Still serving once the flood is gone.
         for protocol in idle:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
@@ -485,6 +489,44 @@ class ServicesTests(TestCase):
             yield sender.lost.addTimeout(TIMEOUT, reactor)
         self.assertEqual(alice.drops.counts[crypto.OVERSIZED], 1)
         self.assertEqual(alice.drops.counts[crypto.UNDECRYPTABLE], 1)
+
+
+class MergeTests(SynchronousTestCase):
+    """What a push/pull's digests set in motion, against a store that only records."""
+
+    def test_records_are_fetched_from_their_owners_first(self) -> None:
+        service = GossipService(
+            node_config("joiner", free_port(), Path(self.mktemp())), reactor, FAST
+        )
+        wanted: list[tuple[str, int, int]] = []
+
+        class Recorder:
+            def want(self, name: str, version: int, holder: Endpoint) -> None:
+                wanted.append((name, version, holder.port))
+
+        service.store = Recorder()  # type: ignore[assignment]
+
+        def peer(name: str, port: int, status: str = ALIVE) -> PeerState:
+            return PeerState(name, Endpoint(LOOPBACK, port), "node", 1, status)
+
+        anchor = PushPull(
+            sender="anchor",
+            join=False,
+            members=(peer("anchor", 1), peer("bob", 2), peer("gone", 3, DEAD), peer("joiner", 4)),
+            digests=(("anchor", 5), ("bob", 6), ("gone", 7), ("joiner", 8)),
+        )
+        service._merge(anchor)
+        self.assertEqual(
+            wanted,
+            [
+                ("anchor", 5, 1),
+                ("anchor", 5, 1),
+                ("bob", 6, 2),  # bob serves his own record, not the anchor...
+                ("bob", 6, 1),  # ...which remains the fallback
+                ("gone", 7, 1),  # a dead owner is not asked
+                ("joiner", 8, 1),  # nor are we
+            ],
+        )
 
 
 class ControlSocketTests(TestCase):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, cast
@@ -49,7 +51,8 @@ class SupervisionTests(TestCase):
         lab = netlab.Lab("hm")
         self.addCleanup(lab.close)
         self.host = lab.add_host("sup")
-        self.socket_dir = Path(self.mktemp()).absolute()
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="hm-sup-")) / "wireguard"
+        self.addCleanup(shutil.rmtree, self.socket_dir.parent, ignore_errors=True)
         self.recreations: list[defer.Deferred[None]] = [defer.Deferred()]
 
     def backend(self, **kwargs: object) -> UserspaceBackend:

@@ -44,7 +44,7 @@ from hepto.gossip.streams import (
 )
 from hepto.gossip.swim import Membership, MemberState
 from hepto.gossip.transport import GossipTransport
-from hepto.state import DEAD, Change
+from hepto.state import ALIVE, DEAD, Change
 
 #: First retry of a join nobody answered, then doubling up to JOIN_MAX_DELAY: a cluster
 #: whose anchors boot later is joined within a minute of them, without hammering them.
@@ -323,7 +323,13 @@ class GossipService(MultiService):
         holder = next((p.address for p in remote.members if p.name == remote.sender), None)
         if holder is None:
             return
+        # The owner first: it always holds its newest record, and a joiner asking the
+        # anchor for every record would put the whole cluster's join traffic on one member.
+        owners = {p.name: p.address for p in remote.members if p.status == ALIVE}
         for name, version in remote.digests:
+            owner = owners.get(name)
+            if owner is not None and name != self.config.name:
+                self.store.want(name, version, owner)
             self.store.want(name, version, holder)
 
     def respond(

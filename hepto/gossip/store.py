@@ -10,6 +10,7 @@ and only then shows it to subscribers.  Versions never go backwards.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
@@ -110,6 +111,11 @@ class RecordStore:
     _states: dict[str, Any] = attrs.field(factory=dict)
     _view: dict[str, Member] = attrs.field(factory=dict)
     _fetches: dict[str, _Fetch] = attrs.field(factory=dict)
+    #: Fetches running at once.  A joiner learns of every record in one push/pull; a
+    #: hundred connections at once would help neither it nor the members it asks.
+    max_fetches: int = 16
+    _running: int = 0
+    _queued: deque[str] = attrs.field(factory=deque)
     _conflicts: dict[tuple[str, tuple[str, ...]], Conflict] = attrs.field(factory=dict)
     _mesh_owners: dict[ipaddress.IPv6Address, str] = attrs.field(factory=dict)
     _notifier: Notifier = attrs.field(factory=Notifier)
@@ -204,8 +210,12 @@ class RecordStore:
             pending.wanted = version
             pending.tried.clear()  # A newer version: every holder is worth asking again.
         pending.offer(holder)
-        if not pending.running:
+        if pending.running or name in self._queued:
+            return
+        if self._running < self.max_fetches:
             self._next_fetch(name, pending)
+        else:
+            self._queued.append(name)
 
     def accept(self, blob: bytes, source: object = None, expected: str | None = None) -> bool:
         """Verify and keep a record; False (counted) if refused or not newer."""
@@ -311,6 +321,7 @@ class RecordStore:
         holder = pending.candidates.pop(0)
         pending.tried.add(holder)
         pending.running = True
+        self._running += 1
         fetched: Deferred[bytes | None] = maybeDeferred(self.fetch, holder, name)
         fetched.addCallbacks(
             self._fetched,
@@ -321,12 +332,14 @@ class RecordStore:
 
     def _fetched(self, blob: bytes | None, name: str, pending: _Fetch, holder: Endpoint) -> None:
         pending.running = False
+        self._running -= 1
         if blob is not None:
             self.accept(blob, holder, expected=name)
         self._fetch_done(name, pending)
 
     def _fetch_failed(self, failure: Failure, name: str, pending: _Fetch, holder: Endpoint) -> None:
         pending.running = False
+        self._running -= 1
         self._log.info(
             "Fetching the record of {member} from {holder} failed: {error}",
             member=name,
@@ -336,13 +349,24 @@ class RecordStore:
         self._fetch_done(name, pending)
 
     def _fetch_done(self, name: str, pending: _Fetch) -> None:
-        if self._fetches.get(name) is not pending:
-            return  # Forgotten meanwhile.
+        if self._fetches.get(name) is pending:  # (else forgotten meanwhile)
+            if self._satisfied(name, pending):
+                del self._fetches[name]
+            else:
+                self._next_fetch(name, pending)
+        while self._queued and self._running < self.max_fetches:
+            queued = self._queued.popleft()
+            waiting = self._fetches.get(queued)
+            if waiting is None or waiting.running:
+                continue
+            if self._satisfied(queued, waiting):  # A gossiped copy may have come first.
+                del self._fetches[queued]
+            else:
+                self._next_fetch(queued, waiting)
+
+    def _satisfied(self, name: str, pending: _Fetch) -> bool:
         held = self._own if name == self.name else self._records.get(name)
-        if held is not None and held.version >= pending.wanted:
-            del self._fetches[name]
-            return
-        self._next_fetch(name, pending)
+        return held is not None and held.version >= pending.wanted
 
     def _member_changed(self, old: Any, new: Any) -> None:
         first = new.name not in self._states

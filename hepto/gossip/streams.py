@@ -17,15 +17,22 @@ a bad frame is counted and the stream is aborted, never half-believed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import struct
+from collections import deque
 from typing import Any, Final, Protocol, cast
 
 import attrs
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -369,11 +376,14 @@ class StreamServer(_SealedStream):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if len(self.factory.open) >= self.factory.limit:
-            self.drops.count(BUSY, self.peer, f"{len(self.factory.open)} streams open")
-            self.abort()
-            return
-        self.factory.open.add(self)
+        self.factory.admit(self)
+
+    def pause(self) -> None:
+        IPushProducer(self.transport).pauseProducing()
+
+    def resume(self) -> None:
+        IPushProducer(self.transport).resumeProducing()
+        self._touch()  # The wait was the server's, not the peer's.
 
     def messageReceived(self, message: StreamMessage) -> None:
         if self._busy or self.peer is None or type(message) not in REPLIES:
@@ -401,7 +411,7 @@ class StreamServer(_SealedStream):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         super().connectionLost(reason)
-        self.factory.open.discard(self)
+        self.factory.release(self)
 
 
 @attrs.define(eq=False, repr=False)
@@ -411,16 +421,50 @@ class StreamServerFactory(protocol.ServerFactory):
     keyring: Keyring
     clock: IReactorTime
     responder: Responder
-    #: Streams served at once; more are refused (counted as ``busy``): a join flood
-    #: costs a counter, not memory.
+    #: Streams served at once: each is one request, its answer, and a hang-up.
     limit: int = 64
+    #: Streams beyond ``limit`` wait their turn unread, so that a flood of joins through
+    #: one anchor is served in order instead of sent back to retry with backoff.  Beyond
+    #: this many waiting, streams are refused and counted as ``busy``: a flood costs a
+    #: bounded amount of memory (a few KiB a stream), then a counter.
+    backlog: int = 256
     open: set[StreamServer] = attrs.field(factory=set)
+    waiting: deque[StreamServer] = attrs.field(factory=deque)
 
     def buildProtocol(self, addr: Any) -> StreamServer:
         return StreamServer(self)
 
+    def admit(self, stream: StreamServer) -> None:
+        if len(self.open) < self.limit:
+            self.open.add(stream)
+        elif len(self.waiting) < self.backlog:
+            stream.pause()
+            self.waiting.append(stream)
+        else:
+            self.drops.count(
+                BUSY, stream.peer, f"{len(self.open)} streams open, {len(self.waiting)} waiting"
+            )
+            stream.abort()
+
+    def release(self, stream: StreamServer) -> None:
+        if stream not in self.open:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(stream)
+            return
+        self.open.discard(stream)
+        while self.waiting and len(self.open) < self.limit:
+            next_stream = self.waiting.popleft()
+            if not next_stream.closed:
+                self.open.add(next_stream)
+                next_stream.resume()
+
+    @property
+    def drops(self) -> Drops:
+        return self.keyring.drops
+
     def abort_all(self) -> None:
-        for stream in list(self.open):
+        waiting, self.waiting = self.waiting, deque()
+        for stream in [*waiting, *self.open]:
             stream.abort()
 
 

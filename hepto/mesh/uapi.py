@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from hepto import unixpath
 from hepto.mesh.backend import (
     AddPeer,
     DeviceStatus,
@@ -290,15 +291,19 @@ class UAPIClient:
 
     def transact(self, request: bytes) -> Deferred[bytes]:
         """The raw reply to ``request``; fails on timeout or a lost connection."""
-        endpoint = UNIXClientEndpoint(self.reactor, str(self.path), timeout=int(self.timeout))
         transaction = UAPITransaction(request)
-        connecting = endpoint.connect(_OneTransaction(transaction))
+
+        def connect(path: str) -> Deferred[object]:
+            endpoint = UNIXClientEndpoint(self.reactor, path, timeout=int(self.timeout))
+            return endpoint.connect(_OneTransaction(transaction))
+
+        connecting = unixpath.connecting(self.path, connect)
 
         def connected(_: object) -> Deferred[bytes]:
             return transaction.reply
 
         reply = connecting.addCallback(connected)
-        reply.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
+        reply.addTimeout(self.timeout, IReactorTime(self.reactor), onTimeoutCancel=_timed_out)
         return reply
 
     async def get(self) -> DeviceStatus:

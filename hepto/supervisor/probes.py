@@ -32,6 +32,8 @@ from twisted.internet.protocol import Protocol as WireProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from hepto import unixpath
+
 #: A probe reads "ok" or a short JSON document; anything beyond this is not read.
 BODY_LIMIT: Final = 64 * 1024
 
@@ -244,5 +246,7 @@ class UnixSocketProbe:
         return f"connect to {self.path}"
 
     def check(self) -> Deferred[Any]:
-        endpoint = UNIXClientEndpoint(self.reactor, str(self.path))
-        return endpoint.connect(Factory.forProtocol(_Hangup))
+        def connect(path: str) -> Deferred[Any]:
+            return UNIXClientEndpoint(self.reactor, path).connect(Factory.forProtocol(_Hangup))
+
+        return unixpath.connecting(self.path, connect)
