@@ -3,6 +3,7 @@
 Three parts, each with real processes in network namespaces on a private bridge
 (``tests/netlab.py``), all named with the prefix ``hx``:
 
+* ``imports``: one process importing what the agent imports, step by step (no agent);
 * ``agent``: one idle agent with ``--components none`` as node and one as master;
 * ``members``: N idle agents (100 by default) that all see each other;
 * ``master``: an agent with the master's components (etcd, kube-apiserver,
@@ -92,6 +93,59 @@ SETTINGS: Final[dict[str, Mapping[str, GoMemory]]] = {
 
 #: What the HTTPS readiness probes imported before they moved to the standard library.
 OLD_PROBE_IMPORTS: Final = ("twisted.internet.ssl", "twisted.web.client")
+
+#: What the agent imports, step by step, for the ``imports`` part: (label, modules); the
+#: pseudo-module ``!plugins`` is twistd's plugin scan.
+IMPORT_STEPS: Final = (
+    ("Python 3.11 interpreter", ()),
+    ("Twisted reactor (defer, asyncio, logger)", ("twisted.internet.reactor",)),
+    ("twistd and its plugin scan", ("twisted.scripts.twistd", "!plugins")),
+    (
+        "cryptography (x509, the Rust library)",
+        (
+            "cryptography.x509",
+            "cryptography.hazmat.primitives.asymmetric.ec",
+            "cryptography.hazmat.primitives.asymmetric.x25519",
+        ),
+    ),
+    ("PyNaCl", ("nacl.bindings", "nacl.utils")),
+    ("hepto.gossip", ("hepto.gossip.service",)),
+    ("hepto.pki, hepto.kube, hepto.supervisor", ("hepto.pki.service", "hepto.kube.service")),
+    (
+        "hepto.mesh (rtnetlink, userspace), hepto.node",
+        ("hepto.mesh.service", "hepto.mesh.userspace", "hepto.mesh.kernel", "hepto.node"),
+    ),
+)
+#: What an idle agent no longer imports, each measured on top of all of IMPORT_STEPS.
+IMPORT_EXTRAS: Final = (
+    ("pyroute2: the kernel backend only", ("pyroute2",)),
+    ("twisted.conch: the manhole only", ("hepto.manhole",)),
+)
+
+#: Imports the steps of :data:`IMPORT_STEPS` given as JSON; prints (RSS, anonymous) in
+#: KiB after each.
+_IMPORTER: Final = textwrap.dedent(
+    """
+    import importlib, json, sys
+    def footprint():
+        fields = {}
+        for line in open("/proc/self/smaps_rollup").read().splitlines()[1:]:
+            name, value, *_ = line.split()
+            fields[name.rstrip(":")] = int(value)
+        return fields["Rss"], fields["Anonymous"]
+    taken = []
+    for label, modules in json.loads(sys.argv[1]):
+        for name in modules:
+            if name == "!plugins":
+                from twisted.application.service import IServiceMaker
+                from twisted.plugin import getPlugins
+                list(getPlugins(IServiceMaker))
+            else:
+                importlib.import_module(name)
+        taken.append(footprint())
+    print(json.dumps(taken))
+    """
+)
 
 #: The real agent, after imports given and with KubeService's Go memory defaults replaced.
 _LAUNCHER: Final = textwrap.dedent(
@@ -467,6 +521,44 @@ class Bench:
         self.results["agent_neighbours"] = neighbours(pids.values())
         table(["agent", "rss", "pss", "anon"], [(n, *_row(f)) for n, f in figures.items()])
 
+    def imports(self, runs: int = 5) -> None:
+        """RSS of one process importing what the agent imports, step by step (no agent)."""
+        print(f"What the agent imports, cumulative (MiB, median of {runs} runs)", flush=True)
+
+        def medians(steps: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[float, float]]:
+            taken = [
+                json.loads(
+                    subprocess.run(
+                        [sys.executable, "-c", _IMPORTER, json.dumps(steps)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        env=Launch().environment(),
+                    ).stdout
+                )
+                for _ in range(runs)
+            ]
+            return [
+                (
+                    statistics.median(run[index][0] for run in taken) / 1024,
+                    statistics.median(run[index][1] for run in taken) / 1024,
+                )
+                for index in range(len(steps))
+            ]
+
+        figures = medians(IMPORT_STEPS)
+        labels = [label for label, _ in IMPORT_STEPS]
+        rows = list(zip(labels, figures, [None, *figures[:-1]], strict=True))
+        for extra in IMPORT_EXTRAS:
+            rows.append((f"({extra[0]})", medians([*IMPORT_STEPS, extra])[-1], figures[-1]))
+        self.results["imports"] = []
+        for label, (rss, anon), previous in rows:
+            self.results["imports"].append({"step": label, "rss_mib": rss, "anon_mib": anon})
+            grown = ""
+            if previous is not None:
+                grown = f"(+{rss - previous[0]:.1f}, of which {anon - previous[1]:.1f} anonymous)"
+            print(f"    {label:48s} {rss:5.1f}  {grown}", flush=True)
+
     def pyopenssl(self, target: Path) -> None:
         """The idle agent as it is, and as it was with pyOpenSSL and the old probes' imports.
 
@@ -749,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if "agent" in parts:
             bench.idle_agents()
+        if "imports" in parts:
+            bench.imports()
         if "pyopenssl" in parts:
             if not args.pyopenssl:
                 raise SystemExit("the pyopenssl part needs --pyopenssl DIR")

@@ -8,12 +8,15 @@ and :meth:`Lab.close` removes everything it made, processes included.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import attrs
 
 SUBNET = ipaddress.IPv6Network("2001:db8:1::/64")
+CLONE_NEWNET = 0x40000000
 #: The kernel's IPv6 neighbour table is one for all network namespaces, 1,024 entries
 #: at most by default: a lab of 100 hosts that all talk fills it, and from then on no
 #: namespace on the machine resolves a new neighbour. Raised once, machine-wide.
@@ -233,3 +237,31 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def netns_socket(netns: str, family: int, kind: int, protocol: int = 0) -> socket.socket:
+    """A socket in the network namespace ``netns``, for in-process clients of that host.
+
+    A socket stays in the namespace it was made in; a short-lived thread enters ``netns``
+    to make it, so this process's own threads never move.
+    """
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{netns}", "rb") as handle:
+                if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"setns {netns}: {os.strerror(error)}")
+            made.append(socket.socket(family, kind, protocol))
+        except BaseException as error:  # handed to the caller
+            made.append(error)
+
+    thread = threading.Thread(target=make, name=f"netns {netns}")
+    thread.start()
+    thread.join()
+    (result,) = made
+    if isinstance(result, BaseException):
+        raise result
+    return result

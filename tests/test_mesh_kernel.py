@@ -1,24 +1,27 @@
 """The kernel backend and the interface's IP side, by the netlink requests they make.
 
 This kernel has no WireGuard: :class:`~hepto.mesh.testing.FakeWireGuard` stands in for
-it, with pyroute2's own message encoding and decoding on both sides.
+it, with pyroute2's own message encoding and decoding on both sides, and
+:class:`~hepto.mesh.testing.FakeRtNetlink` for the links (``test_mesh_rtnetlink.py``
+tests the real one).
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-from socket import AF_INET6
 
-from pyroute2.netlink.exceptions import NetlinkError
+import pyroute2
+from pyroute2.netlink.exceptions import NetlinkError as GenericNetlinkError
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto.config import Endpoint
 from hepto.mesh.backend import AddPeer, BackendUnavailable, PeerSpec, RemovePeer, UpdatePeer
-from hepto.mesh.kernel import KernelBackend, parse_info, peer_request
+from hepto.mesh.kernel import KernelBackend, parse_info, peer_request, pyroute2_wireguard
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links, global_address, interface_with, link_mtu
-from hepto.mesh.testing import FakeIPRoute, FakeWireGuard
+from hepto.mesh.rtnetlink import NetlinkError
+from hepto.mesh.testing import FakeRtNetlink, FakeWireGuard
 
 A = KeyPair.generate()
 B = KeyPair.generate()
@@ -38,7 +41,7 @@ def spec(keys: KeyPair, index: int, *networks: str) -> PeerSpec:
 
 class KernelBackendTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.ipr = FakeIPRoute()
+        self.ipr = FakeRtNetlink()
         self.wireguard = FakeWireGuard()
         self.backend = KernelBackend(self.ipr, lambda: self.wireguard, "hepto0")
 
@@ -47,9 +50,7 @@ class KernelBackendTests(SynchronousTestCase):
 
     def test_start_creates_a_wireguard_link(self) -> None:
         self.start()
-        self.assertEqual(
-            self.ipr.requests, [("link", "add", {"ifname": "hepto0", "kind": "wireguard"})]
-        )
+        self.assertEqual(self.ipr.requests, [("add_link", {"name": "hepto0", "kind": "wireguard"})])
 
     def test_no_kernel_support_is_unavailable(self) -> None:
         self.ipr.supports_wireguard = False
@@ -58,29 +59,31 @@ class KernelBackendTests(SynchronousTestCase):
 
     def test_missing_generic_netlink_family_is_unavailable(self) -> None:
         def refuse() -> FakeWireGuard:
-            raise NetlinkError(errno.ENOENT, "No such file or directory")
+            raise GenericNetlinkError(errno.ENOENT, "No such file or directory")
 
-        backend = KernelBackend(self.ipr, refuse, "hepto0")
-        self.failureResultOf(backend.start(lambda: None), BackendUnavailable)
+        self.patch(pyroute2, "WireGuard", refuse)
+        backend = KernelBackend(self.ipr, pyroute2_wireguard, "hepto0")
+        failure = self.failureResultOf(backend.start(lambda: None), BackendUnavailable)
+        self.assertIn("no WireGuard generic netlink family", failure.getErrorMessage())
 
     def test_existing_wireguard_link_is_taken_over(self) -> None:
-        self.ipr.add_link("hepto0", "wireguard")
+        self.ipr.make_link("hepto0", "wireguard")
         self.start()
         self.assertEqual(len(self.ipr.links), 1)
 
     def test_existing_link_of_another_kind_is_refused(self) -> None:
-        self.ipr.add_link("hepto0", "veth")
+        self.ipr.make_link("hepto0", "veth")
         failure = self.failureResultOf(self.backend.start(lambda: None), BackendUnavailable)
         self.assertIn("veth", failure.getErrorMessage())
 
     def test_other_netlink_errors_propagate(self) -> None:
-        class Unprivileged(FakeIPRoute):
-            def link(self, command: str, **arguments: object) -> None:
+        class Unprivileged(FakeRtNetlink):
+            def add_link(self, name: str, kind: str) -> None:
                 raise NetlinkError(errno.EPERM, "Operation not permitted")
 
         backend = KernelBackend(Unprivileged(), lambda: self.wireguard, "hepto0")
         failure = self.failureResultOf(backend.start(lambda: None), NetlinkError)
-        self.assertEqual(failure.value.code, errno.EPERM)
+        self.assertEqual(failure.value.errno, errno.EPERM)
 
     def test_configure_sends_base64_key_and_port(self) -> None:
         self.start()
@@ -154,8 +157,8 @@ class KernelBackendTests(SynchronousTestCase):
 
 class LinksTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.ipr = FakeIPRoute()
-        self.link = self.ipr.add_link("hepto0", "wireguard", mtu=1420)
+        self.ipr = FakeRtNetlink()
+        self.link = self.ipr.make_link("hepto0", "wireguard", mtu=1420)
         self.link.flags = 0
         self.links = Links(self.ipr, "hepto0")
         self.me = ipaddress.IPv6Address("fd00:1:2:100::9")
@@ -168,20 +171,8 @@ class LinksTests(SynchronousTestCase):
         )
         self.assertEqual(self.link.mtu, 1320)
         route = self.ipr.requests[-2]
-        self.assertEqual(
-            route,
-            (
-                "route",
-                "add",
-                {
-                    "dst": str(MESH),
-                    "oif": self.link.index,
-                    "table": 254,
-                    "proto": 4,
-                    "family": AF_INET6,
-                },
-            ),
-        )
+        self.assertEqual(route, ("add_route", {"destination": str(MESH), "oif": self.link.index}))
+        self.assertIn((self.link.index, str(MESH.network_address), 64, 4), self.ipr.routes)
 
     def test_nothing_changed_means_no_request(self) -> None:
         self.links.sync(frozenset({self.me}), frozenset({MESH, PODS}), 1320)
@@ -205,8 +196,8 @@ class LinksTests(SynchronousTestCase):
 
 class UnderlayTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.ipr = FakeIPRoute()
-        eth = self.ipr.add_link("eth0", mtu=1400)
+        self.ipr = FakeRtNetlink()
+        eth = self.ipr.make_link("eth0", mtu=1400)
         self.ipr.addresses += [
             (eth.index, "fe80::1", 64, 0x80),
             (eth.index, "2001:db8::5", 64, 0x40),  # tentative

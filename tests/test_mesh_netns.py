@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -21,13 +22,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
 import netlab
 from hepto import plan
 from hepto.mesh.links import Links
+from hepto.mesh.rtnetlink import RtNetlink
 from hepto.mesh.service import MeshService, MeshSettings, Underlay
 from hepto.mesh.userspace import UserspaceBackend
 from hepto.state import ALIVE, DEAD, MemoryCluster
@@ -69,8 +70,12 @@ class MeshLabTests(TestCase):
         base = Path(self.mktemp()).absolute()
         for host in self.hosts:
             state = self.cluster.join(host.name, role="master" if host.index == 1 else "node")
-            ipr = IPRoute(netns=host.netns, flags=0, groups=0)
-            self.addCleanup(ipr.close)
+            rt = RtNetlink(
+                netlab.netns_socket(
+                    host.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE
+                )
+            )
+            self.addCleanup(rt.close)
             node_dir = base / host.name
             service = MeshService(
                 MeshSettings(CLUSTER, host.name, host.index == 1),
@@ -86,7 +91,7 @@ class MeshLabTests(TestCase):
                         wrapper=host.command([]),
                     )
                 ],
-                links=Links(ipr, "hepto0"),
+                links=Links(rt, "hepto0"),
                 underlay=partial(Underlay, host.address, 1500),
             )
             self.services[host.name] = service

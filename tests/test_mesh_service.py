@@ -26,7 +26,7 @@ from hepto.mesh.service import (
     find_underlay,
     mesh_service,
 )
-from hepto.mesh.testing import FakeIPRoute, RecordingBackend
+from hepto.mesh.testing import FakeRtNetlink, RecordingBackend
 from hepto.mesh.userspace import UserspaceBackend
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, MemoryCluster, MemoryState
 
@@ -47,8 +47,8 @@ class Harness:
         self.state = self.cluster.join("me", role="master" if is_master else "node")
         self.clock = task.Clock()
         self.backend = kwargs.pop("backend", None) or RecordingBackend()
-        self.ipr = FakeIPRoute()
-        self.ipr.add_link("hepto0", "wireguard", mtu=1420)
+        self.ipr = FakeRtNetlink()
+        self.ipr.make_link("hepto0", "wireguard", mtu=1420)
         self.underlay: Underlay | None = Underlay(ipaddress.IPv6Address("2001:db8:1::9"), 1500)
         self.key_path = Path(case.mktemp()) / "wireguard.key"
         backends = kwargs.pop("backends", None) or [lambda: self.backend]
@@ -393,8 +393,8 @@ def node_config(data_dir: Path, **raw: str) -> NodeConfig:
 
 class WiringTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.ipr = FakeIPRoute()
-        eth = self.ipr.add_link("eth0", mtu=1400)
+        self.ipr = FakeRtNetlink()
+        eth = self.ipr.make_link("eth0", mtu=1400)
         self.ipr.addresses.append((eth.index, "2001:db8::6", 64, 0x80))
         self.data = Path(self.mktemp())
 

@@ -1,5 +1,8 @@
-"""The kernel's WireGuard, through pyroute2's netlink (rtnetlink for the link, genetlink
-for the device).
+"""The kernel's WireGuard: the link made over rtnetlink (:mod:`hepto.mesh.rtnetlink`),
+the device configured through pyroute2's generic netlink ``WireGuard``.
+
+pyroute2 costs about 8 MiB of RSS, so it is imported only once the kernel has made the
+link, i.e. only on hosts that run this backend (see ``docs/memory.rst``).
 
 Netlink keys are base64, one peer per request, and there is no "replace all peers":
 the reconcile logic already sends only differences, peer by peer.  Requests are
@@ -14,7 +17,6 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -30,6 +32,7 @@ from hepto.mesh.backend import (
     RemovePeer,
     format_endpoint,
 )
+from hepto.mesh.rtnetlink import Netlink, NetlinkError
 
 
 def _text(value: Any) -> str:
@@ -115,18 +118,32 @@ def parse_info(messages: Iterable[Any]) -> DeviceStatus:
     return DeviceStatus(private_key, listen_port, peers)
 
 
+def pyroute2_wireguard() -> Any:
+    """pyroute2's ``WireGuard`` socket; :class:`BackendUnavailable` without the family."""
+    # Imported here: pyroute2 costs ~8 MiB of RSS, and only this backend needs it.
+    from pyroute2 import WireGuard
+    from pyroute2.netlink.exceptions import NetlinkError as GenericNetlinkError
+
+    try:
+        return WireGuard()
+    except GenericNetlinkError as error:
+        raise BackendUnavailable(f"no WireGuard generic netlink family: {error}") from None
+
+
 class KernelBackend:
     """A ``wireguard`` link made through rtnetlink, configured through genetlink.
 
-    ``ipr`` is an ``IPRoute``; ``wireguard`` makes pyroute2's ``WireGuard`` socket (it
-    binds the genetlink family, so it can only exist once the kernel has the module).
+    ``rt`` is an :class:`~hepto.mesh.rtnetlink.RtNetlink`; ``wireguard`` makes the
+    generic netlink ``WireGuard`` socket (:func:`pyroute2_wireguard`: it binds the
+    family, so it can only exist once the kernel has the module, loaded by the link's
+    creation) and raises :class:`BackendUnavailable` if it cannot.
     """
 
     kind = "kernel"
     log = Logger()
 
-    def __init__(self, ipr: Any, wireguard: Callable[[], Any], interface: str) -> None:
-        self.ipr = ipr
+    def __init__(self, rt: Netlink, wireguard: Callable[[], Any], interface: str) -> None:
+        self.rt = rt
         self._make_wireguard = wireguard
         self.wireguard: Any = None
         self.interface = interface
@@ -137,11 +154,11 @@ class KernelBackend:
 
     def _create(self) -> None:
         try:
-            self.ipr.link("add", ifname=self.interface, kind="wireguard")
+            self.rt.add_link(self.interface, "wireguard")
         except NetlinkError as error:
-            if error.code == errno.EOPNOTSUPP:
+            if error.errno == errno.EOPNOTSUPP:
                 raise BackendUnavailable("this kernel has no WireGuard") from None
-            if error.code != errno.EEXIST:
+            if error.errno != errno.EEXIST:
                 raise
             kind = self._existing_kind()
             if kind != "wireguard":
@@ -152,18 +169,11 @@ class KernelBackend:
             self.log.info(
                 "Taking over the existing WireGuard link {interface}", interface=self.interface
             )
-        try:
-            self.wireguard = self._make_wireguard()
-        except NetlinkError as error:
-            raise BackendUnavailable(f"no WireGuard generic netlink family: {error}") from None
+        self.wireguard = self._make_wireguard()
 
     def _existing_kind(self) -> str | None:
-        found = self.ipr.link_lookup(ifname=self.interface)
-        if not found:
-            return None
-        (link,) = self.ipr.get_links(found[0])
-        kind = link.get(("linkinfo", "kind"))
-        return str(kind) if kind else None
+        link = self.rt.link(self.interface)
+        return None if link is None else link.kind
 
     def read(self) -> Deferred[DeviceStatus]:
         return defer.execute(lambda: parse_info(self.wireguard.info(self.interface)))
@@ -182,9 +192,9 @@ class KernelBackend:
 
     def stop(self) -> Deferred[None]:
         def remove() -> None:
-            found = self.ipr.link_lookup(ifname=self.interface)
-            if found:
-                self.ipr.link("del", index=found[0])
+            link = self.rt.link(self.interface)
+            if link is not None:
+                self.rt.delete_link(link.index)
             if self.wireguard is not None:
                 self.wireguard.close()
                 self.wireguard = None

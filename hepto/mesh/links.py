@@ -3,53 +3,51 @@
 Shared by both backends: whoever made the WireGuard device, it is an ordinary link to
 the kernel's IP stack.  :meth:`Links.sync` compares the link with what it should be and
 changes only what differs.  The calls are synchronous netlink requests to the local
-kernel (tens of microseconds each), made from the reactor thread on purpose: a thread
-would cost more than it saves.
+kernel (tens of microseconds each, through :mod:`hepto.mesh.rtnetlink`), made from the
+reactor thread on purpose: a thread would cost more than it saves.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from socket import AF_INET6
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
 from hepto.mesh.reconcile import plan_set
+from hepto.mesh.rtnetlink import MAIN_TABLE, RTPROT_KERNEL, Netlink
 
-#: Routes the kernel makes itself (for our own addresses); never ours to remove.
-RTPROT_KERNEL: Final = 2
-#: How hepto's routes show in ``ip -6 route``: ``proto static``.
-RTPROT_STATIC: Final = 4
-MAIN_TABLE: Final = 254
 IFA_F_NODAD: Final = 0x02
-IFF_UP: Final = 0x1
+#: Addresses peers cannot rely on: IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_SECONDARY
+#: (which IPv6 uses for temporary addresses).
+_UNUSABLE: Final = 0x40 | 0x20 | 0x01
 
 
 class LinkMissing(Exception):
     """The mesh interface does not exist (yet, or any more)."""
 
 
-def _network(address: str, length: int) -> ipaddress.IPv6Network:
-    return ipaddress.IPv6Network((address, length))
+def _network(address: object, length: int) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network((str(address), length))
 
 
 @attrs.define
 class Links:
-    """The IP configuration of the interface named ``interface``, through ``ipr``.
+    """The IP configuration of the interface named ``interface``, through ``rt``.
 
-    ``ipr`` is a pyroute2 ``IPRoute`` (in the agent's own network namespace) or a fake
-    with the same methods.
+    ``rt`` is a :class:`~hepto.mesh.rtnetlink.RtNetlink` (in the agent's own network
+    namespace) or a fake (:class:`hepto.mesh.testing.FakeRtNetlink`).
     """
 
-    ipr: Any
+    rt: Netlink
     interface: str
 
     def index(self) -> int:
-        found = self.ipr.link_lookup(ifname=self.interface)
-        if not found:
+        link = self.rt.link(self.interface)
+        if link is None:
             raise LinkMissing(self.interface)
-        return int(found[0])
+        return link.index
 
     def sync(
         self,
@@ -62,95 +60,73 @@ class Links:
         Link-local addresses and routes the kernel made are left alone: they come and go
         with the link and the addresses.
         """
-        index = self.index()
+        link = self.rt.link(self.interface)
+        if link is None:
+            raise LinkMissing(self.interface)
+        index = link.index
         done = []
-        (link,) = self.ipr.get_links(index)
-        if link.get("mtu") != mtu or not link["flags"] & IFF_UP:
-            self.ipr.link("set", index=index, mtu=mtu, state="up")
+        if link.mtu != mtu or not link.up:
+            self.rt.set_link(index, mtu=mtu, up=True)
             done.append(f"mtu {mtu} up")
         actual_addresses = frozenset(
-            _network(message.get("address"), message["prefixlen"])
-            for message in self.ipr.get_addr(family=AF_INET6, index=index)
-            if not ipaddress.IPv6Address(message.get("address")).is_link_local
+            _network(entry.address, entry.prefixlen)
+            for entry in self.rt.get_addresses(AF_INET6, index)
+            if not entry.address.is_link_local
         )
-        wanted_addresses = frozenset(_network(str(address), 128) for address in addresses)
+        wanted_addresses = frozenset(_network(address, 128) for address in addresses)
         add, remove = plan_set(actual_addresses, wanted_addresses)
         for network in remove:
-            self.ipr.addr(
-                "del",
-                index=index,
-                address=str(network.network_address),
-                prefixlen=network.prefixlen,
-            )
+            self.rt.delete_address(index, network.network_address, network.prefixlen)
             done.append(f"address -{network}")
         for network in add:
-            self.ipr.addr(
-                "add",
-                index=index,
-                address=str(network.network_address),
-                prefixlen=128,
-                # WireGuard links skip duplicate address detection anyway (NOARP); say so.
-                flags=IFA_F_NODAD,
-            )
+            # WireGuard links skip duplicate address detection anyway (NOARP); say so.
+            self.rt.add_address(index, network.network_address, 128, IFA_F_NODAD)
             done.append(f"address +{network}")
         actual_routes = frozenset(
-            _network(message.get("dst") or "::", message["dst_len"])
-            for message in self.ipr.get_routes(family=AF_INET6, oif=index, table=MAIN_TABLE)
-            if message["proto"] != RTPROT_KERNEL
-            and message.get("oif", index) == index
-            and message.get("table", MAIN_TABLE) == MAIN_TABLE
+            _network(route.destination.network_address, route.destination.prefixlen)
+            for route in self.rt.get_routes(AF_INET6)
+            if route.oif == index and route.table == MAIN_TABLE and route.protocol != RTPROT_KERNEL
         )
         add, remove = plan_set(actual_routes, routes)
         for network in remove:
-            self._route("del", index, network)
+            self.rt.delete_route(network, index, MAIN_TABLE)
             done.append(f"route -{network}")
         for network in add:
-            self._route("add", index, network)
+            self.rt.add_route(network, index, MAIN_TABLE)
             done.append(f"route +{network}")
         return done
 
-    def _route(self, command: str, index: int, network: ipaddress.IPv6Network) -> None:
-        self.ipr.route(
-            command,
-            dst=str(network),
-            oif=index,
-            table=MAIN_TABLE,
-            proto=RTPROT_STATIC,
-            family=AF_INET6,
-        )
+
+def link_mtu(rt: Netlink, interface: str) -> int | None:
+    link = rt.link(interface)
+    return None if link is None or not link.mtu else link.mtu
 
 
-def link_mtu(ipr: Any, interface: str) -> int | None:
-    found = ipr.link_lookup(ifname=interface)
-    if not found:
-        return None
-    (link,) = ipr.get_links(found[0])
-    mtu = link.get("mtu")
-    return int(mtu) if mtu else None
-
-
-def interface_with(ipr: Any, address: ipaddress.IPv6Address) -> str | None:
+def interface_with(rt: Netlink, address: ipaddress.IPv6Address) -> str | None:
     """The name of the link that carries ``address``, if any."""
-    for message in ipr.get_addr(family=AF_INET6):
-        if message.get("address") == str(address):
-            found = ipr.get_links(message["index"])
-            return str(found[0].get("ifname")) if found else None
+    for entry in rt.get_addresses(AF_INET6):
+        if entry.address == address:
+            link = rt.link_by_index(entry.index)
+            return None if link is None else link.name
     return None
 
 
-def global_address(ipr: Any, interface: str) -> ipaddress.IPv6Address | None:
+def global_address(rt: Netlink, interface: str) -> ipaddress.IPv6Address | None:
     """The first global unicast IPv6 address of ``interface`` (scope universe, usable).
 
     Tentative (still in duplicate address detection) and deprecated addresses are
     skipped: peers must be able to reach the address now and later.
     """
-    found = ipr.link_lookup(ifname=interface)
-    if not found:
+    link = rt.link(interface)
+    if link is None:
         return None
-    unusable = 0x40 | 0x20 | 0x01  # IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_SECONDARY (temp)
-    for message in ipr.get_addr(family=AF_INET6, index=found[0]):
-        flags = message["flags"]
-        address = ipaddress.IPv6Address(message.get("address"))
-        if message["scope"] == 0 and not flags & unusable and not address.is_link_local:
+    for entry in rt.get_addresses(AF_INET6, link.index):
+        address = entry.address
+        if (
+            isinstance(address, ipaddress.IPv6Address)
+            and entry.scope == 0
+            and not entry.flags & _UNUSABLE
+            and not address.is_link_local
+        ):
             return address
     return None

@@ -52,6 +52,7 @@ from hepto.mesh.reconcile import (
     own_addresses,
     plan_peer_changes,
 )
+from hepto.mesh.rtnetlink import Netlink, RtNetlink
 from hepto.mesh.uapi import UAPIProtocolError
 from hepto.state import Change, ClusterState
 
@@ -491,20 +492,20 @@ class MeshError(Exception):
     """The mesh cannot run; ``str()`` says why in one sentence."""
 
 
-def find_underlay(ipr: Any, config: NodeConfig) -> Underlay | None:
+def find_underlay(rt: Netlink, config: NodeConfig) -> Underlay | None:
     """The node's public address (``--ip``, else ``--iface``'s first global one) and MTU."""
     if config.ip is not None:
         address: ipaddress.IPv6Address | None = config.ip.ip
         assert address is not None
-        interface = config.iface or netlink.interface_with(ipr, address)
+        interface = config.iface or netlink.interface_with(rt, address)
     elif config.iface is not None:
-        address = netlink.global_address(ipr, config.iface)
+        address = netlink.global_address(rt, config.iface)
         interface = config.iface
     else:
         return None
     if address is None:
         return None
-    mtu = netlink.link_mtu(ipr, interface) if interface else None
+    mtu = netlink.link_mtu(rt, interface) if interface else None
     if mtu is None:
         MeshService.log.warn(
             "Cannot read the MTU of the link under {address}; assuming {mtu}",
@@ -523,14 +524,10 @@ def mesh_service(
     listen_port: int = DEFAULT_LISTEN_PORT,
 ) -> MeshService:
     """The node's mesh: key and socket directory in the node's directory, both backends."""
-    from pyroute2 import IPRoute, WireGuard
-
-    from hepto.mesh.kernel import KernelBackend
+    from hepto.mesh.kernel import KernelBackend, pyroute2_wireguard
     from hepto.mesh.userspace import UserspaceBackend
 
-    # No multicast groups: unread notifications would pile up in the socket until the
-    # kernel reports ENOBUFS on a later request.
-    ipr = IPRoute(groups=0)
+    rt = RtNetlink()
     socket_dir = config.node_dir / "wireguard"
     program = "wireguard-go"
     if config.bin_dir is not None and (config.bin_dir / program).exists():
@@ -541,9 +538,9 @@ def mesh_service(
         reactor,
         key_path=config.node_dir / "wireguard.key",
         backends=(
-            lambda: KernelBackend(ipr, WireGuard, interface),
+            lambda: KernelBackend(rt, pyroute2_wireguard, interface),
             lambda: UserspaceBackend(reactor, interface, socket_dir, program=program),
         ),
-        links=Links(ipr, interface),
-        underlay=lambda: find_underlay(ipr, config),
+        links=Links(rt, interface),
+        underlay=lambda: find_underlay(rt, config),
     )

@@ -1,8 +1,7 @@
 """Fakes of the mesh's collaborators, for tests (as ``twisted.internet.testing`` is).
 
-- :class:`FakeIPRoute`: the part of pyroute2's ``IPRoute`` that :mod:`hepto.mesh.links`
-  and :mod:`hepto.mesh.kernel` use, over an in-memory model of links, addresses and
-  routes, recording every request.
+- :class:`FakeRtNetlink`: :class:`~hepto.mesh.rtnetlink.RtNetlink` over an in-memory
+  model of links, addresses and routes, recording every request.
 - :class:`FakeWireGuard`: pyroute2's ``WireGuard`` over an in-memory device.  Requests go
   through pyroute2's own message encoder, and ``info`` answers with genuine decoded
   ``wgmsg`` dumps, so the kernel backend is tested against pyroute2's real formats.
@@ -15,10 +14,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections.abc import Callable, Sequence
+from socket import AF_INET6
 from typing import Any
 
 import attrs
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.wireguard import AsyncWireGuard, wgmsg
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -31,9 +30,18 @@ from hepto.mesh.backend import (
     PeerStatus,
     RemovePeer,
 )
-
-IFF_UP = 0x1
-RTPROT_KERNEL = 2
+from hepto.mesh.rtnetlink import (
+    IFF_UP,
+    MAIN_TABLE,
+    RTPROT_KERNEL,
+    RTPROT_STATIC,
+    Address,
+    IPAddress,
+    IPNetwork,
+    Link,
+    NetlinkError,
+    Route,
+)
 
 
 @attrs.define
@@ -46,8 +54,13 @@ class FakeLink:
 
 
 @attrs.define
-class FakeIPRoute:
-    """Links, addresses and routes of one imaginary network namespace."""
+class FakeRtNetlink:
+    """Links, addresses and routes of one imaginary network namespace.
+
+    The methods of :class:`~hepto.mesh.rtnetlink.RtNetlink`, over an in-memory model;
+    :meth:`make_link` and the lists set the scene, :attr:`requests` records every change
+    asked for, as ``(method, arguments)``.
+    """
 
     supports_wireguard: bool = True
     links: dict[int, FakeLink] = attrs.field(factory=dict)
@@ -55,91 +68,91 @@ class FakeIPRoute:
     addresses: list[tuple[int, str, int, int]] = attrs.field(factory=list)
     #: (index, dst, dst_len, proto)
     routes: list[tuple[int, str, int, int]] = attrs.field(factory=list)
-    requests: list[tuple[str, str, dict[str, Any]]] = attrs.field(factory=list)
+    requests: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
     closed: bool = False
 
-    def add_link(self, ifname: str, kind: str = "veth", mtu: int = 1500) -> FakeLink:
+    def make_link(self, ifname: str, kind: str = "veth", mtu: int = 1500) -> FakeLink:
         link = FakeLink(max(self.links, default=0) + 1, ifname, kind, mtu, IFF_UP)
         self.links[link.index] = link
         return link
 
-    def link_lookup(self, ifname: str) -> list[int]:
-        return [link.index for link in self.links.values() if link.ifname == ifname]
+    def _link(self, link: FakeLink) -> Link:
+        return Link(link.index, link.ifname, link.mtu, link.flags, link.kind)
 
-    def get_links(self, index: int) -> list[dict[Any, Any]]:
+    def link(self, name: str) -> Link | None:
+        for link in self.links.values():
+            if link.ifname == name:
+                return self._link(link)
+        return None
+
+    def link_by_index(self, index: int) -> Link | None:
+        link = self.links.get(index)
+        return None if link is None else self._link(link)
+
+    def set_link(self, index: int, *, mtu: int | None = None, up: bool | None = None) -> None:
+        self.requests.append(("set_link", {"index": index, "mtu": mtu, "up": up}))
         link = self.links[index]
-        return [
-            {
-                "index": link.index,
-                "ifname": link.ifname,
-                "mtu": link.mtu,
-                "flags": link.flags,
-                ("linkinfo", "kind"): link.kind,
-            }
-        ]
+        if mtu is not None:
+            link.mtu = mtu
+        if up:
+            link.flags |= IFF_UP
 
-    def get_addr(self, family: int, index: int | None = None) -> list[dict[str, Any]]:
+    def add_link(self, name: str, kind: str) -> None:
+        self.requests.append(("add_link", {"name": name, "kind": kind}))
+        if kind == "wireguard" and not self.supports_wireguard:
+            raise NetlinkError(errno.EOPNOTSUPP, "Operation not supported")
+        if self.link(name) is not None:
+            raise NetlinkError(errno.EEXIST, "File exists")
+        self.make_link(name, kind, 1420).flags = 0
+
+    def delete_link(self, index: int) -> None:
+        self.requests.append(("delete_link", {"index": index}))
+        del self.links[index]
+        self.addresses = [entry for entry in self.addresses if entry[0] != index]
+        self.routes = [entry for entry in self.routes if entry[0] != index]
+
+    def get_addresses(self, family: int = AF_INET6, index: int | None = None) -> list[Address]:
         return [
-            {"index": i, "address": address, "prefixlen": length, "flags": flags, "scope": 0}
+            Address(i, ipaddress.ip_address(address), length, flags, 0)
             for i, address, length, flags in self.addresses
             if index is None or i == index
         ]
 
-    def get_routes(self, family: int, oif: int, table: int) -> list[dict[str, Any]]:
+    def add_address(self, index: int, address: IPAddress, prefixlen: int, flags: int = 0) -> None:
+        self.requests.append(
+            ("add_address", {"index": index, "address": str(address), "prefixlen": prefixlen})
+        )
+        self.addresses.append((index, str(address), prefixlen, flags))
+        network = ipaddress.IPv6Network((address, prefixlen), strict=False)
+        # The kernel's own route for the new address, which links.sync must leave be.
+        self.routes.append((index, str(network.network_address), network.prefixlen, RTPROT_KERNEL))
+
+    def delete_address(self, index: int, address: IPAddress, prefixlen: int) -> None:
+        self.requests.append(
+            ("delete_address", {"index": index, "address": str(address), "prefixlen": prefixlen})
+        )
+        entry = (index, str(address), prefixlen)
+        self.addresses = [a for a in self.addresses if a[:3] != entry]
+
+    def get_routes(self, family: int = AF_INET6) -> list[Route]:
         return [
-            {"oif": i, "dst": dst, "dst_len": length, "proto": proto, "table": table}
+            Route(ipaddress.ip_network((dst, length)), i, MAIN_TABLE, proto, 1)
             for i, dst, length, proto in self.routes
-            if i == oif
         ]
 
-    def link(self, command: str, **arguments: Any) -> None:
-        self.requests.append(("link", command, arguments))
-        if command == "add":
-            if arguments["kind"] == "wireguard" and not self.supports_wireguard:
-                raise NetlinkError(errno.EOPNOTSUPP, "Operation not supported")
-            if self.link_lookup(arguments["ifname"]):
-                raise NetlinkError(errno.EEXIST, "File exists")
-            link = self.add_link(arguments["ifname"], arguments["kind"], 1420)
-            link.flags = 0
-        elif command == "set":
-            link = self.links[arguments["index"]]
-            link.mtu = arguments.get("mtu", link.mtu)
-            if arguments.get("state") == "up":
-                link.flags |= IFF_UP
-        elif command == "del":
-            index = arguments["index"]
-            del self.links[index]
-            self.addresses = [entry for entry in self.addresses if entry[0] != index]
-            self.routes = [entry for entry in self.routes if entry[0] != index]
+    def _route(self, destination: IPNetwork, oif: int) -> tuple[int, str, int, int]:
+        return (oif, str(destination.network_address), destination.prefixlen, RTPROT_STATIC)
 
-    def addr(self, command: str, **arguments: Any) -> None:
-        self.requests.append(("addr", command, arguments))
-        entry = (arguments["index"], arguments["address"], arguments["prefixlen"])
-        if command == "add":
-            self.addresses.append((*entry, arguments.get("flags", 0)))
-            network = ipaddress.IPv6Network((arguments["address"], arguments["prefixlen"]))
-            # The kernel's own route for the new address, which links.sync must leave be.
-            self.routes.append(
-                (entry[0], str(network.network_address), network.prefixlen, RTPROT_KERNEL)
-            )
-        else:
-            self.addresses = [a for a in self.addresses if a[:3] != entry]
+    def add_route(self, destination: IPNetwork, oif: int, table: int = MAIN_TABLE) -> None:
+        self.requests.append(("add_route", {"destination": str(destination), "oif": oif}))
+        entry = self._route(destination, oif)
+        if entry in self.routes:
+            raise NetlinkError(errno.EEXIST, "File exists")
+        self.routes.append(entry)
 
-    def route(self, command: str, **arguments: Any) -> None:
-        self.requests.append(("route", command, arguments))
-        network = ipaddress.IPv6Network(arguments["dst"])
-        entry = (
-            arguments["oif"],
-            str(network.network_address),
-            network.prefixlen,
-            arguments["proto"],
-        )
-        if command == "add":
-            if entry in self.routes:
-                raise NetlinkError(errno.EEXIST, "File exists")
-            self.routes.append(entry)
-        else:
-            self.routes.remove(entry)
+    def delete_route(self, destination: IPNetwork, oif: int, table: int = MAIN_TABLE) -> None:
+        self.requests.append(("delete_route", {"destination": str(destination), "oif": oif}))
+        self.routes.remove(self._route(destination, oif))
 
     def close(self) -> None:
         self.closed = True
