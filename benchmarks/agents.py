@@ -1050,6 +1050,8 @@ async def run(
             results.setdefault(name, {})[size] = bench.figures
             await bench.run()
             bench.figures["load_average"] = os.getloadavg()
+            # Saved after every system: a run cut short keeps what it measured.
+            save(settings.run_dir / "results.json", results)
             log.info(
                 "{system} {n}: {figures}",
                 system=name,
@@ -1129,6 +1131,24 @@ def table(results: dict[str, dict[int, Any]]) -> str:
     return "\n".join(lines)
 
 
+def save(path: Path, results: dict[str, dict[int, Any]]) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2))
+    temporary.replace(path)
+
+
+def merged(paths: Sequence[Path]) -> dict[str, dict[int, Any]]:
+    """The results of several runs in one; a later file wins for the same system and size."""
+    results: dict[str, dict[int, Any]] = {}
+    for path in paths:
+        for system, sizes in json.loads(path.read_text()).items():
+            for size, figures in sizes.items():
+                results.setdefault(system, {})[int(size)] = figures
+    for system in results:
+        results[system] = dict(sorted(results[system].items()))
+    return results
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,50,100", help="cluster sizes (default: %(default)s)")
@@ -1138,7 +1158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="any of memberlist, memberlist+chunks, hepto (default: %(default)s)",
     )
     parser.add_argument(
-        "--window", type=float, default=60, help="quiet window, s (default: %(default)s)"
+        "--window", type=float, default=90, help="quiet window, s (default: %(default)s)"
     )
     parser.add_argument(
         "--settle", type=float, default=10, help="pause after join and each change, s"
@@ -1161,6 +1181,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
     parser.add_argument("--prefix", default="hb", help="namespace prefix (default: hb)")
     parser.add_argument(
+        "--table",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="only print the table of results.json files (later ones win), then exit",
+    )
+    parser.add_argument(
         "--cleanup",
         action="store_true",
         help="only remove namespaces (and their processes) left by a killed run, then exit",
@@ -1168,6 +1195,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if args.cleanup:
         raise SystemExit(remove_leftovers(args.prefix))
+    if args.table:
+        print(table(merged(args.table)))
+        raise SystemExit(0)
     systems = [name for name in args.systems.split(",") if name]
     unknown = set(systems) - {"memberlist", "memberlist+chunks", "hepto"}
     if unknown:
@@ -1219,7 +1249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         for lab in labs:
             lab.close()
-        (settings.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        save(settings.run_dir / "results.json", results)
         if results:
             print(table(results))
         print(f"\nlogs and results.json in {settings.run_dir}", file=sys.stderr)
