@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,12 +18,14 @@ from hepto.mesh.reconcile import (
     MINIMUM_MTU,
     Desired,
     Problem,
+    _Claims,
+    concerns_mesh,
     desired_mesh,
     host_network,
     mesh_mtu,
     plan_peer_changes,
 )
-from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Member, Record
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change, Member, Record
 
 CLUSTER = "geo"
 KEYS = {name: KeyPair.generate() for name in ("me", "a", "b", "c")}
@@ -298,3 +301,51 @@ class MTUTests(SynchronousTestCase):
     def test_never_below_ipv6_minimum(self) -> None:
         self.assertEqual(mesh_mtu(1300), MINIMUM_MTU)
         self.assertEqual(mesh_mtu(576), MINIMUM_MTU)
+
+
+class ConcernsMeshTests(SynchronousTestCase):
+    def test_what_the_mesh_reads(self) -> None:
+        a = member("a", 1)
+
+        def changed(old: Member | None, new: Member | None) -> bool:
+            return concerns_mesh(Change("a", old, new))
+
+        self.assertTrue(changed(None, a), "a newcomer")
+        self.assertTrue(changed(a, None), "forgotten")
+        self.assertFalse(changed(a, attrs.evolve(a, status=SUSPECT)), "still reachable")
+        self.assertTrue(changed(a, attrs.evolve(a, status=DEAD)))
+        self.assertTrue(changed(member("a", 1), member("a", 2)), "a new endpoint")
+        self.assertTrue(changed(a, member("a", 1, pod_prefix=str(pods(1)))))
+        self.assertTrue(changed(a, member("a", 1, role="master")))
+        self.assertFalse(changed(a, member("a", 1, pki={"csr": {"kubelet": "..."}})))
+        self.assertFalse(changed(Member("a", ALIVE), Member("a", SUSPECT)))
+
+
+def _networks() -> st.SearchStrategy[ipaddress.IPv6Network]:
+    # Few distinct high bits, so that overlaps are common.
+    return st.builds(
+        lambda high, low, length: ipaddress.IPv6Network(
+            ((high << 120) | low, length), strict=False
+        ),
+        st.integers(0, 3),
+        st.integers(0, 2**120 - 1),
+        st.sampled_from([48, 56, 64, 96, 120, 127, 128]),
+    )
+
+
+class ClaimsTests(SynchronousTestCase):
+    @given(st.lists(_networks(), max_size=30))
+    def test_agrees_with_a_scan_of_every_claim(
+        self, candidates: list[ipaddress.IPv6Network]
+    ) -> None:
+        claims = _Claims()
+        claimed: dict[ipaddress.IPv6Network, str] = {}
+        for index, network in enumerate(candidates):
+            holders = {holder for other, holder in claimed.items() if network.overlaps(other)}
+            found = claims.overlapping(network)
+            if holders:
+                self.assertIn(found, holders)
+            else:
+                self.assertIsNone(found)
+                claims.add(network, f"m{index}")
+                claimed[network] = f"m{index}"

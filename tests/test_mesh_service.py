@@ -16,7 +16,7 @@ from hepto.config import NodeConfig, parse_node_config
 from hepto.mesh.backend import AddPeer, BackendUnavailable, RemovePeer, UpdatePeer
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
-from hepto.mesh.reconcile import host_network
+from hepto.mesh.reconcile import Desired, host_network
 from hepto.mesh.service import (
     RESYNC_INTERVAL,
     UNDERLAY_RETRY,
@@ -245,6 +245,31 @@ class ReconcileTests(SynchronousTestCase):
         h.clock.advance(0)
         self.assertEqual(len(h.backend.calls), calls)
         self.assertEqual(len(h.ipr.requests), requests)
+
+    def test_suspicions_and_other_keys_do_not_work_the_mesh_out_again(self) -> None:
+        h = self.h
+        a = h.join("a", 1, wireguard=wireguard(1))
+        worked_out = []
+        original = h.service.desired
+
+        def desired() -> Desired:
+            worked_out.append(1)
+            return original()
+
+        h.service.desired = desired  # type: ignore[method-assign]
+        # What a lossy network does all day: suspected, cleared; certificates come and go.
+        for _ in range(3):
+            h.cluster.set_status("a", SUSPECT)
+            h.clock.advance(0)
+            h.cluster.set_status("a", ALIVE)
+            h.clock.advance(0)
+        a.publish("pki", {"csr": "..."})
+        h.clock.advance(0)
+        self.assertEqual(worked_out, [])
+        h.cluster.set_status("a", DEAD)
+        h.clock.advance(0)
+        self.assertEqual(worked_out, [1])
+        self.assertEqual(h.peer_names(), set())
 
     def test_resync_reads_but_changes_nothing(self) -> None:
         h = self.h

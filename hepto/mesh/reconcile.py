@@ -7,6 +7,7 @@ actually has and returns the fewest changes, none when nothing differs.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Mapping
 from typing import Final
@@ -25,7 +26,7 @@ from hepto.mesh.backend import (
     UpdatePeer,
 )
 from hepto.mesh.record import RecordError
-from hepto.state import Member
+from hepto.state import Change, Member
 
 #: Seconds; below the 30 s that the most impatient common NATs keep a UDP mapping.
 DEFAULT_KEEPALIVE: Final = 25
@@ -86,13 +87,15 @@ def desired_mesh(
     Members are taken in name order, so that when two claim one public key or one
     allowed prefix, every node keeps the same one and reports the other.
     """
-    claimed: dict[IPNetwork, str] = {
-        host_network(address): own_name for address in own_addresses(cluster, own_name, is_master)
-    }
+    claimed = _Claims()
+    for address in own_addresses(cluster, own_name, is_master):
+        claimed.add(host_network(address), own_name)
     own = members.get(own_name)
     if own is not None and own.record is not None and own.record.get(record.POD_PREFIX):
         try:
-            claimed[record.parse_pod_prefix(cluster, own.record.get(record.POD_PREFIX))] = own_name
+            claimed.add(
+                record.parse_pod_prefix(cluster, own.record.get(record.POD_PREFIX)), own_name
+            )
         except RecordError:
             pass  # Our own record is not ours to judge here; the allocator logs it.
     owners = {own_public_key: own_name}
@@ -129,12 +132,14 @@ def desired_mesh(
             else:
                 wanted.add(pod_prefix)
         allowed: set[IPNetwork] = set()
-        for network in sorted(wanted, key=str):
-            holder = _overlapping_holder(claimed, network)
+        for network in sorted(
+            wanted, key=lambda network: (network.network_address, network.prefixlen)
+        ):
+            holder = claimed.overlapping(network)
             if holder is not None:
                 problems.add(Problem(name, "overlap", f"{network} overlaps {holder}'s"))
                 continue
-            claimed[network] = name
+            claimed.add(network, name)
             allowed.add(network)
         owners[public_key] = name
         peers[public_key] = PeerSpec(name, public_key, endpoint, frozenset(allowed), keepalive)
@@ -143,11 +148,67 @@ def desired_mesh(
     return Desired(peers, frozenset(routes), frozenset(problems))
 
 
-def _overlapping_holder(claimed: Mapping[IPNetwork, str], network: IPNetwork) -> str | None:
-    for other, holder in claimed.items():
-        if other.version == network.version and network.overlaps(other):
-            return holder
-    return None
+def concerns_mesh(change: Change) -> bool:
+    """Whether ``change`` can change :func:`desired_mesh`'s answer.
+
+    Most changes cannot: a member suspected or cleared stays reachable, and most record
+    changes (certificates, CSRs) touch nothing the mesh reads. Under packet loss, a
+    hundred members see thousands of suspicions a minute; working the mesh out again for
+    each of them once took most of an agent's CPU.
+    """
+    return _mesh_view(change.old) != _mesh_view(change.new)
+
+
+def _mesh_view(member: Member | None) -> object:
+    """What :func:`desired_mesh` reads of a member."""
+    if member is None:
+        return None
+    if member.record is None:
+        return member.reachable
+    return (
+        member.reachable,
+        member.record.get(record.WIREGUARD),
+        member.record.get(record.ROLE),
+        member.record.get(record.POD_PREFIX),
+    )
+
+
+class _Claims:
+    """Networks claimed so far, and by whom, indexed by prefix length.
+
+    Claimed networks never overlap each other, so a candidate overlaps a claimed network
+    either inside one at least as wide (one lookup per such length) or around narrower
+    ones (one bisection per such length): a few steps per candidate instead of a scan of
+    every claim, which made each pass quadratic in the number of members.
+    """
+
+    def __init__(self) -> None:
+        self._lengths: dict[tuple[int, int], tuple[list[int], dict[int, str]]] = {}
+
+    def add(self, network: IPNetwork, holder: str) -> None:
+        starts, holders = self._lengths.setdefault((network.version, network.prefixlen), ([], {}))
+        start = int(network.network_address)
+        if start not in holders:
+            bisect.insort(starts, start)
+        holders[start] = holder
+
+    def overlapping(self, network: IPNetwork) -> str | None:
+        """Who holds a network overlapping ``network``, if anyone."""
+        first = int(network.network_address)
+        last = int(network.broadcast_address)
+        for (version, length), (starts, holders) in sorted(self._lengths.items()):
+            if version != network.version:
+                continue
+            if length <= network.prefixlen:
+                host_bits = network.max_prefixlen - length
+                holder = holders.get(first >> host_bits << host_bits)
+                if holder is not None:
+                    return holder
+            else:
+                index = bisect.bisect_left(starts, first)
+                if index < len(starts) and starts[index] <= last:
+                    return holders[starts[index]]
+        return None
 
 
 def plan_peer_changes(

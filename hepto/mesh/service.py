@@ -47,6 +47,7 @@ from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
     Desired,
     Problem,
+    concerns_mesh,
     desired_mesh,
     mesh_mtu,
     own_addresses,
@@ -310,7 +311,8 @@ class MeshService(Service):
     # Reconciling
 
     def _changed(self, change: Change) -> None:
-        self._wanted()
+        if concerns_mesh(change):
+            self._wanted()
 
     def _recreated(self) -> None:
         self.log.info(
