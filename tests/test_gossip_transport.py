@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -27,7 +28,7 @@ from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
 from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
 from hepto.gossip.profile import Profile
-from hepto.gossip.service import GossipService
+from hepto.gossip.service import SAVE_DELAY, GossipService
 from hepto.gossip.streams import (
     Fetch,
     FrameBuffer,
@@ -38,7 +39,8 @@ from hepto.gossip.streams import (
     StreamDecodeError,
     StreamPing,
 )
-from hepto.state import ALIVE, DEAD, LEFT, Change
+from hepto.gossip.swim import MemberState
+from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 
 KEY = "5a" * 32
 WRONG_KEY = "a5" * 32
@@ -556,3 +558,34 @@ class ControlSocketTests(TestCase):
         finally:
             if not stopped:
                 yield control.stopService()
+
+
+class SavingTests(SynchronousTestCase):
+    """What makes the service rewrite its state file."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.service = GossipService(
+            node_config("me", free_port(), Path(self.mktemp())), self.clock, FAST
+        )
+        # Running, as far as its timers go, without sockets.
+        self.service.running = True
+        self.other = MemberState("a", Endpoint(LOOPBACK, 1), "node", 1, ALIVE, 0.0)
+
+    def scheduled(self) -> bool:
+        return "save" in self.service._timers
+
+    def test_suspicions_of_others_are_not_saved(self) -> None:
+        suspected = attrs.evolve(self.other, status=SUSPECT)
+        self.service._member_changed(self.other, suspected)
+        self.service._member_changed(suspected, attrs.evolve(self.other, incarnation=2))
+        self.assertFalse(self.scheduled())
+
+    def test_what_is_kept_of_others_is_saved_soon(self) -> None:
+        self.service._member_changed(None, self.other)
+        self.assertTrue(self.scheduled())
+        self.clock.advance(SAVE_DELAY)
+        self.assertFalse(self.scheduled())
+        moved = attrs.evolve(self.other, address=Endpoint(LOOPBACK, 2))
+        self.service._member_changed(self.other, moved)
+        self.assertTrue(self.scheduled())

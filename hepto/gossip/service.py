@@ -369,9 +369,17 @@ class GossipService(MultiService):
         self._save(record)
 
     def _member_changed(self, old: MemberState | None, new: MemberState) -> None:
-        if new.name == self.config.name and new.incarnation > self._saved_incarnation:
-            self._save()
-        elif "save" not in self._timers or not self._timers["save"].active():
+        if new.name == self.config.name:
+            if new.incarnation > self._saved_incarnation:
+                self._save()
+        elif old is None or (old.address, old.role) != (new.address, new.role):
+            # Only what is saved of others: under loss, suspicions come and go by the
+            # thousand and each rewrite of the file costs two fsyncs.
+            self._save_soon()
+
+    def _save_soon(self) -> None:
+        """Save within SAVE_DELAY: later changes ride on the save already planned."""
+        if "save" not in self._timers or not self._timers["save"].active():
             self._schedule("save", SAVE_DELAY, self._save)
 
     def _state_changed(self, change: Change) -> None:
