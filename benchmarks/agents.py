@@ -561,25 +561,40 @@ class HeptoSystem:
 
 # Traffic: nftables counters in every namespace
 
-METER: Final = """
-table inet hbmeter {
-    counter udp_out {}
-    counter udp_in {}
-    counter tcp_out {}
-    counter tcp_in {}
-    chain out {
+METER: Final = f"""
+table inet hbmeter {{
+    counter udp_out {{}}
+    counter udp_in {{}}
+    counter tcp_out {{}}
+    counter tcp_in {{}}
+    counter other_udp_out {{}}
+    counter other_udp_in {{}}
+    chain out {{
         type filter hook output priority 0; policy accept;
-        oifname "eth0" meta l4proto udp counter name udp_out
-        oifname "eth0" meta l4proto tcp counter name tcp_out
-    }
-    chain in {
+        oifname "eth0" meta l4proto {{ udp, tcp }} th sport {PORT} jump gossip_out
+        oifname "eth0" meta l4proto {{ udp, tcp }} th dport {PORT} jump gossip_out
+        oifname "eth0" meta l4proto udp counter name other_udp_out
+    }}
+    chain gossip_out {{
+        meta l4proto udp counter name udp_out accept
+        meta l4proto tcp counter name tcp_out accept
+    }}
+    chain in {{
         # After netlab's loss rules (priority 0): what was dropped was never received.
         type filter hook input priority 10; policy accept;
-        iifname "eth0" meta l4proto udp counter name udp_in
-        iifname "eth0" meta l4proto tcp counter name tcp_in
-    }
-}
+        iifname "eth0" meta l4proto {{ udp, tcp }} th sport {PORT} jump gossip_in
+        iifname "eth0" meta l4proto {{ udp, tcp }} th dport {PORT} jump gossip_in
+        iifname "eth0" meta l4proto udp counter name other_udp_in
+    }}
+    chain gossip_in {{
+        meta l4proto udp counter name udp_in accept
+        meta l4proto tcp counter name tcp_in accept
+    }}
+}}
 """
+#: The gossip counters count the gossip port only (both systems use :data:`PORT`, UDP and
+#: TCP); ``other_udp`` is the rest of the UDP, which for hepto is its WireGuard mesh
+#: (handshakes and keepalives of wireguard-go to every peer).
 
 
 def install_meter(host: Host) -> None:
@@ -620,6 +635,7 @@ class Settings:
     spread_timeout: float
     death_timeout: float
     kills: int
+    waves: int
     poll: float
     poll_fast: float
     run_dir: Path
@@ -672,7 +688,14 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         # The machine is shared: the load during each phase says how far to trust it.
         loads: list[tuple[float, float]] = []
-        sampler = task.LoopingCall(lambda: loads.append((time.time(), os.getloadavg()[0])))
+        busy: list[tuple[float, float]] = []
+        cpu = CpuMeter()
+
+        def sample() -> None:
+            loads.append((time.time(), os.getloadavg()[0]))
+            busy.append((time.time(), cpu.busy()))
+
+        sampler = task.LoopingCall(sample)
         sampler.clock = self.reactor
         sampler.start(5, now=True)
         phases: dict[str, tuple[float, float]] = {}
@@ -707,14 +730,41 @@ class Bench:
                 }
                 for name, (start, end) in phases.items()
             }
+            # The load average counts runnable threads, and 100 wireguard-go processes
+            # wake many at once: how busy the cores were is the figure to trust.
+            self.figures["cpu_busy"] = {
+                name: {
+                    "median": median([share for t, share in busy if start <= t <= end]),
+                    "max": max((share for t, share in busy if start <= t <= end), default=None),
+                }
+                for name, (start, end) in phases.items()
+            }
         return self.figures
 
     async def start_all(self) -> None:
+        """Start every member; in waves of ``--waves`` when given.
+
+        Each wave waits until the members started so far all see each other alive, so that a
+        small machine never has more than one wave of agents starting at once (100 Python
+        agents started together saturate two cores for minutes). The join figure then counts
+        from the first start, waves included.
+        """
         anchor = self.hosts[0]
         self.figures["started"] = time.time()
-        for host in self.hosts:
-            member = self.members[host.name] = self.system.start(host, anchor, self.directory)
-            member.process.ended.addCallback(self._ended, host.name)
+        size = self.settings.waves or len(self.hosts)
+        self.figures["waves"] = self.settings.waves
+        for first in range(0, len(self.hosts), size):
+            for host in self.hosts[first : first + size]:
+                member = self.members[host.name] = self.system.start(host, anchor, self.directory)
+                member.process.ended.addCallback(self._ended, host.name)
+            if first + size < len(self.hosts):
+                self.observe(self.settings.poll)
+                await wait(
+                    self.observatory.when(self.everyone_sees_everyone),
+                    self.settings.join_timeout,
+                    self.reactor,
+                )
+                self.observe(None)
 
     def _ended(self, result: None, name: str) -> None:
         """A member's process ended; unless it was killed or stopped, it crashed."""
@@ -726,7 +776,8 @@ class Bench:
         self.observatory.forget(name)
 
     async def converge(self, phase: str, timeout: float) -> bool:
-        started = time.time()
+        # A join counts from the first member's start, waves included.
+        started = self.figures["started"] if phase == "join" else time.time()
         self.observe(self.settings.poll)
         done = await wait(self.observatory.when(self.everyone_sees_everyone), timeout, self.reactor)
         self.observe(None)
@@ -793,7 +844,7 @@ class Bench:
         after = await threads.deferToThread(on_every_host, self.hosts, read_meter)
         elapsed = time.monotonic() - started
         after_usage = {name: Usage.of(pid) for name, pid in pids.items() if pid}
-        for counter in ("udp_out", "udp_in", "tcp_out", "tcp_in"):
+        for counter in ("udp_out", "udp_in", "tcp_out", "tcp_in", "other_udp_out"):
             rates = [
                 (a[counter] - b[counter]) / elapsed for a, b in zip(after, before, strict=True)
             ]
@@ -937,6 +988,27 @@ class Bench:
             if declared:
                 delays.append(min(declared) - killed)
         return delays
+
+
+class CpuMeter:
+    """How busy the machine's cores were since the last call, in % of all of them."""
+
+    def __init__(self) -> None:
+        self._last = self._times()
+
+    @staticmethod
+    def _times() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return sum(fields), idle
+
+    def busy(self) -> float:
+        total, idle = self._times()
+        last_total, last_idle = self._last
+        self._last = (total, idle)
+        elapsed = total - last_total
+        return 0.0 if elapsed <= 0 else 100 * (1 - (idle - last_idle) / elapsed)
 
 
 def summary(delays: Sequence[float]) -> dict[str, float | int | None]:
@@ -1099,6 +1171,10 @@ def table(results: dict[str, dict[int, Any]]) -> str:
         ("suspicions (see README)", lambda f: _fmt(f.get("false_deaths", {}).get("suspicions"))),
         ("lossy run (s)", lambda f: _fmt(f.get("false_deaths", {}).get("seconds"), 0)),
         ("UDP out, B/s per member", lambda f: _fmt(f.get("udp_out_rate", {}).get("median"), 0)),
+        (
+            "other UDP out (hepto: WireGuard), B/s",
+            lambda f: _fmt(f.get("other_udp_out_rate", {}).get("median"), 0),
+        ),
         ("UDP in, B/s per member", lambda f: _fmt(f.get("udp_in_rate", {}).get("median"), 0)),
         ("TCP out, B/s per member", lambda f: _fmt(f.get("tcp_out_rate", {}).get("median"), 0)),
         ("RSS median (MiB)", lambda f: _fmt(f.get("rss_mib", {}).get("median"), 1)),
@@ -1113,6 +1189,13 @@ def table(results: dict[str, dict[int, Any]]) -> str:
             "machine load in loss run, max",
             lambda f: _fmt(f.get("load", {}).get("loss", {}).get("max"), 1),
         ),
+        *[
+            (
+                f"cores busy in {phase} (%), median",
+                lambda f, phase=phase: _fmt(f.get("cpu_busy", {}).get(phase, {}).get("median"), 0),
+            )
+            for phase in ("join", "window", "spread", "loss", "kill")
+        ],
     ]
     header = ["figure", *[f"{name} {size}" for name, size in columns]]
     body = [[label, *[cell(results[n][s]) for n, s in columns]] for label, cell in rows]
@@ -1176,6 +1259,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--spread-timeout", type=float, default=600)
     parser.add_argument("--death-timeout", type=float, default=300)
     parser.add_argument("--kills", type=int, default=3, help="members killed, one by one")
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=0,
+        help="start members in waves of this many, each once the others see each other "
+        "(default: all at once)",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1215,6 +1305,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         spread_timeout=args.spread_timeout,
         death_timeout=args.death_timeout,
         kills=args.kills,
+        waves=args.waves,
         poll=args.poll,
         poll_fast=args.poll_fast,
         run_dir=run_dir,
