@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import attrs
 
-from hepto.pki.policy import Refused
+from hepto.pki.errors import Refused
 
 #: Far more than members times certificates in any cluster hepto aims at.
 MAX_ENTRIES: Final = 512
