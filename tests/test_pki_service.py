@@ -22,10 +22,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from hepto import plan
 from hepto.config import NodeConfig, parse_node_config
 from hepto.pki import ca, keys, policy, requests, signer, store
+from hepto.pki import desk as desk_module
 from hepto.pki import service as service_module
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
-from hepto.state import LEFT, Change, Member, MemoryCluster, MemoryState, Record
+from hepto.pki.worker import LocalRunner
+from hepto.state import LEFT, Change, MemoryCluster, MemoryState, Record
 
 
 def scratch(test: SynchronousTestCase) -> Path:
@@ -83,6 +85,7 @@ class Lab:
             self.base / name,
             self.views[name],
             self.clocks[name],
+            runner=LocalRunner(),
         )
         self.services[name] = service
         return service
@@ -301,7 +304,7 @@ class RestartTests(ServiceTestCase):
         service_module.check_files(master_config, now)  # first start: nothing to check
         self.assertFalse(master_config.node_dir.exists())
         master = PKIService.from_config(
-            master_config, self.lab.cluster.join("master", role="master"), clock
+            master_config, self.lab.cluster.join("master", role="master"), clock, LocalRunner()
         )
         master.startService()
         master.stopService()
@@ -312,7 +315,7 @@ class RestartTests(ServiceTestCase):
         self.assertIn("front-proxy.crt", str(caught.exception))
         node_config_ = node_config("node-a", "node")
         node_paths = PKIService.from_config(
-            node_config_, self.lab.cluster.join("node-a"), task.Clock()
+            node_config_, self.lab.cluster.join("node-a"), task.Clock(), LocalRunner()
         ).paths
         keys.ensure_directory(node_paths.pki_dir)
         node_paths.trusted_ca.write_text("damaged")
@@ -509,14 +512,14 @@ class BadInputTests(ServiceTestCase):
 
     def test_a_failing_review_spoils_no_other_member(self) -> None:
         master = self.lab.join("master", "master")
-        original = master._review_member
+        original = desk_module.Desk._review_member
 
-        def review(member: Member) -> None:
-            if member.name == "node-a":
+        def review(desk: desk_module.Desk, name: str, entry: Any) -> None:
+            if desk.member == "master" and name == "node-a":
                 raise RuntimeError("a bug")
-            original(member)
+            original(desk, name, entry)
 
-        self.patch(master, "_review_member", review)
+        self.patch(desk_module.Desk, "_review_member", review)
         self.lab.join("node-a", "node")
         self.lab.join("node-b", "node")
         self.assertHolds("node-b")
@@ -691,7 +694,7 @@ class BadInputTests(ServiceTestCase):
 
 class BoundedRecordTests(ServiceTestCase):
     def test_answers_in_flight_are_bounded_and_everyone_is_served_in_turn(self) -> None:
-        self.patch(service_module, "MAX_OUTSTANDING", 1)
+        self.patch(desk_module, "MAX_OUTSTANDING", 1)
         self.lab.join("master", "master")
         master = self.lab.services["master"]
         master.stopService()

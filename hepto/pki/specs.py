@@ -20,6 +20,9 @@ import attrs
 
 from hepto import plan
 
+#: The key of a member's gossip record that the PKI owns.
+RECORD_KEY: Final = "pki"
+
 # The three certificate authorities of a cluster.
 KUBERNETES_CA: Final = "kubernetes"
 ETCD_CA: Final = "etcd"
