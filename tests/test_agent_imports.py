@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -76,7 +77,7 @@ _AGENT = textwrap.dedent(
 
 
 class IdleAgentImportsTests(SynchronousTestCase):
-    def agent(self, role: str) -> dict[str, object]:
+    def agent(self, role: str) -> dict[str, Any]:
         if os.geteuid() != 0 or shutil.which("unshare") is None:
             raise self.skipTest("needs root and unshare for a network namespace")
         data_dir = tempfile.mkdtemp(prefix="hepto-imports-")
@@ -90,7 +91,7 @@ class IdleAgentImportsTests(SynchronousTestCase):
             timeout=120,
         )
         self.assertEqual(done.returncode, 0, done.stderr)
-        result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
         return result
 
     def check(self, role: str) -> None:
@@ -98,13 +99,13 @@ class IdleAgentImportsTests(SynchronousTestCase):
         self.assertEqual(result["kernel"], "kernel")
         if not result["unavailable"]:
             raise self.skipTest("this kernel has WireGuard: pyroute2 is needed")
-        modules = set(result["modules"])  # type: ignore[call-overload]
+        modules = set(result["modules"])
         self.assertIn("hepto.mesh.rtnetlink", modules)
         self.assertIn("hepto.pki.service", modules)
-        [answer] = result["answered"]  # type: ignore[misc]
+        [answer] = result["answered"]
         self.assertIn("memory", answer)
         if role == "master":
-            self.assertIn("apiserver", result["installed"])  # type: ignore[operator]
+            self.assertIn("apiserver", result["installed"])
         for name, why in LAZY.items():
             loaded = sorted(m for m in modules if m == name or m.startswith(name + "."))
             self.assertEqual(loaded, [], f"{name} is for {why}, yet an idle agent imports it")

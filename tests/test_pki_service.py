@@ -9,6 +9,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
 from hepto.config import NodeConfig, parse_node_config
+from hepto.errors import StartupError
 from hepto.pki import ca, keys, policy, requests, signer, store
 from hepto.pki import desk as desk_module
 from hepto.pki import service as service_module
+from hepto.pki.errors import WorkerError
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
 from hepto.pki.worker import LocalRunner
@@ -743,3 +747,128 @@ class ScaleTests(ServiceTestCase):
             "\n10 nodes and a master hold all their certificates after "
             f"{elapsed:.3f} s (wall clock, one process)"
         )
+
+
+class FailingRunner(LocalRunner):
+    """The worker, failing as told: before a job (it never ran) or after it (answer lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_before = 0
+        self.fail_after: Callable[[dict[str, Any]], bool] = lambda answer: False
+
+    def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        if self.fail_before:
+            self.fail_before -= 1
+            return fail(WorkerError("the PKI worker exited with status 1 during a job"))
+        answer = self.run_now(job)
+        if self.fail_after(answer):
+            self.fail_after = lambda answer: False
+            return fail(WorkerError("the PKI worker was killed by signal 9 during a job"))
+        return succeed(answer)
+
+
+class WorkerFailureTests(ServiceTestCase):
+    def node_with(self, runner: FailingRunner) -> PKIService:
+        self.lab.roles["node-a"] = "node"
+        clock = task.Clock()
+        clock.advance(START)
+        self.lab.clocks["node-a"] = clock
+        self.lab.views["node-a"] = self.lab.cluster.join("node-a", role="node")
+        service = PKIService(
+            CLUSTER,
+            "node-a",
+            "node",
+            self.lab.base / "node-a",
+            self.lab.views["node-a"],
+            clock,
+            runner=runner,
+        )
+        self.lab.services["node-a"] = service
+        return service
+
+    def test_failed_batches_are_logged_and_tried_again_later(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        runner.fail_before = 2
+        self.lab.settle()
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.lab.advance(1)  # the first retry, after a second, fails too
+        self.assertEqual(node.dropped["worker_failures"], 2)
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.lab.advance(2)  # the second, two seconds later, succeeds
+        self.assertHolds("node-a")
+        self.assertEqual(node.status()["dropped"]["worker_failures"], 2)
+
+    def test_a_batch_whose_answer_is_lost_is_made_good(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        changes: list[CertificateChange] = []
+        node.subscribe(changes.append)
+        installed = node.when_installed(NODE_CERTIFICATES)
+        node.startService()
+        # The worker dies after installing the certificates, before it could answer.
+        runner.fail_after = lambda answer: bool(answer.get("changes"))
+        self.lab.settle()
+        self.assertTrue(node.paths.certificate(KUBELET_CLIENT).exists())
+        self.assertNoResult(installed)
+        self.lab.advance(1)
+        self.assertHolds("node-a")
+        self.assertEqual(self.successResultOf(installed), node.paths)
+        self.assertEqual(sorted(change.name for change in changes), sorted(NODE_CERTIFICATES))
+        self.assertTrue(node.paths.kubeconfig("kubelet").exists())
+        self.assertIsNone(self.pki("node-a"))
+        self.assertEqual(node.dropped["worker_failures"], 1)
+
+    def test_a_batch_lost_after_a_new_key_publishes_its_request(self) -> None:
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        # A renewal: the batch makes new keys, then its answer is lost.
+        self.lab.join("master", "master")
+        self.assertHolds("node-a")
+        runner.fail_after = lambda answer: True
+        certificate = x509.load_pem_x509_certificate(
+            node.paths.certificate(KUBELET_CLIENT).read_bytes()
+        )
+        renew_at = store.renewal_time(certificate).timestamp()
+        for clock in self.lab.clocks.values():
+            clock.advance(renew_at - clock.seconds())
+        self.lab.settle()
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.lab.advance(2)
+        self.assertHolds("node-a")
+        self.assertIsNone(self.pki("node-a"))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_an_authority_error_at_start_is_raised(self) -> None:
+        node = self.node_with(FailingRunner())
+        keys.ensure_directory(node.paths.pki_dir)
+        node.paths.trusted_ca.write_text("damaged")
+        with self.assertRaises(ca.AuthorityError):
+            node.startService()
+        self.assertFalse(node.running)
+
+
+class BrokenWorkerTests(SynchronousTestCase):
+    def test_a_worker_that_cannot_start_stops_the_agent_at_start(self) -> None:
+        class Broken(LocalRunner):
+            def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
+                raise WorkerError("cannot start the PKI worker: no python")
+
+        service = PKIService(
+            CLUSTER,
+            "node-a",
+            "node",
+            scratch(self),
+            MemoryCluster().join("node-a", role="node"),
+            task.Clock(),
+            runner=Broken(),
+        )
+        with self.assertRaises(StartupError) as caught:
+            service.startService()
+        self.assertIn("the PKI cannot start: cannot start the PKI worker", str(caught.exception))

@@ -147,8 +147,20 @@ class Desk:
             "refusals": self.refusals.as_json(),
             "refusals_evicted": self.refusals.evicted,
             "dropped": self.dropped,
-            "requests": {name: slot.request for name, slot in self._slots.items() if slot.request},
+            # Each CSR published, with the key it is for: a new CSR for the same key
+            # would differ (ECDSA signatures are randomised) and be published anew.
+            "requests": {
+                name: [keys.fingerprint(slot.pending), slot.request]
+                for name, slot in self._slots.items()
+                if slot.pending is not None and slot.request is not None
+            },
             "ignored": self._ignored,
+            # What the service knows installed, to notice what a failed batch installed.
+            "installed": {
+                name: _certificate_fingerprint(slot.certificate)
+                for name, slot in self._slots.items()
+                if slot.certificate is not None
+            },
         }
 
     def _restore(self, memory: Mapping[str, Any]) -> None:
@@ -204,15 +216,27 @@ class Desk:
             authorities = ca.load_authorities(self.paths.authority_dir, self.now)
             self._use_authorities(authorities)
         requests = memory["requests"]
+        adopted: list[Slot] = []
         for spec in self.specs.values():
             slot = store.load_slot(self.paths, spec, report=False)
             if slot.certificate is not None and (
                 self._ignored.get(spec.name) == _certificate_fingerprint(slot.certificate)
             ):
                 store.forget_installed(slot)
+            if slot.certificate is not None and (
+                memory["installed"].get(spec.name) != _certificate_fingerprint(slot.certificate)
+            ):
+                adopted.append(slot)
             if slot.pending is not None:
-                slot.request = requests.get(spec.name)
+                fingerprint, request = requests.get(spec.name, (None, None))
+                if fingerprint == keys.fingerprint(slot.pending):
+                    slot.request = request
+                else:
+                    # A batch that failed after making this key: its CSR anew.
+                    store.prepare_request(self.paths, slot)
             self._slots[spec.name] = slot
+        for slot in adopted:
+            self._adopt(slot)
 
     def _start_authorities(self) -> None:
         authorities, created = ca.load_or_create_authorities(
@@ -275,14 +299,30 @@ class Desk:
     def _install(self, slot: Slot, key: keys.PrivateKey, certificate: x509.Certificate) -> None:
         store.install(self.paths, slot, key, certificate)
         self._ignored.pop(slot.name, None)
-        kubeconfig_path = self._write_kubeconfig(slot)
-        self._schedule_renewal(slot)
         self.log.info(
             "Installed {certificate} ({subject}) valid until {not_after}",
             certificate=slot.name,
             subject=certificate.subject.rfc4514_string(),
             not_after=certificate.not_valid_after_utc.isoformat(),
         )
+        self._installed_now(slot)
+
+    def _adopt(self, slot: Slot) -> None:
+        """A certificate that a batch installed but could not report (its worker died)."""
+        assert slot.certificate is not None
+        self.log.info(
+            "Found {certificate} ({subject}) installed by an interrupted batch",
+            certificate=slot.name,
+            subject=slot.certificate.subject.rfc4514_string(),
+        )
+        self._installed_now(slot)
+
+    def _installed_now(self, slot: Slot) -> None:
+        """Kubeconfig, renewal and news of the slot's certificate, new to the service."""
+        assert slot.certificate is not None and slot.key is not None
+        certificate, key = slot.certificate, slot.key
+        kubeconfig_path = self._write_kubeconfig(slot)
+        self._schedule_renewal(slot)
         self.changes.append(
             {
                 "name": slot.name,

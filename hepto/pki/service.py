@@ -443,6 +443,7 @@ class PKIService(Service):
         for change in changes:
             self._installed.add(change.name)
             self._tell(change)
+        self._wake_waiters()
         self._publish(answer["section"])
         for name in answer["marks"]:
             self._mark(name)
@@ -453,6 +454,9 @@ class PKIService(Service):
                 listener(change)
             except Exception:
                 self.log.failure("Certificate listener {listener!r} failed", listener=listener)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         ready = [waiter for waiter in self._waiters if all(map(self.installed, waiter[0]))]
         self._waiters = [waiter for waiter in self._waiters if waiter not in ready]
         for _, deferred in ready:
