@@ -208,6 +208,8 @@ class PKIService(Service):
         self._renewals_due: set[str] = set()
         self._dispatch_call: IDelayedCall | None = None
         self._busy = False
+        #: Counts starts: an answer to a batch sent before the last start is ignored.
+        self._started = 0
         self._retry_delay = RETRY_FIRST
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
@@ -307,6 +309,9 @@ class PKIService(Service):
             _raise_for(answer)
         except WorkerError as error:
             raise StartupError(f"the PKI cannot start: {error}") from None
+        self._started += 1
+        self._busy = False
+        self._retry_delay = RETRY_FIRST
         self._apply(answer)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
         for name in self.state.members():
@@ -379,27 +384,25 @@ class PKIService(Service):
         if not entries and not renew:
             return
         self._busy = True
+        work = (self._started, renew, entries)
         self.runner.run(self._job(start=False, renew=renew, members=entries)).addCallbacks(
-            self._answered,
-            self._failed,
-            callbackArgs=(renew, entries),
-            errbackArgs=(renew, entries),
+            self._answered, self._failed, callbackArgs=work, errbackArgs=work
         )
 
     def _answered(
-        self, answer: dict[str, Any], renew: list[str], members: Mapping[str, Any]
+        self, answer: dict[str, Any], started: int, renew: list[str], members: Mapping[str, Any]
     ) -> None:
-        if not self.running:
-            self._busy = False
-            return
         emit_events(answer.get("log", ()))
-        if "error" in answer:
-            try:
-                _raise_for(answer)
-            except (AuthorityError, WorkerError):
-                self._failed(Failure(), renew, members)
+        try:
+            _raise_for(answer)
+        except (AuthorityError, WorkerError):
+            self._failed(Failure(), started, renew, members)
             return
+        if started != self._started:
+            return  # Stopped since, and maybe started anew: an answer for nobody.
         self._busy = False
+        if not self.running:
+            return
         self._retry_delay = RETRY_FIRST
         try:
             self._apply(answer)
@@ -409,7 +412,11 @@ class PKIService(Service):
         if self._dirty or self._renewals_due:
             self._schedule_dispatch()
 
-    def _failed(self, failure: Failure, renew: list[str], members: Mapping[str, Any]) -> None:
+    def _failed(
+        self, failure: Failure, started: int, renew: list[str], members: Mapping[str, Any]
+    ) -> None:
+        if started != self._started:
+            return
         self._busy = False
         if not self.running:
             return

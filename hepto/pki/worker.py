@@ -36,19 +36,17 @@ import sys
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
+from hepto.pki.client import IDLE_TIMEOUT
 from hepto.pki.desk import Desk, check_files
 from hepto.pki.errors import AuthorityError
 from hepto.pki.paths import Paths
-
-#: Seconds without a job before the worker exits.
-IDLE_TIMEOUT: Final = 5.0
 
 
 def _utc(seconds: float) -> datetime.datetime:
@@ -57,9 +55,9 @@ def _utc(seconds: float) -> datetime.datetime:
 
 def handle(job: Mapping[str, Any]) -> dict[str, Any]:
     """Do one job; the answer, never an exception."""
-    config = job["config"]
-    now = _utc(job["now"])
     try:
+        config = job["config"]
+        now = _utc(job["now"])
         if job.get("check"):
             check_files(Paths(Path(config["node_dir"])), config["cluster"], config["role"], now)
             return {"checked": True}
