@@ -25,7 +25,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from hepto.pki import client as client_module
 from hepto.pki.client import WorkerClient, worker_command
 from hepto.pki.errors import WorkerError
-from hepto.pki.specs import LEAF_LIFETIME
+from hepto.pki.service import PKIService
+from hepto.pki.specs import KUBELET_CLIENT, KUBELET_SERVING, LEAF_LIFETIME
+from hepto.state import MemoryCluster
 from test_supervisor_fakes import LogCapture
 
 
@@ -310,3 +312,30 @@ class RealWorkerTests(TestCase):
         self.assertIn("lacks", answer["error"]["message"])
         with self.assertRaises(WorkerError):
             client_module.run_once({}, [sys.executable, "-c", "print('no answer')"])
+
+
+class RealServiceTests(TestCase):
+    """A master and a node over an in-memory cluster, their batches in real workers."""
+
+    @inlineCallbacks
+    def test_a_node_gets_its_certificates_through_workers(self) -> Any:
+        base = Path(tempfile.mkdtemp(prefix="hepto-worker-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        cluster = MemoryCluster()
+        services = {
+            name: PKIService(
+                "worker", name, name, base / name, cluster.join(name, role=name), reactor
+            )
+            for name in ("master", "node")
+        }
+        for service in services.values():
+            service.startService()
+            self.addCleanup(service.stopService)
+        node = services["node"]
+        paths = yield node.when_installed([KUBELET_CLIENT, KUBELET_SERVING])
+        self.assertTrue(paths.kubeconfig("kubelet").exists())
+        self.assertEqual(node.status()["certificates"][KUBELET_CLIENT]["state"], "valid")
+        self.assertEqual(node.refusals.as_json(), [])
+        for service in services.values():
+            yield service.stopService()
+            self.assertIsNone(service.runner._protocol)  # type: ignore[attr-defined]
