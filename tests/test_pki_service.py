@@ -28,9 +28,9 @@ from hepto.pki import ca, keys, policy, requests, signer, store
 from hepto.pki import desk as desk_module
 from hepto.pki import service as service_module
 from hepto.pki.errors import WorkerError
+from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
-from hepto.pki.worker import LocalRunner
 from hepto.state import LEFT, Change, MemoryCluster, MemoryState, Record
 
 

@@ -39,11 +39,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
-from hepto.pki.client import IDLE_TIMEOUT
 from hepto.pki.desk import Desk, check_files
 from hepto.pki.errors import AuthorityError
 from hepto.pki.paths import Paths
@@ -162,7 +160,9 @@ def serve(lines: Iterable[bytes], answers: IO[str], events: list[LogEvent]) -> N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hepto.pki.worker")
-    parser.add_argument("--idle", type=float, default=IDLE_TIMEOUT)
+    parser.add_argument(
+        "--idle", type=float, required=True, help="seconds without a job before exiting"
+    )
     arguments = parser.parse_args(argv)
     # Answers get a descriptor of their own; anything printed goes to standard error.
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -171,30 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     globalLogBeginner.beginLoggingTo([collector], redirectStandardIO=False)
     serve(_lines(0, arguments.idle), answers, collector.events)
     return 0
-
-
-class LocalRunner:
-    """Runs jobs in this process, as the worker would, for tests under ``task.Clock``.
-
-    Jobs and answers go through JSON as they would through the pipes; log events are
-    emitted here directly, so that tests see them (and their failures) as they are.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: list[dict[str, Any]] = []
-
-    def run(self, job: Mapping[str, Any]) -> defer.Deferred[dict[str, Any]]:
-        return defer.succeed(self.run_now(job))
-
-    def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        decoded = json.loads(json.dumps(job))
-        self.jobs.append(decoded)
-        answer: dict[str, Any] = json.loads(json.dumps(handle(decoded)))
-        answer["log"] = []
-        return answer
-
-    def stop(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
 
 
 if __name__ == "__main__":
