@@ -31,7 +31,7 @@ from hepto.pki.errors import WorkerError
 from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
-from hepto.state import LEFT, Change, MemoryCluster, MemoryState, Record
+from hepto.state import ALIVE, LEFT, SUSPECT, Change, MemoryCluster, MemoryState, Record
 
 
 def scratch(test: SynchronousTestCase) -> Path:
@@ -694,6 +694,29 @@ class BadInputTests(ServiceTestCase):
         self.lab.settle()
         self.assertNotIn("signed", self.pki("master"))
         self.assertEqual(master.status()["outstanding"], {})
+
+
+class BatchTests(ServiceTestCase):
+    def jobs(self, name: str) -> list[dict[str, Any]]:
+        runner = self.lab.services[name].runner
+        assert isinstance(runner, LocalRunner)
+        return runner.jobs
+
+    def test_liveness_alone_costs_no_batch(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        self.assertHolds("node-a")
+        before = {name: len(self.jobs(name)) for name in ("master", "node-a")}
+        self.lab.cluster.set_status("node-a", SUSPECT)
+        self.lab.cluster.set_status("node-a", ALIVE)
+        self.lab.cluster.set_status("master", SUSPECT)
+        self.lab.settle()
+        self.assertEqual({name: len(self.jobs(name)) for name in ("master", "node-a")}, before)
+        # A member leaving is news, once.
+        self.lab.cluster.set_status("node-a", LEFT)
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("master")), before["master"] + 1)
+        self.assertEqual(self.jobs("master")[-1]["members"], {"node-a": None})
 
 
 class BoundedRecordTests(ServiceTestCase):

@@ -205,6 +205,11 @@ class PKIService(Service):
         self._counted: dict[str, int] = {}
         # Work waiting for the next batch, and the batch in flight.
         self._dirty: set[str] = set()
+        # Members to review even if their record did not change (a timer, the desk).
+        self._forced: set[str] = set()
+        # Per member, the record version the desk last reviewed (None: it left).  A
+        # change of liveness alone changes nothing the desk reads: it costs no batch.
+        self._reviewed: dict[str, int | None] = {}
         self._renewals_due: set[str] = set()
         self._dispatch_call: IDelayedCall | None = None
         self._busy = False
@@ -311,6 +316,7 @@ class PKIService(Service):
             raise StartupError(f"the PKI cannot start: {error}") from None
         self._started += 1
         self._busy = False
+        self._reviewed.clear()
         self._retry_delay = RETRY_FIRST
         self._apply(answer)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
@@ -352,10 +358,12 @@ class PKIService(Service):
             "members": members,
         }
 
-    def _mark(self, name: str) -> None:
+    def _mark(self, name: str, force: bool = False) -> None:
         if name == self.state.name:
             return
         self._dirty.add(name)
+        if force:
+            self._forced.add(name)
         self._schedule_dispatch()
 
     def _schedule_dispatch(self, delay: float = 0) -> None:
@@ -371,16 +379,20 @@ class PKIService(Service):
         entries: dict[str, Any] = {}
         for name in sorted(self._dirty):
             member = members.get(name)
-            if member is None or member.status == LEFT:
-                entries[name] = None
-            elif member.record is not None:
-                entries[name] = {
+            entry: dict[str, Any] | None = None
+            if member is not None and member.status != LEFT:
+                if member.record is None:
+                    continue
+                entry = {
                     "version": member.record.version,
                     "role": member.record.get("role"),
                     RECORD_KEY: member.record.get(RECORD_KEY),
                 }
+            version = None if entry is None else entry["version"]
+            if name in self._forced or self._reviewed.get(name, -1) != version:
+                entries[name] = entry
         renew = sorted(self._renewals_due)
-        self._dirty, self._renewals_due = set(), set()
+        self._dirty, self._forced, self._renewals_due = set(), set(), set()
         if not entries and not renew:
             return
         self._busy = True
@@ -404,6 +416,8 @@ class PKIService(Service):
         if not self.running:
             return
         self._retry_delay = RETRY_FIRST
+        for name, entry in members.items():
+            self._reviewed[name] = None if entry is None else entry["version"]
         try:
             self._apply(answer)
         except Exception:
@@ -428,6 +442,7 @@ class PKIService(Service):
         )
         self._renewals_due.update(renew)
         self._dirty.update(members)
+        self._forced.update(members)
         self._schedule_dispatch(self._retry_delay)
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
@@ -453,7 +468,7 @@ class PKIService(Service):
         self._wake_waiters()
         self._publish(answer["section"])
         for name in answer["marks"]:
-            self._mark(name)
+            self._mark(name, force=True)
 
     def _tell(self, change: CertificateChange) -> None:
         for listener in list(self._listeners):
@@ -501,7 +516,7 @@ class PKIService(Service):
 
         def again() -> None:
             self._revisits.pop(member, None)
-            self._mark(member)
+            self._mark(member, force=True)
 
         delay = max(0.0, when - self.clock.seconds())
         self._revisits[member] = self.clock.callLater(delay, again)
