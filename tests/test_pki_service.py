@@ -778,12 +778,16 @@ class FailingRunner(LocalRunner):
     def __init__(self) -> None:
         super().__init__()
         self.fail_before = 0
+        self.mangle = 0
         self.fail_after: Callable[[dict[str, Any]], bool] = lambda answer: False
 
     def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
         if self.fail_before:
             self.fail_before -= 1
             return fail(WorkerError("the PKI worker exited with status 1 during a job"))
+        if self.mangle:
+            self.mangle -= 1
+            return succeed({"memory": 5, "log": [{"level": "nonsense"}, "nonsense"]})
         answer = self.run_now(job)
         if self.fail_after(answer):
             self.fail_after = lambda answer: False
@@ -825,6 +829,18 @@ class WorkerFailureTests(ServiceTestCase):
         self.lab.advance(2)  # the second, two seconds later, succeeds
         self.assertHolds("node-a")
         self.assertEqual(node.status()["dropped"]["worker_failures"], 2)
+
+    def test_a_malformed_answer_is_a_failed_batch(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        runner.mangle = 1
+        self.lab.settle()
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.lab.advance(1)
+        self.assertHolds("node-a")
 
     def test_a_batch_whose_answer_is_lost_is_made_good(self) -> None:
         self.lab.join("master", "master")

@@ -92,6 +92,42 @@ class CertificateChange:
 CertificateListener = Callable[[CertificateChange], None]
 
 
+@attrs.frozen
+class Answer:
+    """What the desk did in one batch, read from the worker's answer."""
+
+    memory: dict[str, Any]
+    status: dict[str, Any]
+    refusals: RefusalLog
+    section: object
+    changes: list[CertificateChange]
+    installed: frozenset[str]
+    renewals: dict[str, float]
+    revisits: dict[str, float]
+    marks: list[str]
+
+    @classmethod
+    def from_json(cls, answer: Mapping[str, Any]) -> Answer:
+        """Raises :class:`AuthorityError` or :class:`WorkerError` for an answer that is an
+        error, and :class:`WorkerError` for one that is not an answer at all."""
+        _raise_for(answer)
+        try:
+            status = dict(answer["status"])
+            return cls(
+                memory=dict(answer["memory"]),
+                status=status,
+                refusals=RefusalLog.from_json(status["refusals"], status["refusals_evicted"]),
+                section=answer["section"],
+                changes=[CertificateChange.from_json(change) for change in answer["changes"]],
+                installed=frozenset(answer["installed"]),
+                renewals={str(name): float(when) for name, when in answer["renewals"].items()},
+                revisits={str(name): float(when) for name, when in answer["revisits"].items()},
+                marks=[str(name) for name in answer["marks"]],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as problem:
+            raise WorkerError(f"the PKI worker's answer is malformed ({problem!r})") from None
+
+
 class Runner(Protocol):
     """Where the desk's batches run: the worker process, or this process in tests."""
 
@@ -133,33 +169,44 @@ def check_files(
         "now": now.timestamp(),
     }
     answer = run_once(job) if runner is None else runner.run_now(job)
-    emit_events(answer.get("log", ()))
+    emit_events(answer)
     _raise_for(answer)
+
+
+_log = Logger(namespace="hepto.pki")
 
 
 def _raise_for(answer: Mapping[str, Any]) -> None:
     problem = answer.get("error")
     if problem is None:
         return
+    if not isinstance(problem, Mapping):
+        raise WorkerError(f"the PKI worker failed: {problem!r}")
     if problem.get("kind") == "authority":
-        raise AuthorityError(problem.get("message"))
+        raise AuthorityError(str(problem.get("message")))
     raise WorkerError(f"the PKI worker failed: {problem.get('message')}")
 
 
-def emit_events(events: Iterable[Mapping[str, Any]]) -> None:
+def emit_events(answer: Mapping[str, Any]) -> None:
     """Log, as this process's own, the events a worker logged while doing a job."""
-    for event in events:
-        fields = {
-            key: value
-            for key, value in event.get("fields", {}).items()
-            if key not in ("level", "format")
-        }
-        text = event.get("format", "")
-        if "traceback" in event:
-            text += "\n{traceback}"
-            fields["traceback"] = event["traceback"]
-        level = LogLevel.levelWithName(event.get("level", "info"))
-        Logger(namespace=event.get("namespace", "hepto.pki")).emit(level, text, **fields)
+    events = answer.get("log")
+    for event in events if isinstance(events, list) else ():
+        try:
+            fields = {
+                key: value
+                for key, value in event.get("fields", {}).items()
+                if key not in ("level", "format")
+            }
+            text = str(event.get("format", ""))
+            if "traceback" in event:
+                text += "\n{traceback}"
+                fields["traceback"] = event["traceback"]
+            level = LogLevel.levelWithName(event.get("level", "info"))
+            logger = Logger(namespace=str(event.get("namespace", "hepto.pki")))
+        except Exception:
+            _log.warn("The PKI worker logged something unreadable: {event!r}", event=event)
+            continue
+        logger.emit(level, text, **fields)
 
 
 def _utc(seconds: float) -> datetime.datetime:
@@ -310,15 +357,15 @@ class PKIService(Service):
         """
         try:
             answer = self.runner.run_now(self._job(start=True, renew=[], members={}))
-            emit_events(answer.get("log", ()))
-            _raise_for(answer)
+            emit_events(answer)
+            started = Answer.from_json(answer)
         except WorkerError as error:
             raise StartupError(f"the PKI cannot start: {error}") from None
         self._started += 1
         self._busy = False
         self._reviewed.clear()
         self._retry_delay = RETRY_FIRST
-        self._apply(answer)
+        self._apply(started)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
         for name in self.state.members():
             self._mark(name)
@@ -404,9 +451,9 @@ class PKIService(Service):
     def _answered(
         self, answer: dict[str, Any], started: int, renew: list[str], members: Mapping[str, Any]
     ) -> None:
-        emit_events(answer.get("log", ()))
+        emit_events(answer)
         try:
-            _raise_for(answer)
+            done = Answer.from_json(answer)
         except (AuthorityError, WorkerError):
             self._failed(Failure(), started, renew, members)
             return
@@ -418,11 +465,7 @@ class PKIService(Service):
         self._retry_delay = RETRY_FIRST
         for name, entry in members.items():
             self._reviewed[name] = None if entry is None else entry["version"]
-        try:
-            self._apply(answer)
-        except Exception:
-            self._count("apply_failures")
-            self.log.failure("Applying the PKI worker's answer failed")
+        self._apply(done)
         if self._dirty or self._renewals_due:
             self._schedule_dispatch()
 
@@ -449,25 +492,22 @@ class PKIService(Service):
     def _count(self, what: str) -> None:
         self._counted[what] = self._counted.get(what, 0) + 1
 
-    def _apply(self, answer: Mapping[str, Any]) -> None:
+    def _apply(self, answer: Answer) -> None:
         """What a batch did: remember it, set timers, tell listeners, publish."""
-        self._memory = answer["memory"]
-        self._status = answer["status"]
-        self.refusals = RefusalLog.from_json(
-            self._status["refusals"], self._status["refusals_evicted"]
-        )
-        changes = [CertificateChange.from_json(change) for change in answer["changes"]]
-        self._installed = set(answer["installed"]) - {change.name for change in changes}
-        for name, when in answer["renewals"].items():
+        self._memory = answer.memory
+        self._status = answer.status
+        self.refusals = answer.refusals
+        self._installed = set(answer.installed) - {change.name for change in answer.changes}
+        for name, when in answer.renewals.items():
             self._schedule_renewal(name, when)
-        for member, when in answer["revisits"].items():
+        for member, when in answer.revisits.items():
             self._revisit(member, when)
-        for change in changes:
+        for change in answer.changes:
             self._installed.add(change.name)
             self._tell(change)
         self._wake_waiters()
-        self._publish(answer["section"])
-        for name in answer["marks"]:
+        self._publish(answer.section)
+        for name in answer.marks:
             self._mark(name, force=True)
 
     def _tell(self, change: CertificateChange) -> None:
