@@ -7,7 +7,9 @@ test answers by hand, on a ``task.Clock``.  The last class starts the real worke
 from __future__ import annotations
 
 import datetime
+import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -18,14 +20,15 @@ import attrs
 from twisted.internet import error, reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IProcessProtocol
-from twisted.logger import LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hepto.pki import client as client_module
+from hepto.pki import worker as worker_module
 from hepto.pki.client import WorkerClient, worker_command
 from hepto.pki.errors import WorkerError
-from hepto.pki.service import PKIService
+from hepto.pki.service import PKIService, emit_events
 from hepto.pki.specs import KUBELET_CLIENT, KUBELET_SERVING, LEAF_LIFETIME
 from hepto.state import MemoryCluster
 from test_supervisor_fakes import LogCapture
@@ -339,3 +342,51 @@ class RealServiceTests(TestCase):
         for service in services.values():
             yield service.stopService()
             self.assertIsNone(service.runner._protocol)  # type: ignore[attr-defined]
+
+
+class WorkerLoopTests(SynchronousTestCase):
+    """The worker's side of the pipes, in this process."""
+
+    def test_lines_end_with_their_input_or_after_idle_time(self) -> None:
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        os.write(write, b'{"a": 1}\n{"b"')
+        os.write(write, b": 2}\npartial")
+        lines = worker_module._lines(read, idle=0.05)
+        self.assertEqual(next(lines), b'{"a": 1}')
+        self.assertEqual(next(lines), b'{"b": 2}')
+        # Silent for longer than the idle time: no more lines (a half line is no job).
+        self.assertEqual(list(lines), [])
+        os.close(write)
+        self.assertEqual(list(worker_module._lines(read, idle=5)), [])
+
+    def test_each_job_gets_its_answer_and_its_log(self) -> None:
+        out = io.StringIO()
+        collector = worker_module.Collector()
+        Logger(observer=collector, namespace="hepto.pki").info("seen {thing}", thing=1)
+        worker_module.serve([b"not json", b'{"config": {}}'], out, collector.events)
+        first, second = (json.loads(line) for line in out.getvalue().splitlines())
+        self.assertIn("not a job", first["error"]["message"])
+        self.assertEqual(first["log"][0]["format"], "seen {thing}")
+        self.assertEqual(first["log"][0]["fields"], {"thing": 1})
+        self.assertEqual(second["error"]["kind"], "failed")
+        self.assertEqual(second["log"], [])
+
+    def test_events_cross_the_pipe_and_are_logged_here(self) -> None:
+        collector = worker_module.Collector()
+        log = Logger(observer=collector, namespace="hepto.pki.desk")
+        log.warn("Refused {subject}: {reason}", subject="ca", reason="why", thing=object())
+        try:
+            raise ZeroDivisionError("a bug")
+        except ZeroDivisionError:
+            log.failure("Reviewing {member} failed", member="m")
+        answer = {"log": [worker_module.event_as_json(event) for event in collector.events]}
+        capture = LogCapture.install(self)
+        emit_events(json.loads(json.dumps(answer)))
+        warned, failed = capture.events
+        self.assertEqual(warned["log_namespace"], "hepto.pki.desk")
+        self.assertEqual(warned["log_level"], LogLevel.warn)
+        self.assertEqual(formatEvent(warned), "Refused ca: why")
+        self.assertNotIn("thing", warned)
+        self.assertEqual(failed["log_level"], LogLevel.critical)
+        self.assertIn("ZeroDivisionError", formatEvent(failed))
