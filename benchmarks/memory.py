@@ -113,7 +113,7 @@ IMPORT_EXTRAS: Final = (
     ("pyroute2: the kernel backend only", ("pyroute2",)),
     ("twisted.conch: the manhole only", ("hepto.manhole",)),
     (
-        "cryptography and the PKI desk: the PKI worker only",
+        "cryptography, the desk: PKI worker only",
         ("cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec", "hepto.pki.worker"),
     ),
 )
