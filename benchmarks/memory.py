@@ -100,14 +100,6 @@ IMPORT_STEPS: Final = (
     ("Python 3.11 interpreter", ()),
     ("Twisted reactor (defer, asyncio, logger)", ("twisted.internet.reactor",)),
     ("twistd and its plugin scan", ("twisted.scripts.twistd", "!plugins")),
-    (
-        "cryptography (x509, the Rust library)",
-        (
-            "cryptography.x509",
-            "cryptography.hazmat.primitives.asymmetric.ec",
-            "cryptography.hazmat.primitives.asymmetric.x25519",
-        ),
-    ),
     ("PyNaCl", ("nacl.bindings", "nacl.utils")),
     ("hepto.gossip", ("hepto.gossip.service",)),
     ("hepto.pki, hepto.kube, hepto.supervisor", ("hepto.pki.service", "hepto.kube.service")),
@@ -120,6 +112,10 @@ IMPORT_STEPS: Final = (
 IMPORT_EXTRAS: Final = (
     ("pyroute2: the kernel backend only", ("pyroute2",)),
     ("twisted.conch: the manhole only", ("hepto.manhole",)),
+    (
+        "cryptography, the desk: PKI worker only",
+        ("cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec", "hepto.pki.worker"),
+    ),
 )
 
 #: Imports the steps of :data:`IMPORT_STEPS` given as JSON; prints (RSS, anonymous) in

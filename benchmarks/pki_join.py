@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from agent import KEY, Agent
 from hepto.pki.paths import Paths
-from hepto.pki.requests import KUBELET_CLIENT, KUBELET_SERVING
+from hepto.pki.specs import KUBELET_CLIENT, KUBELET_SERVING
 from netlab import Lab, wait_until
 
 CLUSTER = "pkibench"

@@ -1,5 +1,8 @@
 """What an idle agent imports: the heavy modules it must not load unless it uses them.
 
+The PKI's cryptography runs in worker processes (``hepto.pki.worker``): the agent
+itself, its PKI started and a batch done, must not have imported ``cryptography``.
+
 Each of these was made lazy for a measured saving of resident memory (``docs/memory.rst``);
 this test fails if a change brings one back into every agent.  The agent is built as
 ``twistd hepto`` builds it, in a fresh interpreter, and its mesh tries the kernel's
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,6 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase
 LAZY = {
     "pyroute2": "the kernel's WireGuard only (about 8 MiB)",
     "twisted.conch": "the manhole only, when enabled (about 3.6 MiB)",
+    "cryptography": "the PKI worker only, a process of its own (about 9.8 MiB)",
+    "bcrypt": "cryptography's SSH keys, in the PKI worker only",
 }
 
 _AGENT = textwrap.dedent(
@@ -45,7 +51,23 @@ _AGENT = textwrap.dedent(
     kernel = node.mesh._backend_factories[0]()
     failures = []
     kernel.start(lambda: None).addErrback(failures.append)
+    # The PKI starts (one batch in a worker, blocking), then does one batch as it does
+    # on every change, in a worker it starts through the reactor.
+    node.pki.startService()
+    answers = []
+
+    def batch():
+        job = node.pki._job(start=False, renew=[], members={})
+        done = node.pki.runner.run(job)
+        done.addCallback(answers.append)
+        done.addBoth(lambda _: node.pki.stopService())
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(batch)
+    reactor.run()
     print(json.dumps({
+        "installed": sorted(name for name in node.pki.specs if node.pki.installed(name)),
+        "answered": [sorted(answer) for answer in answers],
         "kernel": kernel.kind,
         "unavailable": bool(failures) and failures[0].check(BackendUnavailable) is not None,
         "modules": sorted(sys.modules),
@@ -55,7 +77,7 @@ _AGENT = textwrap.dedent(
 
 
 class IdleAgentImportsTests(SynchronousTestCase):
-    def agent(self, role: str) -> dict[str, object]:
+    def agent(self, role: str) -> dict[str, Any]:
         if os.geteuid() != 0 or shutil.which("unshare") is None:
             raise self.skipTest("needs root and unshare for a network namespace")
         data_dir = tempfile.mkdtemp(prefix="hepto-imports-")
@@ -69,7 +91,7 @@ class IdleAgentImportsTests(SynchronousTestCase):
             timeout=120,
         )
         self.assertEqual(done.returncode, 0, done.stderr)
-        result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
         return result
 
     def check(self, role: str) -> None:
@@ -77,8 +99,13 @@ class IdleAgentImportsTests(SynchronousTestCase):
         self.assertEqual(result["kernel"], "kernel")
         if not result["unavailable"]:
             raise self.skipTest("this kernel has WireGuard: pyroute2 is needed")
-        modules = set(result["modules"])  # type: ignore[call-overload]
+        modules = set(result["modules"])
         self.assertIn("hepto.mesh.rtnetlink", modules)
+        self.assertIn("hepto.pki.service", modules)
+        [answer] = result["answered"]
+        self.assertIn("memory", answer)
+        if role == "master":
+            self.assertIn("apiserver", result["installed"])
         for name, why in LAZY.items():
             loaded = sorted(m for m in modules if m == name or m.startswith(name + "."))
             self.assertEqual(loaded, [], f"{name} is for {why}, yet an idle agent imports it")

@@ -29,6 +29,16 @@ START_TIMEOUT = 120.0
 NODE_FILES = (KUBELET_CLIENT, KUBELET_SERVING)
 
 
+def mapped_libraries(pid: int, packages: tuple[str, ...]) -> list[str]:
+    """Files of these Python packages that process ``pid`` maps (imported, for a C one)."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and any(f"/{package}/" in fields[5] for package in packages):
+            found.add(fields[5])
+    return sorted(found)
+
+
 class PKIAgentsTests(SynchronousTestCase):
     def setUp(self) -> None:
         why = missing_requirements("openssl", "wireguard-go")
@@ -113,6 +123,11 @@ class PKIAgentsTests(SynchronousTestCase):
                 "-verify_ip", str(plan.mesh_address(CLUSTER, host.name)),
             )  # fmt: skip
             self.assertFalse(paths.authority_dir.exists())
+        # All of it was done by PKI workers: no agent loaded cryptography itself.
+        for name, agent in self.agents.items():
+            self.assertEqual(
+                mapped_libraries(agent.process.pid, ("cryptography", "bcrypt")), [], name
+            )
 
         # A restart of the master changes no CA and no certificate anywhere.
         before = {name: self.snapshot(name) for name in ("master", "node-a", "node-b")}

@@ -472,7 +472,9 @@ class SpecTests(SynchronousTestCase):
 
     def test_kubelet_names(self) -> None:
         client, serving = requests.kubelet_specs(CLUSTER, "n")
-        self.assertEqual(client.subject().rfc4514_string(), "CN=system:node:n,O=system:nodes")
+        self.assertEqual(
+            requests.subject(client).rfc4514_string(), "CN=system:node:n,O=system:nodes"
+        )
         self.assertEqual(client.usages, (requests.CLIENT,))
         self.assertEqual(serving.dns_names, ("n",))
         self.assertEqual(serving.ip_addresses, (plan.mesh_address(CLUSTER, "n"),))

@@ -9,6 +9,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,20 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
 from hepto.config import NodeConfig, parse_node_config
+from hepto.errors import StartupError
 from hepto.pki import ca, keys, policy, requests, signer, store
+from hepto.pki import desk as desk_module
 from hepto.pki import service as service_module
+from hepto.pki.errors import WorkerError
+from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
-from hepto.state import LEFT, Change, Member, MemoryCluster, MemoryState, Record
+from hepto.state import ALIVE, LEFT, SUSPECT, Change, MemoryCluster, MemoryState, Record
 
 
 def scratch(test: SynchronousTestCase) -> Path:
@@ -83,6 +89,7 @@ class Lab:
             self.base / name,
             self.views[name],
             self.clocks[name],
+            runner=LocalRunner(),
         )
         self.services[name] = service
         return service
@@ -301,7 +308,7 @@ class RestartTests(ServiceTestCase):
         service_module.check_files(master_config, now)  # first start: nothing to check
         self.assertFalse(master_config.node_dir.exists())
         master = PKIService.from_config(
-            master_config, self.lab.cluster.join("master", role="master"), clock
+            master_config, self.lab.cluster.join("master", role="master"), clock, LocalRunner()
         )
         master.startService()
         master.stopService()
@@ -312,7 +319,7 @@ class RestartTests(ServiceTestCase):
         self.assertIn("front-proxy.crt", str(caught.exception))
         node_config_ = node_config("node-a", "node")
         node_paths = PKIService.from_config(
-            node_config_, self.lab.cluster.join("node-a"), task.Clock()
+            node_config_, self.lab.cluster.join("node-a"), task.Clock(), LocalRunner()
         ).paths
         keys.ensure_directory(node_paths.pki_dir)
         node_paths.trusted_ca.write_text("damaged")
@@ -509,14 +516,14 @@ class BadInputTests(ServiceTestCase):
 
     def test_a_failing_review_spoils_no_other_member(self) -> None:
         master = self.lab.join("master", "master")
-        original = master._review_member
+        original = desk_module.Desk._review_member
 
-        def review(member: Member) -> None:
-            if member.name == "node-a":
+        def review(desk: desk_module.Desk, name: str, entry: Any) -> None:
+            if desk.member == "master" and name == "node-a":
                 raise RuntimeError("a bug")
-            original(member)
+            original(desk, name, entry)
 
-        self.patch(master, "_review_member", review)
+        self.patch(desk_module.Desk, "_review_member", review)
         self.lab.join("node-a", "node")
         self.lab.join("node-b", "node")
         self.assertHolds("node-b")
@@ -689,9 +696,32 @@ class BadInputTests(ServiceTestCase):
         self.assertEqual(master.status()["outstanding"], {})
 
 
+class BatchTests(ServiceTestCase):
+    def jobs(self, name: str) -> list[dict[str, Any]]:
+        runner = self.lab.services[name].runner
+        assert isinstance(runner, LocalRunner)
+        return runner.jobs
+
+    def test_liveness_alone_costs_no_batch(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        self.assertHolds("node-a")
+        before = {name: len(self.jobs(name)) for name in ("master", "node-a")}
+        self.lab.cluster.set_status("node-a", SUSPECT)
+        self.lab.cluster.set_status("node-a", ALIVE)
+        self.lab.cluster.set_status("master", SUSPECT)
+        self.lab.settle()
+        self.assertEqual({name: len(self.jobs(name)) for name in ("master", "node-a")}, before)
+        # A member leaving is news, once.
+        self.lab.cluster.set_status("node-a", LEFT)
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("master")), before["master"] + 1)
+        self.assertEqual(self.jobs("master")[-1]["members"], {"node-a": None})
+
+
 class BoundedRecordTests(ServiceTestCase):
     def test_answers_in_flight_are_bounded_and_everyone_is_served_in_turn(self) -> None:
-        self.patch(service_module, "MAX_OUTSTANDING", 1)
+        self.patch(desk_module, "MAX_OUTSTANDING", 1)
         self.lab.join("master", "master")
         master = self.lab.services["master"]
         master.stopService()
@@ -740,3 +770,144 @@ class ScaleTests(ServiceTestCase):
             "\n10 nodes and a master hold all their certificates after "
             f"{elapsed:.3f} s (wall clock, one process)"
         )
+
+
+class FailingRunner(LocalRunner):
+    """The worker, failing as told: before a job (it never ran) or after it (answer lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_before = 0
+        self.mangle = 0
+        self.fail_after: Callable[[dict[str, Any]], bool] = lambda answer: False
+
+    def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        if self.fail_before:
+            self.fail_before -= 1
+            return fail(WorkerError("the PKI worker exited with status 1 during a job"))
+        if self.mangle:
+            self.mangle -= 1
+            return succeed({"memory": 5, "log": [{"level": "nonsense"}, "nonsense"]})
+        answer = self.run_now(job)
+        if self.fail_after(answer):
+            self.fail_after = lambda answer: False
+            return fail(WorkerError("the PKI worker was killed by signal 9 during a job"))
+        return succeed(answer)
+
+
+class WorkerFailureTests(ServiceTestCase):
+    def node_with(self, runner: FailingRunner) -> PKIService:
+        self.lab.roles["node-a"] = "node"
+        clock = task.Clock()
+        clock.advance(START)
+        self.lab.clocks["node-a"] = clock
+        self.lab.views["node-a"] = self.lab.cluster.join("node-a", role="node")
+        service = PKIService(
+            CLUSTER,
+            "node-a",
+            "node",
+            self.lab.base / "node-a",
+            self.lab.views["node-a"],
+            clock,
+            runner=runner,
+        )
+        self.lab.services["node-a"] = service
+        return service
+
+    def test_failed_batches_are_logged_and_tried_again_later(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        runner.fail_before = 2
+        self.lab.settle()
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.lab.advance(1)  # the first retry, after a second, fails too
+        self.assertEqual(node.dropped["worker_failures"], 2)
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.lab.advance(2)  # the second, two seconds later, succeeds
+        self.assertHolds("node-a")
+        self.assertEqual(node.status()["dropped"]["worker_failures"], 2)
+
+    def test_a_malformed_answer_is_a_failed_batch(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        runner.mangle = 1
+        self.lab.settle()
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.assertFalse(node.installed(KUBELET_CLIENT))
+        self.lab.advance(1)
+        self.assertHolds("node-a")
+
+    def test_a_batch_whose_answer_is_lost_is_made_good(self) -> None:
+        self.lab.join("master", "master")
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        changes: list[CertificateChange] = []
+        node.subscribe(changes.append)
+        installed = node.when_installed(NODE_CERTIFICATES)
+        node.startService()
+        # The worker dies after installing the certificates, before it could answer.
+        runner.fail_after = lambda answer: bool(answer.get("changes"))
+        self.lab.settle()
+        self.assertTrue(node.paths.certificate(KUBELET_CLIENT).exists())
+        self.assertNoResult(installed)
+        self.lab.advance(1)
+        self.assertHolds("node-a")
+        self.assertEqual(self.successResultOf(installed), node.paths)
+        self.assertEqual(sorted(change.name for change in changes), sorted(NODE_CERTIFICATES))
+        self.assertTrue(node.paths.kubeconfig("kubelet").exists())
+        self.assertIsNone(self.pki("node-a"))
+        self.assertEqual(node.dropped["worker_failures"], 1)
+
+    def test_a_batch_lost_after_a_new_key_publishes_its_request(self) -> None:
+        runner = FailingRunner()
+        node = self.node_with(runner)
+        node.startService()
+        # A renewal: the batch makes new keys, then its answer is lost.
+        self.lab.join("master", "master")
+        self.assertHolds("node-a")
+        runner.fail_after = lambda answer: True
+        certificate = x509.load_pem_x509_certificate(
+            node.paths.certificate(KUBELET_CLIENT).read_bytes()
+        )
+        renew_at = store.renewal_time(certificate).timestamp()
+        for clock in self.lab.clocks.values():
+            clock.advance(renew_at - clock.seconds())
+        self.lab.settle()
+        self.assertEqual(node.dropped["worker_failures"], 1)
+        self.lab.advance(2)
+        self.assertHolds("node-a")
+        self.assertIsNone(self.pki("node-a"))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_an_authority_error_at_start_is_raised(self) -> None:
+        node = self.node_with(FailingRunner())
+        keys.ensure_directory(node.paths.pki_dir)
+        node.paths.trusted_ca.write_text("damaged")
+        with self.assertRaises(ca.AuthorityError):
+            node.startService()
+        self.assertFalse(node.running)
+
+
+class BrokenWorkerTests(SynchronousTestCase):
+    def test_a_worker_that_cannot_start_stops_the_agent_at_start(self) -> None:
+        class Broken(LocalRunner):
+            def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
+                raise WorkerError("cannot start the PKI worker: no python")
+
+        service = PKIService(
+            CLUSTER,
+            "node-a",
+            "node",
+            scratch(self),
+            MemoryCluster().join("node-a", role="node"),
+            task.Clock(),
+            runner=Broken(),
+        )
+        with self.assertRaises(StartupError) as caught:
+            service.startService()
+        self.assertIn("the PKI cannot start: cannot start the PKI worker", str(caught.exception))

@@ -11,7 +11,7 @@ from hepto.kube import etcd
 from hepto.kube.component import Component, Context, HTTPReadiness, flags, url
 from hepto.pki.kubeconfig import APISERVER_PORT
 from hepto.pki.paths import COMPONENT_CERTIFICATES
-from hepto.pki.requests import CLUSTER_DOMAIN, FRONT_PROXY_CLIENT, master_specs
+from hepto.pki.specs import CLUSTER_DOMAIN, FRONT_PROXY_CLIENT, master_specs
 
 NAME: Final = "kube-apiserver"
 PORT: Final = APISERVER_PORT

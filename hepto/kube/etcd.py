@@ -10,7 +10,7 @@ from typing import Final
 
 from hepto.kube.component import LOOPBACK, Component, Context, HTTPReadiness, flags, url
 from hepto.pki.paths import COMPONENT_CERTIFICATES
-from hepto.pki.requests import APISERVER_ETCD_CLIENT
+from hepto.pki.specs import APISERVER_ETCD_CLIENT
 
 NAME: Final = "etcd"
 CLIENT_PORT: Final = 2379

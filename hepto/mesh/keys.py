@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from nacl.bindings import crypto_scalarmult_base
 from twisted.logger import Logger
 
 KEY_BYTES: Final = 32
@@ -76,8 +76,9 @@ class KeyPair:
 
     @classmethod
     def from_private(cls, raw: bytes) -> KeyPair:
-        private = X25519PrivateKey.from_private_bytes(raw)
-        return cls(encode_key(raw), encode_key(private.public_key().public_bytes_raw()))
+        # X25519 (RFC 7748) clamps the scalar itself, so an unclamped key derives the
+        # same public key here as in ``wg pubkey``; libsodium, loaded for gossip anyway.
+        return cls(encode_key(raw), encode_key(crypto_scalarmult_base(raw)))
 
     @classmethod
     def generate(cls) -> KeyPair:

@@ -21,21 +21,32 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from hepto.errors import StartupError
 from hepto.pki import keys
+from hepto.pki.errors import AuthorityError
 from hepto.pki.keys import PrivateKey, PublicKey
-from hepto.pki.requests import AUTHORITIES, ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA
+from hepto.pki.paths import (
+    SERVICE_ACCOUNT,
+    certificate_path,
+    key_path,
+    service_account_key_path,
+    service_account_public_path,
+)
+from hepto.pki.specs import AUTHORITIES, ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA
+
+__all__ = [
+    "SERVICE_ACCOUNT",
+    "AuthorityError",
+    "certificate_path",
+    "key_path",
+    "service_account_key_path",
+    "service_account_public_path",
+]
 
 #: Ten years, as kubeadm: longer than any cluster hepto expects to run without a rebuild.
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
 #: Certificates start this much in the past, so that a member whose clock is a little
 #: behind the master's does not reject a certificate as not yet valid.
 BACKDATE: Final = datetime.timedelta(minutes=5)
-SERVICE_ACCOUNT: Final = "service-account"
-
-
-class AuthorityError(StartupError):
-    """The master's CA files exist but cannot be used; the message says which and why."""
 
 
 @attrs.frozen
@@ -109,22 +120,6 @@ def create_authority(name: str, cluster: str, now: datetime.datetime) -> Authori
         .sign(key, hashes.SHA256())
     )
     return Authority(name, certificate, key)
-
-
-def certificate_path(directory: Path, name: str) -> Path:
-    return directory / f"{name}.crt"
-
-
-def key_path(directory: Path, name: str) -> Path:
-    return directory / f"{name}.key"
-
-
-def service_account_key_path(directory: Path) -> Path:
-    return directory / f"{SERVICE_ACCOUNT}.key"
-
-
-def service_account_public_path(directory: Path) -> Path:
-    return directory / f"{SERVICE_ACCOUNT}.pub"
 
 
 def _files(directory: Path) -> list[Path]:

@@ -19,8 +19,7 @@ from typing import Final
 
 import attrs
 
-from hepto.pki import ca
-from hepto.pki.requests import (
+from hepto.pki.specs import (
     ADMIN,
     APISERVER,
     APISERVER_ETCD_CLIENT,
@@ -59,6 +58,25 @@ COMPONENT_CERTIFICATES: Final[dict[str, tuple[str, ...]]] = {
     "kubelet": (KUBELET_CLIENT, KUBELET_SERVING),
 }
 
+#: The service-account key pair's file names, beside the CAs.
+SERVICE_ACCOUNT: Final = "service-account"
+
+
+def certificate_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}.crt"
+
+
+def key_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}.key"
+
+
+def service_account_key_path(directory: Path) -> Path:
+    return directory / f"{SERVICE_ACCOUNT}.key"
+
+
+def service_account_public_path(directory: Path) -> Path:
+    return directory / f"{SERVICE_ACCOUNT}.pub"
+
 
 @attrs.frozen
 class Paths:
@@ -92,18 +110,18 @@ class Paths:
         return self.pki_dir / f"{name}.next.key"
 
     def authority_certificate(self, authority: str) -> Path:
-        return ca.certificate_path(self.authority_dir, authority)
+        return certificate_path(self.authority_dir, authority)
 
     def authority_key(self, authority: str) -> Path:
-        return ca.key_path(self.authority_dir, authority)
+        return key_path(self.authority_dir, authority)
 
     @property
     def service_account_key(self) -> Path:
-        return ca.service_account_key_path(self.authority_dir)
+        return service_account_key_path(self.authority_dir)
 
     @property
     def service_account_public(self) -> Path:
-        return ca.service_account_public_path(self.authority_dir)
+        return service_account_public_path(self.authority_dir)
 
     def kubeconfig(self, user: str) -> Path:
         if user == "admin":

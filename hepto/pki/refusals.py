@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import attrs
 
-from hepto.pki.policy import Refused
+from hepto.pki.errors import Refused
 
 #: Far more than members times certificates in any cluster hepto aims at.
 MAX_ENTRIES: Final = 512
@@ -77,3 +77,20 @@ class RefusalLog:
 
     def as_json(self) -> list[dict[str, Any]]:
         return [entry.as_json() for entry in self._entries.values()]
+
+    @classmethod
+    def from_json(cls, entries: list[dict[str, Any]], evicted: int = 0) -> RefusalLog:
+        """The log :meth:`as_json` described, in the same order."""
+        log = cls(evicted=evicted)
+        for entry in entries:
+            refusal = Refusal(
+                member=entry["member"],
+                subject=entry["subject"],
+                code=entry["code"],
+                reason=entry["reason"],
+                count=entry["count"],
+                first=datetime.datetime.fromisoformat(entry["first"]),
+                last=datetime.datetime.fromisoformat(entry["last"]),
+            )
+            log._entries[refusal.member, refusal.subject] = refusal
+        return log

@@ -1,224 +1,119 @@
-"""Which certificates each role needs, and exactly what each one says.
+"""CSRs and the X.509 form of a :class:`~hepto.pki.specs.CertificateSpec`.
 
-A :class:`CertificateSpec` is the single description of a certificate: members build
-their CSRs from it, the signing policy compares a CSR against it, the signer issues
-from it (never from what a CSR asks for), and members check what they receive against
-it.  Everything in it derives from the cluster and node names, so the master can work
-out, for any member, the only CSR it will accept.
+The specs themselves, and the certificate names, are plain data in
+:mod:`hepto.pki.specs` (re-exported here): this module is for the code that runs in the
+PKI worker, where ``cryptography`` is loaded.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Final
 
-import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hepto import plan
 from hepto.pki.keys import PrivateKey
-
-# The three certificate authorities of a cluster.
-KUBERNETES_CA: Final = "kubernetes"
-ETCD_CA: Final = "etcd"
-FRONT_PROXY_CA: Final = "front-proxy"
-AUTHORITIES: Final = (KUBERNETES_CA, ETCD_CA, FRONT_PROXY_CA)
-
-# Certificate names: file names, record keys and the words of ``hepto status``.
-KUBELET_CLIENT: Final = "kubelet-client"
-KUBELET_SERVING: Final = "kubelet-serving"
-ETCD_SERVER: Final = "etcd-server"
-ETCD_PEER: Final = "etcd-peer"
-APISERVER: Final = "apiserver"
-APISERVER_ETCD_CLIENT: Final = "apiserver-etcd-client"
-APISERVER_KUBELET_CLIENT: Final = "apiserver-kubelet-client"
-FRONT_PROXY_CLIENT: Final = "front-proxy-client"
-CONTROLLER_MANAGER: Final = "controller-manager"
-SCHEDULER: Final = "scheduler"
-ADMIN: Final = "admin"
-CERTIFICATES: Final = (
-    KUBELET_CLIENT,
-    KUBELET_SERVING,
-    ETCD_SERVER,
-    ETCD_PEER,
+from hepto.pki.specs import (
+    ADMIN,
     APISERVER,
     APISERVER_ETCD_CLIENT,
     APISERVER_KUBELET_CLIENT,
-    FRONT_PROXY_CLIENT,
+    AUTHORITIES,
+    CERTIFICATES,
+    CLIENT,
+    CLUSTER_DOMAIN,
     CONTROLLER_MANAGER,
+    ETCD_CA,
+    ETCD_PEER,
+    ETCD_SERVER,
+    FRONT_PROXY_CA,
+    FRONT_PROXY_CLIENT,
+    KUBELET_CLIENT,
+    KUBELET_SERVING,
+    KUBERNETES_CA,
+    LOOPBACK,
+    MASTERS_GROUP,
+    NODE_USER_PREFIX,
+    NODES_GROUP,
     SCHEDULER,
-    ADMIN,
+    SERVER,
+    CertificateSpec,
+    is_master_role,
+    kubelet_specs,
+    master_specs,
+    specs_for_role,
 )
 
-CLIENT: Final = "client"
-SERVER: Final = "server"
+__all__ = [
+    "ADMIN",
+    "APISERVER",
+    "APISERVER_ETCD_CLIENT",
+    "APISERVER_KUBELET_CLIENT",
+    "AUTHORITIES",
+    "CERTIFICATES",
+    "CLIENT",
+    "CLUSTER_DOMAIN",
+    "CONTROLLER_MANAGER",
+    "ETCD_CA",
+    "ETCD_PEER",
+    "ETCD_SERVER",
+    "FRONT_PROXY_CA",
+    "FRONT_PROXY_CLIENT",
+    "KUBELET_CLIENT",
+    "KUBELET_SERVING",
+    "KUBERNETES_CA",
+    "LOOPBACK",
+    "MASTERS_GROUP",
+    "NODES_GROUP",
+    "NODE_USER_PREFIX",
+    "SCHEDULER",
+    "SERVER",
+    "CertificateSpec",
+    "build_csr",
+    "extended_key_usage",
+    "is_master_role",
+    "kubelet_specs",
+    "master_specs",
+    "specs_for_role",
+    "subject",
+    "subject_alternative_name",
+    "usage_oids",
+]
+
 _USAGE_OIDS: Final = {
     CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
     SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
 }
 
-#: Kubernetes' groups and users that the certificates name.
-MASTERS_GROUP: Final = "system:masters"
-NODES_GROUP: Final = "system:nodes"
-NODE_USER_PREFIX: Final = "system:node:"
-CLUSTER_DOMAIN: Final = "cluster.local"
-LOOPBACK: Final = ipaddress.IPv6Address("::1")
+
+def subject(spec: CertificateSpec) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name))
+    return x509.Name(attributes)
 
 
-@attrs.frozen
-class CertificateSpec:
-    """Everything a certificate states: who, for which names, for what use, by which CA."""
-
-    name: str
-    authority: str
-    common_name: str
-    organizations: tuple[str, ...] = ()
-    dns_names: tuple[str, ...] = ()
-    ip_addresses: tuple[ipaddress.IPv6Address, ...] = ()
-    usages: tuple[str, ...] = (CLIENT,)
-
-    def subject(self) -> x509.Name:
-        attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in self.organizations]
-        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, self.common_name))
-        return x509.Name(attributes)
-
-    def subject_alternative_name(self) -> x509.SubjectAlternativeName | None:
-        if not self.dns_names and not self.ip_addresses:
-            return None
-        names: list[x509.GeneralName] = [x509.DNSName(name) for name in self.dns_names]
-        names += [x509.IPAddress(address) for address in self.ip_addresses]
-        return x509.SubjectAlternativeName(names)
-
-    def extended_key_usage(self) -> x509.ExtendedKeyUsage:
-        return x509.ExtendedKeyUsage([_USAGE_OIDS[usage] for usage in self.usages])
-
-    def usage_oids(self) -> frozenset[x509.ObjectIdentifier]:
-        return frozenset(_USAGE_OIDS[usage] for usage in self.usages)
+def subject_alternative_name(spec: CertificateSpec) -> x509.SubjectAlternativeName | None:
+    if not spec.dns_names and not spec.ip_addresses:
+        return None
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in spec.dns_names]
+    names += [x509.IPAddress(address) for address in spec.ip_addresses]
+    return x509.SubjectAlternativeName(names)
 
 
-def kubelet_specs(cluster: str, name: str) -> tuple[CertificateSpec, ...]:
-    """What the kubelet of node ``name`` needs, and all a remote member may ever obtain."""
-    return (
-        CertificateSpec(
-            name=KUBELET_CLIENT,
-            authority=KUBERNETES_CA,
-            common_name=NODE_USER_PREFIX + name,
-            organizations=(NODES_GROUP,),
-        ),
-        CertificateSpec(
-            name=KUBELET_SERVING,
-            authority=KUBERNETES_CA,
-            common_name=NODE_USER_PREFIX + name,
-            organizations=(NODES_GROUP,),
-            dns_names=(name,),
-            ip_addresses=(plan.mesh_address(cluster, name),),
-            usages=(SERVER,),
-        ),
-    )
+def extended_key_usage(spec: CertificateSpec) -> x509.ExtendedKeyUsage:
+    return x509.ExtendedKeyUsage([_USAGE_OIDS[usage] for usage in spec.usages])
 
 
-def master_specs(cluster: str, name: str) -> tuple[CertificateSpec, ...]:
-    """The control plane's certificates, which the master signs for itself."""
-    mesh = plan.mesh_address(cluster, name)
-    # etcd members dial each other by mesh address and are probed on loopback; etcd wants
-    # serverAuth and clientAuth on both, since its server also dials peers and itself.
-    etcd_names = (name, "localhost")
-    etcd_addresses = (mesh, LOOPBACK)
-    service_names = (
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
-        "localhost",
-    )
-    return (
-        CertificateSpec(
-            name=ETCD_SERVER,
-            authority=ETCD_CA,
-            common_name=name,
-            dns_names=etcd_names,
-            ip_addresses=etcd_addresses,
-            usages=(SERVER, CLIENT),
-        ),
-        CertificateSpec(
-            name=ETCD_PEER,
-            authority=ETCD_CA,
-            common_name=name,
-            dns_names=etcd_names,
-            ip_addresses=etcd_addresses,
-            usages=(SERVER, CLIENT),
-        ),
-        CertificateSpec(
-            name=APISERVER,
-            authority=KUBERNETES_CA,
-            common_name="kube-apiserver",
-            dns_names=service_names,
-            ip_addresses=(
-                mesh,
-                plan.apiserver_address(cluster),
-                plan.kubernetes_service_address(cluster),
-                LOOPBACK,
-            ),
-            usages=(SERVER,),
-        ),
-        CertificateSpec(
-            name=APISERVER_ETCD_CLIENT,
-            authority=ETCD_CA,
-            common_name="kube-apiserver-etcd-client",
-        ),
-        # system:masters because the kubelet asks the apiserver (webhook authorization)
-        # whether this user may use its API, before any RBAC binding could exist.
-        CertificateSpec(
-            name=APISERVER_KUBELET_CLIENT,
-            authority=KUBERNETES_CA,
-            common_name="kube-apiserver-kubelet-client",
-            organizations=(MASTERS_GROUP,),
-        ),
-        CertificateSpec(
-            name=FRONT_PROXY_CLIENT,
-            authority=FRONT_PROXY_CA,
-            common_name="front-proxy-client",
-        ),
-        CertificateSpec(
-            name=CONTROLLER_MANAGER,
-            authority=KUBERNETES_CA,
-            common_name="system:kube-controller-manager",
-        ),
-        CertificateSpec(
-            name=SCHEDULER,
-            authority=KUBERNETES_CA,
-            common_name="system:kube-scheduler",
-        ),
-        CertificateSpec(
-            name=ADMIN,
-            authority=KUBERNETES_CA,
-            common_name="hepto-admin",
-            organizations=(MASTERS_GROUP,),
-        ),
-    )
-
-
-def specs_for_role(role: str, cluster: str, name: str) -> tuple[CertificateSpec, ...]:
-    """Every certificate a member of ``role`` holds."""
-    specs: tuple[CertificateSpec, ...] = ()
-    if role in ("master", "full"):
-        specs += master_specs(cluster, name)
-    if role in ("node", "full"):
-        specs += kubelet_specs(cluster, name)
-    return specs
-
-
-def is_master_role(role: object) -> bool:
-    return role in ("master", "full")
+def usage_oids(spec: CertificateSpec) -> frozenset[x509.ObjectIdentifier]:
+    return frozenset(_USAGE_OIDS[usage] for usage in spec.usages)
 
 
 def build_csr(spec: CertificateSpec, key: PrivateKey) -> x509.CertificateSigningRequest:
     """A CSR stating all of ``spec`` except the issuer's choices (lifetime, CA flag)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(spec.subject())
-    san = spec.subject_alternative_name()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject(spec))
+    san = subject_alternative_name(spec)
     if san is not None:
         builder = builder.add_extension(san, critical=False)
-    builder = builder.add_extension(spec.extended_key_usage(), critical=False)
+    builder = builder.add_extension(extended_key_usage(spec), critical=False)
     return builder.sign(key, hashes.SHA256())

@@ -27,13 +27,11 @@ from twisted.logger import Logger
 
 from hepto.pki import keys, policy
 from hepto.pki.ca import BACKDATE, Authorities, Authority
+from hepto.pki.errors import Refused
 from hepto.pki.keys import PublicKey
-from hepto.pki.policy import Refused
-from hepto.pki.requests import CertificateSpec
+from hepto.pki.requests import extended_key_usage, subject, subject_alternative_name
+from hepto.pki.specs import LEAF_LIFETIME, CertificateSpec
 
-#: One year, as kubeadm and k3s: short enough that a leaked key expires on its own,
-#: long enough that a member offline for months still holds valid certificates.
-LEAF_LIFETIME: Final = datetime.timedelta(days=365)
 #: Retired keys remembered per member and certificate: one is added per renewal (every
 #: eight months), so this is decades; a member rotating keys in a loop cannot grow the
 #: ledger without bound, and gossip's ordering still protects older keys.
@@ -65,7 +63,7 @@ def issue(
     not_after = min(now + lifetime, authority.certificate.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(spec.subject())
+        .subject_name(subject(spec))
         .issuer_name(authority.certificate.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -73,14 +71,14 @@ def issue(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_LEAF_KEY_USAGE, critical=True)
-        .add_extension(spec.extended_key_usage(), critical=False)
+        .add_extension(extended_key_usage(spec), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
             critical=False,
         )
     )
-    alternative_names = spec.subject_alternative_name()
+    alternative_names = subject_alternative_name(spec)
     if alternative_names is not None:
         builder = builder.add_extension(alternative_names, critical=False)
     return builder.sign(authority.key, hashes.SHA256())

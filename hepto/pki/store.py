@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from hepto.pki import keys
 from hepto.pki.keys import PrivateKey
 from hepto.pki.paths import Paths
-from hepto.pki.requests import CertificateSpec, build_csr
+from hepto.pki.requests import build_csr
+from hepto.pki.specs import CertificateSpec
 
 #: Renew once this share of a certificate's life has passed: a third of a year is left
 #: to get a new one across master outages, as the issue asks.
@@ -62,11 +63,12 @@ class Slot:
         return self.certificate is None or now >= renewal_time(self.certificate)
 
 
-def load_slot(paths: Paths, spec: CertificateSpec) -> Slot:
-    """What the disk holds for ``spec``; damaged files are reported and ignored.
+def load_slot(paths: Paths, spec: CertificateSpec, report: bool = True) -> Slot:
+    """What the disk holds for ``spec``; damaged files are ignored (and reported if ``report``).
 
     Unlike CAs, a leaf is cheap to replace: a damaged one just gets requested again.
     """
+    warn = log.warn if report else _quiet
     slot = Slot(spec)
     key_file, cert_file = paths.key(spec.name), paths.certificate(spec.name)
     pending_file = paths.pending_key(spec.name)
@@ -75,7 +77,7 @@ def load_slot(paths: Paths, spec: CertificateSpec) -> Slot:
             key = keys.read_private_key(key_file)
             certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
         except (OSError, ValueError) as error:
-            log.warn(
+            warn(
                 "Ignoring the damaged {certificate} files: {error}",
                 certificate=spec.name,
                 error=str(error),
@@ -84,7 +86,7 @@ def load_slot(paths: Paths, spec: CertificateSpec) -> Slot:
             if keys.same_key(key, certificate.public_key()):  # type: ignore[arg-type]
                 slot.key, slot.certificate = key, certificate
             else:
-                log.warn(
+                warn(
                     "Ignoring {certificate}: its certificate and key do not match",
                     certificate=spec.name,
                 )
@@ -92,12 +94,16 @@ def load_slot(paths: Paths, spec: CertificateSpec) -> Slot:
         try:
             slot.pending = keys.read_private_key(pending_file)
         except (OSError, ValueError) as error:
-            log.warn(
+            warn(
                 "Ignoring the damaged pending key of {certificate}: {error}",
                 certificate=spec.name,
                 error=str(error),
             )
     return slot
+
+
+def _quiet(format: str, **fields: object) -> None:
+    """Reports nothing: the files were reported when first loaded."""
 
 
 def forget_installed(slot: Slot) -> None:

@@ -18,9 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
 from hepto.pki import keys, policy
-from hepto.pki.ca import AuthorityError
-from hepto.pki.policy import Refused
-from hepto.pki.requests import is_master_role
+from hepto.pki.errors import AuthorityError, Refused
+from hepto.pki.specs import is_master_role
 
 
 def _is_self_signed_ca(certificate: x509.Certificate) -> bool:

@@ -7,8 +7,8 @@ place hepto polls, because upstream programs offer nothing to wait on.
 
 HTTPS probes use the standard library's :mod:`ssl` and :mod:`http.client` in the
 reactor's thread pool rather than Twisted's TLS, which needs pyOpenSSL: importing that
-costs every agent about 13 MB of resident memory, while :mod:`ssl` links the libssl that
-``cryptography`` has loaded already (see ``docs/memory.rst``).
+costs every agent about 13 MB of resident memory, while :mod:`ssl` is loaded anyway
+(``asyncio`` imports it; see ``docs/memory.rst``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,670 @@
+"""The PKI's decisions, one batch at a time: what :mod:`hepto.pki.service` asks the worker.
+
+A :class:`Desk` is made for one batch of work and thrown away after it.  It is the PKI
+service as it was when it ran in the agent, minus everything that waits: it starts (loads
+or makes the CAs and this member's keys, signs the master's own certificates), renews,
+and reviews the records of members that changed, and it says what it did.  Everything it
+must remember between batches is :meth:`Desk.memory`, JSON, which the resident service
+keeps and hands back with the next batch; files are reloaded from disk every time, and
+only a desk writes them, each atomically (:func:`hepto.pki.keys.write_file`).
+
+What a batch produces, besides files:
+
+- :meth:`Desk.section`, the ``pki`` entry of this member's record;
+- :attr:`Desk.changes`, the certificates installed (the service tells its listeners);
+- :attr:`Desk.renewals` and :attr:`Desk.revisits`, when to come back (the service owns
+  the timers): renew a certificate, or look at a member's record again;
+- :attr:`Desk.marks`, members whose records deserve another review at once;
+- :meth:`Desk.status`, what ``hepto status`` shows.
+
+The record protocol itself is described in :mod:`hepto.pki.service`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.logger import Logger
+
+from hepto import plan
+from hepto.pki import ca, keys, kubeconfig, policy, store
+from hepto.pki.errors import AuthorityError, Refused
+from hepto.pki.paths import KUBECONFIGS, Paths
+from hepto.pki.refusals import RefusalLog
+from hepto.pki.signer import KeyLedger, Signer
+from hepto.pki.specs import (
+    CERTIFICATES,
+    LEAF_LIFETIME,
+    RECORD_KEY,
+    CertificateSpec,
+    is_master_role,
+    specs_for_role,
+)
+from hepto.pki.store import Slot
+from hepto.pki.trust import Trust
+
+#: More CSRs than any role needs: a record with more is refused whole.
+MAX_REQUESTS: Final = 8
+#: Members whose answers the master's record carries at once.  Each costs ~1.5 KiB, so
+#: this keeps the record near 300 KiB, well under gossip's 1 MiB limit, even when
+#: hundreds of nodes join together; the others wait their turn (``deferred_requests``).
+MAX_OUTSTANDING: Final = 200
+
+#: A member's entry in a batch: ``None`` when it left, else what the desk reads of its
+#: record: ``{"version": int, "role": ..., "pki": ...}``.
+MemberEntry = Mapping[str, Any] | None
+
+
+def foreign_pin(paths: Paths) -> AuthorityError:
+    return AuthorityError(
+        f"{paths.trusted_ca}: this member trusts another cluster CA than its own "
+        f"({paths.authority_dir}); remove one of them"
+    )
+
+
+def check_files(paths: Paths, cluster: str, role: str, now: datetime.datetime) -> None:
+    """Raise :class:`AuthorityError` now if a desk would at its start.  Makes nothing."""
+    trust = Trust.load(paths.trusted_ca)
+    if not is_master_role(role) or not paths.authority_dir.exists():
+        return
+    authorities, _ = ca.load_or_create_authorities(paths.authority_dir, cluster, now)
+    if trust.certificate is not None and trust.certificate != authorities.kubernetes.certificate:
+        raise foreign_pin(paths)
+
+
+def _certificate_fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+class Desk:
+    """This member's side of the cluster PKI, and the signing desk when it is master."""
+
+    log = Logger(namespace="hepto.pki")
+
+    def __init__(
+        self,
+        cluster: str,
+        name: str,
+        role: str,
+        node_dir: Path,
+        now: datetime.datetime,
+        lifetime: datetime.timedelta = LEAF_LIFETIME,
+    ) -> None:
+        self.cluster = cluster
+        self.member = name
+        self.role = role
+        self.paths = Paths(node_dir)
+        self.now = now
+        self.lifetime = lifetime
+        self.specs: dict[str, CertificateSpec] = {
+            spec.name: spec for spec in specs_for_role(role, cluster, name)
+        }
+        self.is_master = is_master_role(role)
+        self.refusals = RefusalLog()
+        self.dropped: dict[str, int] = {}
+        self._slots: dict[str, Slot] = {}
+        # Installed certificates set aside at start (their fingerprints), though on disk.
+        self._ignored: dict[str, str] = {}
+        self._trust = Trust(self.paths.trusted_ca)
+        self._signer: Signer | None = None
+        self._authorities: ca.Authorities | None = None
+        # The master's desk: what it reviewed, signed and refused, per member.
+        self._reviewed: dict[tuple[str, str], tuple[object, object]] = {}
+        self._signed: dict[str, dict[str, str]] = {}
+        self._refused: dict[str, dict[str, dict[str, str | None]]] = {}
+        # A member's view of what the master offers it.
+        self._offers_seen: dict[tuple[str, str], str] = {}
+        self._announcements_seen: dict[str, tuple[object, object]] = {}
+        self._refused_by_master: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, int] = {}
+        self._waiting: set[str] = set()
+        # What this batch did.
+        self.changes: list[dict[str, Any]] = []
+        self.renewals: dict[str, float] = {}
+        self.revisits: dict[str, float] = {}
+        self.marks: set[str] = set()
+
+    # -- memory between batches -----------------------------------------------------------
+
+    def memory(self) -> dict[str, Any]:
+        """Everything the next batch must know that the files do not say, as JSON."""
+        return {
+            "reviewed": [[*key, *value] for key, value in self._reviewed.items()],
+            "signed": self._signed,
+            "refused": self._refused,
+            "offers_seen": [[*key, pem] for key, pem in self._offers_seen.items()],
+            "announcements_seen": {
+                name: list(value) for name, value in self._announcements_seen.items()
+            },
+            "refused_by_master": self._refused_by_master,
+            "versions": self._versions,
+            "waiting": sorted(self._waiting),
+            "refusals": self.refusals.as_json(),
+            "refusals_evicted": self.refusals.evicted,
+            "dropped": self.dropped,
+            # Each CSR published, with the key it is for: a new CSR for the same key
+            # would differ (ECDSA signatures are randomised) and be published anew.
+            "requests": {
+                name: [keys.fingerprint(slot.pending), slot.request]
+                for name, slot in self._slots.items()
+                if slot.pending is not None and slot.request is not None
+            },
+            "ignored": self._ignored,
+            # What the service knows installed, to notice what a failed batch installed.
+            "installed": {
+                name: _certificate_fingerprint(slot.certificate)
+                for name, slot in self._slots.items()
+                if slot.certificate is not None
+            },
+        }
+
+    def _restore(self, memory: Mapping[str, Any]) -> None:
+        self._reviewed = {
+            (member, name): (role, pem) for member, name, role, pem in memory["reviewed"]
+        }
+        self._signed = memory["signed"]
+        self._refused = memory["refused"]
+        self._offers_seen = {(master, name): pem for master, name, pem in memory["offers_seen"]}
+        self._announcements_seen = {
+            name: (role, pem) for name, (role, pem) in memory["announcements_seen"].items()
+        }
+        self._refused_by_master = memory["refused_by_master"]
+        self._versions = memory["versions"]
+        self._waiting = set(memory["waiting"])
+        self.refusals = RefusalLog.from_json(memory["refusals"], memory["refusals_evicted"])
+        self.dropped = memory["dropped"]
+        self._ignored = memory["ignored"]
+
+    # -- starting, and resuming -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load or make everything: the start of the PKI service.
+
+        Raises :class:`~hepto.pki.errors.AuthorityError` when CA files are damaged.
+        """
+        keys.ensure_directory(self.paths.pki_dir)
+        self._trust = Trust.load(self.paths.trusted_ca)
+        if self.is_master:
+            self._start_authorities()
+        for spec in self.specs.values():
+            slot = store.load_slot(self.paths, spec)
+            self._slots[spec.name] = slot
+            if slot.certificate is not None and slot.key is not None:
+                self._validate_installed(slot)
+        for slot in self._slots.values():
+            if self.is_master and slot.due(self.now):
+                self._sign_locally(slot)
+                continue
+            if slot.certificate is not None:
+                # Kept in use, even when due, until its replacement is installed.
+                self._write_kubeconfig(slot)
+            if slot.due(self.now) or slot.pending is not None:
+                store.prepare_request(self.paths, slot)
+            else:
+                self._schedule_renewal(slot)
+
+    def resume(self, memory: Mapping[str, Any]) -> None:
+        """Take up where the previous batch left: its memory, and the files."""
+        self._restore(memory)
+        self._trust = Trust.load(self.paths.trusted_ca)
+        if self.is_master:
+            authorities = ca.load_authorities(self.paths.authority_dir, self.now)
+            self._use_authorities(authorities)
+        requests = memory["requests"]
+        adopted: list[Slot] = []
+        for spec in self.specs.values():
+            slot = store.load_slot(self.paths, spec, report=False)
+            if slot.certificate is not None and (
+                self._ignored.get(spec.name) == _certificate_fingerprint(slot.certificate)
+            ):
+                store.forget_installed(slot)
+            if slot.certificate is not None and (
+                memory["installed"].get(spec.name) != _certificate_fingerprint(slot.certificate)
+            ):
+                adopted.append(slot)
+            if slot.pending is not None:
+                fingerprint, request = requests.get(spec.name, (None, None))
+                if fingerprint == keys.fingerprint(slot.pending):
+                    slot.request = request
+                else:
+                    # A batch that failed after making this key: its CSR anew.
+                    store.prepare_request(self.paths, slot)
+            self._slots[spec.name] = slot
+        for slot in adopted:
+            self._adopt(slot)
+
+    def _start_authorities(self) -> None:
+        authorities, created = ca.load_or_create_authorities(
+            self.paths.authority_dir, self.cluster, self.now
+        )
+        self.log.info(
+            "{verb} the certificate authorities of cluster {cluster} in {directory}",
+            verb="Created" if created else "Loaded",
+            cluster=self.cluster,
+            directory=str(self.paths.authority_dir),
+        )
+        try:
+            self._trust.pin(authorities.kubernetes.certificate)
+        except Refused:
+            raise foreign_pin(self.paths) from None
+        self._use_authorities(authorities)
+
+    def _use_authorities(self, authorities: ca.Authorities) -> None:
+        self._authorities = authorities
+        self._signer = Signer(
+            self.cluster, authorities, KeyLedger.load(self.paths.ledger), self.lifetime
+        )
+
+    # -- own certificates ----------------------------------------------------------------
+
+    def _validate_installed(self, slot: Slot) -> None:
+        """A stored certificate must still chain to the trusted CA and suit its spec."""
+        assert slot.certificate is not None and slot.key is not None
+        if self._authorities is not None:
+            authority: x509.Certificate | None = self._authorities[slot.spec.authority].certificate
+        else:
+            authority = self._trust.certificate
+        if authority is None:
+            self._ignore(slot)
+            return
+        try:
+            policy.check_issued(slot.certificate, slot.spec, slot.key, authority, self.now)
+        except Refused as refused:
+            if refused.code == policy.VALIDITY and slot.certificate.not_valid_after_utc <= self.now:
+                # Expired: keep it for status, the renewal is due at once anyway.
+                return
+            self.log.warn(
+                "Replacing the stored {certificate}: {reason}",
+                certificate=slot.name,
+                reason=refused.reason,
+            )
+            self._ignore(slot)
+
+    def _ignore(self, slot: Slot) -> None:
+        assert slot.certificate is not None
+        self._ignored[slot.name] = _certificate_fingerprint(slot.certificate)
+        store.forget_installed(slot)
+
+    def _sign_locally(self, slot: Slot) -> None:
+        assert self._signer is not None
+        key = keys.generate_key()
+        certificate = self._signer.sign_local(slot.spec, key.public_key(), self.now)
+        self._install(slot, key, certificate)
+
+    def _install(self, slot: Slot, key: keys.PrivateKey, certificate: x509.Certificate) -> None:
+        store.install(self.paths, slot, key, certificate)
+        self._ignored.pop(slot.name, None)
+        self.log.info(
+            "Installed {certificate} ({subject}) valid until {not_after}",
+            certificate=slot.name,
+            subject=certificate.subject.rfc4514_string(),
+            not_after=certificate.not_valid_after_utc.isoformat(),
+        )
+        self._installed_now(slot)
+
+    def _adopt(self, slot: Slot) -> None:
+        """A certificate that a batch installed but could not report (its worker died)."""
+        assert slot.certificate is not None
+        self.log.info(
+            "Found {certificate} ({subject}) installed by an interrupted batch",
+            certificate=slot.name,
+            subject=slot.certificate.subject.rfc4514_string(),
+        )
+        self._installed_now(slot)
+
+    def _installed_now(self, slot: Slot) -> None:
+        """Kubeconfig, renewal and news of the slot's certificate, new to the service."""
+        assert slot.certificate is not None and slot.key is not None
+        certificate, key = slot.certificate, slot.key
+        kubeconfig_path = self._write_kubeconfig(slot)
+        self._schedule_renewal(slot)
+        self.changes.append(
+            {
+                "name": slot.name,
+                "certificate": str(self.paths.certificate(slot.name)),
+                "key": str(self.paths.key(slot.name)),
+                "kubeconfig": None if kubeconfig_path is None else str(kubeconfig_path),
+                "not_after": certificate.not_valid_after_utc.isoformat(),
+                "fingerprint": keys.fingerprint(key),
+            }
+        )
+
+    def _write_kubeconfig(self, slot: Slot) -> Path | None:
+        users = [user for user, name in KUBECONFIGS.items() if name == slot.name]
+        if not users or slot.certificate is None or slot.key is None:
+            return None
+        authority_pem = self._trust.pem
+        assert authority_pem is not None
+        path = self.paths.kubeconfig(users[0])
+        text = kubeconfig.render(
+            cluster=self.cluster,
+            server=kubeconfig.server_url(plan.apiserver_address(self.cluster)),
+            authority_pem=authority_pem,
+            user=slot.spec.common_name,
+            certificate_pem=store.certificate_pem(slot.certificate),
+            key_pem=keys.private_pem(slot.key),
+        )
+        keys.write_secret(path, text.encode())
+        return path
+
+    def _schedule_renewal(self, slot: Slot) -> None:
+        assert slot.certificate is not None
+        self.renewals[slot.name] = store.renewal_time(slot.certificate).timestamp()
+
+    def renew(self, name: str) -> None:
+        """A renewal timer fired: make a new key, and sign it (master) or ask for it."""
+        slot = self._slots[name]
+        self.renewals.pop(name, None)
+        self.log.info("Renewing {certificate}", certificate=name)
+        if self.is_master:
+            self._sign_locally(slot)
+        else:
+            store.prepare_request(self.paths, slot)
+
+    def installed(self) -> list[str]:
+        return sorted(name for name, slot in self._slots.items() if slot.certificate is not None)
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``hepto status`` shows of the PKI, as JSON-able values."""
+        certificates: dict[str, Any] = {}
+        for name, slot in sorted(self._slots.items()):
+            entry: dict[str, Any] = {"state": "missing"}
+            if slot.certificate is not None:
+                entry = dict(ca.describe(slot.certificate))
+                entry["renew_at"] = store.renewal_time(slot.certificate).isoformat()
+                entry["state"] = (
+                    "valid" if slot.certificate.not_valid_after_utc > self.now else "expired"
+                )
+                entry["file"] = str(self.paths.certificate(name))
+            if slot.pending is not None:
+                entry["requested"] = keys.fingerprint(slot.pending)[:16]
+            certificates[name] = entry
+        result: dict[str, Any] = {
+            "role": self.role,
+            "trusted_ca": None
+            if self._trust.certificate is None
+            else ca.describe(self._trust.certificate),
+            "certificates": certificates,
+            "refusals": self.refusals.as_json(),
+            "refusals_evicted": self.refusals.evicted,
+            "dropped": dict(self.dropped),
+        }
+        if self._authorities is not None:
+            result["authorities"] = {
+                authority.name: ca.describe(authority.certificate)
+                for authority in self._authorities
+            }
+            result["outstanding"] = {
+                member: sorted(names) for member, names in sorted(self._signed.items())
+            }
+            result["waiting"] = sorted(self._waiting)
+        else:
+            result["refused_by_master"] = dict(self._refused_by_master)
+        return result
+
+    # -- the record ----------------------------------------------------------------------
+
+    def section(self) -> dict[str, Any] | None:
+        """The ``pki`` entry of this member's record, ``None`` for none."""
+        section: dict[str, Any] = {}
+        requests = {
+            name: slot.request
+            for name, slot in sorted(self._slots.items())
+            if slot.pending is not None and slot.request is not None
+        }
+        if requests:
+            section["csr"] = requests
+        if self.is_master:
+            section["ca"] = self._trust.pem
+            if self._signed:
+                section["signed"] = {member: dict(names) for member, names in self._signed.items()}
+            if self._refused:
+                section["refused"] = {
+                    member: {name: dict(entry) for name, entry in names.items()}
+                    for member, names in self._refused.items()
+                }
+        return section or None
+
+    # -- following the state ---------------------------------------------------------------
+
+    def review(self, members: Mapping[str, MemberEntry]) -> None:
+        """Review the records of members that changed (``None``: the member left)."""
+        for name in sorted(members):
+            entry = members[name]
+            try:
+                if entry is None:
+                    self._forget(name)
+                else:
+                    self._review_member(name, entry)
+            except Exception:
+                # A bug met with one member's record must not stop the others'.
+                self._count("review_failures")
+                self.log.failure("Reviewing the record of {member} failed", member=name)
+        if self._signer is not None:
+            self._signer.ledger.save()
+
+    def _mark(self, name: str) -> None:
+        self.marks.add(name)
+
+    def _forget(self, name: str) -> None:
+        """A member left: drop what was in flight for it (its ledger entries stay)."""
+        self._versions.pop(name, None)
+        self._waiting.discard(name)
+        if self._signed.pop(name, None) is not None:
+            self._wake_waiting()
+        self._refused.pop(name, None)
+        self._announcements_seen.pop(name, None)
+        for table in (self._reviewed, self._offers_seen):
+            for key in [key for key in table if key[0] == name]:
+                del table[key]
+
+    def _count(self, what: str) -> None:
+        self.dropped[what] = self.dropped.get(what, 0) + 1
+
+    def _refuse(self, member: str, subject: str, refused: Refused) -> None:
+        if self.refusals.add(member, subject, refused, self.now):
+            self.log.warn(
+                "Refused {subject} of {member}: {reason}",
+                member=member,
+                subject=subject,
+                code=refused.code,
+                reason=refused.reason,
+            )
+
+    def _review_member(self, name: str, entry: Mapping[str, Any]) -> None:
+        version = entry["version"]
+        last = self._versions.get(name)
+        if last is not None and version < last:
+            self._count(policy.STALE_RECORD)
+            self.log.warn(
+                "Ignoring version {version} of {member}'s record: version {last} was seen",
+                member=name,
+                version=version,
+                last=last,
+            )
+            return
+        self._versions[name] = version
+        section = entry.get(RECORD_KEY)
+        if section is not None and not isinstance(section, Mapping):
+            self._refuse(
+                name,
+                "record",
+                Refused(policy.MALFORMED, f"its {RECORD_KEY!r} entry is not a mapping"),
+            )
+            section = None
+        section = section or {}
+        role = entry.get("role")
+        self._review_announcement(name, role, section)
+        if self._signer is not None:
+            self._review_requests(name, role, section)
+        else:
+            self._review_offers(name, role, section)
+
+    def _review_announcement(self, name: str, role: object, section: Mapping[str, Any]) -> None:
+        pem = section.get("ca")
+        if pem is None or self._announcements_seen.get(name) == (role, pem):
+            return
+        self._announcements_seen[name] = (role, pem)
+        try:
+            pinned = self._trust.consider(name, role, pem)
+        except Refused as refused:
+            self._refuse(name, "ca", refused)
+            return
+        self.refusals.clear(name, "ca")
+        if pinned:
+            assert self._trust.certificate is not None
+            self.log.info(
+                "Trusting the cluster CA {subject} announced by master {member}",
+                subject=self._trust.certificate.subject.rfc4514_string(),
+                member=name,
+            )
+
+    # -- the master's desk -----------------------------------------------------------------
+
+    def _review_requests(self, member: str, role: object, section: Mapping[str, Any]) -> None:
+        assert self._signer is not None
+        requests = section.get("csr") or {}
+        if not isinstance(requests, Mapping) or len(requests) > MAX_REQUESTS:
+            what = "not a mapping" if not isinstance(requests, Mapping) else "too many"
+            self._refuse(member, "csr", Refused(policy.MALFORMED, f"its CSR list is {what}"))
+            requests = {}
+        if requests and member not in self._signed and len(self._signed) >= MAX_OUTSTANDING:
+            if member not in self._waiting:
+                self._waiting.add(member)
+                self._count("deferred_requests")
+            return
+        self._waiting.discard(member)
+        for name, pem in requests.items():
+            if self._reviewed.get((member, name)) == (role, pem):
+                continue
+            self._reviewed[member, name] = (role, pem)
+            try:
+                certificate = self._signer.sign_remote(member, role, name, pem, self.now)
+            except Refused as refused:
+                self._refuse(member, policy.shorten(name, 40), refused)
+                self._signed.get(member, {}).pop(name, None)
+                # Answers go back only under names a member could legitimately use.
+                if name in CERTIFICATES:
+                    self._refused.setdefault(member, {})[name] = {
+                        "code": refused.code,
+                        "reason": refused.reason,
+                        "key": _request_key(pem),
+                    }
+                continue
+            self.refusals.clear(member, name)
+            self._refused.get(member, {}).pop(name, None)
+            self._signed.setdefault(member, {})[name] = store.certificate_pem(certificate)
+            self.log.info(
+                "Signed {certificate} for {member} ({subject}) until {not_after}",
+                certificate=name,
+                member=member,
+                subject=certificate.subject.rfc4514_string(),
+                not_after=certificate.not_valid_after_utc.isoformat(),
+            )
+        # A request withdrawn means installed (or given up): its answer leaves the record.
+        for table in (self._signed, self._refused):
+            answers = table.get(member, {})
+            for name in [name for name in answers if name not in requests]:
+                del answers[name]
+            if not answers and table.pop(member, None) is not None and table is self._signed:
+                self._wake_waiting()
+        for key in [key for key in self._reviewed if key[0] == member and key[1] not in requests]:
+            del self._reviewed[key]
+
+    def _wake_waiting(self) -> None:
+        for name in sorted(self._waiting)[: MAX_OUTSTANDING - len(self._signed)]:
+            self._mark(name)
+
+    # -- a member receiving -----------------------------------------------------------------
+
+    def _review_offers(self, master: str, role: object, section: Mapping[str, Any]) -> None:
+        trusted = self._trust.pem
+        if trusted is None or not is_master_role(role) or section.get("ca") != trusted:
+            return
+        refusals = _mapping_for(section.get("refused"), self.member)
+        self._refused_by_master = {
+            str(name): {
+                "code": policy.shorten(entry.get("code"), 32),
+                "reason": policy.shorten(entry.get("reason"), 200),
+            }
+            for name, entry in refusals.items()
+            if isinstance(entry, Mapping)
+        }
+        for name, entry in refusals.items():
+            slot = self._slots.get(name)
+            if (
+                isinstance(entry, Mapping)
+                and entry.get("code") == policy.RETIRED_KEY
+                and slot is not None
+                and slot.pending is not None
+                and entry.get("key") == keys.fingerprint(slot.pending)
+            ):
+                # The master will never sign this key again (an old backup?): start over.
+                self.log.warn(
+                    "The master refuses the key of {certificate} as retired; making a new one",
+                    certificate=name,
+                )
+                store.drop_pending(self.paths, slot)
+                store.prepare_request(self.paths, slot)
+        for name, pem in _mapping_for(section.get("signed"), self.member).items():
+            if self._offers_seen.get((master, name)) == pem:
+                continue
+            slot = self._slots.get(name)
+            if slot is None or slot.pending is None:
+                self._offers_seen[master, name] = pem
+                continue
+            self._consider_offer(master, slot, pem)
+
+    def _consider_offer(self, master: str, slot: Slot, pem: object) -> None:
+        assert slot.pending is not None and self._trust.certificate is not None
+        try:
+            certificate = policy.parse_certificate(pem)
+        except Refused as refused:
+            self._offers_seen[master, slot.name] = str(pem)
+            self._refuse(master, slot.name, refused)
+            return
+        try:
+            policy.check_issued(
+                certificate, slot.spec, slot.pending, self._trust.certificate, self.now
+            )
+        except Refused as refused:
+            if refused.code == policy.KEY_MISMATCH:
+                # An answer to an earlier request of ours, still in the master's record.
+                self._offers_seen[master, slot.name] = str(pem)
+                self._count("offers_for_other_keys")
+                return
+            if refused.code == policy.VALIDITY and certificate.not_valid_before_utc > self.now:
+                # Our clock is behind the master's: look again when it becomes valid.
+                self._revisit(master, certificate.not_valid_before_utc)
+            else:
+                self._offers_seen[master, slot.name] = str(pem)
+            self._refuse(master, slot.name, refused)
+            return
+        self._offers_seen[master, slot.name] = str(pem)
+        self.refusals.clear(master, slot.name)
+        self._install(slot, slot.pending, certificate)
+
+    def _revisit(self, member: str, when: datetime.datetime) -> None:
+        """Look at ``member``'s record again a second after ``when`` (or from now)."""
+        self.revisits[member] = max(when, self.now).timestamp() + 1
+
+
+def _mapping_for(table: object, member: str) -> Mapping[str, Any]:
+    """``table[member]`` when both levels are mappings, else nothing."""
+    if not isinstance(table, Mapping):
+        return {}
+    entry = table.get(member)
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _request_key(pem: object) -> str | None:
+    """The fingerprint of a CSR's key, if it can be read at all."""
+    try:
+        return keys.fingerprint(policy.parse_csr(pem).public_key())  # type: ignore[arg-type]
+    except (Refused, TypeError, ValueError):
+        return None

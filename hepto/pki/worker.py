@@ -1,0 +1,177 @@
+"""The PKI worker: ``python -m hepto.pki.worker``, where the cryptography runs.
+
+The resident agent never imports ``cryptography`` (its Rust library alone keeps about
+9 MiB resident, see ``docs/memory.rst``).  Whenever the PKI has work, the agent's
+:class:`~hepto.pki.client.WorkerClient` starts this program, or reuses it if it is
+still there: it reads one job per line on its standard input, JSON, does it with a
+fresh :class:`~hepto.pki.desk.Desk`, and writes one answer per line on its standard
+output.  It exits when its input closes, or after ``--idle`` seconds without a job, so
+that a burst of joins costs one process start and an idle cluster none.
+
+A job::
+
+    {"config": {"cluster", "name", "role", "node_dir", "lifetime"},
+     "now": <POSIX seconds>, "memory": <the previous answer's, or null>,
+     "start": bool, "renew": [certificate, ...],
+     "members": {name: null (left) | {"version", "role", "pki"}}}
+
+or ``{"check": true, "config", "now"}`` for :func:`hepto.pki.service.check_files`.  Its
+answer: ``memory``, ``section``, ``changes``, ``installed``, ``renewals``, ``revisits``,
+``marks``, ``status`` (see :mod:`hepto.pki.desk`) and ``log``, the log events of the job,
+which the agent emits as its own; or ``{"error": {"kind", "message"}, "log"}``, where
+``kind`` is ``authority`` (an :class:`~hepto.pki.errors.AuthorityError`) or ``failed``.
+
+Whatever else the worker's code prints goes to its standard error, which the agent
+logs: its standard output carries answers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import select
+import sys
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogBeginner
+from zope.interface import implementer
+
+from hepto.pki.desk import Desk, check_files
+from hepto.pki.errors import AuthorityError
+from hepto.pki.paths import Paths
+
+
+def _utc(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+
+
+def handle(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Do one job; the answer, never an exception."""
+    try:
+        config = job["config"]
+        now = _utc(job["now"])
+        if job.get("check"):
+            check_files(Paths(Path(config["node_dir"])), config["cluster"], config["role"], now)
+            return {"checked": True}
+        desk = Desk(
+            config["cluster"],
+            config["name"],
+            config["role"],
+            Path(config["node_dir"]),
+            now,
+            datetime.timedelta(seconds=config["lifetime"]),
+        )
+        if job["start"]:
+            desk.start()
+        else:
+            desk.resume(job["memory"])
+        for name in job["renew"]:
+            desk.renew(name)
+        desk.review(job["members"])
+    except AuthorityError as error:
+        return {"error": {"kind": "authority", "message": str(error)}}
+    except Exception:
+        return {"error": {"kind": "failed", "message": traceback.format_exc()}}
+    return {
+        "memory": desk.memory(),
+        "section": desk.section(),
+        "changes": desk.changes,
+        "installed": desk.installed(),
+        "renewals": desk.renewals,
+        "revisits": desk.revisits,
+        "marks": sorted(desk.marks),
+        "status": desk.status(),
+    }
+
+
+def event_as_json(event: LogEvent) -> dict[str, Any]:
+    """A log event as the agent re-emits it: level, namespace, format and fields."""
+    fields = {
+        key: value for key, value in event.items() if not key.startswith("log_") and _is_json(value)
+    }
+    result: dict[str, Any] = {
+        "level": event["log_level"].name,
+        "namespace": event.get("log_namespace", "hepto.pki"),
+        "format": event.get("log_format") or "",
+        "fields": fields,
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        result["traceback"] = failure.getTraceback()
+    elif not result["format"]:
+        result["format"] = formatEvent(event)
+    return result
+
+
+@implementer(ILogObserver)
+@attrs.define
+class Collector:
+    """Keeps the events logged during a job, for its answer."""
+
+    events: list[LogEvent] = attrs.field(factory=list)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _lines(descriptor: int, idle: float) -> Iterator[bytes]:
+    """Lines from ``descriptor`` until it closes or stays silent ``idle`` seconds."""
+    buffer = b""
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line
+        ready, _, _ = select.select([descriptor], [], [], idle)
+        if not ready:
+            return
+        chunk = os.read(descriptor, 65536)
+        if not chunk:
+            return
+        buffer += chunk
+
+
+def serve(lines: Iterable[bytes], answers: IO[str], events: list[LogEvent]) -> None:
+    """Answer each job line, with the log events it produced."""
+    for line in lines:
+        try:
+            job = json.loads(line)
+            answer = handle(job)
+        except (ValueError, KeyError, TypeError) as error:
+            answer = {"error": {"kind": "failed", "message": f"not a job: {error}"}}
+        answer["log"] = [event_as_json(event) for event in events]
+        events.clear()
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hepto.pki.worker")
+    parser.add_argument(
+        "--idle", type=float, required=True, help="seconds without a job before exiting"
+    )
+    arguments = parser.parse_args(argv)
+    # Answers get a descriptor of their own; anything printed goes to standard error.
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    collector = Collector()
+    globalLogBeginner.beginLoggingTo([collector], redirectStandardIO=False)
+    serve(_lines(0, arguments.idle), answers, collector.events)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
