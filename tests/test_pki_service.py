@@ -718,6 +718,21 @@ class BatchTests(ServiceTestCase):
         self.assertEqual(len(self.jobs("master")), before["master"] + 1)
         self.assertEqual(self.jobs("master")[-1]["members"], {"node-a": None})
 
+    def test_other_keys_of_a_record_cost_no_batch(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        self.assertHolds("node-a")
+        before = {name: len(self.jobs(name)) for name in ("master", "node-a")}
+        # The mesh's key, an operator's: a new version of the record, nothing for the PKI.
+        self.lab.views["node-a"].publish("x-note", "hello")
+        self.lab.views["master"].publish("x-note", "hello")
+        self.lab.settle()
+        self.assertEqual({name: len(self.jobs(name)) for name in ("master", "node-a")}, before)
+        # A role is read by the desk: a change of it is reviewed.
+        self.lab.views["node-a"].publish("role", "full")
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("master")), before["master"] + 1)
+
 
 class BoundedRecordTests(ServiceTestCase):
     def test_answers_in_flight_are_bounded_and_everyone_is_served_in_turn(self) -> None:

@@ -254,9 +254,10 @@ class PKIService(Service):
         self._dirty: set[str] = set()
         # Members to review even if their record did not change (a timer, the desk).
         self._forced: set[str] = set()
-        # Per member, the record version the desk last reviewed (None: it left).  A
-        # change of liveness alone changes nothing the desk reads: it costs no batch.
-        self._reviewed: dict[str, int | None] = {}
+        # Per member, what the desk last reviewed of its record (None: it left).  A
+        # change of liveness alone, or of another key of the record (an operator's, the
+        # mesh's), changes nothing the desk reads: it costs no batch, hence no worker.
+        self._reviewed: dict[str, object] = {}
         self._renewals_due: set[str] = set()
         self._dispatch_call: IDelayedCall | None = None
         self._busy = False
@@ -435,8 +436,7 @@ class PKIService(Service):
                     "role": member.record.get("role"),
                     RECORD_KEY: member.record.get(RECORD_KEY),
                 }
-            version = None if entry is None else entry["version"]
-            if name in self._forced or self._reviewed.get(name, -1) != version:
+            if name in self._forced or self._reviewed.get(name, _UNSEEN) != _reviewed(entry):
                 entries[name] = entry
         renew = sorted(self._renewals_due)
         self._dirty, self._forced, self._renewals_due = set(), set(), set()
@@ -464,7 +464,7 @@ class PKIService(Service):
             return
         self._retry_delay = RETRY_FIRST
         for name, entry in members.items():
-            self._reviewed[name] = None if entry is None else entry["version"]
+            self._reviewed[name] = _reviewed(entry)
         self._apply(done)
         if self._dirty or self._renewals_due:
             self._schedule_dispatch()
@@ -560,3 +560,12 @@ class PKIService(Service):
 
         delay = max(0.0, when - self.clock.seconds())
         self._revisits[member] = self.clock.callLater(delay, again)
+
+
+#: What the desk has never reviewed.
+_UNSEEN: Final = object()
+
+
+def _reviewed(entry: Mapping[str, Any] | None) -> object:
+    """What the desk reads of a member's record entry: its role and PKI section."""
+    return None if entry is None else (entry["role"], entry[RECORD_KEY])
