@@ -82,7 +82,8 @@ def _certificate_fingerprint(certificate: x509.Certificate) -> str:
 
 
 class Desk:
-    """This member's side of the cluster PKI, and the signing desk when it is master."""
+    """One batch of this member's PKI work, in the worker: its certificates, and the
+    signing desk when it is master (``hepto.pki.service`` keeps what lasts between)."""
 
     log = Logger(namespace="hepto.pki")
 
