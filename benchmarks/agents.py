@@ -80,6 +80,10 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
+#: The stages of a detection, as ``Run.stages_of_death`` names them.
+STAGES_OF_DEATH: Final = ("suspected", "timed_out", "spread")
+
+
 def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -936,6 +940,7 @@ class Bench:
         """SIGKILL members one after the other, from the last; time their burials."""
         delays: list[float] = []
         burials: list[float] = []
+        stages: list[dict[str, float | None]] = []
         missing = 0
         for victim in [host.name for host in reversed(self.hosts)][: self.settings.kills]:
             if len(self.members) <= 2:
@@ -943,20 +948,47 @@ class Bench:
             outcome = await self.kill_one(victim)
             if outcome is None:
                 break
-            delays += outcome
-            missing += len(self.members) - len(outcome)
-            if len(outcome) == len(self.members):
-                burials.append(max(outcome))
+            killed, declared = outcome
+            delays += declared
+            missing += len(self.members) - len(declared)
+            if len(declared) == len(self.members):
+                burials.append(max(declared))
+            stages.append(self.stages_of_death(victim, killed, declared))
             await self.sleep(self.settings.settle)
         self.figures["detection"] = summary(delays) | {
             "missing": missing,
             "kills": len(burials),
             "by_all_median": median(burials),
             "by_all_max": max(burials, default=None),
+            "stages": stages,
+            **{
+                f"{stage}_median": median([s[stage] for s in stages if s[stage] is not None])
+                for stage in STAGES_OF_DEATH
+            },
         }
 
-    async def kill_one(self, victim: str) -> list[float] | None:
-        """How long after ``victim``'s SIGKILL each survivor declared it dead (None: no kill)."""
+    def stages_of_death(
+        self, victim: str, killed: float, declared: list[float]
+    ) -> dict[str, float | None]:
+        """Where the time from a kill to its last declaration went: until the first
+        suspicion (a probe of the victim failed), from there to the first declaration
+        (the suspicion timeout), and from there until every survivor knew (gossip)."""
+        suspected = [
+            r.t for r in self.observatory.suspicions if r.subject == victim and r.t >= killed
+        ]
+        first_suspicion = min(suspected) - killed if suspected else None
+        first, last = min(declared, default=None), max(declared, default=None)
+        return {
+            "suspected": first_suspicion,
+            "timed_out": None
+            if first is None or first_suspicion is None
+            else first - first_suspicion,
+            "spread": None if first is None or last is None else last - first,
+        }
+
+    async def kill_one(self, victim: str) -> tuple[float, list[float]] | None:
+        """When ``victim`` got its SIGKILL, and how long after it each survivor declared
+        it dead (None: no kill)."""
         survivors = [name for name in self.members if name != victim]
 
         def everyone_buried() -> bool:
@@ -987,7 +1019,7 @@ class Bench:
             ]
             if declared:
                 delays.append(min(declared) - killed)
-        return delays
+        return killed, delays
 
 
 class CpuMeter:
@@ -1162,6 +1194,18 @@ def table(results: dict[str, dict[int, Any]]) -> str:
         (
             "kill -9 to dead by all, max (s)",
             lambda f: _fmt(f.get("detection", {}).get("by_all_max")),
+        ),
+        (
+            "  kill to first suspicion, median (s)",
+            lambda f: _fmt(f.get("detection", {}).get("suspected_median")),
+        ),
+        (
+            "  first suspicion to first dead, median (s)",
+            lambda f: _fmt(f.get("detection", {}).get("timed_out_median")),
+        ),
+        (
+            "  first dead to dead by all, median (s)",
+            lambda f: _fmt(f.get("detection", {}).get("spread_median")),
         ),
         (
             "false deaths (declarations)",
