@@ -112,6 +112,9 @@ class Observatory:
     _held: dict[tuple[str, str], list[tuple[int, float]]] = attrs.field(factory=dict)
     deaths: list[Report] = attrs.field(factory=list)
     suspicions: list[Report] = attrs.field(factory=list)
+    #: Each member's Lifeguard health score, for systems that tell it (hepto): 0 is
+    #: healthy, n stretches its probe interval n + 1 times.
+    health: dict[str, int] = attrs.field(factory=dict)
     _waiters: list[tuple[Callable[[], bool], Deferred[None]]] = attrs.field(factory=list)
 
     def state(self, observer: str, subject: str, state: str, t: float) -> None:
@@ -485,6 +488,8 @@ class HeptoMember:
 
     def _status(self, status: dict[str, Any]) -> None:
         t = time.time()
+        if isinstance(status.get("health"), int):
+            self.observatory.health[self.name] = status["health"]
         seen = set()
         for row in status.get("members", []):
             subject = row.get("name")
@@ -945,6 +950,7 @@ class Bench:
         for victim in [host.name for host in reversed(self.hosts)][: self.settings.kills]:
             if len(self.members) <= 2:
                 break
+            unhealthy = await self.unhealthy()
             outcome = await self.kill_one(victim)
             if outcome is None:
                 break
@@ -953,7 +959,7 @@ class Bench:
             missing += len(self.members) - len(declared)
             if len(declared) == len(self.members):
                 burials.append(max(declared))
-            stages.append(self.stages_of_death(victim, killed, declared))
+            stages.append(self.stages_of_death(victim, killed, declared) | unhealthy)
             await self.sleep(self.settings.settle)
         self.figures["detection"] = summary(delays) | {
             "missing": missing,
@@ -963,9 +969,19 @@ class Bench:
             "stages": stages,
             **{
                 f"{stage}_median": median([s[stage] for s in stages if s[stage] is not None])
-                for stage in STAGES_OF_DEATH
+                for stage in (*STAGES_OF_DEATH, "unhealthy")
             },
         }
+
+    async def unhealthy(self) -> dict[str, float | None]:
+        """How many members probe slower than at full health (Lifeguard), right now;
+        None for systems that do not tell."""
+        self.observatory.health.clear()
+        await defer.gatherResults([member.poll() for member in self.members.values()])
+        scores = self.observatory.health.values()
+        if not scores:
+            return {"unhealthy": None}
+        return {"unhealthy": sum(score > 0 for score in scores)}
 
     def stages_of_death(
         self, victim: str, killed: float, declared: list[float]
@@ -979,6 +995,7 @@ class Bench:
         first_suspicion = min(suspected) - killed if suspected else None
         first, last = min(declared, default=None), max(declared, default=None)
         return {
+            "killed": killed,
             "suspected": first_suspicion,
             "timed_out": None
             if first is None or first_suspicion is None
@@ -1206,6 +1223,10 @@ def table(results: dict[str, dict[int, Any]]) -> str:
         (
             "  first dead to dead by all, median (s)",
             lambda f: _fmt(f.get("detection", {}).get("spread_median")),
+        ),
+        (
+            "  members in poor health at a kill, median",
+            lambda f: _fmt(f.get("detection", {}).get("unhealthy_median")),
         ),
         (
             "false deaths (declarations)",
