@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/simulate.py                 # N = 1,000 and 10,000
     .venv/bin/python benchmarks/simulate.py --sizes 100 --loss 0.1 --lossy-minutes 10
+    .venv/bin/python benchmarks/simulate.py --sizes 100 1000 --news-rounds both
 
 For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
 
@@ -14,6 +15,10 @@ For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
   the last of all;
 * with ``--lossy-minutes``, false deaths during that long a run at ``--loss``.
 
+``--news-rounds both`` runs every size twice, with news of members' fate gossiped in
+rounds of its own as it arrives (hepto's default) and at the gossip ticks only (as
+memberlist does), side by side.
+
 Figures are printed, not asserted: they depend on the seed, and the point is to see
 them move when the protocol changes.
 """
@@ -25,6 +30,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -118,57 +125,73 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.01, help="added 0..jitter seconds")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--lossy-minutes", type=float, default=0.0)
+    parser.add_argument(
+        "--news-rounds",
+        choices=["on", "off", "both"],
+        default="on",
+        help="gossip news of members' fate at once (on), at the ticks only (off), or both",
+    )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
+    variants = {
+        "on": [("", profile)],
+        "off": [(" ticks", attrs.evolve(profile, news_rounds=False))],
+        "both": [
+            ("", profile),
+            (" ticks", attrs.evolve(profile, news_rounds=False)),
+        ],
+    }[arguments.news_rounds]
 
     print(
         f"profile {arguments.profile}, seed {arguments.seed}, loss {arguments.loss:.0%}, "
         f"latency {arguments.latency * 1000:.0f} ms + 0..{arguments.jitter * 1000:.0f} ms"
     )
     header = (
-        f"{'members':>8} {'record p50':>10} {'p99':>6} {'dead p50':>9} {'all':>6} "
+        f"{'members':>14} {'record p50':>10} {'p99':>6} {'dead p50':>9} {'all':>6} "
         f"{'B/s idle':>9} {'B/s spread':>10} {'false':>6} {'wall s':>7} {'RSS MB':>7}"
     )
     print(header)
     print("-" * len(header))
     for size in arguments.sizes:
-        row = measure(
-            size,
-            profile,
-            arguments.seed,
-            arguments.loss,
-            arguments.latency,
-            arguments.jitter,
-            arguments.warmup,
-        )
-        print(
-            f"{size:>8} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
-            f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
-            f"{row['spreading_bps']:>10.0f} {row['false_deaths']:>6} {row['wall']:>7.1f} "
-            f"{row['rss_mb']:>7.0f}",
-            flush=True,
-        )
-        if row["oversized"]:
-            print(f"  !! {row['oversized']} datagrams over the size limit")
-    if arguments.lossy_minutes:
-        print()
-        print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")
-        for size in arguments.sizes:
-            row = lossy(
+        for label, variant in variants:
+            row = measure(
                 size,
-                profile,
+                variant,
                 arguments.seed,
                 arguments.loss,
                 arguments.latency,
                 arguments.jitter,
-                arguments.lossy_minutes,
+                arguments.warmup,
             )
             print(
-                f"{size:>8} members: {row['false_deaths']} false deaths, "
-                f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
-                f"{row['wall']:.0f} s wall",
+                f"{str(size) + label:>14} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
+                f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
+                f"{row['spreading_bps']:>10.0f} {row['false_deaths']:>6} {row['wall']:>7.1f} "
+                f"{row['rss_mb']:>7.0f}",
                 flush=True,
             )
+            if row["oversized"]:
+                print(f"  !! {row['oversized']} datagrams over the size limit")
+    if arguments.lossy_minutes:
+        print()
+        print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")
+        for size in arguments.sizes:
+            for label, variant in variants:
+                row = lossy(
+                    size,
+                    variant,
+                    arguments.seed,
+                    arguments.loss,
+                    arguments.latency,
+                    arguments.jitter,
+                    arguments.lossy_minutes,
+                )
+                print(
+                    f"{str(size) + label:>14} members: {row['false_deaths']} false deaths, "
+                    f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
+                    f"{row['wall']:.0f} s wall",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

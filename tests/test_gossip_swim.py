@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import random
 from collections.abc import Generator, Iterable
 from typing import Any, TypeVar
@@ -341,6 +342,22 @@ class SuspicionTests(MembershipTestCase):
         self.assertEqual(self.status(member, "p8"), SUSPECT)
         self.clock.advance(0.2)
         self.assertEqual(self.status(member, "p8"), DEAD)
+
+    def test_the_dead_do_not_count(self) -> None:
+        """N is the members that could confirm: half the cluster dead, shorter timeouts."""
+        member = self.make([f"p{index}" for index in range(29)])
+        for index in range(14):
+            member.receive(endpoint(3), [Dead(f"p{index}", 0, "p20")])
+        self.assertEqual((member.size, member.live_size), (30, 16))
+        shortest = LAN.suspicion_timeouts(16)[0]
+        self.assertLess(shortest, LAN.suspicion_timeouts(30)[0] - 1)
+        del self.network.responsive[endpoint(30)]
+        for accuser in ("p20", "p21", "p22"):
+            member.receive(endpoint(2), [Suspect("p28", 0, accuser)])
+        self.clock.advance(shortest - 0.1)
+        self.assertEqual(self.status(member, "p28"), SUSPECT)
+        self.clock.advance(0.2)
+        self.assertEqual(self.status(member, "p28"), DEAD)
 
     def test_small_cluster(self) -> None:
         """Too few members to confirm: the shortest timeout at once."""
@@ -749,6 +766,78 @@ class PackingTests(MembershipTestCase):
             ],
             [],
         )
+
+
+class NewsRoundTests(MembershipTestCase):
+    """News of a member's fate goes out in a gossip round of its own, not at the next tick."""
+
+    def just_after_a_tick(self, member: Membership) -> None:
+        """Past a gossip tick by a news round's spacing: the next tick is far enough."""
+        assert member._gossip_call is not None
+        self.clock.advance(member._gossip_call.getTime() - self.clock.seconds())
+        self.clock.advance(LAN.news_round_spacing)
+        self.network.sent.clear()
+
+    def carrying(self, message: Message) -> list[tuple[float, Endpoint]]:
+        return [(when, to) for when, to, datagram in self.network.sent if message in datagram]
+
+    def test_suspicion_goes_out_at_once(self) -> None:
+        member = self.make()
+        self.just_after_a_tick(member)
+        now = self.clock.seconds()
+        member.receive(endpoint(3), [Suspect("e", 0, "c")])
+        self.assertEqual(self.carrying(Suspect("e", 0, "c")), [])
+        self.clock.advance(0)
+        sent = self.carrying(Suspect("e", 0, "c"))
+        self.assertEqual(len(sent), LAN.gossip_nodes)
+        self.assertEqual({when for when, _ in sent}, {now})
+
+    def test_death_and_refutation_too(self) -> None:
+        member = self.make(peers=[f"p{index}" for index in range(9)])
+        self.just_after_a_tick(member)
+        member.receive(endpoint(3), [Dead("p4", 0, "p1")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.carrying(Dead("p4", 0, "p1"))), LAN.gossip_nodes)
+        self.just_after_a_tick(member)
+        member.receive(endpoint(3), [Suspect("a", 0, "p1")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.carrying(Alive("a", 1, endpoint(1), "node"))), LAN.gossip_nodes)
+
+    def test_rounds_are_spaced(self) -> None:
+        """A burst of news costs a few rounds, not one per item; the tick takes the rest."""
+        member = self.make(peers=[f"p{index}" for index in range(9)])
+        self.just_after_a_tick(member)
+        for name in ["p1", "p2", "p3", "p4", "p5"]:
+            member.receive(endpoint(3), [Suspect(name, 0, "p0")])
+            self.clock.pump([0.01, 0.01])
+        self.clock.pump([0.01] * 4)  # the next tick is still to come
+        self.assertGreater(member._gossip_call.getTime(), self.clock.seconds())  # type: ignore[union-attr]
+        rounds = sorted(
+            {
+                when
+                for when, _, datagram in self.network.sent
+                if datagram and isinstance(datagram[0], Suspect)
+            }
+        )
+        self.assertIn(len(rounds), (2, 3))
+        for earlier, later in itertools.pairwise(rounds):
+            self.assertGreaterEqual(later - earlier, LAN.news_round_spacing)
+        self.assertEqual(len(self.carrying(Suspect("p5", 0, "p0"))), LAN.gossip_nodes)
+
+    def test_joins_keep_to_the_tick(self) -> None:
+        """A join storm is news of no one's fate: it keeps to the gossip interval."""
+        member = self.make()
+        self.just_after_a_tick(member)
+        member.receive(endpoint(6), [Alive("f", 0, endpoint(6), "node")])
+        self.clock.advance(LAN.gossip_interval / 2)
+        self.assertEqual(self.carrying(Alive("f", 0, endpoint(6), "node")), [])
+
+    def test_can_be_turned_off(self) -> None:
+        member = self.make(profile=attrs.evolve(LAN, news_rounds=False))
+        self.just_after_a_tick(member)
+        member.receive(endpoint(3), [Suspect("e", 0, "c")])
+        self.clock.advance(LAN.gossip_interval / 2)
+        self.assertEqual(self.carrying(Suspect("e", 0, "c")), [])
 
 
 class BroadcastQueueTests(SynchronousTestCase):

@@ -13,6 +13,9 @@ from typing import Final
 import attrs
 
 NACK_FRACTION: Final = 0.8
+#: Rounds of news (see ``Profile.news_rounds``) are at least this share of a gossip
+#: interval apart, so that a burst of news costs a few more rounds, not one per item.
+NEWS_ROUND_FRACTION: Final = 0.25
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -31,6 +34,10 @@ class Profile:
     #: Seconds between two rounds of gossip to ``gossip_nodes`` random peers.
     gossip_interval: float = attrs.field(default=0.2, validator=_positive)
     gossip_nodes: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    #: Whether news of a member's fate (suspected, dead, refuted, left) is gossiped in a
+    #: round of its own as soon as it arrives, rather than at the next tick: every hop
+    #: then costs a network transit instead of half a gossip interval more.
+    news_rounds: bool = True
     #: Members asked to ping a target that missed its direct ack.
     indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     #: Suspicion timeout: suspicion_mult * max(1, log10 N) * probe_interval at least...
@@ -56,6 +63,10 @@ class Profile:
             raise ValueError("probe_timeout must be shorter than probe_interval")
         if self.reap_after < self.gossip_to_the_dead:
             raise ValueError("reap_after must not be shorter than gossip_to_the_dead")
+
+    @property
+    def news_round_spacing(self) -> float:
+        return NEWS_ROUND_FRACTION * self.gossip_interval
 
     @property
     def nack_timeout(self) -> float:
