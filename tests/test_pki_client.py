@@ -308,9 +308,7 @@ class RealWorkerTests(TestCase):
         base = Path(tempfile.mkdtemp(prefix="hepto-worker-"))
         self.addCleanup(shutil.rmtree, base, True)
         (base / "master" / "pki" / "ca").mkdir(parents=True)
-        answer = client_module.run_once(
-            {"check": True, **self.job(base / "master")}, worker_command()
-        )
+        answer = client_module.run_once(self.job(base / "master"), worker_command())
         self.assertEqual(answer["error"]["kind"], "authority")
         self.assertIn("lacks", answer["error"]["message"])
         with self.assertRaises(WorkerError):

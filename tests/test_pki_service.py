@@ -22,11 +22,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
-from hepto.config import NodeConfig, parse_node_config
 from hepto.errors import StartupError
 from hepto.pki import ca, keys, policy, requests, signer, store
 from hepto.pki import desk as desk_module
-from hepto.pki import service as service_module
 from hepto.pki.errors import WorkerError
 from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
@@ -289,42 +287,16 @@ class RestartTests(ServiceTestCase):
             self.lab.make("node-a").startService()
         self.assertIn("trusts another cluster CA", str(caught.exception))
 
-    def test_files_are_checked_before_starting(self) -> None:
-        def node_config(name: str, role: str) -> NodeConfig:
-            raw = {
-                "cluster": CLUSTER,
-                "name": name,
-                "key": "5a" * 32,
-                "role": role,
-                "ip": "2001:db8::1/64",
-                "data-dir": str(self.lab.base / "data"),
-            }
-            return parse_node_config(raw, {}, {"no-contain": True})
-
-        clock = task.Clock()
-        clock.advance(START)
-        now = datetime.datetime.fromtimestamp(START, datetime.UTC)
-        master_config = node_config("master", "master")
-        service_module.check_files(master_config, now)  # first start: nothing to check
-        self.assertFalse(master_config.node_dir.exists())
-        master = PKIService.from_config(
-            master_config, self.lab.cluster.join("master", role="master"), clock, LocalRunner()
-        )
-        master.startService()
-        master.stopService()
-        service_module.check_files(master_config, now)
-        master.paths.authority_certificate("front-proxy").write_text("damaged")
+    def test_damaged_trust_stops_a_node(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        paths = self.lab.services["node-a"].paths
+        self.lab.services["node-a"].stopService()
+        paths.trusted_ca.write_text("damaged")
         with self.assertRaises(ca.AuthorityError) as caught:
-            service_module.check_files(master_config, now)
-        self.assertIn("front-proxy.crt", str(caught.exception))
-        node_config_ = node_config("node-a", "node")
-        node_paths = PKIService.from_config(
-            node_config_, self.lab.cluster.join("node-a"), task.Clock(), LocalRunner()
-        ).paths
-        keys.ensure_directory(node_paths.pki_dir)
-        node_paths.trusted_ca.write_text("damaged")
-        with self.assertRaises(ca.AuthorityError):
-            service_module.check_files(node_config_, now)
+            self.lab.make("node-a").startService()
+        self.assertIn(paths.trusted_ca.name, str(caught.exception))
+        self.assertEqual(paths.trusted_ca.read_text(), "damaged")
 
     def test_damaged_leaf_is_requested_again(self) -> None:
         self.lab.join("master", "master")

@@ -67,16 +67,6 @@ def foreign_pin(paths: Paths) -> AuthorityError:
     )
 
 
-def check_files(paths: Paths, cluster: str, role: str, now: datetime.datetime) -> None:
-    """Raise :class:`AuthorityError` now if a desk would at its start.  Makes nothing."""
-    trust = Trust.load(paths.trusted_ca)
-    if not is_master_role(role) or not paths.authority_dir.exists():
-        return
-    authorities, _ = ca.load_or_create_authorities(paths.authority_dir, cluster, now)
-    if trust.certificate is not None and trust.certificate != authorities.kubernetes.certificate:
-        raise foreign_pin(paths)
-
-
 def _certificate_fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 
 from hepto.config import NodeConfig
 from hepto.errors import StartupError
-from hepto.pki.client import WorkerClient, run_once
+from hepto.pki.client import WorkerClient
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.paths import Paths
 from hepto.pki.refusals import RefusalLog
@@ -58,7 +58,7 @@ from hepto.pki.specs import (
 )
 from hepto.state import LEFT, ClusterState
 
-__all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner", "check_files"]
+__all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner"]
 
 #: Seconds before a failed batch is tried again, doubling up to :data:`RETRY_MAX`.
 RETRY_FIRST: Final = 1.0
@@ -148,29 +148,6 @@ def _config_json(
         "node_dir": str(node_dir),
         "lifetime": lifetime.total_seconds(),
     }
-
-
-def check_files(
-    config: NodeConfig,
-    now: datetime.datetime | None = None,
-    runner: Runner | None = None,
-) -> None:
-    """Raise :class:`~hepto.pki.errors.AuthorityError` now if the service would at its start.
-
-    For ``twistd hepto`` to report damaged CA or trust files in one sentence before the
-    reactor runs.  Makes nothing: a first start has nothing to check.
-    """
-    now = now or datetime.datetime.now(datetime.UTC)
-    job = {
-        "check": True,
-        "config": _config_json(
-            config.cluster, config.name, config.role, config.node_dir, LEAF_LIFETIME
-        ),
-        "now": now.timestamp(),
-    }
-    answer = run_once(job) if runner is None else runner.run_now(job)
-    emit_events(answer)
-    _raise_for(answer)
 
 
 _log = Logger(namespace="hepto.pki")

@@ -15,8 +15,7 @@ A job::
      "start": bool, "renew": [certificate, ...],
      "members": {name: null (left) | {"version", "role", "pki"}}}
 
-or ``{"check": true, "config", "now"}`` for :func:`hepto.pki.service.check_files`.  Its
-answer: ``memory``, ``section``, ``changes``, ``installed``, ``renewals``, ``revisits``,
+Its answer: ``memory``, ``section``, ``changes``, ``installed``, ``renewals``, ``revisits``,
 ``marks``, ``status`` (see :mod:`hepto.pki.desk`) and ``log``, the log events of the job,
 which the agent emits as its own; or ``{"error": {"kind", "message"}, "log"}``, where
 ``kind`` is ``authority`` (an :class:`~hepto.pki.errors.AuthorityError`) or ``failed``.
@@ -42,9 +41,8 @@ import attrs
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
-from hepto.pki.desk import Desk, check_files
+from hepto.pki.desk import Desk
 from hepto.pki.errors import AuthorityError
-from hepto.pki.paths import Paths
 
 
 def _utc(seconds: float) -> datetime.datetime:
@@ -56,9 +54,6 @@ def handle(job: Mapping[str, Any]) -> dict[str, Any]:
     try:
         config = job["config"]
         now = _utc(job["now"])
-        if job.get("check"):
-            check_files(Paths(Path(config["node_dir"])), config["cluster"], config["role"], now)
-            return {"checked": True}
         desk = Desk(
             config["cluster"],
             config["name"],
