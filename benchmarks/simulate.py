@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/simulate.py                 # N = 1,000 and 10,000
     .venv/bin/python benchmarks/simulate.py --sizes 100 --loss 0.1 --lossy-minutes 10
-    .venv/bin/python benchmarks/simulate.py --sizes 100 1000 --news-rounds both
+    .venv/bin/python benchmarks/simulate.py --sizes 100 1000 --news-rounds both --kills 40
 
 For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
 
@@ -13,6 +13,8 @@ For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
   turn), median and p99 across members, and the traffic meanwhile;
 * one member is killed: the time until each member declares it dead, median and
   the last of all;
+* with ``--kills K``, K members killed one after the other in a fresh cluster, as
+  ``benchmarks/agents.py`` does: the medians of each stage of their detection;
 * with ``--lossy-minutes``, false deaths during that long a run at ``--loss``.
 
 ``--news-rounds both`` runs every size twice, with news of members' fate gossiped in
@@ -90,6 +92,56 @@ def measure(
     }
 
 
+def detection(
+    size: int,
+    profile: Profile,
+    seed: int,
+    loss: float,
+    latency: float,
+    jitter: float,
+    warmup: float,
+    kills: int,
+    settle: float = 5.0,
+) -> dict[str, float]:
+    """Kill ``kills`` members one after the other, each once all others buried the last
+    and ``settle`` seconds passed, as ``benchmarks/agents.py`` does; the medians of each
+    stage of a detection over the kills."""
+    started = time.perf_counter()
+    simulation = Simulation(
+        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
+    )
+    simulation.start()
+    simulation.run(warmup)
+    stages: dict[str, list[float]] = {"suspected": [], "timed_out": [], "spread": [], "all": []}
+    for victim in reversed(simulation.names[-kills:]):
+        simulation.kill(victim)
+        killed = simulation.clock.seconds()
+        deaths = simulation.deaths[victim]
+
+        def buried(
+            deaths: dict[str, float] = deaths, survivors: int = len(simulation.running)
+        ) -> bool:
+            return len(deaths) >= survivors
+
+        if not simulation.run_until(buried, limit=600, step=0.25):
+            break
+        suspected = min(t for t in simulation.suspicions[victim] if t >= killed)
+        first, last = min(deaths.values()), max(deaths.values())
+        stages["suspected"].append(suspected - killed)
+        stages["timed_out"].append(first - suspected)
+        stages["spread"].append(last - first)
+        stages["all"].append(last - killed)
+        simulation.run(settle)
+    return {
+        "members": size,
+        "kills": len(stages["all"]),
+        **{f"{stage}_p50": percentile(values, 0.5) for stage, values in stages.items()},
+        "all_max": max(stages["all"]),
+        "false_deaths": len(simulation.false_deaths),
+        "wall": time.perf_counter() - started,
+    }
+
+
 def lossy(
     size: int,
     profile: Profile,
@@ -125,6 +177,9 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.01, help="added 0..jitter seconds")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--lossy-minutes", type=float, default=0.0)
+    parser.add_argument(
+        "--kills", type=int, default=0, help="also kill this many, one after the other"
+    )
     parser.add_argument(
         "--news-rounds",
         choices=["on", "off", "both"],
@@ -172,6 +227,33 @@ def main() -> None:
             )
             if row["oversized"]:
                 print(f"  !! {row['oversized']} datagrams over the size limit")
+    if arguments.kills:
+        print()
+        print(
+            f"{arguments.kills} kills one after the other, medians: until the first "
+            "suspicion, from there to the first declaration, from there to the last; "
+            "kill to dead by all (median, max)"
+        )
+        for size in arguments.sizes:
+            for label, variant in variants:
+                row = detection(
+                    size,
+                    variant,
+                    arguments.seed,
+                    arguments.loss,
+                    arguments.latency,
+                    arguments.jitter,
+                    arguments.warmup,
+                    arguments.kills,
+                )
+                print(
+                    f"{str(size) + label:>14} {row['suspected_p50']:>6.2f}s "
+                    f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   "
+                    f"{row['all_p50']:>6.2f}s {row['all_max']:>6.2f}s  "
+                    f"({row['kills']} kills, {row['false_deaths']} false deaths, "
+                    f"{row['wall']:.0f} s wall)",
+                    flush=True,
+                )
     if arguments.lossy_minutes:
         print()
         print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")

@@ -145,6 +145,14 @@ class ScenarioTests(SynchronousTestCase):
         shortest, _ = LAN.suspicion_timeouts(200)
         self.assertGreater(took, shortest)
         self.assertEqual(simulation.statuses("m00042"), {DEAD: 199})
+        # The first accuser's suspicion ran a whole timeout before the first death.
+        suspected = min(simulation.suspicions["m00042"])
+        first_death = min(simulation.deaths["m00042"].values())
+        self.assertGreaterEqual(first_death - suspected, shortest - 0.01)
+        # News of a fate goes out in rounds of its own, not at the ticks: everyone hears
+        # of the suspicion, then of the death, within a few transits.
+        self.assertLess(max(simulation.suspicions["m00042"]) - suspected, 0.4)
+        self.assertLess(max(simulation.deaths["m00042"].values()) - first_death, 0.4)
         self.run_until(simulation, lambda: simulation.statuses("m00042") == {"unknown": 199}, 80)
         self.assertClean(simulation)
 

@@ -35,7 +35,7 @@ from hepto.gossip.codec import HEADER_SIZE, encoded_size
 from hepto.gossip.messages import MAX_DATAGRAM, SEALING_OVERHEAD, Message, Ping
 from hepto.gossip.profile import LAN, Profile
 from hepto.gossip.swim import Membership, MemberState, Snapshot
-from hepto.state import ALIVE, DEAD
+from hepto.state import ALIVE, DEAD, SUSPECT
 
 PORT = 7946
 NETWORK = ipaddress.IPv6Network("2001:db8:5117::/48")
@@ -323,6 +323,8 @@ class Simulation:
         self.deaths: defaultdict[str, dict[str, float]] = defaultdict(dict)
         #: Observers that declared a member dead while it was running: (observer, member, t).
         self.false_deaths: list[tuple[str, str, float]] = []
+        #: When anyone began to suspect each member, every time: {member: [t, ...]}.
+        self.suspicions: defaultdict[str, list[float]] = defaultdict(list)
         for name in self.names:
             endpoint = self.endpoints[name]
             membership = Membership(
@@ -347,6 +349,8 @@ class Simulation:
 
     def _observer(self, observer: str) -> Callable[[MemberState | None, MemberState], None]:
         def changed(old: MemberState | None, new: MemberState) -> None:
+            if new.status == SUSPECT and (old is None or old.status != SUSPECT):
+                self.suspicions[new.name].append(self.clock.seconds())
             if new.reachable or (old is not None and not old.reachable):
                 return
             self.deaths[new.name].setdefault(observer, self.clock.seconds())
