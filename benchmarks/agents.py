@@ -870,6 +870,10 @@ class Bench:
             peak.append(end.peak_rss / 2**20)
         self.figures["cpu_percent"] = {"median": median(cpu), "max": max(cpu, default=None)}
         self.figures["rss_mib"] = {"median": median(rss), "max": max(rss, default=None)}
+        self.figures["rss_top_mib"] = sorted(
+            ((end.rss / 2**20, name) for name, end in after_usage.items() if end is not None),
+            reverse=True,
+        )[:3]
         self.figures["peak_rss_mib"] = max(peak, default=None)
         self.figures["window_seconds"] = elapsed
 
