@@ -207,26 +207,22 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for size in arguments.sizes:
-        for label, variant in variants:
-            row = measure(
-                size,
-                variant,
-                arguments.seed,
-                arguments.loss,
-                arguments.latency,
-                arguments.jitter,
-                arguments.warmup,
-            )
-            print(
-                f"{str(size) + label:>14} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
-                f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
-                f"{row['spreading_bps']:>10.0f} {row['false_deaths']:>6} {row['wall']:>7.1f} "
-                f"{row['rss_mb']:>7.0f}",
-                flush=True,
-            )
-            if row["oversized"]:
-                print(f"  !! {row['oversized']} datagrams over the size limit")
+    # Every table runs each size with each variant, on the same simulated network.
+    runs = [
+        (size, f"{size}{label}", variant) for size in arguments.sizes for label, variant in variants
+    ]
+    network = (arguments.seed, arguments.loss, arguments.latency, arguments.jitter)
+    for size, name, variant in runs:
+        row = measure(size, variant, *network, arguments.warmup)
+        print(
+            f"{name:>14} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
+            f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
+            f"{row['spreading_bps']:>10.0f} {row['false_deaths']:>6} {row['wall']:>7.1f} "
+            f"{row['rss_mb']:>7.0f}",
+            flush=True,
+        )
+        if row["oversized"]:
+            print(f"  !! {row['oversized']} datagrams over the size limit")
     if arguments.kills:
         print()
         print(
@@ -234,46 +230,27 @@ def main() -> None:
             "suspicion, from there to the first declaration, from there to the last; "
             "kill to dead by all (median, max)"
         )
-        for size in arguments.sizes:
-            for label, variant in variants:
-                row = detection(
-                    size,
-                    variant,
-                    arguments.seed,
-                    arguments.loss,
-                    arguments.latency,
-                    arguments.jitter,
-                    arguments.warmup,
-                    arguments.kills,
-                )
-                print(
-                    f"{str(size) + label:>14} {row['suspected_p50']:>6.2f}s "
-                    f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   "
-                    f"{row['all_p50']:>6.2f}s {row['all_max']:>6.2f}s  "
-                    f"({row['kills']} kills, {row['false_deaths']} false deaths, "
-                    f"{row['wall']:.0f} s wall)",
-                    flush=True,
-                )
+        for size, name, variant in runs:
+            row = detection(size, variant, *network, arguments.warmup, arguments.kills)
+            print(
+                f"{name:>14} {row['suspected_p50']:>6.2f}s "
+                f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   "
+                f"{row['all_p50']:>6.2f}s {row['all_max']:>6.2f}s  "
+                f"({row['kills']} kills, {row['false_deaths']} false deaths, "
+                f"{row['wall']:.0f} s wall)",
+                flush=True,
+            )
     if arguments.lossy_minutes:
         print()
         print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")
-        for size in arguments.sizes:
-            for label, variant in variants:
-                row = lossy(
-                    size,
-                    variant,
-                    arguments.seed,
-                    arguments.loss,
-                    arguments.latency,
-                    arguments.jitter,
-                    arguments.lossy_minutes,
-                )
-                print(
-                    f"{str(size) + label:>14} members: {row['false_deaths']} false deaths, "
-                    f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
-                    f"{row['wall']:.0f} s wall",
-                    flush=True,
-                )
+        for size, name, variant in runs:
+            row = lossy(size, variant, *network, arguments.lossy_minutes)
+            print(
+                f"{name:>14} members: {row['false_deaths']} false deaths, "
+                f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
+                f"{row['wall']:.0f} s wall",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
