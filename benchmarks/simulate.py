@@ -41,20 +41,32 @@ from hepto.gossip.profile import PROFILES, Profile
 from hepto.gossip.simulation import Simulation, percentile
 
 
-def measure(
-    size: int,
-    profile: Profile,
-    seed: int,
-    loss: float,
-    latency: float,
-    jitter: float,
-    warmup: float,
-) -> dict[str, float]:
+@attrs.frozen
+class Conditions:
+    """The simulated network every table of a run shares."""
+
+    seed: int
+    loss: float
+    latency: float
+    jitter: float
+
+    def cluster(self, size: int, profile: Profile) -> Simulation:
+        """A converged cluster of ``size``, started."""
+        simulation = Simulation(
+            size,
+            profile=profile,
+            seed=self.seed,
+            loss=self.loss,
+            latency=self.latency,
+            jitter=self.jitter,
+        )
+        simulation.start()
+        return simulation
+
+
+def measure(size: int, profile: Profile, conditions: Conditions, warmup: float) -> dict[str, float]:
     started = time.perf_counter()
-    simulation = Simulation(
-        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
-    )
-    simulation.start()
+    simulation = conditions.cluster(size, profile)
     simulation.run(warmup)
     before = simulation.traffic().bytes
     simulation.run(10)
@@ -95,10 +107,7 @@ def measure(
 def detection(
     size: int,
     profile: Profile,
-    seed: int,
-    loss: float,
-    latency: float,
-    jitter: float,
+    conditions: Conditions,
     warmup: float,
     kills: int,
     settle: float = 5.0,
@@ -107,10 +116,7 @@ def detection(
     and ``settle`` seconds passed, as ``benchmarks/agents.py`` does; the medians of each
     stage of a detection over the kills."""
     started = time.perf_counter()
-    simulation = Simulation(
-        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
-    )
-    simulation.start()
+    simulation = conditions.cluster(size, profile)
     simulation.run(warmup)
     stages: dict[str, list[float]] = {"suspected": [], "timed_out": [], "spread": [], "all": []}
     for victim in reversed(simulation.names[-kills:]):
@@ -142,20 +148,9 @@ def detection(
     }
 
 
-def lossy(
-    size: int,
-    profile: Profile,
-    seed: int,
-    loss: float,
-    latency: float,
-    jitter: float,
-    minutes: float,
-) -> dict[str, float]:
+def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -> dict[str, float]:
     started = time.perf_counter()
-    simulation = Simulation(
-        size, profile=profile, seed=seed, loss=loss, latency=latency, jitter=jitter
-    )
-    simulation.start()
+    simulation = conditions.cluster(size, profile)
     simulation.run(minutes * 60)
     refutations = sum(member.incarnation for member in simulation.members.values())
     return {
@@ -211,9 +206,9 @@ def main() -> None:
     runs = [
         (size, f"{size}{label}", variant) for size in arguments.sizes for label, variant in variants
     ]
-    network = (arguments.seed, arguments.loss, arguments.latency, arguments.jitter)
+    conditions = Conditions(arguments.seed, arguments.loss, arguments.latency, arguments.jitter)
     for size, name, variant in runs:
-        row = measure(size, variant, *network, arguments.warmup)
+        row = measure(size, variant, conditions, arguments.warmup)
         print(
             f"{name:>14} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
             f"{row['dead_p50']:>8.2f}s {row['dead_all']:>5.2f}s {row['steady_bps']:>9.0f} "
@@ -231,7 +226,7 @@ def main() -> None:
             "kill to dead by all (median, max)"
         )
         for size, name, variant in runs:
-            row = detection(size, variant, *network, arguments.warmup, arguments.kills)
+            row = detection(size, variant, conditions, arguments.warmup, arguments.kills)
             print(
                 f"{name:>14} {row['suspected_p50']:>6.2f}s "
                 f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   "
@@ -244,7 +239,7 @@ def main() -> None:
         print()
         print(f"{arguments.lossy_minutes:g} minutes at {arguments.loss:.0%} loss:")
         for size, name, variant in runs:
-            row = lossy(size, variant, *network, arguments.lossy_minutes)
+            row = lossy(size, variant, conditions, arguments.lossy_minutes)
             print(
                 f"{name:>14} members: {row['false_deaths']} false deaths, "
                 f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
