@@ -319,7 +319,7 @@ class ProbeConfigurationTests(SynchronousTestCase):
         error = self.assertRaises(
             ValueError, HTTPProbe, reactor, "https://[fd00::1]:6443/readyz", ProbeTLS(None)
         )
-        self.assertIn("only a loopback probe may skip verification", str(error))
+        self.assertIn("only a loopback server may go unverified", str(error))
         HTTPProbe(reactor, "https://[::1]:10257/healthz", ProbeTLS(None))
         HTTPProbe(reactor, "https://127.0.0.1:10257/healthz", ProbeTLS(None))
         HTTPProbe(reactor, "https://localhost:10257/healthz", ProbeTLS(None))
