@@ -374,6 +374,7 @@ _IMPORT_THE_AGENT = textwrap.dedent(
     import twisted.plugins.hepto_plugin
     import hepto.cli, hepto.manhole, hepto.node, hepto.tap
     import hepto.supervisor.probes
+    import hepto.kube.api, hepto.kube.registration
     print(",".join(sorted(name for name in sys.modules if name.split(".")[0] == "OpenSSL")))
     """
 )
