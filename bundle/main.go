@@ -1,6 +1,7 @@
 // Command hepto-bundle is a multi-call binary (like busybox) holding the
 // upstream programs hepto runs: etcd, etcdctl, kube-apiserver,
-// kube-controller-manager, kube-scheduler, kubelet, kubectl and containerd.
+// kube-controller-manager, kube-scheduler, kubelet, kubectl, containerd and
+// containerd's ctr.
 // Each program is the vanilla upstream entry point, linked from the module
 // versions pinned in go.mod. containerd-shim-runc-v2 is built from the same
 // module set as its own binary (./containerd-shim-runc-v2, see there why).
@@ -39,6 +40,7 @@ var programs = map[string]func(){
 	"kubelet":                 runKubelet,
 	"kubectl":                 runKubectl,
 	"containerd":              runContainerd,
+	"ctr":                     runCtr,
 }
 
 // Programs returns the sorted program names, siblings included (used by
