@@ -116,6 +116,7 @@ IMPORT_EXTRAS: Final = (
         "cryptography, the desk: PKI worker only",
         ("cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec", "hepto.pki.worker"),
     ),
+    ("hepto.images: pause image, imports (nodes)", ("hepto.images.pause", "hepto.images.importer")),
 )
 
 #: Imports the steps of :data:`IMPORT_STEPS` given as JSON; prints (RSS, anonymous) in

@@ -1,9 +1,11 @@
 // Command hepto-bundle is a multi-call binary (like busybox) holding the
 // upstream programs hepto runs: etcd, etcdctl, kube-apiserver,
-// kube-controller-manager, kube-scheduler, kubelet, kubectl and containerd.
+// kube-controller-manager, kube-scheduler, kubelet, kubectl, containerd and
+// containerd's ctr.
 // Each program is the vanilla upstream entry point, linked from the module
-// versions pinned in go.mod. containerd-shim-runc-v2 is built from the same
-// module set as its own binary (./containerd-shim-runc-v2, see there why).
+// versions pinned in go.mod. containerd-shim-runc-v2 and pause are built from
+// the same module set as binaries of their own (./containerd-shim-runc-v2 and
+// ./pause, see there why).
 //
 // The program is chosen by:
 //
@@ -26,7 +28,7 @@ import (
 
 // siblings are programs built as their own binary next to hepto-bundle;
 // `hepto-bundle NAME args...` execs them so the fallback form covers them too.
-var siblings = map[string]bool{"containerd-shim-runc-v2": true}
+var siblings = map[string]bool{"containerd-shim-runc-v2": true, "pause": true}
 
 // programs maps each program name to its entry point. Entry points never
 // return normally except where the upstream main also returns (exit 0).
@@ -39,6 +41,7 @@ var programs = map[string]func(){
 	"kubelet":                 runKubelet,
 	"kubectl":                 runKubectl,
 	"containerd":              runContainerd,
+	"ctr":                     runCtr,
 }
 
 // Programs returns the sorted program names, siblings included (used by

@@ -27,6 +27,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
 	containerd "github.com/containerd/containerd/v2/cmd/containerd/command"
+	ctr "github.com/containerd/containerd/v2/cmd/ctr/app"
 
 	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
 )
@@ -56,6 +57,13 @@ func runEtcdctl() { ctlv3.MustStart() }
 func runContainerd() {
 	if err := containerd.App().Run(background(), os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "containerd:", err)
+		os.Exit(1)
+	}
+}
+
+func runCtr() {
+	if err := ctr.New().Run(background(), os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "ctr:", err)
 		os.Exit(1)
 	}
 }

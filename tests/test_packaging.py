@@ -62,3 +62,10 @@ class WheelTests(SynchronousTestCase):
         info = run([str(venv / "bin" / "hepto"), "info", "--cluster", "c"], cwd=elsewhere, env=env)
         self.assertEqual(info.returncode, 0, info.stderr)
         self.assertIn("apiserver_address", info.stdout)
+        # Imported only when used: a package missing from setup.cfg fails only then.
+        images = run(
+            [python, "-c", "import hepto.images.importer, hepto.images.inspect"],
+            cwd=elsewhere,
+            env=env,
+        )
+        self.assertEqual(images.returncode, 0, images.stderr)
