@@ -84,11 +84,17 @@ class LauncherTests(SynchronousTestCase):
             launcher.command(["/bin/prog", "-x"]),
             ("/usr/bin/setsid", "/usr/bin/setpriv", "--pdeathsig", "KILL", "--", "/bin/prog", "-x"),
         )
+        self.assertEqual(
+            launcher.command(["/bin/prog"], "TERM"),
+            ("/usr/bin/setsid", "/usr/bin/setpriv", "--pdeathsig", "TERM", "--", "/bin/prog"),
+        )
 
     def test_python_names_the_current_pid(self) -> None:
         command = PythonLauncher("/usr/bin/python3").command(["/bin/prog", "-x"])
         self.assertEqual(command[:4], ("/usr/bin/python3", "-I", "-S", "-c"))
-        self.assertEqual(command[5:], (str(os.getpid()), "/bin/prog", "-x"))
+        self.assertEqual(command[5:], (str(os.getpid()), "KILL", "/bin/prog", "-x"))
+        command = PythonLauncher("/usr/bin/python3").command(["/bin/prog"], "TERM")
+        self.assertEqual(command[5:], (str(os.getpid()), "TERM", "/bin/prog"))
 
     def test_default_falls_back_to_python(self) -> None:
         self.assertEqual(default_launcher(path="/nonexistent"), PythonLauncher(sys.executable))

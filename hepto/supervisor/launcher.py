@@ -18,9 +18,13 @@ import attrs
 
 
 class Launcher(Protocol):
-    """Turns a program's argv into the argv to spawn."""
+    """Turns a program's argv into the argv to spawn.
 
-    def command(self, argv: Sequence[str]) -> tuple[str, ...]: ...
+    ``death_signal`` names what the child receives when the agent dies: ``KILL`` for
+    programs, ``TERM`` for one whose last duty is to clean up after the others.
+    """
+
+    def command(self, argv: Sequence[str], death_signal: str = "KILL") -> tuple[str, ...]: ...
 
 
 @attrs.frozen
@@ -34,8 +38,8 @@ class UtilLinuxLauncher:
     setsid: str
     setpriv: str
 
-    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
-        return (self.setsid, self.setpriv, "--pdeathsig", "KILL", "--", *argv)
+    def command(self, argv: Sequence[str], death_signal: str = "KILL") -> tuple[str, ...]:
+        return (self.setsid, self.setpriv, "--pdeathsig", death_signal, "--", *argv)
 
 
 # Unlike setpriv, this closes the window where the agent dies between fork and prctl:
@@ -44,12 +48,12 @@ _PYTHON_WRAPPER = """\
 import ctypes, os, signal, sys
 PR_SET_PDEATHSIG = 1
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0):
+if libc.prctl(PR_SET_PDEATHSIG, signal.Signals["SIG" + sys.argv[2]], 0, 0, 0):
     sys.exit("prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
 if os.getppid() != int(sys.argv[1]):
     sys.exit("the hepto agent died before this child started")
 os.setsid()
-os.execv(sys.argv[2], sys.argv[2:])
+os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
@@ -59,16 +63,25 @@ class PythonLauncher:
 
     python: str = sys.executable
 
-    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
+    def command(self, argv: Sequence[str], death_signal: str = "KILL") -> tuple[str, ...]:
         # The pid is read at each spawn: twistd forks to daemonize after makeService.
-        return (self.python, "-I", "-S", "-c", _PYTHON_WRAPPER, str(os.getpid()), *argv)
+        return (
+            self.python,
+            "-I",
+            "-S",
+            "-c",
+            _PYTHON_WRAPPER,
+            str(os.getpid()),
+            death_signal,
+            *argv,
+        )
 
 
 @attrs.frozen
 class DirectLauncher:
     """No wrapper: children survive the agent's death.  Only for tests that prove it."""
 
-    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
+    def command(self, argv: Sequence[str], death_signal: str = "KILL") -> tuple[str, ...]:
         return tuple(argv)
 
 

@@ -73,6 +73,8 @@ class ProcessSpec:
     ready_probe_interval: float = 10.0
     probe_timeout: float = 5.0
     stop_timeout: float = 15.0
+    #: Sent by the kernel when the agent dies (see :mod:`hepto.supervisor.launcher`).
+    death_signal: str = "KILL"
     #: After the child is reaped, how long its pipes may stay open (held by a
     #: grandchild) before the supervisor closes its ends and moves on.
     drain_timeout: float = 2.0
@@ -312,7 +314,7 @@ class SupervisedProcess(Service):
         )
 
     def _spawn(self) -> None:
-        argv = self._launcher.command(self.spec.argv)
+        argv = self._launcher.command(self.spec.argv, self.spec.death_signal)
         child = ChildProtocol(self)
         self._child = child
         self._state = State.RUNNING
