@@ -1,0 +1,57 @@
+"""Once: a result that comes once, for any number of waiters, before or after it comes.
+
+A Deferred has one chain of callbacks, so a result that several parties wait for (a
+host prepared, images imported) is kept here, and each party gets a Deferred of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+class Once(Generic[T]):
+    def __init__(self) -> None:
+        self._waiters: list[Deferred[T]] = []
+        self._outcome: tuple[T] | Failure | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    def when(self) -> Deferred[T]:
+        """Fires with the result (or fails with its failure), now if it has come."""
+        outcome = self._outcome
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        if outcome is not None:
+            return succeed(outcome[0])
+
+        def forget(waiter: Deferred[T]) -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+        waiter: Deferred[T] = Deferred(canceller=forget)
+        self._waiters.append(waiter)
+        return waiter
+
+    def fire(self, result: T) -> None:
+        self._settle((result,))
+
+    def fail(self, failure: Failure) -> None:
+        self._settle(failure)
+
+    def _settle(self, outcome: tuple[T] | Failure) -> None:
+        if self._outcome is not None:
+            raise RuntimeError("Once already settled")
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome[0])
