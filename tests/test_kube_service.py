@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -19,10 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from hepto.config import parse_node_config
 from hepto.kube import memory
 from hepto.kube.component import GoMemory
+from hepto.kube.runtime import RuntimeSetupError
 from hepto.kube.service import RESTART_DELAY, KubeService, check_programs
 from hepto.pki.paths import Paths
 from hepto.programs import MissingProgram
-from hepto.supervisor import DirectLauncher, State
+from hepto.supervisor import AlwaysReady, DirectLauncher, State
 from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 
 
@@ -158,7 +160,7 @@ class KubeServiceTests(SynchronousTestCase):
 
     def test_the_network_gates_too(self) -> None:
         network: Deferred[None] = Deferred()
-        kube, pki = self.service(network_ready=lambda: network)
+        kube, pki = self.service(network=FakeNetwork(ready=network))
         kube.startService()
         pki.install(*ALL_MASTER_CERTIFICATES)
         self.assertEqual(self.spawned(), [])
@@ -234,12 +236,14 @@ class KubeServiceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.running(), [])
         self.assertEqual(pki.listeners, [])
 
-    def test_a_node_runs_no_control_plane(self) -> None:
-        kube, _ = self.service("node")
-        kube.startService()
-        self.assertEqual(kube.components, [])
-        self.assertIn("containerd, kubelet: not run by this version of hepto yet", self.log.texts())
-        self.successResultOf(kube.stopService())
+    def test_a_master_runs_no_runtime(self) -> None:
+        kube, _ = self.service("master")
+        self.assertIsNone(kube.runtime)
+        self.assertNotIn("runtime", kube.status())
+        self.assertEqual(
+            [component.name for component in kube.components],
+            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+        )
 
     def test_missing_programs_are_found_before_anything_starts(self) -> None:
         config = self.config()
@@ -261,3 +265,190 @@ class KubeServiceTests(SynchronousTestCase):
             (self.data / "bin" / name).symlink_to("/bin/true")
         found = check_programs(config, "")
         self.assertEqual(found["etcd"], self.data / "bin/etcd")
+
+
+NODE_PROGRAMS = {
+    name: Path(f"/opt/bin/{name}")
+    for name in (
+        "containerd",
+        "kubelet",
+        "sh",
+        "containerd-shim-runc-v2",
+        "runc",
+        "ctr",
+        "pause",
+    )
+}
+
+
+@attrs.define
+class FakeNetwork:
+    mtu: int | None = 1420
+    endpoint: Any = None
+    ready: Deferred[None] = attrs.field(factory=lambda: succeed(None))
+
+    def when_addresses_ready(self) -> Deferred[None]:
+        return self.ready
+
+
+@attrs.define
+class FakeImages:
+    sandbox_image: str = "localhost/hepto/pause:1"
+    archives: list[Path] = attrs.field(factory=list)
+    imports: list[Path] = attrs.field(factory=list)
+    pending: list[Deferred[Any]] = attrs.field(factory=list)
+
+    def make_sandbox_archive(self, pause: Path, archive: Path) -> None:
+        self.archives.append(archive)
+
+    def import_archive(self, ctr: Path, socket: Path, archive: Path) -> Deferred[Any]:
+        self.imports.append(archive)
+        waiter: Deferred[Any] = Deferred()
+        self.pending.append(waiter)
+        return waiter
+
+    def import_folder(self, ctr: Path, socket: Path, folder: Path) -> Deferred[Any]:
+        self.imports.append(folder)
+        return succeed([])
+
+
+@attrs.define
+class FakeHost:
+    """Hierarchies that are plain directories; no mount, no sysctl."""
+
+    root: Path
+    made: list[Path] = attrs.field(factory=list)
+
+    def prepare(self) -> list[Any]:
+        from hepto.kube.host import Hierarchy
+
+        return [
+            Hierarchy(self.root / "freezer", 1, ("freezer",)),
+            Hierarchy(self.root / "memory", 1, ("memory",)),
+            Hierarchy(self.root / "unified", 2),
+        ]
+
+    def create_cgroups(self, hierarchies: Any) -> None:
+        self.made += [hierarchy.path for hierarchy in hierarchies]
+
+
+class NodeRuntimeTests(SynchronousTestCase):
+    """A node's sweeper, containerd and kubelet, on fakes: order, gates, stop."""
+
+    def setUp(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="hk-node-"))
+        self.addCleanup(shutil.rmtree, self.data)
+        self.reactor = FakeProcessReactor()
+        self.clock = Clock()
+        self.log = LogCapture.install(self)
+        self.images = FakeImages()
+        self.registered: list[Deferred[Any]] = []
+        self.network = FakeNetwork()
+
+    def register(self) -> Deferred[Any]:
+        waiter: Deferred[Any] = Deferred()
+        self.registered.append(waiter)
+        return waiter
+
+    def service(self) -> tuple[KubeService, FakePKI]:
+        raw = {
+            "cluster": "mycluster",
+            "name": "node1",
+            "key": "00" * 32,
+            "role": "node",
+            "ip": "2001:db8::1/64",
+            "data-dir": str(self.data),
+        }
+        config = parse_node_config(raw, {}, {"no-contain": True})
+        pki = FakePKI(Paths(config.node_dir))
+        self.probe = ScriptedProbe()
+        kube = KubeService(
+            config,
+            pki,
+            self.reactor,
+            network=self.network,
+            programs=NODE_PROGRAMS,
+            launcher=DirectLauncher(),
+            clock=self.clock,
+            environ={"PATH": "/usr/bin"},
+            probes=lambda c: AlwaysReady() if c.name == "sweeper" else self.probe,
+            images=self.images,
+            register=self.register,
+            private_mount_namespace=False,
+            host_setup=FakeHost(self.data / "cgroup"),  # type: ignore[arg-type]
+        )
+        self.layout = kube.runtime.layout if kube.runtime else None
+        return kube, pki
+
+    def commands(self) -> list[tuple[str, ...]]:
+        return [process.argv for process in self.reactor.processes]
+
+    def test_sweep_then_sweeper_containerd_kubelet(self) -> None:
+        kube, pki = self.service()
+        assert self.layout is not None
+        script = str(self.layout.sweeper_script)
+        kube.startService()
+        # First what a previous run left: one sweep, before anything is supervised.
+        self.assertEqual(self.commands(), [("/opt/bin/sh", script, "sweep")])
+        self.assertIn("freezer/hepto/mycluster/node1", Path(script).read_text())
+        self.reactor.last.exit(0)
+        self.assertEqual(self.images.archives, [self.layout.pause_archive])
+        self.clock.advance(0)  # the sweeper's "probe": started is ready
+        sweeper, containerd = self.reactor.processes[1:]
+        self.assertEqual(sweeper.argv, ("/opt/bin/sh", script, "guard"))
+        self.assertEqual(
+            containerd.argv,
+            ("/opt/bin/sh", script, "enter", "/opt/bin/containerd",
+             f"--config={self.layout.containerd_config}"),
+        )  # fmt: skip
+        self.assertIn("localhost/hepto/pause:1", self.layout.containerd_config.read_text())
+        self.assertIn('"mtu": 1420', self.layout.cni_template.read_text())
+        # The kubelet: after containerd answers, the images, its certificates, the Node.
+        self.clock.advance(0)
+        self.probe.answer(True)
+        self.clock.advance(0)
+        self.assertEqual(self.images.imports, [self.layout.pause_archive])
+        self.images.pending.pop().callback(None)
+        self.assertEqual(self.images.imports, [self.layout.pause_archive, self.layout.images_dir])
+        self.assertEqual(self.registered, [])
+        pki.install("kubelet-client", "kubelet-serving")
+        self.assertEqual(len(self.registered), 1)
+        self.assertEqual(len(self.reactor.processes), 3, "the Node is not registered yet")
+        self.registered.pop().callback(None)
+        kubelet = self.reactor.last
+        self.assertEqual(kubelet.argv[:4], ("/opt/bin/sh", script, "enter", "/opt/bin/kubelet"))
+        settings = json.loads(self.layout.kubelet_config.read_text())
+        self.assertEqual(settings["cgroupRoot"], "/hepto/mycluster/node1/pods")
+        self.assertIn("nameserver 2606:4700:4700::1111", self.layout.resolv_conf.read_text())
+        self.assertEqual(kube.status()["runtime"]["socket"], str(self.layout.containerd_socket))
+
+        # Stop: the kubelet, then containerd, then the sweeper (which sweeps on SIGTERM).
+        stopped = kube.stopService()
+        self.assertEqual(kubelet.signals, ["TERM"])
+        self.assertEqual(containerd.signals, ["TERM"])
+        self.assertEqual(sweeper.signals, ["TERM"])
+        self.successResultOf(stopped)
+
+    def test_a_failed_sweep_blocks_the_runtime(self) -> None:
+        kube, _ = self.service()
+        kube.startService()
+        self.reactor.last.exit(3)
+        self.assertEqual(len(self.reactor.processes), 1)
+        self.assertEqual(kube.supervisor["sweeper"].state, State.BLOCKED)
+        self.assertIn(
+            "sweeper will not start: sweeping the node's cgroups failed with status 3",
+            self.log.texts(),
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeSetupError)), 2)
+        self.successResultOf(kube.stopService())
+
+    def test_the_kubelet_waits_for_the_mesh(self) -> None:
+        self.network.ready = Deferred()
+        kube, _ = self.service()
+        kube.startService()
+        self.reactor.last.exit(0)
+        self.assertEqual(len(self.reactor.processes), 1, "nothing before the mesh is up")
+        self.network.ready.callback(None)
+        self.clock.advance(0)
+        self.assertEqual(len(self.reactor.processes), 3)
+        self.successResultOf(kube.stopService())

@@ -30,15 +30,18 @@ def url(address: ipaddress.IPv6Address, port: int, path: str = "") -> str:
 
 @attrs.frozen
 class Context:
-    """What a master component's description depends on."""
+    """What a component's description depends on."""
 
     cluster: str
     name: str
     node_dir: Path
+    role: str = "master"
+    #: The resolvers of ``--dns``: the pods' upstream resolvers.
+    dns: tuple[ipaddress.IPv6Address, ...] = ()
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> Context:
-        return cls(config.cluster, config.name, config.node_dir)
+        return cls(config.cluster, config.name, config.node_dir, config.role, config.dns)
 
     @property
     def plan(self) -> plan.Plan:
@@ -76,7 +79,12 @@ class SocketReadiness:
     path: Path
 
 
-Readiness = HTTPReadiness | SocketReadiness
+@attrs.frozen
+class StartedReadiness:
+    """Ready once started: for programs with nothing to ask."""
+
+
+Readiness = HTTPReadiness | SocketReadiness | StartedReadiness
 
 
 #: What the Go runtime reads in GOMEMLIMIT: bytes, with an optional IEC unit.
@@ -147,6 +155,10 @@ class Component:
     directories: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     #: Seconds between SIGTERM and SIGKILL.
     stop_timeout: float = 15.0
+    #: What the kernel sends it when the agent dies (the supervisor's launcher asks).
+    death_signal: str = "KILL"
+    #: Run in the node runtime's cgroups, through the sweeper (containerd, the kubelet).
+    in_runtime_cgroups: bool = False
 
     def flag(self, name: str) -> str | None:
         """The value given to ``--name`` (for tests and status pages)."""

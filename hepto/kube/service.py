@@ -19,23 +19,31 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hepto import config
+from hepto import config, plan
 from hepto.config import ConfigError, NodeConfig
 from hepto.kube import memory as go_memory
+from hepto.kube.api import APIClient
 from hepto.kube.apiserver import apiserver
 from hepto.kube.component import (
     Component,
     Context,
     GoMemory,
-    HTTPReadiness,
     SocketReadiness,
+    StartedReadiness,
 )
+from hepto.kube.containerd import CNI_DIRS, CNI_PLUGINS, containerd
 from hepto.kube.controller_manager import controller_manager
 from hepto.kube.etcd import etcd
+from hepto.kube.host import HostSetup
+from hepto.kube.kubelet import kubelet
+from hepto.kube.registration import desired_node, register_node
+from hepto.kube.runtime import HELPERS, HeptoImages, ImageStore, NetworkSource, NodeRuntime
 from hepto.kube.scheduler import scheduler
+from hepto.kube.sweeper import sweeper
 from hepto.pki.paths import Paths
 from hepto.programs import find_programs
 from hepto.supervisor import (
+    AlwaysReady,
     HTTPProbe,
     Launcher,
     Probe,
@@ -55,6 +63,13 @@ MASTER: Final[dict[str, Callable[[Context], Component]]] = {
     "kube-scheduler": scheduler,
 }
 assert tuple(MASTER) == config.MASTER_COMPONENTS
+#: A node's runtime in start order: the sweeper comes with containerd.
+NODE: Final[dict[str, Callable[[Context], Component]]] = {
+    "sweeper": sweeper,
+    "containerd": containerd,
+    "kubelet": kubelet,
+}
+DESCRIPTIONS: Final = {**MASTER, **NODE}
 
 #: The agent's environment variables children may see; see docs/kubernetes.rst.
 INHERITED: Final = frozenset(
@@ -94,19 +109,57 @@ def component_environment(
 
 
 def chosen_components(node: NodeConfig) -> list[str]:
-    """The master components this node runs, or a ConfigError naming the misfit."""
-    chosen = [name for name in node.components if name in MASTER]
-    if chosen and not node.is_master:
+    """The components this node runs, in start order, or a ConfigError naming the misfit."""
+    masters = [name for name in node.components if name in MASTER]
+    if masters and not node.is_master:
         raise ConfigError(
             "components",
-            f"{', '.join(chosen)}: only a master runs these; use --role master or full",
+            f"{', '.join(masters)}: only a master runs these; use --role master or full",
         )
-    return chosen
+    nodes = [name for name in node.components if name in config.NODE_COMPONENTS]
+    if nodes and not node.is_node:
+        raise ConfigError(
+            "components", f"{', '.join(nodes)}: only a node runs these; use --role node or full"
+        )
+    if "kubelet" in nodes and "containerd" not in nodes:
+        raise ConfigError("components", "kubelet: it needs containerd beside it")
+    runtime = ["sweeper", *nodes] if nodes else []
+    return masters + runtime
+
+
+def runs_runtime(node: NodeConfig) -> bool:
+    return "containerd" in chosen_components(node)
 
 
 def required_programs(node: NodeConfig) -> list[str]:
     context = Context.from_config(node)
-    return [MASTER[name](context).program for name in chosen_components(node)]
+    names = [DESCRIPTIONS[name](context).program for name in chosen_components(node)]
+    if runs_runtime(node):
+        names += HELPERS
+    return list(dict.fromkeys(names))
+
+
+def cni_directories(bin_dir: Path | None) -> list[Path]:
+    """Where containerd looks for CNI plugins: ``--bin-dir``, then the distributions'."""
+    return [bin_dir, *CNI_DIRS] if bin_dir is not None else list(CNI_DIRS)
+
+
+def check_cni_plugins(directories: list[Path]) -> list[Path]:
+    """The directories that exist, once every plugin is found in one of them."""
+    present = [directory for directory in directories if directory.is_dir()]
+    missing = [
+        plugin
+        for plugin in CNI_PLUGINS
+        if not any((directory / plugin).is_file() for directory in present)
+    ]
+    if missing:
+        raise ConfigError(
+            "bin-dir",
+            f"the CNI plugins {', '.join(missing)} are in none of "
+            f"{', '.join(str(directory) for directory in directories)}: install them "
+            "(Debian: apt-get install containernetworking-plugins) or put them in --bin-dir",
+        )
+    return present
 
 
 def check_programs(node: NodeConfig, path: str | None = None) -> dict[str, Path]:
@@ -114,7 +167,10 @@ def check_programs(node: NodeConfig, path: str | None = None) -> dict[str, Path]
 
     ``path`` stands for ``$PATH``.
     """
-    return find_programs(required_programs(node), node.bin_dir, path)
+    found = find_programs(required_programs(node), node.bin_dir, path)
+    if runs_runtime(node):
+        check_cni_plugins(cni_directories(node.bin_dir))
+    return found
 
 
 class CertificateSource(Protocol):
@@ -144,13 +200,17 @@ class KubeService(MultiService):
         # IReactorProcess, IReactorTCP, IReactorUNIX and IReactorTime: no one type says so.
         reactor: Any,
         *,
-        network_ready: Callable[[], Deferred[Any]] | None = None,
+        network: NetworkSource | None = None,
         programs: Mapping[str, Path] | None = None,
         memory: Mapping[str, GoMemory] | None = None,
         launcher: Launcher | None = None,
         clock: IReactorTime | None = None,
         environ: Mapping[str, str] | None = None,
         probes: Callable[[Component], Probe] | None = None,
+        images: ImageStore | None = None,
+        register: Callable[[], Deferred[Any]] | None = None,
+        private_mount_namespace: bool = True,
+        host_setup: HostSetup | None = None,
     ) -> None:
         super().__init__()
         self.setName("kube")
@@ -158,18 +218,30 @@ class KubeService(MultiService):
         self._pki = pki
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
-        self._network_ready = network_ready
+        self._network = network
         # Looked up now, not at import: benchmarks/memory.py runs agents with other values.
         self._memory = dict(go_memory.DEFAULTS if memory is None else memory)
         self._environ = os.environ if environ is None else environ
         self._make_probe = probes or self._probe
         context = Context.from_config(node)
-        self.components = [MASTER[name](context) for name in chosen_components(node)]
-        self.programs = (
-            dict(programs)
-            if programs is not None
-            else find_programs([c.program for c in self.components], node.bin_dir)
-        )
+        self.components = [DESCRIPTIONS[name](context) for name in chosen_components(node)]
+        self.programs = dict(programs) if programs is not None else check_programs(node)
+        self.runtime: NodeRuntime | None = None
+        if runs_runtime(node):
+            if network is None:
+                raise ValueError("a node's runtime needs the mesh")
+            self.runtime = NodeRuntime(
+                context,
+                self.programs,
+                check_cni_plugins(cni_directories(node.bin_dir)) if programs is None else [],
+                images if images is not None else HeptoImages(reactor),
+                network,
+                register if register is not None else self._register_node,
+                reactor,
+                environ=component_environment(self._environ),
+                private_mount_namespace=private_mount_namespace,
+                host_setup=host_setup,
+            )
         self.supervisor = Supervisor(reactor, self._clock, launcher)
         self.supervisor.setServiceParent(self)
         names = {component.name for component in self.components}
@@ -179,25 +251,43 @@ class KubeService(MultiService):
         self._restart_calls: dict[str, IDelayedCall] = {}
         self._restarting: dict[str, Deferred[None]] = {}
 
+    def _register_node(self) -> Deferred[Any]:
+        """This node's Node, with its addresses, before each start of the kubelet."""
+        node, network = self._node, self._network
+        public = node.ip.ip if node.ip is not None else None
+        if network is not None and network.endpoint is not None:
+            public = network.endpoint.host  # what the mesh's peers reach it on
+        client = APIClient.for_node(self._reactor, node.cluster, Paths(node.node_dir))
+        desired = desired_node(
+            node.name, node.role, plan.mesh_address(node.cluster, node.name), public
+        )
+        return register_node(client, desired, clock=self._clock)
+
     # -- from descriptions to processes --------------------------------------------------
 
     def _spec(self, component: Component, present: set[str]) -> ProcessSpec:
+        argv: tuple[str, ...] = (str(self.programs[component.program]), *component.args)
+        if component.in_runtime_cgroups:
+            assert self.runtime is not None
+            argv = self.runtime.enter_command(argv)
         return ProcessSpec(
             name=component.name,
-            argv=(str(self.programs[component.program]), *component.args),
+            argv=argv,
             env=component_environment(self._environ, self._memory.get(component.name)),
             # A dependency this node does not run is someone else's (an outside etcd).
             dependencies=[name for name in component.dependencies if name in present],
             probe=self._make_probe(component),
             precondition=lambda: self._precondition(component),
             stop_timeout=component.stop_timeout,
+            death_signal=component.death_signal,
         )
 
     def _probe(self, component: Component) -> Probe:
         readiness = component.readiness
+        if isinstance(readiness, StartedReadiness):
+            return AlwaysReady()
         if isinstance(readiness, SocketReadiness):
             return UnixSocketProbe(self._reactor, readiness.path)
-        assert isinstance(readiness, HTTPReadiness)
         tls = None
         if readiness.url.startswith("https:"):
             tls = ProbeTLS(readiness.ca, readiness.certificate, readiness.key)
@@ -207,9 +297,18 @@ class KubeService(MultiService):
         waits = [maybeDeferred(self._make_directories, component)]
         if component.certificates:
             waits.append(maybeDeferred(self._pki.when_installed, component.certificates))
-        if self._network_ready is not None:
-            waits.append(maybeDeferred(self._network_ready))
-        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        if self._network is not None:
+            waits.append(maybeDeferred(self._network.when_addresses_ready))
+        ready = gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        if self.runtime is None:
+            return ready
+        # The runtime's own step last: the Node's registration needs the certificates.
+        step = {
+            "sweeper": self.runtime.prepared,
+            "containerd": self.runtime.before_containerd,
+            "kubelet": self.runtime.before_kubelet,
+        }.get(component.name)
+        return ready if step is None else ready.addCallback(lambda _: step())
 
     def _make_directories(self, component: Component) -> None:
         for directory in component.directories:
@@ -219,12 +318,8 @@ class KubeService(MultiService):
     # -- service ----------------------------------------------------------------------------
 
     def startService(self) -> None:
-        later = [name for name in self._node.components if name not in MASTER]
-        if later:
-            self.log.warn(
-                "{components}: not run by this version of hepto yet",
-                components=", ".join(later),
-            )
+        if self.runtime is not None:
+            self.runtime.start(self.supervisor["containerd"].when_ready())
         self._unsubscribe = self._pki.subscribe(self._certificate_changed)
         super().startService()
 
@@ -273,8 +368,8 @@ class KubeService(MultiService):
         restarting.addBoth(done).addErrback(failed)
 
     def status(self) -> dict[str, Any]:
-        """The ``kube`` section of ``hepto status``: each component's state."""
-        return {
+        """The ``kube`` section of ``hepto status``: each component's state, the runtime."""
+        status: dict[str, Any] = {
             "components": [
                 {
                     "name": process.name,
@@ -288,3 +383,6 @@ class KubeService(MultiService):
                 for process in self.supervisor.status().values()
             ]
         }
+        if self.runtime is not None:
+            status["runtime"] = self.runtime.status()
+        return status

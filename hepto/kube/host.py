@@ -1,0 +1,298 @@
+"""The host as a node's runtime needs it, without changing the host itself.
+
+containerd, the kubelet and the shims must share one mount namespace in which the
+cgroup hierarchies are mounted; the kubelet rewrites three machine-wide sysctls unless
+they already hold its values; it and the CNI plugins write to a few host paths whatever
+their settings say.  A node's agent therefore moves into a mount namespace of its own
+(a slave of the host's: the host's new mounts still appear in it, its own never leave
+it) and there mounts what is missing, shadows the sysctls and the host paths.  Nothing
+of this is seen outside the agent and its children, and it all vanishes with them.
+
+Planning (:func:`plan_cgroup_mounts`, :func:`cgroup_hierarchies`) is pure; the few
+system calls are in :func:`enter_private_mount_namespace` and :class:`HostSetup`.
+``docs/nodes.rst`` gives the rationale of each step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import attrs
+
+from hepto import linux
+
+CGROUP_MOUNT: Final = Path("/sys/fs/cgroup")
+
+#: The values the kubelet wants (``pkg/kubelet/cm/container_manager_linux.go``), which it
+#: writes machine-wide unless they are already so; ``protectKernelDefaults`` makes it
+#: refuse to start instead.  hepto shows it these values in its own mount namespace only.
+KUBELET_SYSCTLS: Final[Mapping[str, str]] = {
+    "vm/overcommit_memory": "1",
+    "vm/panic_on_oom": "0",
+    "kernel/panic": "10",
+    "kernel/panic_on_oops": "1",
+    "kernel/keys/root_maxkeys": "1000000",
+    "kernel/keys/root_maxbytes": "25000000",
+}
+
+#: Paths the kubelet (device plugins' socket, container log links) and libcni (its
+#: cache) write to whatever their root directories are: each node gets its own.
+PRIVATE_HOST_PATHS: Final = (
+    Path("/var/lib/kubelet"),
+    Path("/var/log/containers"),
+    Path("/var/lib/cni"),
+)
+
+#: cpuset cgroups accept no process until these are set; new ones start empty.
+CPUSET_FILES: Final = ("cpuset.cpus", "cpuset.mems")
+
+
+class HostError(Exception):
+    """The host cannot be prepared for the runtime; the message says what and why."""
+
+
+@attrs.frozen
+class Hierarchy:
+    """A cgroup hierarchy mounted (or to be mounted) at ``path``."""
+
+    path: Path
+    version: int
+    #: v1 mount options naming its controllers: ``("cpu",)``, ``("name=systemd",)``.
+    controllers: tuple[str, ...] = ()
+
+    @property
+    def is_freezer(self) -> bool:
+        return "freezer" in self.controllers
+
+    @property
+    def is_cpuset(self) -> bool:
+        return "cpuset" in self.controllers
+
+
+@attrs.frozen
+class Mount:
+    source: str
+    target: Path
+    fstype: str
+    data: str | None = None
+    flags: int = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal ``\\NNN``."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def cgroup_hierarchies(mountinfo: str) -> list[Hierarchy]:
+    """The cgroup hierarchies mounted in a mount namespace, from its ``mountinfo``."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        separator = fields.index("-")
+        if len(fields) < separator + 4 or len(fields) < 5:
+            continue
+        fstype, super_options = fields[separator + 1], fields[separator + 3]
+        path = Path(_unescape(fields[4]))
+        if fstype == "cgroup2":
+            found.append(Hierarchy(path, 2))
+        elif fstype == "cgroup":
+            controllers = tuple(
+                option for option in super_options.split(",") if option not in ("rw", "ro")
+            )
+            found.append(Hierarchy(path, 1, controllers))
+    return found
+
+
+def plan_cgroup_mounts(proc_cgroup: str, root: Path = CGROUP_MOUNT) -> list[Mount]:
+    """How to mount this process's cgroup hierarchies, from its ``/proc/self/cgroup``.
+
+    For a namespace that has none (``ip netns exec`` mounts a fresh sysfs, which hides
+    the host's ``/sys/fs/cgroup``): a tmpfs, then each v1 hierarchy in a directory named
+    after its controllers, and the unified hierarchy in ``unified`` beside them (the
+    hybrid layout of systemd); on a host of cgroup v2 alone, cgroup2 at the root.
+    """
+    version1: list[tuple[str, ...]] = []
+    unified = False
+    for line in proc_cgroup.splitlines():
+        number, _, rest = line.partition(":")
+        names, _, _ = rest.partition(":")
+        if not number:
+            continue
+        if number == "0" and names == "":
+            unified = True
+        elif names:
+            version1.append(tuple(names.split(",")))
+    if not version1:
+        return [Mount("cgroup2", root, "cgroup2")] if unified else []
+    mounts = [Mount("tmpfs", root, "tmpfs", "mode=755")]
+    for hierarchy in version1:
+        name = ",".join(controller.removeprefix("name=") for controller in hierarchy)
+        options = ",".join(hierarchy)
+        if all(controller.startswith("name=") for controller in hierarchy):
+            options = "none," + options
+        mounts.append(Mount("cgroup", root / name, "cgroup", options))
+    if unified:
+        mounts.append(Mount("cgroup2", root / "unified", "cgroup2"))
+    return mounts
+
+
+def cgroup_directories(hierarchies: Iterable[Hierarchy], cgroup: PurePosixPath) -> list[Path]:
+    """Where ``cgroup`` lives in each hierarchy."""
+    relative = cgroup.relative_to("/")
+    return [hierarchy.path / relative for hierarchy in hierarchies]
+
+
+def tracking_hierarchy(hierarchies: Sequence[Hierarchy]) -> Hierarchy:
+    """The hierarchy that lists a node's processes: every process is in each one.
+
+    The freezer's when there is one, since it can also stop them from forking while
+    they are killed; else cgroup2, else the first.
+    """
+    for wanted in (lambda h: h.is_freezer, lambda h: h.version == 2):
+        for hierarchy in hierarchies:
+            if wanted(hierarchy):
+                return hierarchy
+    if not hierarchies:
+        raise HostError("no cgroup hierarchy is mounted")
+    return hierarchies[0]
+
+
+def has_capability(status: str, capability: int) -> bool:
+    """Whether ``CapBnd`` in a ``/proc/<pid>/status`` text holds ``capability``."""
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            return bool(int(line.split()[1], 16) >> capability & 1)
+    return False
+
+
+#: Lowering an oom_score_adj needs it; some hosts drop it from every bounding set.
+CAP_SYS_RESOURCE: Final = 24
+
+
+def may_lower_oom_score() -> bool:
+    with open("/proc/self/status") as status:
+        return has_capability(status.read(), CAP_SYS_RESOURCE)
+
+
+# -- system calls ---------------------------------------------------------------------------
+
+
+def enter_private_mount_namespace() -> None:
+    """Move the agent into a mount namespace of its own, a slave of the host's.
+
+    Slave, so that the host's later mounts (a new disk) still reach the kubelet while
+    nothing mounted here propagates out; then shared again inside, so that pods may ask
+    for bidirectional mount propagation among themselves and the kubelet.
+    """
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_SHARED)
+    except OSError as error:
+        raise HostError(f"cannot make a mount namespace for the runtime: {error}") from None
+
+
+@attrs.frozen
+class HostSetup:
+    """Prepares the agent's own mount namespace and the node's cgroups, idempotently."""
+
+    sysctl_dir: Path
+    cgroups: tuple[PurePosixPath, ...]
+    binds: tuple[tuple[Path, Path], ...] = ()
+    proc: Path = Path("/proc")
+    cgroup_root: Path = CGROUP_MOUNT
+
+    def hierarchies(self) -> list[Hierarchy]:
+        return cgroup_hierarchies((self.proc / "self" / "mountinfo").read_text())
+
+    def mount_cgroups(self) -> list[Hierarchy]:
+        """The cgroup hierarchies, mounted first if this namespace shows none."""
+        present = self.hierarchies()
+        if present:
+            return present
+        plan = plan_cgroup_mounts((self.proc / "self" / "cgroup").read_text(), self.cgroup_root)
+        for step in plan:
+            step.target.mkdir(parents=True, exist_ok=True)
+            linux.mount(step.source, step.target, step.fstype, step.flags, step.data)
+        return self.hierarchies()
+
+    def shadow_sysctls(self) -> None:
+        """Show the kubelet its sysctl values in this mount namespace, never the host's."""
+        self.sysctl_dir.mkdir(parents=True, exist_ok=True)
+        for name, value in KUBELET_SYSCTLS.items():
+            target = self.proc / "sys" / name
+            shadow = self.sysctl_dir / name.replace("/", ".")
+            shadow.write_text(f"{value}\n")
+            if target.read_text().strip() != value:
+                linux.mount(shadow, target, None, linux.MS_BIND)
+
+    def bind(self) -> None:
+        """Each of ``binds`` (source, target): the target shows the source, here only."""
+        for source, target in self.binds:
+            source.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # The mount point must exist outside too; it stays there, empty.
+            target.mkdir(parents=True, exist_ok=True)
+            if not _bound_to(target, source):
+                linux.mount(source, target, None, linux.MS_BIND)
+
+    def make_cgroups(self, hierarchies: Sequence[Hierarchy]) -> None:
+        """Create the node's cgroups in every v1 hierarchy (runc makes the cgroup2 ones)."""
+        for hierarchy in hierarchies:
+            if hierarchy.version != 1:
+                continue
+            for cgroup in self.cgroups:
+                directory = hierarchy.path
+                for part in cgroup.relative_to("/").parts:
+                    parent, directory = directory, directory / part
+                    if not directory.is_dir():
+                        directory.mkdir()
+                    if hierarchy.is_cpuset:
+                        for name in CPUSET_FILES:
+                            if not (directory / name).read_text().strip():
+                                (directory / name).write_text((parent / name).read_text())
+
+    def prepare(self) -> list[Hierarchy]:
+        """The mounts above, in order; raises HostError saying which step failed."""
+        step = "mounting the cgroup hierarchies"
+        try:
+            hierarchies = self.mount_cgroups()
+            step = "shadowing the kubelet's sysctls"
+            self.shadow_sysctls()
+            step = "bind-mounting the runtime's directories"
+            self.bind()
+        except OSError as error:
+            raise HostError(f"{step}: {error}") from None
+        return hierarchies
+
+    def create_cgroups(self, hierarchies: Sequence[Hierarchy]) -> None:
+        try:
+            self.make_cgroups(hierarchies)
+        except OSError as error:
+            raise HostError(f"creating the node's cgroups: {error}") from None
+
+
+def _bound_to(path: Path, source: Path) -> bool:
+    """Whether ``path`` is already a bind mount of ``source`` (a second start)."""
+    try:
+        mounted, wanted = path.stat(), source.stat()
+    except OSError:
+        return False
+    return os.path.ismount(path) and (mounted.st_dev, mounted.st_ino) == (
+        wanted.st_dev,
+        wanted.st_ino,
+    )

@@ -1,0 +1,193 @@
+"""The host as a node's runtime needs it: planning from /proc texts, and the real thing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path, PurePosixPath
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto.kube import host
+from hepto.kube.host import Hierarchy, Mount
+
+# This machine's layout: every v1 controller apart, a named systemd one, cgroup2 beside.
+HYBRID_CGROUP = """\
+9:name=systemd:/
+8:pids:/
+4:memory:/process_api/eb0ae
+3:cpuset:/
+1:cpu:/
+0::/
+"""
+HYBRID_MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime shared:5 - cgroup cgroup rw,cpuset
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+ROOT = Path("/sys/fs/cgroup")
+
+
+class PlanningTests(SynchronousTestCase):
+    def test_hierarchies_from_mountinfo(self) -> None:
+        self.assertEqual(
+            host.cgroup_hierarchies(HYBRID_MOUNTINFO),
+            [
+                Hierarchy(ROOT / "cpu", 1, ("cpu",)),
+                Hierarchy(ROOT / "cpuset", 1, ("cpuset",)),
+                Hierarchy(ROOT / "freezer", 1, ("freezer",)),
+                Hierarchy(ROOT / "systemd", 1, ("name=systemd",)),
+                Hierarchy(ROOT / "unified", 2),
+            ],
+        )
+
+    def test_escaped_mount_points(self) -> None:
+        line = "50 31 0:40 / /srv/with\\040space rw - cgroup cgroup rw,pids\n"
+        [hierarchy] = host.cgroup_hierarchies(line)
+        self.assertEqual(hierarchy.path, Path("/srv/with space"))
+
+    def test_mounts_for_a_namespace_without_cgroups(self) -> None:
+        plan = host.plan_cgroup_mounts(HYBRID_CGROUP)
+        self.assertEqual(plan[0], Mount("tmpfs", ROOT, "tmpfs", "mode=755"))
+        self.assertIn(Mount("cgroup", ROOT / "systemd", "cgroup", "none,name=systemd"), plan)
+        self.assertIn(Mount("cgroup", ROOT / "memory", "cgroup", "memory"), plan)
+        self.assertEqual(plan[-1], Mount("cgroup2", ROOT / "unified", "cgroup2"))
+        self.assertEqual(len(plan), 7)
+
+    def test_combined_controllers_mount_together(self) -> None:
+        plan = host.plan_cgroup_mounts("2:cpu,cpuacct:/\n")
+        self.assertEqual(plan[1], Mount("cgroup", ROOT / "cpu,cpuacct", "cgroup", "cpu,cpuacct"))
+
+    def test_cgroup_v2_alone(self) -> None:
+        self.assertEqual(
+            host.plan_cgroup_mounts("0::/user.slice\n"), [Mount("cgroup2", ROOT, "cgroup2")]
+        )
+
+    def test_the_freezer_tracks_processes(self) -> None:
+        hierarchies = host.cgroup_hierarchies(HYBRID_MOUNTINFO)
+        self.assertEqual(host.tracking_hierarchy(hierarchies).path, ROOT / "freezer")
+        without = [h for h in hierarchies if not h.is_freezer]
+        self.assertEqual(host.tracking_hierarchy(without).path, ROOT / "unified")
+        self.assertRaises(host.HostError, host.tracking_hierarchy, [])
+
+    def test_directories(self) -> None:
+        hierarchies = host.cgroup_hierarchies(HYBRID_MOUNTINFO)[:2]
+        self.assertEqual(
+            host.cgroup_directories(hierarchies, PurePosixPath("/hepto/c/n")),
+            [ROOT / "cpu/hepto/c/n", ROOT / "cpuset/hepto/c/n"],
+        )
+
+    def test_capabilities(self) -> None:
+        self.assertFalse(host.has_capability("CapBnd:\t000001fffeffffff\n", 24))
+        self.assertTrue(host.has_capability("CapBnd:\t000001ffffffffff\n", 24))
+        self.assertFalse(host.has_capability("Name: x\n", 24))
+
+
+class CgroupTreeTests(SynchronousTestCase):
+    """The node's cgroups in plain directories standing for hierarchies."""
+
+    def test_cpuset_values_are_copied_down(self) -> None:
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(root)])
+        cpuset = Hierarchy(root / "cpuset", 1, ("cpuset",))
+        memory = Hierarchy(root / "memory", 1, ("memory",))
+        for hierarchy in (cpuset, memory):
+            hierarchy.path.mkdir()
+        (cpuset.path / "cpuset.cpus").write_text("0-1\n")
+        (cpuset.path / "cpuset.mems").write_text("0\n")
+        real_mkdir = Path.mkdir
+
+        def mkdir_like_a_cgroup(path: Path, *args: object, **kwargs: object) -> None:
+            real_mkdir(path)
+            if str(path).startswith(str(cpuset.path)):
+                for name in host.CPUSET_FILES:
+                    (path / name).write_text("\n")
+
+        setup = host.HostSetup(root / "sysctl", (PurePosixPath("/hepto/c/n/runtime"),))
+        from unittest import mock
+
+        with mock.patch.object(Path, "mkdir", mkdir_like_a_cgroup):
+            setup.make_cgroups([cpuset, memory, Hierarchy(root / "unified", 2)])
+        self.assertEqual((cpuset.path / "hepto/c/n/runtime/cpuset.cpus").read_text(), "0-1\n")
+        self.assertEqual((cpuset.path / "hepto/c/n/cpuset.mems").read_text(), "0\n")
+        self.assertTrue((memory.path / "hepto/c/n/runtime").is_dir())
+        self.assertFalse((root / "unified").exists(), "runc makes the cgroup2 ones")
+
+
+_IN_NAMESPACE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path, PurePosixPath
+    from hepto.kube import host
+    work = Path(sys.argv[1])
+    host.enter_private_mount_namespace()
+    setup = host.HostSetup(
+        work / "sysctl",
+        (PurePosixPath("/hepto/hosttest/n/runtime"),),
+        binds=((work / "private", work / "visible"),),
+    )
+    hierarchies = setup.prepare()
+    setup.prepare()  # a second time changes nothing
+    setup.create_cgroups([h for h in hierarchies if h.version == 1])
+    (work / "private" / "written").write_text("inside")
+    print(json.dumps({
+        "hierarchies": [str(h.path) for h in hierarchies],
+        "sysctls": {n: Path("/proc/sys", n).read_text().strip() for n in host.KUBELET_SYSCTLS},
+        "bound": (work / "visible" / "written").read_text(),
+    }))
+    """
+)
+
+
+class RealHostTests(SynchronousTestCase):
+    """In a network namespace of its own, as the tests' agents run: its own sysfs, no cgroups."""
+
+    def setUp(self) -> None:
+        from netlab import Lab, missing_requirements
+
+        why = missing_requirements()
+        if why is None and not Path("/sys/fs/cgroup/freezer").is_dir():
+            why = "needs the cgroup v1 hierarchies of this kind of machine"
+        if why:
+            self.skipTest(why)
+        self.lab = Lab("hh")
+        self.addCleanup(self.lab.close)
+        self.host = self.lab.add_host("h")
+        self.work = Path(tempfile.mkdtemp(prefix="hepto-host-"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.work)])
+
+    def remove_cgroups(self) -> None:
+        for directory in sorted(Path("/sys/fs/cgroup").glob("*/hepto/hosttest/**/"), reverse=True):
+            directory.rmdir()
+        for directory in Path("/sys/fs/cgroup").glob("*/hepto"):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # another node's, in use
+
+    def test_mounts_stay_inside_and_the_host_keeps_its_sysctls(self) -> None:
+        before = {name: Path("/proc/sys", name).read_text() for name in host.KUBELET_SYSCTLS}
+        mounts_before = Path("/proc/self/mountinfo").read_text()
+        done = self.host.run([sys.executable, "-c", _IN_NAMESPACE, str(self.work)], check=False)
+        self.addCleanup(self.remove_cgroups)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        seen = json.loads(done.stdout)
+        self.assertIn("/sys/fs/cgroup/freezer", seen["hierarchies"])
+        self.assertIn("/sys/fs/cgroup/unified", seen["hierarchies"])
+        self.assertEqual(seen["sysctls"], dict(host.KUBELET_SYSCTLS))
+        self.assertEqual(seen["bound"], "inside")
+        # Outside: the host's values, no new mount, an empty mount point.
+        after = {name: Path("/proc/sys", name).read_text() for name in host.KUBELET_SYSCTLS}
+        self.assertEqual(after, before)
+        self.assertEqual(Path("/proc/self/mountinfo").read_text(), mounts_before)
+        self.assertEqual(list((self.work / "visible").iterdir()), [])
+        self.assertTrue(Path("/sys/fs/cgroup/cpu/hepto/hosttest/n/runtime").is_dir())
+        self.assertEqual(os.listdir(self.work / "private"), ["written"])

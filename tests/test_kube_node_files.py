@@ -1,0 +1,176 @@
+"""The files a node's runtime reads, written from plain values: containerd, CNI, kubelet."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import tomllib
+from pathlib import Path
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from hepto import plan
+from hepto.kube import containerd, kubelet, sweeper
+from hepto.kube.component import Context
+from hepto.kube.layout import RUN_DIR, Layout
+
+NODE_DIR = Path("/var/lib/hepto/mycluster/node1")
+CONTEXT = Context(
+    "mycluster", "node1", NODE_DIR, "node", (ipaddress.IPv6Address("2001:4860:4860::8888"),)
+)
+LAYOUT = Layout(NODE_DIR, "mycluster", "node1")
+
+
+def settings(may_lower_oom_score: bool = True) -> containerd.RuntimeSettings:
+    return containerd.RuntimeSettings(
+        layout=LAYOUT,
+        runc=Path("/usr/sbin/runc"),
+        shim=Path("/opt/hepto/bin/containerd-shim-runc-v2"),
+        cni_dirs=(Path("/usr/lib/cni"),),
+        sandbox_image="localhost/hepto/pause:1",
+        may_lower_oom_score=may_lower_oom_score,
+    )
+
+
+class LayoutTests(SynchronousTestCase):
+    def test_sockets_stay_short_whatever_the_names(self) -> None:
+        long = Layout(Path("/var/lib/hepto") / ("c" * 63) / ("n" * 253), "c" * 63, "n" * 253)
+        # containerd appends "/" and a 64-character hash to the shim directory.
+        self.assertLessEqual(len(str(long.shim_sockets)) + 65, 107)
+        self.assertLessEqual(len(str(long.containerd_socket) + ".ttrpc"), 107)
+        self.assertEqual(long.shim_sockets.parent.parent, RUN_DIR)
+
+    def test_two_nodes_never_share_a_runtime_directory(self) -> None:
+        other = Layout(Path("/var/lib/hepto/mycluster/node2"), "mycluster", "node2")
+        moved = Layout(Path("/srv/hepto/mycluster/node1"), "mycluster", "node1")
+        self.assertEqual(len({LAYOUT.run_dir, other.run_dir, moved.run_dir}), 3)
+        self.assertEqual(LAYOUT.run_dir, Layout(NODE_DIR, "mycluster", "node1").run_dir)
+
+    def test_cgroups(self) -> None:
+        self.assertEqual(str(LAYOUT.runtime_cgroup), "/hepto/mycluster/node1/runtime")
+        self.assertEqual(str(LAYOUT.pods_cgroup), "/hepto/mycluster/node1/pods")
+
+
+class ContainerdConfigTests(SynchronousTestCase):
+    def test_it_is_toml_with_every_path_of_the_node(self) -> None:
+        parsed = tomllib.loads(containerd.config(settings()))
+        self.assertEqual(parsed["version"], 3)
+        self.assertEqual(parsed["root"], str(NODE_DIR / "containerd"))
+        self.assertEqual(parsed["state"], str(LAYOUT.containerd_state))
+        self.assertEqual(parsed["grpc"]["address"], str(LAYOUT.containerd_socket))
+        self.assertEqual(parsed["ttrpc"]["address"], f"{LAYOUT.containerd_socket}.ttrpc")
+        plugins = parsed["plugins"]
+        shim = plugins["io.containerd.shim.v1.manager"]
+        self.assertEqual(shim["socket_dir"], str(LAYOUT.shim_sockets))
+        images = plugins["io.containerd.cri.v1.images"]
+        self.assertEqual(images["pinned_images"]["sandbox"], "localhost/hepto/pause:1")
+        runtime = plugins["io.containerd.cri.v1.runtime"]
+        self.assertIs(runtime["netns_mounts_under_state_dir"], True)
+        runc = runtime["containerd"]["runtimes"]["runc"]
+        self.assertEqual(runc["runtime_path"], "/opt/hepto/bin/containerd-shim-runc-v2")
+        self.assertEqual(
+            runc["options"],
+            {"SystemdCgroup": False, "BinaryName": "/usr/sbin/runc", "Root": str(LAYOUT.runc_root)},
+        )
+        cni = runtime["cni"]
+        self.assertEqual(cni["bin_dirs"], ["/usr/lib/cni"])
+        self.assertEqual(cni["conf_dir"], str(LAYOUT.cni_config_dir))
+        self.assertEqual(cni["conf_template"], str(LAYOUT.cni_template))
+        self.assertEqual(cni["ip_pref"], "ipv6")
+        self.assertEqual(plugins["io.containerd.grpc.v1.cri"]["stream_server_address"], "::1")
+
+    def test_oom_scores_are_clamped_only_where_they_cannot_be_lowered(self) -> None:
+        for may, restricted in ((True, False), (False, True)):
+            parsed = tomllib.loads(containerd.config(settings(may)))
+            runtime = parsed["plugins"]["io.containerd.cri.v1.runtime"]
+            self.assertIs(runtime["restrict_oom_score_adj"], restricted)
+
+    def test_odd_paths_are_quoted(self) -> None:
+        odd = Layout(Path('/srv/a "b"\\c'), "mycluster", "node1")
+        text = containerd.config(attrs.evolve(settings(), layout=odd))
+        self.assertEqual(tomllib.loads(text)["root"], '/srv/a "b"\\c/containerd')
+
+
+class CNITemplateTests(SynchronousTestCase):
+    def test_a_bridge_with_the_nodes_prefix_and_the_mesh_mtu(self) -> None:
+        network = json.loads(containerd.cni_template(LAYOUT, 1420))
+        self.assertEqual(network["cniVersion"], "1.0.0")
+        bridge, portmap = network["plugins"]
+        self.assertEqual(bridge["type"], "bridge")
+        self.assertEqual(bridge["mtu"], 1420)
+        self.assertIs(bridge["ipMasq"], False)
+        self.assertEqual(bridge["ipam"]["ranges"], [[{"subnet": "{{.PodCIDR}}"}]])
+        self.assertEqual(bridge["ipam"]["dataDir"], str(LAYOUT.cni_ipam_dir))
+        self.assertEqual(portmap["type"], "portmap")
+        self.assertLessEqual(len(bridge["bridge"]), 15, "an interface name")
+
+
+class KubeletTests(SynchronousTestCase):
+    def test_command_line(self) -> None:
+        component = kubelet.kubelet(CONTEXT)
+        self.assertEqual(component.flag("--node-ip"), str(plan.mesh_address("mycluster", "node1")))
+        self.assertEqual(component.flag("--hostname-override"), "node1")
+        self.assertEqual(component.flag("--node-labels"), "hepto/role=node")
+        self.assertEqual(component.flag("--cloud-provider"), "external")
+        self.assertEqual(component.flag("--config"), str(LAYOUT.kubelet_config))
+        self.assertEqual(component.flag("--kubeconfig"), str(NODE_DIR / "pki/kubelet.kubeconfig"))
+        self.assertEqual(component.certificates, ("kubelet-client", "kubelet-serving"))
+        self.assertTrue(component.in_runtime_cgroups)
+        self.assertEqual(component.dependencies, ("containerd", "kube-apiserver"))
+
+    def test_configuration(self) -> None:
+        config = kubelet.config(CONTEXT, "/run/hepto/x/containerd.sock", True)
+        self.assertEqual(config["kind"], "KubeletConfiguration")
+        self.assertEqual(config["address"], str(plan.mesh_address("mycluster", "node1")))
+        self.assertEqual(config["readOnlyPort"], 0)
+        self.assertEqual(config["healthzBindAddress"], "::1")
+        self.assertIs(config["authentication"]["anonymous"]["enabled"], False)
+        self.assertIs(config["authentication"]["webhook"]["enabled"], True)
+        self.assertEqual(
+            config["authentication"]["x509"]["clientCAFile"], str(NODE_DIR / "pki/ca.crt")
+        )
+        self.assertEqual(config["authorization"], {"mode": "Webhook"})
+        self.assertEqual(config["tlsCertFile"], str(NODE_DIR / "pki/kubelet-serving.crt"))
+        self.assertEqual(config["containerRuntimeEndpoint"], "unix:///run/hepto/x/containerd.sock")
+        self.assertEqual(config["cgroupRoot"], "/hepto/mycluster/node1/pods")
+        self.assertIs(config["failCgroupV1"], False)
+        self.assertEqual(config["clusterDNS"], [str(plan.dns_address("mycluster"))])
+        self.assertEqual(config["clusterDomain"], "cluster.local")
+        self.assertEqual(config["resolvConf"], str(LAYOUT.resolv_conf))
+        self.assertIs(config["protectKernelDefaults"], True)
+        self.assertEqual(config["imageGCHighThresholdPercent"], 100)
+        self.assertNotIn("oomScoreAdj", config)
+        self.assertEqual(kubelet.config(CONTEXT, "/s", False)["oomScoreAdj"], 0)
+        self.assertEqual(json.loads(kubelet.render(config)), config)
+
+    def test_resolv_conf_from_dns(self) -> None:
+        self.assertEqual(
+            kubelet.resolv_conf(CONTEXT.dns),
+            "# Written by the hepto agent from --dns.\nnameserver 2001:4860:4860::8888\n",
+        )
+
+
+class SweeperScriptTests(SynchronousTestCase):
+    def test_paths_with_spaces_are_quoted(self) -> None:
+        text = sweeper.script(
+            "node1",
+            "/hepto/c/node1",
+            "pods",
+            Path("/sys/fs/cgroup/freezer/hepto/c/node1"),
+            [Path("/sys/fs/cgroup/cpu/hepto/c/node1"), Path("/a b/hepto/c/node1")],
+            [Path("/x y/cgroup.procs")],
+            grace=3,
+        )
+        self.assertIn("grace=3\n", text)
+        self.assertIn(
+            "for directory in /sys/fs/cgroup/cpu/hepto/c/node1 '/a b/hepto/c/node1'", text
+        )
+        self.assertIn("for procs in '/x y/cgroup.procs'", text)
+        self.assertTrue(text.startswith("#!/bin/sh\n"))
+
+    def test_the_guard_sweeps_when_the_agent_dies(self) -> None:
+        component = sweeper.sweeper(CONTEXT)
+        self.assertEqual(component.death_signal, "TERM")
+        self.assertEqual(component.args, (str(LAYOUT.sweeper_script), "guard"))
+        self.assertGreater(component.stop_timeout, sweeper.GRACE)
