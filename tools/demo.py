@@ -1,4 +1,9 @@
-"""Runs a local hepto cluster in network namespaces until interrupted (see tools/demo)."""
+"""Runs a local hepto cluster in network namespaces until interrupted (see tools/demo).
+
+A master and nodes, each a real agent in a network namespace of its own; each node gets
+a busybox image (made here: there is no registry) in its images folder, which its agent
+imports at start, and runs one pod of it.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from agent import KEY, Agent, program
+from images import BUSYBOX_IMAGE, write_busybox_archive
 from netlab import Lab, missing_requirements, wait_until
+
+#: A pod that says hello, then waits; it leaves at once when told to (SIGTERM).
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hello-{node}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: hello
+    image: {image}
+    command:
+    - sh
+    - -c
+    - trap 'exit 0' TERM; echo hello from $(hostname) on {node}; ip -6 addr show eth0;
+      while true; do sleep 1; done
+"""
 
 
 def main() -> None:
@@ -35,6 +60,10 @@ def main() -> None:
     try:
         master = lab.add_host("master")
         names = ["master"] + [f"node{i}" for i in range(1, args.nodes + 1)]
+        for name in names[1:]:
+            images = data_dir / args.cluster / name / "images"
+            images.mkdir(parents=True)
+            write_busybox_archive(images / "busybox.tar")
         for name in names:
             host = master if name == "master" else lab.add_host(name)
             argv = [
@@ -69,7 +98,40 @@ def main() -> None:
 
         wait_until(ready, 300, 0.5, "the apiserver")
         print(f"demo: the apiserver answers /readyz ok, asked from {node.name} through the mesh")
-        subprocess.run([*kubectl, "get", "namespaces"])
+
+        def all_ready() -> bool:
+            ready = '{.status.conditions[?(@.type=="Ready")].status}'
+            answer = subprocess.run(
+                [
+                    *kubectl,
+                    "get",
+                    "nodes",
+                    "-o",
+                    f'jsonpath={{range .items[*]}}{ready}{{" "}}{{end}}',
+                ],
+                capture_output=True,
+                text=True,
+            )
+            return answer.stdout.split() == ["True"] * args.nodes
+
+        wait_until(all_ready, 300, 0.5, "every node Ready")
+        print(f"demo: {args.nodes} nodes Ready")
+        subprocess.run([*kubectl, "get", "nodes", "-o", "wide"])
+        for name in names[1:]:
+            manifest = POD.format(node=name, image=BUSYBOX_IMAGE)
+            subprocess.run([*kubectl, "apply", "-f", "-"], input=manifest, text=True, check=True)
+
+        def all_running() -> bool:
+            answer = subprocess.run(
+                [*kubectl, "get", "pods", "-o", "jsonpath={.items[*].status.phase}"],
+                capture_output=True,
+                text=True,
+            )
+            return answer.stdout.split() == ["Running"] * args.nodes
+
+        wait_until(all_running, 120, 0.5, "every pod Running")
+        subprocess.run([*kubectl, "get", "pods", "-o", "wide"])
+        subprocess.run([*kubectl, "logs", f"hello-{names[-1]}"])
         status = subprocess.run(
             [
                 program("hepto"),
@@ -97,8 +159,15 @@ def main() -> None:
             "--name master",
             "--data-dir",
             data_dir,
-            "; stop with Ctrl-C",
         )
+        print(
+            "demo: a shell in a pod:",
+            " ".join(
+                ["ip", "netns", "exec", master.netns, str(Path(args.bin_dir) / "kubectl"),
+                 "--kubeconfig", str(kubeconfig), "exec", "-it", f"hello-{names[-1]}", "--", "sh"]
+            ),
+        )  # fmt: skip
+        print("demo: stop with Ctrl-C")
         deadline = time.monotonic() + args.duration if args.duration else None
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while deadline is None or time.monotonic() < deadline:
