@@ -300,9 +300,26 @@ class ChoiceTests(SynchronousTestCase):
             ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
         )
 
-    def test_a_node_runs_none_of_it(self) -> None:
-        self.assertEqual(chosen_components(node_config("node")), [])
+    def test_a_node_runs_its_runtime(self) -> None:
+        runtime = ["sweeper", "containerd", "kubelet"]
+        self.assertEqual(chosen_components(node_config("node")), runtime)
+        self.assertEqual(
+            required_programs(node_config("node")),
+            ["sh", "containerd", "kubelet", "containerd-shim-runc-v2", "runc", "ctr", "pause"],
+        )
         self.assertEqual(chosen_components(node_config("master", "none")), [])
+        self.assertEqual(len(chosen_components(node_config("full"))), 7)
+
+    def test_node_components_need_a_node_and_the_kubelet_containerd(self) -> None:
+        error = self.assertRaises(
+            ConfigError, chosen_components, node_config("master", "containerd")
+        )
+        self.assertEqual(
+            str(error),
+            "--components: containerd: only a node runs these; use --role node or full",
+        )
+        error = self.assertRaises(ConfigError, chosen_components, node_config("node", "kubelet"))
+        self.assertEqual(str(error), "--components: kubelet: it needs containerd beside it")
 
     def test_master_components_need_a_master(self) -> None:
         error = self.assertRaises(

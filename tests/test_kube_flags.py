@@ -14,7 +14,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto.kube.component import Component, Context
-from hepto.kube.service import MASTER
+from hepto.kube.service import MASTER, NODE
 from hepto.programs import BUNDLE_BIN_DIR, MissingProgram, find_program
 
 CONTEXT = Context("mycluster", "master1", Path("/var/lib/hepto/mycluster/master1"))
@@ -29,14 +29,16 @@ def help_text(program: Path) -> str:
 
 
 class FlagsExistTests(SynchronousTestCase):
-    def check(self, component: Component) -> None:
+    def check(self, component: Component, documented_at_least: int = 20) -> None:
         try:
             program = find_program(component.program, BIN_DIR, path="")
         except MissingProgram as error:
             self.skipTest(str(error))
         text = help_text(program)
         documented = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", text))
-        self.assertGreater(len(documented), 20, f"{program} --help said: {text[:300]}")
+        self.assertGreater(
+            len(documented), documented_at_least, f"{program} --help said: {text[:300]}"
+        )
         used = {arg.split("=", 1)[0] for arg in component.args}
         self.assertEqual(used - documented, set(), f"unknown to {program}")
 
@@ -51,3 +53,10 @@ class FlagsExistTests(SynchronousTestCase):
 
     def test_kube_scheduler(self) -> None:
         self.check(MASTER["kube-scheduler"](CONTEXT))
+
+    def test_kubelet(self) -> None:
+        self.check(NODE["kubelet"](CONTEXT))
+
+    def test_containerd(self) -> None:
+        # containerd's flags are few: its settings live in its configuration file.
+        self.check(NODE["containerd"](CONTEXT), documented_at_least=5)

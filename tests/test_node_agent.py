@@ -236,6 +236,14 @@ class NodeAgentTests(SynchronousTestCase):
             pod_ip = self.kubectl("get", "pod", name, "-o", "jsonpath={.status.podIP}")
             self.assertIn(pod_ip, self.kubectl("exec", name, "--", "ip", "-6", "addr"))
 
+        # Pods of one node reach each other, and their node, over its pod bridge.
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(pod("bb3", "node1")))
+        wait_until(partial(self.pod_running, "bb3"), 120, 0.2, "bb3 Running")
+        neighbour = self.kubectl("get", "pod", "bb3", "-o", "jsonpath={.status.podIP}")
+        for address in (neighbour, str(plan.mesh_address(CLUSTER, "node1"))):
+            answer = self.kubectl("exec", "bb1", "--", "ping", "-c", "1", "-W", "5", address)
+            self.assertIn("1 packets received", answer, address)
+
         # An image nobody has: the pod says so within seconds, nothing hangs.
         self.kubectl(
             "apply", "-f", "-", stdin=json.dumps(pod("nope", "node1", "localhost/no/such:1"))
@@ -295,3 +303,20 @@ class NodeAgentTests(SynchronousTestCase):
         print(f"figure: node1 restarted to bb1 running: {time.monotonic() - restarted:.1f} s")
         self.assertEqual(self.agents["node1"].stop(), 0)
         self.assertEqual(node_processes(CLUSTER, "node1"), {})
+
+    @pytest.mark.timeout(600)
+    def test_a_full_node_runs_pods_beside_its_control_plane(self) -> None:
+        images = self.data_dir / CLUSTER / "master" / "images"
+        images.mkdir(parents=True)
+        write_busybox_archive(images / "busybox.tar")
+        agent = self.start(self.master, "--role", "full")
+        wait_until(partial(self.node_ready, "master"), READY_TIMEOUT, 0.5, "master Ready")
+        node = json.loads(self.kubectl("get", "node", "master", "-o", "json"))
+        self.assertEqual(node["metadata"]["labels"]["hepto/role"], "full")
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(pod("bb", "master")))
+        wait_until(partial(self.pod_running, "bb"), 120, 0.2, "bb Running")
+        wait_until(partial(self.exec_works, "bb"), 60, 0.5, "exec into bb")
+        self.assertEqual(agent.stop(), 0)
+        self.assertEqual(node_processes(CLUSTER, "master"), {})
+        for name in ("etcd", "kube-apiserver", "containerd", "kubelet", "containerd-shim"):
+            self.assertEqual(netns_processes(self.master, name), set(), name)

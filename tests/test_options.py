@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import config
+from hepto.kube.runtime import HELPERS
 from hepto.tap import Options, options_to_config
 
 KEY = "00" * 24
@@ -27,7 +28,7 @@ class ParseTests(SynchronousTestCase):
         # Components are checked for their programs before anything starts: stand-ins.
         self.bin_dir = Path(self.data_dir) / "bin"
         self.bin_dir.mkdir()
-        for program in config.COMPONENTS:
+        for program in (*config.COMPONENTS, *HELPERS):
             stub = self.bin_dir / program
             stub.write_text("#!/bin/sh\n")
             stub.chmod(0o755)
@@ -240,7 +241,7 @@ class ParseTests(SynchronousTestCase):
         error = self.assertRaises(
             usage.UsageError,
             options_to_config,
-            _parsed(self.minimal("--data-dir", str(blocker))),
+            _parsed(self.minimal("--data-dir", str(blocker), "--bin-dir", str(self.bin_dir))),
             {},
         )
         self.assertIn("--data-dir: cannot create", str(error))
