@@ -193,6 +193,12 @@ def render_status(status: dict[str, Any]) -> str:
             {"component": component.get("name"), **component} for component in kube["components"]
         ]
         parts.append(render_table(rows, COMPONENT_COLUMNS))
+    runtime = kube.get("runtime") if isinstance(kube, dict) else None
+    if isinstance(runtime, dict):
+        parts.append(
+            f"runtime: containerd at {runtime.get('socket')}, cgroups {runtime.get('cgroup')}, "
+            f"oom_score_adj lowered: {runtime.get('oom_score_adj_lowered')}"
+        )
     for key, value in status.items():
         if key not in shown and key not in summary and key not in ("drops", "traffic", "conflicts"):
             parts.append(f"{key}: {json.dumps(value, sort_keys=True)}")

@@ -122,7 +122,9 @@ class RenderTests(SynchronousTestCase):
                          "peers": [{"name": "b", "endpoint": "[2001:db8::2]:51820",
                                     "allowed_ips": ["fd00::2/128"], "rx_bytes": 1, "tx_bytes": 2}]},
                 "kube": {"components": [{"name": "etcd", "state": "running", "ready": True,
-                                         "pid": 7, "restarts": 0, "last_exit": None}]},
+                                         "pid": 7, "restarts": 0, "last_exit": None}],
+                         "runtime": {"socket": "/run/hepto/x/containerd.sock",
+                                     "cgroup": "/hepto/c/n", "oom_score_adj_lowered": False}},
             }
         )  # fmt: skip
         self.assertIn("admin        CN=a     valid  2027     2026", text)
@@ -130,3 +132,8 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("mesh: hepto0 (userspace, running)", text)
         self.assertIn("b     [2001:db8::2]:51820  fd00::2/128  never      1   2", text)
         self.assertIn("etcd       running  True   7    0         None", text)
+        self.assertIn(
+            "runtime: containerd at /run/hepto/x/containerd.sock, cgroups /hepto/c/n, "
+            "oom_score_adj lowered: False",
+            text,
+        )
