@@ -81,6 +81,17 @@ class Host:
     def run(self, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(self.command(argv), check=check)
 
+    def processes_named(self, name: str) -> set[int]:
+        """The pids of this host's processes whose command is ``name``."""
+        found = set()
+        for pid in self.run(["ip", "netns", "pids", self.netns], check=False).stdout.split():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                    found.add(int(pid))
+            except OSError:
+                pass
+        return found
+
     def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a process in this host, in a session of its own so it can be killed whole."""
         process = subprocess.Popen(self.command(argv), start_new_session=True, **kwargs)

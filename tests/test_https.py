@@ -10,10 +10,8 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import socket
 import ssl
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hepto.https import ClientTLS, Origin, Request, Response, exchange
 from test_supervisor_probes import issue, server_context
+from test_supervisor_probes import serve as probes_serve
 
 reactor: Any = _reactor
 
@@ -72,23 +71,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-
-
 def serve(test: SynchronousTestCase, context: ssl.SSLContext | None) -> int:
-    server = _Server(("::1", 0), Echo)
-    if context is not None:
-        server.socket = context.wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    test.addCleanup(thread.join, 10)
-    test.addCleanup(server.server_close)
-    test.addCleanup(server.shutdown)
-    return int(server.server_address[1])
+    return probes_serve(test, context, Echo)
 
 
 class ExchangeTests(TestCase):

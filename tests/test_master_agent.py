@@ -26,17 +26,6 @@ CLUSTER = "mastertest"
 READY_TIMEOUT = 300.0
 
 
-def processes_named(host: Host, name: str) -> set[int]:
-    found = set()
-    for pid in host.run(["ip", "netns", "pids", host.netns], check=False).stdout.split():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                found.add(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 class MasterAgentTests(SynchronousTestCase):
     def setUp(self) -> None:
         why = missing_requirements("wireguard-go", "setpriv")
@@ -94,10 +83,10 @@ class MasterAgentTests(SynchronousTestCase):
                 self.master, kubeconfig, "create", "configmap", "survivor", "--from-literal=k=v"
             ),
         )
-        [apiserver] = processes_named(self.master, "kube-apiserver")
+        [apiserver] = self.master.processes_named("kube-apiserver")
         killed = time.monotonic()
         os.kill(apiserver, signal.SIGKILL)
-        wait_until(lambda: processes_named(self.master, "kube-apiserver") - {apiserver}, 120,
+        wait_until(lambda: self.master.processes_named("kube-apiserver") - {apiserver}, 120,
                    what="a new kube-apiserver")  # fmt: skip
         wait_until(
             partial(self.ready, self.master, kubeconfig), READY_TIMEOUT, 0.5, "/readyz again"
@@ -114,4 +103,4 @@ class MasterAgentTests(SynchronousTestCase):
         self.assertEqual(master.stop(), 0)
         for program in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
                         "wireguard-go"):  # fmt: skip
-            self.assertEqual(processes_named(self.master, program), set(), program)
+            self.assertEqual(self.master.processes_named(program), set(), program)

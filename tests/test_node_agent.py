@@ -79,17 +79,6 @@ def node_processes(cluster: str, name: str) -> dict[int, str]:
     return found
 
 
-def netns_processes(host: Host, name: str) -> set[int]:
-    found = set()
-    for pid in host.run(["ip", "netns", "pids", host.netns], check=False).stdout.split():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                found.add(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 class NodeAgentTests(SynchronousTestCase):
     def setUp(self) -> None:
         why = missing_requirements("wireguard-go", "setpriv", "runc")
@@ -178,7 +167,7 @@ class NodeAgentTests(SynchronousTestCase):
 
     @staticmethod
     def replaced(host: Host, program: str, pid: int) -> set[int]:
-        return netns_processes(host, program) - {pid}
+        return host.processes_named(program) - {pid}
 
     def exec_works(self, name: str) -> bool:
         return self.kubectl("exec", name, "--", "echo", "inside", check=False) == "inside"
@@ -263,7 +252,7 @@ class NodeAgentTests(SynchronousTestCase):
 
         # kill -9 of the kubelet, then of containerd: the supervisor heals both, the pod runs.
         for victim in ("kubelet", "containerd"):
-            [pid] = netns_processes(node1, victim)
+            [pid] = node1.processes_named(victim)
             os.kill(pid, signal.SIGKILL)
             wait_until(partial(self.replaced, node1, victim, pid), 120, 0.2, f"a new {victim}")
             wait_until(partial(self.node_ready, "node1"), 120, 0.5, f"node1 Ready after {victim}")
@@ -274,7 +263,7 @@ class NodeAgentTests(SynchronousTestCase):
         self.assertEqual(self.agents["node1"].stop(), 0)
         self.assertEqual(node_processes(CLUSTER, "node1"), {})
         for name in ("containerd", "kubelet", "containerd-shim"):
-            self.assertEqual(netns_processes(node1, name), set(), name)
+            self.assertEqual(node1.processes_named(name), set(), name)
         self.assertFalse((CGROUP_ROOT / "freezer/hepto" / CLUSTER / "node1").exists())
 
         # kill -9 of an agent: its sweeper removes the node all the same.
@@ -319,4 +308,4 @@ class NodeAgentTests(SynchronousTestCase):
         self.assertEqual(agent.stop(), 0)
         self.assertEqual(node_processes(CLUSTER, "master"), {})
         for name in ("etcd", "kube-apiserver", "containerd", "kubelet", "containerd-shim"):
-            self.assertEqual(netns_processes(self.master, name), set(), name)
+            self.assertEqual(self.master.processes_named(name), set(), name)

@@ -121,9 +121,13 @@ class _Server(http.server.ThreadingHTTPServer):
         pass  # a refused handshake is what some tests want
 
 
-def serve(test: TestCase, context: ssl.SSLContext | None) -> int:
+def serve(
+    test: SynchronousTestCase,
+    context: ssl.SSLContext | None,
+    handler: type[http.server.BaseHTTPRequestHandler] | None = None,
+) -> int:
     """An HTTP(S) server on ::1 in a thread, until the test ends; its port."""
-    server = _Server(("::1", 0), Pages)
+    server = _Server(("::1", 0), handler or Pages)
     if context is not None:
         # The handshake happens in the request's thread, not in the accepting one.
         server.socket = context.wrap_socket(

@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import attrs
 
+from hepto.goarch import go_architecture
+
 OCI_LAYOUT_VERSION: Final = "1.0.0"
 INDEX_MEDIA_TYPE: Final = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MEDIA_TYPE: Final = "application/vnd.oci.image.manifest.v1+json"
@@ -39,20 +41,6 @@ IMAGE_NAME_ANNOTATION: Final = "io.containerd.image.name"
 REF_NAME_ANNOTATION: Final = "org.opencontainers.image.ref.name"
 #: On ``index.json`` itself, where ctr does not look: the recipe's :func:`fingerprint`.
 RECIPE_ANNOTATION: Final = "hepto.images.recipe"
-
-#: Go's names for the machines of ``uname -m``: OCI platforms are spelt as GOARCH.
-_GOARCH: Final = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "loongarch64": "loong64",
-}
 
 
 @attrs.frozen
@@ -123,7 +111,7 @@ def host_platform() -> Platform:
     machine = os.uname().machine
     if machine.startswith("armv"):
         return Platform("linux", "arm", f"v{machine[4]}")
-    return Platform("linux", _GOARCH.get(machine, machine))
+    return Platform("linux", go_architecture(machine))
 
 
 @attrs.frozen

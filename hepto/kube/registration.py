@@ -19,7 +19,6 @@ from __future__ import annotations
 import http
 import http.client
 import ipaddress
-import platform
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -30,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hepto.goarch import go_architecture
 from hepto.kube.api import JSON, APIError
 from hepto.supervisor.backoff import RestartPolicy
 
@@ -45,13 +45,6 @@ INTERNAL_IP: Final = "InternalIP"
 EXTERNAL_IP: Final = "ExternalIP"
 HOSTNAME: Final = "Hostname"
 
-#: ``platform.machine()`` to Go's GOARCH, the kubelet's value for the arch label.
-GO_ARCHITECTURES: Final = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-}
 
 #: Delays between attempts while the apiserver cannot be reached: the master may come
 #: up long after its nodes, and a node retries every 30 s at worst.
@@ -61,15 +54,6 @@ RETRY: Final = RestartPolicy(initial=1.0, factor=2.0, maximum=30.0)
 RACES: Final = 3
 
 log = Logger()
-
-
-def go_architecture(machine: str | None = None) -> str:
-    """The architecture label the kubelet would set, from ``platform.machine()``."""
-    machine = platform.machine() if machine is None else machine
-    try:
-        return GO_ARCHITECTURES[machine.lower()]
-    except KeyError:
-        raise ValueError(f"machine {machine!r}: hepto runs on amd64 and arm64 only") from None
 
 
 @attrs.frozen
