@@ -180,13 +180,14 @@ def logged(words: str, count: int) -> defer.Deferred[list[dict[str, Any]]]:
     return done
 
 
-class SocketWatchFallbackTests(SynchronousTestCase):
+class FileWatchFallbackTests(SynchronousTestCase):
     """Without an inotify instance to be had, the socket is still noticed."""
 
     def test_looks_when_inotify_is_spent(self) -> None:
         from twisted.internet import inotify, task
 
         from hepto.mesh import userspace
+        from hepto.watch import FileWatch
 
         def spent(reactor: Any) -> None:
             raise inotify.INotifyError("INotify initialization error.")
@@ -195,7 +196,7 @@ class SocketWatchFallbackTests(SynchronousTestCase):
         clock = task.Clock()
         directory = Path(self.mktemp())
         directory.mkdir(parents=True)
-        watch = userspace.SocketWatch(clock, directory)
+        watch = FileWatch(clock, directory, userspace.FALLBACK_INTERVAL)
         appeared = watch.appeared("hepto0.sock")
         clock.advance(1)
         self.assertNoResult(appeared)

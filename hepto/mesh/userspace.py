@@ -22,16 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from twisted.internet import defer, error, inotify, task
+from twisted.internet import defer, error, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 
 from hepto.mesh import uapi
 from hepto.mesh.backend import BackendUnavailable, DeviceStatus, PeerChange
+from hepto.watch import FileWatch
 
 MOUNT_SCRIPT: Final = (
     'mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && exec "$2" -f "$3"'
@@ -42,7 +42,7 @@ RESTART_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_RUN: Final = 60.0
 #: Seconds for wireguard-go to open its socket (~15 ms seen) before it is killed.
 READY_TIMEOUT: Final = 30.0
-#: How often a SocketWatch without inotify looks for the socket (wireguard-go takes ~15 ms).
+#: How often a FileWatch without inotify looks for the socket (wireguard-go takes ~15 ms).
 FALLBACK_INTERVAL: Final = 0.05
 #: wireguard-go binds its socket, then listens: a connection in between is refused.
 #: Retry that many times, from PROBE_DELAY seconds doubling (1.3 s in all).
@@ -118,73 +118,6 @@ class WireGuardGoProtocol(ProcessProtocol):
         self.ended.callback(None)
 
 
-class SocketWatch:
-    """Tells when a file appears in a directory: through inotify, without polling.
-
-    Where no inotify instance can be had (``fs.inotify.max_user_instances`` is spent,
-    as when a test runs a hundred agents on one machine), it looks every
-    ``FALLBACK_INTERVAL`` seconds instead, and says so once.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, directory: Path) -> None:
-        self.directory = directory
-        self._waiting: dict[str, list[Deferred[None]]] = {}
-        self._notifier: inotify.INotify | None = None
-        self._looking: task.LoopingCall | None = None
-        try:
-            self._notifier = inotify.INotify(reactor)
-        except inotify.INotifyError as error:
-            self.log.warn(
-                "No inotify for {directory} ({error}): looking for sockets every {interval} s",
-                directory=str(directory),
-                error=str(error),
-                interval=FALLBACK_INTERVAL,
-            )
-            self._looking = task.LoopingCall(self._look)
-            self._looking.clock = reactor
-            self._looking.start(FALLBACK_INTERVAL, now=False)
-            return
-        self._notifier.startReading()
-        self._notifier.watch(
-            FilePath(str(directory)),
-            mask=inotify.IN_CREATE | inotify.IN_MOVED_TO,
-            callbacks=[self._notified],
-        )
-
-    def appeared(self, name: str) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred(lambda d: self._forget(name, d))
-        self._waiting.setdefault(name, []).append(waiter)
-        # Checked after the watch exists, so a creation in between cannot be missed.
-        if (self.directory / name).exists():
-            self._fire(name)
-        return waiter
-
-    def _forget(self, name: str, waiter: Deferred[None]) -> None:
-        waiting = self._waiting.get(name, [])
-        if waiter in waiting:
-            waiting.remove(waiter)
-
-    def _notified(self, _: object, path: FilePath[Any], mask: int) -> None:
-        # INotify hands over bytes paths, whatever mode the watch was made in.
-        self._fire(path.asTextMode().basename())
-
-    def _look(self) -> None:
-        for name in [name for name in self._waiting if (self.directory / name).exists()]:
-            self._fire(name)
-
-    def _fire(self, name: str) -> None:
-        for waiter in self._waiting.pop(name, []):
-            waiter.callback(None)
-
-    def close(self) -> None:
-        if self._notifier is not None:
-            self._notifier.loseConnection()
-        if self._looking is not None and self._looking.running:
-            self._looking.stop()
-
-
 class UserspaceBackend:
     """wireguard-go for one interface, restarted with backoff whenever it dies.
 
@@ -203,7 +136,7 @@ class UserspaceBackend:
         program: str = "wireguard-go",
         wrapper: Sequence[str] = (),
         environment: dict[str, str] | None = None,
-        watch: Callable[[Path], SocketWatch] | None = None,
+        watch: Callable[[Path], FileWatch] | None = None,
         restart_delays: Sequence[float] = RESTART_DELAYS,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
@@ -216,8 +149,10 @@ class UserspaceBackend:
         # Errors only: wireguard-go's debug output is a line per packet event.
         self.environment.setdefault("LOG_LEVEL", "error")
         self.client = uapi.UAPIClient(reactor, self.socket)
-        self._make_watch = watch or (lambda directory: SocketWatch(reactor, directory))
-        self._watch: SocketWatch | None = None
+        self._make_watch = watch or (
+            lambda directory: FileWatch(reactor, directory, FALLBACK_INTERVAL)
+        )
+        self._watch: FileWatch | None = None
         self.restart_delays = tuple(restart_delays)
         self.ready_timeout = ready_timeout
         self.process: Any = None
