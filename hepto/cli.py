@@ -197,6 +197,7 @@ def render_status(status: dict[str, Any]) -> str:
     if isinstance(runtime, dict):
         parts.append(
             f"runtime: containerd at {runtime.get('socket')}, cgroups {runtime.get('cgroup')}, "
+            f"pods {runtime.get('pod_prefix') or 'not yet'}, "
             f"oom_score_adj lowered: {runtime.get('oom_score_adj_lowered')}"
         )
     for key, value in status.items():

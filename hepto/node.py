@@ -53,7 +53,9 @@ class NodeService(MultiService):
         self.mesh = mesh_service(config, self.gossip.state, reactor)
         self.mesh.setServiceParent(self)
         self.gossip.control.sections["mesh"] = self.mesh.status
-        self.kube = KubeService(config, self.pki, reactor, network=self.mesh)
+        self.kube = KubeService(
+            config, self.pki, reactor, network=self.mesh, state=self.gossip.state
+        )
         self.kube.setServiceParent(self)
         self.gossip.control.sections["kube"] = self.kube.status
         if config.manhole is not None:

@@ -134,6 +134,6 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("etcd       running  True   7    0         None", text)
         self.assertIn(
             "runtime: containerd at /run/hepto/x/containerd.sock, cgroups /hepto/c/n, "
-            "oom_score_adj lowered: False",
+            "pods not yet, oom_score_adj lowered: False",
             text,
         )

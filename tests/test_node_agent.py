@@ -233,6 +233,15 @@ class NodeAgentTests(SynchronousTestCase):
             answer = self.kubectl("exec", "bb1", "--", "ping", "-c", "1", "-W", "5", address)
             self.assertIn("1 packets received", answer, address)
 
+        # Pods on different nodes, over the mesh: each node's /64 is its peers' to route.
+        far = self.kubectl("get", "pod", "bb2", "-o", "jsonpath={.status.podIP}")
+        answer = self.kubectl("exec", "bb1", "--", "ping", "-c", "1", "-W", "5", far)
+        self.assertIn("1 packets received", answer)
+        # And the apiserver, from a pod's own address (not masqueraded).
+        apiserver = str(plan.apiserver_address(CLUSTER))
+        script = f"nc -w 5 {apiserver} 6443 </dev/null && echo connected"
+        self.assertEqual(self.kubectl("exec", "bb2", "--", "sh", "-c", script), "connected")
+
         # An image nobody has: the pod says so within seconds, nothing hangs.
         self.kubectl(
             "apply", "-f", "-", stdin=json.dumps(pod("nope", "node1", "localhost/no/such:1"))

@@ -26,7 +26,9 @@ from hepto.kube import containerd, host, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.host import Hierarchy, HostError, HostSetup
 from hepto.kube.layout import CRI_NAMESPACE, Layout
+from hepto.kube.pods import PodPrefixPublisher
 from hepto.once import Once
+from hepto.state import ClusterState
 
 #: Programs the runtime runs besides containerd and the kubelet, found like them.
 HELPERS: Final = ("containerd-shim-runc-v2", "runc", "ctr", "pause", "sh")
@@ -125,6 +127,7 @@ class NodeRuntime:
         environ: Mapping[str, str] | None = None,
         private_mount_namespace: bool = True,
         host_setup: HostSetup | None = None,
+        state: ClusterState | None = None,
     ) -> None:
         self.context = context
         self.layout = Layout(context.node_dir, context.cluster, context.name)
@@ -149,6 +152,11 @@ class NodeRuntime:
         self.may_lower_oom_score = True
         self._prepared = Once[None]()
         self._imported = Once[None]()
+        self.pods: PodPrefixPublisher | None = None
+        if state is not None:
+            self.pods = PodPrefixPublisher(
+                state, context.cluster, self.layout.cni_config_dir, reactor
+            )
 
     # -- once per start of the agent ------------------------------------------------------
 
@@ -169,6 +177,8 @@ class NodeRuntime:
             count=len(self.hierarchies),
             oom="as asked" if self.may_lower_oom_score else "never lowered (no CAP_SYS_RESOURCE)",
         )
+        if self.pods is not None:
+            self.pods.start()
         prepared = self._sweep().addCallback(lambda _: self._finish_preparing())
         prepared.addCallbacks(self._prepared.fire, self._prepared.fail)
         imported = containerd_ready.addCallback(lambda _: self._import_images())
@@ -264,15 +274,21 @@ class NodeRuntime:
 
         return self._imported.when().addCallback(write)
 
+    def stop(self) -> None:
+        if self.pods is not None:
+            self.pods.stop()
+
     def enter_command(self, argv: Sequence[str]) -> tuple[str, ...]:
         """``argv`` run in the runtime's cgroups, through the sweeper's ``enter``."""
         return (str(self.programs["sh"]), str(self.layout.sweeper_script), "enter", *argv)
 
     def status(self) -> dict[str, Any]:
+        prefix = None if self.pods is None else self.pods.prefix
         return {
             "socket": str(self.layout.containerd_socket),
             "ctr": str(self.programs["ctr"]),
             "namespace": CRI_NAMESPACE,
             "cgroup": str(self.layout.cgroup),
             "oom_score_adj_lowered": self.may_lower_oom_score,
+            "pod_prefix": None if prefix is None else str(prefix),
         }

@@ -42,6 +42,7 @@ from hepto.kube.scheduler import scheduler
 from hepto.kube.sweeper import sweeper
 from hepto.pki.paths import Paths
 from hepto.programs import find_programs
+from hepto.state import ClusterState
 from hepto.supervisor import (
     AlwaysReady,
     HTTPProbe,
@@ -211,6 +212,7 @@ class KubeService(MultiService):
         register: Callable[[], Deferred[Any]] | None = None,
         private_mount_namespace: bool = True,
         host_setup: HostSetup | None = None,
+        state: ClusterState | None = None,
     ) -> None:
         super().__init__()
         self.setName("kube")
@@ -241,6 +243,7 @@ class KubeService(MultiService):
                 environ=component_environment(self._environ),
                 private_mount_namespace=private_mount_namespace,
                 host_setup=host_setup,
+                state=state,
             )
         self.supervisor = Supervisor(reactor, self._clock, launcher)
         self.supervisor.setServiceParent(self)
@@ -324,6 +327,8 @@ class KubeService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
+        if self.runtime is not None:
+            self.runtime.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
