@@ -3,8 +3,8 @@
 :func:`hepto.mesh.reconcile.desired_mesh` runs on every change of membership that concerns
 the mesh (:func:`~hepto.mesh.reconcile.concerns_mesh`): a member that comes, goes, or
 changes its WireGuard key, endpoint, role or pod prefix. Every member here is alive and
-meshed, and the first 256 (as many as the cluster's pod /56 holds) have a pod prefix:
-the most work a pass can be given.
+meshed, and has a pod prefix (a /49 holds 32,768): the most work a pass can be given.
+Figures taken before the pod prefix grew from a /56 gave only the first 256 one.
 
 Run from the repository (a few seconds)::
 
@@ -28,7 +28,7 @@ CLUSTER = "bench"
 
 
 def cluster(size: int) -> tuple[str, Mapping[str, Member]]:
-    pods = list(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))
+    pods = plan.pod_prefix(CLUSTER).subnets(new_prefix=64)
     members = {}
     own_key = ""
     for index in range(size):
@@ -38,8 +38,7 @@ def cluster(size: int) -> tuple[str, Mapping[str, Member]]:
         data: dict[str, object] = {
             "wireguard": {"public_key": key, "endpoint": f"[2001:db8::{index + 1:x}]:51820"}
         }
-        if index < len(pods):
-            data["pod_prefix"] = str(pods[index])
+        data["pod_prefix"] = str(next(pods))
         members[name] = Member(name, ALIVE, Record(name, 1, data))
     return own_key, members
 

@@ -15,10 +15,13 @@ import attrs
 
 #: Subnet IDs inside the cluster's ULA /48.
 MESH_SUBNET = 0x0100
-POD_SUBNET = 0x0200
+#: The upper half of the /48: subnets 8000 to ffff, one /64 per node.
+POD_SUBNET = 0x8000
 SERVICE_SUBNET = 0x0300
 
-POD_PREFIX_LENGTH = 56
+#: 15 bits of nodes (32,768): kube-controller-manager allows at most 16 between the
+#: cluster's pod prefix and a node's, and a /48 would swallow the mesh and services.
+POD_PREFIX_LENGTH = 49
 #: The size of the prefix kube-controller-manager hands to each node.
 NODE_POD_PREFIX_LENGTH = 64
 SERVICE_PREFIX_LENGTH = 112

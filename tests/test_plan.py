@@ -26,7 +26,7 @@ class GoldenValuesTests(SynchronousTestCase):
                 "mesh_prefix": "fdeb:e90d:a592:100::/64",
                 "mesh_address": "fdeb:e90d:a592:100:484c:ec37:439b:f9c",
                 "apiserver_address": "fdeb:e90d:a592:100:51eb:f48b:29e3:481d",
-                "pod_prefix": "fdeb:e90d:a592:200::/56",
+                "pod_prefix": "fdeb:e90d:a592:8000::/49",
                 "node_pod_prefix_length": 64,
                 "service_prefix": "fdeb:e90d:a592:300::/112",
                 "kubernetes_service_address": "fdeb:e90d:a592:300::1",
@@ -59,7 +59,10 @@ class StructureTests(SynchronousTestCase):
             plan.service_prefix(cluster),
         ):
             self.assertTrue(prefix.subnet_of(ula))
-        self.assertEqual(plan.pod_prefix(cluster).prefixlen, 56)
+        self.assertEqual(plan.pod_prefix(cluster).prefixlen, 49)
+        # Room for 32,768 nodes, within the controller manager's 16 bits of node IPAM.
+        node_bits = plan.NODE_POD_PREFIX_LENGTH - plan.pod_prefix(cluster).prefixlen
+        self.assertEqual(node_bits, 15)
         self.assertEqual(plan.service_prefix(cluster).prefixlen, 112)
         self.assertIn(plan.mesh_address(cluster, "a"), plan.mesh_prefix(cluster))
         self.assertIn(plan.apiserver_address(cluster), plan.mesh_prefix(cluster))
