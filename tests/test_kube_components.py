@@ -305,7 +305,17 @@ class ChoiceTests(SynchronousTestCase):
         self.assertEqual(chosen_components(node_config("node")), runtime)
         self.assertEqual(
             required_programs(node_config("node")),
-            ["sh", "containerd", "kubelet", "containerd-shim-runc-v2", "runc", "ctr", "pause"],
+            [
+                "sh",
+                "containerd",
+                "kubelet",
+                "containerd-shim-runc-v2",
+                "runc",
+                "ctr",
+                "pause",
+                "nft",
+                "ip",
+            ],
         )
         self.assertEqual(chosen_components(node_config("master", "none")), [])
         self.assertEqual(len(chosen_components(node_config("full"))), 7)

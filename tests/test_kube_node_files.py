@@ -11,7 +11,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
-from hepto.kube import containerd, kubelet, sweeper
+from hepto.kube import containerd, egress, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.layout import RUN_DIR, Layout
 
@@ -151,6 +151,18 @@ class KubeletTests(SynchronousTestCase):
         )
 
 
+class EgressTests(SynchronousTestCase):
+    def test_only_what_leaves_the_cluster_is_masqueraded(self) -> None:
+        pods = ipaddress.IPv6Network("fd12:3456:789a:8001::/64")
+        script = egress.rules(pods, ipaddress.IPv6Network("fd12:3456:789a::/48"))
+        self.assertIn(
+            "ip6 saddr fd12:3456:789a:8001::/64 ip6 daddr != fd12:3456:789a::/48 masquerade",
+            script,
+        )
+        # Replaced whole: created if absent, deleted, then made anew, in one transaction.
+        self.assertTrue(script.startswith("table ip6 hepto\ndelete table ip6 hepto\n"))
+
+
 class SweeperScriptTests(SynchronousTestCase):
     def test_paths_with_spaces_are_quoted(self) -> None:
         text = sweeper.script(
@@ -161,6 +173,7 @@ class SweeperScriptTests(SynchronousTestCase):
             [Path("/sys/fs/cgroup/cpu/hepto/c/node1"), Path("/a b/hepto/c/node1")],
             [Path("/x y/cgroup.procs")],
             grace=3,
+            cleanup=("nft delete table ip6 hepto 2>/dev/null",),
         )
         self.assertIn("grace=3\n", text)
         self.assertIn(
@@ -168,6 +181,7 @@ class SweeperScriptTests(SynchronousTestCase):
         )
         self.assertIn("for procs in '/x y/cgroup.procs'", text)
         self.assertTrue(text.startswith("#!/bin/sh\n"))
+        self.assertIn("    nft delete table ip6 hepto 2>/dev/null\n    true\n", text)
 
     def test_the_guard_sweeps_when_the_agent_dies(self) -> None:
         component = sweeper.sweeper(CONTEXT)

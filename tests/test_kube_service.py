@@ -277,6 +277,8 @@ NODE_PROGRAMS = {
         "runc",
         "ctr",
         "pause",
+        "nft",
+        "ip",
     )
 }
 

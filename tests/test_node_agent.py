@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -35,6 +36,20 @@ CLUSTER = "nodetest"
 #: Two contended cores running a master and two nodes.
 READY_TIMEOUT = 300.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+#: Prints the address of every TCP client, one a line.
+_RECORDER = """
+import socket, sys
+server = socket.socket(socket.AF_INET6)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("::", int(sys.argv[1])))
+server.listen()
+while True:
+    client, address = server.accept()
+    print(address[0], flush=True)
+    client.close()
+"""
 
 
 def pod(name: str, node: str, image: str = BUSYBOX_IMAGE) -> dict[str, Any]:
@@ -92,6 +107,8 @@ class NodeAgentTests(SynchronousTestCase):
         self.addCleanup(self.lab.close)
         self.master = self.lab.add_host("master")
         self.nodes = [self.lab.add_host("node1"), self.lab.add_host("node2")]
+        # Not a member: stands for the rest of the world.
+        self.outside = self.lab.add_host("outside")
         self.data_dir = Path(tempfile.mkdtemp(prefix="hepto-nodes-"))
         self.addCleanup(shutil.rmtree, self.data_dir, ignore_errors=True)
         self.agents: dict[str, Agent] = {}
@@ -158,6 +175,10 @@ class NodeAgentTests(SynchronousTestCase):
             "get", "pod", name, "-o",
             "jsonpath={.status.containerStatuses[0].state.waiting.reason}", check=False,
         )  # fmt: skip
+
+    def outside_listens(self, port: int) -> bool:
+        listening = self.outside.run(["ss", "-Htln", f"sport = :{port}"]).stdout
+        return bool(listening.strip())
 
     def pod_running(self, name: str) -> bool:
         return self.pod_phase(name) == "Running"
@@ -242,6 +263,16 @@ class NodeAgentTests(SynchronousTestCase):
         script = f"nc -w 5 {apiserver} 6443 </dev/null && echo connected"
         self.assertEqual(self.kubectl("exec", "bb2", "--", "sh", "-c", script), "connected")
 
+        # The world, from the node's public address (NAT66), not the pod's ULA.
+        seen = self.data_dir / "seen-from-outside"
+        with seen.open("wb") as out:
+            self.outside.spawn([sys.executable, "-c", _RECORDER, "8080"], stdout=out)
+        wait_until(partial(self.outside_listens, 8080), 30, 0.1, "the outside's listener")
+        script = f"nc -w 5 {self.outside.address} 8080 </dev/null && echo connected"
+        self.assertEqual(self.kubectl("exec", "bb1", "--", "sh", "-c", script), "connected")
+        wait_until(lambda: seen.read_text().strip(), 10, 0.1, "the outside to see bb1")
+        self.assertEqual(seen.read_text().split(), [str(node1.address)])
+
         # An image nobody has: the pod says so within seconds, nothing hangs.
         self.kubectl(
             "apply", "-f", "-", stdin=json.dumps(pod("nope", "node1", "localhost/no/such:1"))
@@ -274,6 +305,8 @@ class NodeAgentTests(SynchronousTestCase):
         for name in ("containerd", "kubelet", "containerd-shim"):
             self.assertEqual(node1.processes_named(name), set(), name)
         self.assertFalse((CGROUP_ROOT / "freezer/hepto" / CLUSTER / "node1").exists())
+        self.assertNotIn("hepto", node1.run(["nft", "list", "tables"]).stdout)
+        self.assertNotIn("hepto-pods", node1.run(["ip", "-o", "link"]).stdout)
 
         # kill -9 of an agent: its sweeper removes the node all the same.
         self.assertNotEqual(node_processes(CLUSTER, "node2"), {})

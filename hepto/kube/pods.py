@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,8 +52,16 @@ class PodPrefixPublisher:
 
     log = Logger()
 
-    def __init__(self, state: ClusterState, cluster: str, directory: Path, reactor: Any) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        cluster: str,
+        directory: Path,
+        reactor: Any,
+        known: Callable[[ipaddress.IPv6Network], object] | None = None,
+    ) -> None:
         self._state = state
+        self._known = known
         self._cluster = cluster
         self._directory = directory
         self._reactor = reactor
@@ -77,6 +86,8 @@ class PodPrefixPublisher:
         self.prefix = prefix
         self._state.publish(POD_PREFIX, str(prefix))
         self.log.info("Pods of this node are in {prefix}", prefix=str(prefix))
+        if self._known is not None:
+            self._known(prefix)
 
     def _failed(self, failure: Failure) -> None:
         if not failure.check(CancelledError):

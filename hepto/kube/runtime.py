@@ -10,6 +10,7 @@ process concerned; the supervisor does the rest.  The rationale is in ``docs/nod
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,10 +20,12 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from hepto import plan
 from hepto.config import Endpoint
 from hepto.errors import StartupError
-from hepto.kube import containerd, host, kubelet, sweeper
+from hepto.kube import containerd, egress, host, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.host import Hierarchy, HostError, HostSetup
 from hepto.kube.layout import CRI_NAMESPACE, Layout
@@ -31,7 +34,7 @@ from hepto.once import Once
 from hepto.state import ClusterState
 
 #: Programs the runtime runs besides containerd and the kubelet, found like them.
-HELPERS: Final = ("containerd-shim-runc-v2", "runc", "ctr", "pause", "sh")
+HELPERS: Final = ("containerd-shim-runc-v2", "runc", "ctr", "pause", "sh", "nft", "ip")
 
 
 class RuntimeSetupError(StartupError):
@@ -155,7 +158,7 @@ class NodeRuntime:
         self.pods: PodPrefixPublisher | None = None
         if state is not None:
             self.pods = PodPrefixPublisher(
-                state, context.cluster, self.layout.cni_config_dir, reactor
+                state, context.cluster, self.layout.cni_config_dir, reactor, self._pods_known
             )
 
     # -- once per start of the agent ------------------------------------------------------
@@ -197,6 +200,11 @@ class NodeRuntime:
             tracked,
             node_dirs,
             [directory / "cgroup.procs" for directory in runtime],
+            # The node's network leftovers, once its processes are gone.
+            cleanup=(
+                egress.delete_command(self.programs["nft"]),
+                f"{self.programs['ip']} link delete {containerd.POD_BRIDGE} 2>/dev/null",
+            ),
         )
         write_atomically(self.layout.sweeper_script, text, mode=0o700)
 
@@ -273,6 +281,18 @@ class NodeRuntime:
             return self._register()
 
         return self._imported.when().addCallback(write)
+
+    def _pods_known(self, prefix: ipaddress.IPv6Network) -> None:
+        script = egress.rules(prefix, plan.ula_prefix(self.context.cluster))
+        applied = egress.apply(self._reactor, self.programs["nft"], script, self._environ)
+
+        def done(_: object) -> None:
+            self.log.info("Pods of {prefix} leave the cluster masqueraded", prefix=str(prefix))
+
+        def failed(failure: Failure) -> None:
+            self.log.error("No egress for pods: {error}", error=failure.getErrorMessage())
+
+        applied.addCallbacks(done, failed)
 
     def stop(self) -> None:
         if self.pods is not None:

@@ -90,6 +90,7 @@ sweep() {{
     # The pods first, while their shims live to reap them; then the shims, the rest.
     stop "$tracked/{pods}" "$grace"
     stop "$tracked" 1
+    {cleanup}
     for directory in {directories}; do
         [ -d "$directory" ] || continue
         find "$directory" -depth -type d -exec rmdir {{}} + 2>/dev/null
@@ -147,11 +148,13 @@ def script(
     directories: Sequence[Path],
     runtime_procs: Sequence[Path],
     grace: int = GRACE,
+    cleanup: Sequence[str] = (),
 ) -> str:
     """The sweeper for a node whose cgroups are ``directories`` (one per hierarchy).
 
     ``tracked`` is the node's cgroup in the hierarchy that lists its processes, and
-    ``pods`` the pods' cgroup below it;
+    ``pods`` the pods' cgroup below it; ``cleanup`` are shell commands run once the
+    processes are gone (the node's pod bridge, its nftables table);
     ``runtime_procs`` are the ``cgroup.procs`` files of the runtime's cgroups.
     """
 
@@ -167,6 +170,7 @@ def script(
         kill_tries=KILL_TRIES,
         directories=words(directories),
         runtime_procs=words(runtime_procs),
+        cleanup="\n    ".join([*cleanup, "true"]),
     )
 
 
