@@ -191,3 +191,21 @@ class RealHostTests(SynchronousTestCase):
         self.assertEqual(list((self.work / "visible").iterdir()), [])
         self.assertTrue(Path("/sys/fs/cgroup/cpu/hepto/hosttest/n/runtime").is_dir())
         self.assertEqual(os.listdir(self.work / "private"), ["written"])
+
+
+class RouterAdvertisementTests(SynchronousTestCase):
+    def test_one_becomes_two_others_stay(self) -> None:
+        proc = Path(tempfile.mkdtemp())
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(proc)])
+        for interface, value in (("eth0", "1"), ("eth1", "0"), ("eth2", "2")):
+            setting = proc / "sys/net/ipv6/conf" / interface / "accept_ra"
+            setting.parent.mkdir(parents=True)
+            setting.write_text(f"{value}\n")
+        self.assertTrue(host.keep_router_advertisements("eth0", proc))
+        self.assertFalse(host.keep_router_advertisements("eth1", proc))
+        self.assertFalse(host.keep_router_advertisements("eth2", proc))
+        values = {
+            interface: (proc / "sys/net/ipv6/conf" / interface / "accept_ra").read_text()
+            for interface in ("eth0", "eth1", "eth2")
+        }
+        self.assertEqual(values, {"eth0": "2\n", "eth1": "0\n", "eth2": "2\n"})

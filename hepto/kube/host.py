@@ -192,6 +192,21 @@ def may_lower_oom_score() -> bool:
 # -- system calls ---------------------------------------------------------------------------
 
 
+def keep_router_advertisements(interface: str, proc: Path = Path("/proc")) -> bool:
+    """Let ``interface`` take router advertisements once pods make the node forward.
+
+    With forwarding on (the pods' bridge turns it on), Linux ignores router
+    advertisements on an interface whose ``accept_ra`` is 1, and the node would lose its
+    address or default route at their next expiry; 2 keeps them.  0, an operator's
+    choice, is left alone.  Returns whether it changed the setting.
+    """
+    setting = proc / "sys/net/ipv6/conf" / interface / "accept_ra"
+    if setting.read_text().strip() != "1":
+        return False
+    setting.write_text("2\n")
+    return True
+
+
 def enter_private_mount_namespace() -> None:
     """Move the agent into a mount namespace of its own, a slave of the host's.
 

@@ -131,8 +131,10 @@ class NodeRuntime:
         private_mount_namespace: bool = True,
         host_setup: HostSetup | None = None,
         state: ClusterState | None = None,
+        uplink: str | None = None,
     ) -> None:
         self.context = context
+        self._uplink = uplink
         self.layout = Layout(context.node_dir, context.cluster, context.name)
         self.programs = dict(programs)
         self.cni_dirs = tuple(cni_dirs)
@@ -255,6 +257,12 @@ class NodeRuntime:
         return self._prepared.when().addCallback(lambda _: self._write_containerd_files())
 
     def _write_containerd_files(self) -> None:
+        if self._uplink is not None and host.keep_router_advertisements(self._uplink):
+            self.log.info(
+                "{interface} keeps taking router advertisements once pods make the node "
+                "forward (accept_ra 2)",
+                interface=self._uplink,
+            )
         settings = containerd.RuntimeSettings(
             layout=self.layout,
             runc=self.programs["runc"],

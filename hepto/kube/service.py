@@ -244,6 +244,8 @@ class KubeService(MultiService):
                 private_mount_namespace=private_mount_namespace,
                 host_setup=host_setup,
                 state=state,
+                # Router advertisements give it its address or its route: keep them.
+                uplink=node.iface if node.ip is None or node.gw is None else None,
             )
         self.supervisor = Supervisor(reactor, self._clock, launcher)
         self.supervisor.setServiceParent(self)
