@@ -1,5 +1,5 @@
 // Command hepto-bundle is a multi-call binary (like busybox) holding the
-// upstream programs hepto runs: etcd, etcdctl, kube-apiserver,
+// upstream programs hepto runs: etcd, etcdctl, kube-apiserver, kube-proxy,
 // kube-controller-manager, kube-scheduler, kubelet, kubectl, containerd and
 // containerd's ctr.
 // Each program is the vanilla upstream entry point, linked from the module
@@ -38,6 +38,7 @@ var programs = map[string]func(){
 	"kube-apiserver":          runKubeAPIServer,
 	"kube-controller-manager": runKubeControllerManager,
 	"kube-scheduler":          runKubeScheduler,
+	"kube-proxy":              runKubeProxy,
 	"kubelet":                 runKubelet,
 	"kubectl":                 runKubectl,
 	"containerd":              runContainerd,

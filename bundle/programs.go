@@ -18,6 +18,7 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
@@ -39,6 +40,8 @@ func runKubeControllerManager() {
 }
 
 func runKubeScheduler() { os.Exit(cli.Run(scheduler.NewSchedulerCommand())) }
+
+func runKubeProxy() { os.Exit(cli.Run(proxy.NewProxyCommand())) }
 
 func runKubelet() { os.Exit(cli.Run(kubelet.NewKubeletCommand(background()))) }
 

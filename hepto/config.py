@@ -25,6 +25,7 @@ COMPONENTS: Final = (
     "kube-scheduler",
     "containerd",
     "kubelet",
+    "kube-proxy",
 )
 MASTER_COMPONENTS: Final = COMPONENTS[:4]
 NODE_COMPONENTS: Final = COMPONENTS[4:]

@@ -301,7 +301,7 @@ class ChoiceTests(SynchronousTestCase):
         )
 
     def test_a_node_runs_its_runtime(self) -> None:
-        runtime = ["sweeper", "containerd", "kubelet"]
+        runtime = ["sweeper", "containerd", "kubelet", "kube-proxy"]
         self.assertEqual(chosen_components(node_config("node")), runtime)
         self.assertEqual(
             required_programs(node_config("node")),
@@ -309,6 +309,7 @@ class ChoiceTests(SynchronousTestCase):
                 "sh",
                 "containerd",
                 "kubelet",
+                "kube-proxy",
                 "containerd-shim-runc-v2",
                 "runc",
                 "ctr",
@@ -318,7 +319,7 @@ class ChoiceTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(chosen_components(node_config("master", "none")), [])
-        self.assertEqual(len(chosen_components(node_config("full"))), 7)
+        self.assertEqual(len(chosen_components(node_config("full"))), 8)
 
     def test_node_components_need_a_node_and_the_kubelet_containerd(self) -> None:
         error = self.assertRaises(
@@ -329,7 +330,7 @@ class ChoiceTests(SynchronousTestCase):
             "--components: containerd: only a node runs these; use --role node or full",
         )
         error = self.assertRaises(ConfigError, chosen_components, node_config("node", "kubelet"))
-        self.assertEqual(str(error), "--components: kubelet: it needs containerd beside it")
+        self.assertEqual(str(error), "--components: kubelet: needs containerd beside it")
 
     def test_master_components_need_a_master(self) -> None:
         error = self.assertRaises(

@@ -60,3 +60,6 @@ class FlagsExistTests(SynchronousTestCase):
     def test_containerd(self) -> None:
         # containerd's flags are few: its settings live in its configuration file.
         self.check(NODE["containerd"](CONTEXT), documented_at_least=5)
+
+    def test_kube_proxy(self) -> None:
+        self.check(NODE["kube-proxy"](CONTEXT))

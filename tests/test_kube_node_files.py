@@ -11,7 +11,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
-from hepto.kube import containerd, egress, kubelet, sweeper
+from hepto.kube import containerd, egress, kube_proxy, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.layout import RUN_DIR, Layout
 
@@ -149,6 +149,28 @@ class KubeletTests(SynchronousTestCase):
             kubelet.resolv_conf(CONTEXT.dns),
             "# Written by the hepto agent from --dns.\nnameserver 2001:4860:4860::8888\n",
         )
+
+
+class KubeProxyTests(SynchronousTestCase):
+    def test_configuration(self) -> None:
+        public = ipaddress.IPv6Address("2001:db8::2")
+        mesh = plan.mesh_address("mycluster", "node1")
+        config = kube_proxy.config(CONTEXT, [mesh, public], False)
+        self.assertEqual(config["kind"], "KubeProxyConfiguration")
+        self.assertEqual(config["mode"], "nftables")
+        self.assertEqual(config["hostnameOverride"], "node1")
+        self.assertEqual(config["clusterCIDR"], str(plan.pod_prefix("mycluster")))
+        self.assertEqual(config["nodePortAddresses"], [f"{mesh}/128", "2001:db8::2/128"])
+        self.assertEqual(config["healthzBindAddress"], "[::1]:10256")
+        self.assertEqual(
+            config["clientConnection"]["kubeconfig"], str(NODE_DIR / "pki/kube-proxy.kubeconfig")
+        )
+        self.assertEqual(config["conntrack"]["maxPerCore"], 0)
+        self.assertEqual(config["oomScoreAdj"], 0)
+        self.assertNotIn("oomScoreAdj", kube_proxy.config(CONTEXT, [mesh], True))
+        component = kube_proxy.kube_proxy(CONTEXT)
+        self.assertEqual(component.flag("--config"), str(LAYOUT.kube_proxy_config))
+        self.assertEqual(component.certificates, ("kube-proxy",))
 
 
 class EgressTests(SynchronousTestCase):

@@ -272,6 +272,7 @@ NODE_PROGRAMS = {
     for name in (
         "containerd",
         "kubelet",
+        "kube-proxy",
         "sh",
         "containerd-shim-runc-v2",
         "runc",

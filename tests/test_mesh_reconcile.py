@@ -28,6 +28,8 @@ from hepto.mesh.reconcile import (
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change, Member, Record
 
 CLUSTER = "geo"
+#: What every member routes into the mesh: its /64, and the service prefix.
+BASE_ROUTES = {plan.mesh_prefix(CLUSTER), plan.service_prefix(CLUSTER)}
 KEYS = {name: KeyPair.generate() for name in ("me", "a", "b", "c")}
 
 
@@ -69,7 +71,7 @@ class DesiredMeshTests(SynchronousTestCase):
         self.assertEqual(
             {spec.name for spec in result.peers.values()}, {"a", "b"}, "suspect stays a peer"
         )
-        self.assertEqual(result.routes, frozenset({plan.mesh_prefix(CLUSTER)}))
+        self.assertEqual(result.routes, frozenset(BASE_ROUTES))
         self.assertEqual(result.problems, frozenset())
 
     def test_dead_and_left_members_are_not_peers(self) -> None:
@@ -104,12 +106,12 @@ class DesiredMeshTests(SynchronousTestCase):
     def test_pod_prefix_is_allowed_and_routed(self) -> None:
         result = desired(member("a", 1, pod_prefix=str(pods(5))))
         self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a"), pods(5)})
-        self.assertEqual(result.routes, {plan.mesh_prefix(CLUSTER), pods(5)})
+        self.assertEqual(result.routes, {*BASE_ROUTES, pods(5)})
 
     def test_pod_prefix_outside_the_cluster_is_dropped_but_the_peer_stays(self) -> None:
         result = desired(member("a", 1, pod_prefix="::/0"))
         self.assertEqual(result.peers[KEYS["a"].public_key].allowed_ips, {mesh_host("a")})
-        self.assertEqual(result.routes, {plan.mesh_prefix(CLUSTER)})
+        self.assertEqual(result.routes, BASE_ROUTES)
         (problem,) = result.problems
         self.assertIn("outside the cluster", problem.reason)
 

@@ -10,8 +10,10 @@ of an agent leaves any process of its node behind.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,7 +34,10 @@ from images import BUSYBOX_IMAGE, write_busybox_archive
 from netlab import Host, Lab, missing_requirements, wait_until
 
 BIN_DIR = Path(os.environ.get("HEPTO_TEST_BIN_DIR", BUNDLE_BIN_DIR))
-CLUSTER = "nodetest"
+#: Each test its own cluster name, hence its own cgroups (``/hepto/<cluster>/<node>``):
+#: a run beside this one, or the sweeper of an agent a previous test killed, never meets
+#: it.
+CLUSTER = f"nodetest-{secrets.token_hex(3)}"
 #: Two contended cores running a master and two nodes.
 READY_TIMEOUT = 300.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,11 +57,18 @@ while True:
 """
 
 
-def pod(name: str, node: str, image: str = BUSYBOX_IMAGE) -> dict[str, Any]:
+def pod(
+    name: str,
+    node: str,
+    image: str = BUSYBOX_IMAGE,
+    loop: str = "sleep 1",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A busybox pod that says hello, then runs ``loop`` forever; SIGTERM ends it."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels or {}},
         "spec": {
             "nodeName": node,
             "terminationGracePeriodSeconds": 2,
@@ -68,10 +80,24 @@ def pod(name: str, node: str, image: str = BUSYBOX_IMAGE) -> dict[str, Any]:
                         "sh",
                         "-c",
                         "trap 'exit 0' TERM; echo hello from $(hostname);"
-                        " while true; do sleep 1; done",
+                        f" while true; do {loop}; done",
                     ],
                 }
             ],
+        },
+    }
+
+
+def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    """Port 80 of a ClusterIP (and a NodePort) to port 8080 of the pods selected."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "NodePort",
+            "selector": selector,
+            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}],
         },
     }
 
@@ -132,7 +158,7 @@ class NodeAgentTests(SynchronousTestCase):
         """Whatever a failed test left of a node: its sweeper knows how to remove it."""
         script = self.data_dir / CLUSTER / name / "runtime" / "sweeper.sh"
         if script.exists() and node_processes(CLUSTER, name):
-            os.system(f"sh {script} sweep >/dev/null 2>&1")
+            subprocess.run(["sh", str(script), "sweep"], capture_output=True, check=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -262,6 +288,30 @@ class NodeAgentTests(SynchronousTestCase):
         apiserver = str(plan.apiserver_address(CLUSTER))
         script = f"nc -w 5 {apiserver} 6443 </dev/null && echo connected"
         self.assertEqual(self.kubectl("exec", "bb2", "--", "sh", "-c", script), "connected")
+
+        # A Service whose backend is on node2, through kube-proxy on node1: from a pod,
+        # from node1 itself, and as a NodePort from a host that runs no kube-proxy.
+        web = pod("web", "node2", loop="nc -l -p 8080 -e echo hello-web", labels={"app": "web"})
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(web))
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(service("web", {"app": "web"})))
+        cluster_ip = self.kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+        node_port = self.kubectl(
+            "get", "service", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"
+        )
+        self.assertIn(ipaddress.IPv6Address(cluster_ip), plan.service_prefix(CLUSTER))
+        wait_until(partial(self.pod_running, "web"), 120, 0.2, "web Running")
+        from_pod = ["exec", "bb1", "--", "nc", "-w", "5", cluster_ip, "80"]
+        wait_until(
+            lambda: self.kubectl(*from_pod, check=False) == "hello-web", 60, 0.5, "web from bb1"
+        )
+        busybox_nc = ["busybox", "nc", "-w", "5"]
+        for client, address, port in (
+            (node1, cluster_ip, "80"),
+            (node1, str(node1.address), node_port),
+            (self.master, str(node1.address), node_port),
+        ):
+            answer = client.run([*busybox_nc, address, port], check=False).stdout.strip()
+            self.assertEqual(answer, "hello-web", f"{client.name} to [{address}]:{port}")
 
         # The world, from the node's public address (NAT66), not the pod's ULA.
         seen = self.data_dir / "seen-from-outside"

@@ -64,7 +64,7 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual((node.cluster, node.name, node.role), ("c", "n1", "node"))
         self.assertEqual(node.keyring, (bytes(24),))
         self.assertEqual(node.port, 7946)
-        self.assertEqual(node.components, ("containerd", "kubelet"))
+        self.assertEqual(node.components, ("containerd", "kubelet", "kube-proxy"))
         self.assertEqual(node.dns, tuple(ipaddress.IPv6Address(a) for a in config.DEFAULT_DNS))
         self.assertEqual(node.node_dir, Path(self.data_dir) / "c" / "n1")
         self.assertEqual(node.node_dir.stat().st_mode & 0o777, 0o700)

@@ -128,7 +128,8 @@ class OpenSSLVerifyTests(SynchronousTestCase):
         node.startService()
         requests_published = self.lab.record("node-b").get("pki")["csr"]
         self.assertEqual(
-            set(requests_published), {requests.KUBELET_CLIENT, requests.KUBELET_SERVING}
+            set(requests_published),
+            {requests.KUBELET_CLIENT, requests.KUBELET_SERVING, requests.KUBE_PROXY},
         )
         for name, pem in requests_published.items():
             path = scratch(self) / f"{name}.csr"

@@ -419,7 +419,7 @@ class SpecTests(SynchronousTestCase):
         node = {spec.name for spec in requests.specs_for_role("node", CLUSTER, "n")}
         master = {spec.name for spec in requests.specs_for_role("master", CLUSTER, "m")}
         full = {spec.name for spec in requests.specs_for_role("full", CLUSTER, "f")}
-        self.assertEqual(node, {KUBELET_CLIENT, KUBELET_SERVING})
+        self.assertEqual(node, {KUBELET_CLIENT, KUBELET_SERVING, "kube-proxy"})
         self.assertEqual(
             master,
             {
@@ -471,7 +471,8 @@ class SpecTests(SynchronousTestCase):
         self.assertEqual(specs["scheduler"].common_name, "system:kube-scheduler")
 
     def test_kubelet_names(self) -> None:
-        client, serving = requests.kubelet_specs(CLUSTER, "n")
+        client, serving, proxy = requests.kubelet_specs(CLUSTER, "n")
+        self.assertEqual(requests.subject(proxy).rfc4514_string(), "CN=system:kube-proxy")
         self.assertEqual(
             requests.subject(client).rfc4514_string(), "CN=system:node:n,O=system:nodes"
         )
@@ -490,4 +491,4 @@ class SpecTests(SynchronousTestCase):
             for path in files.values():
                 self.assertTrue(str(path).startswith("/x/"))
         with self.assertRaises(ValueError):
-            paths.component_files("kube-proxy")
+            paths.component_files("kube-router")

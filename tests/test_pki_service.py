@@ -27,7 +27,7 @@ from hepto.pki import ca, keys, policy, requests, signer, store
 from hepto.pki import desk as desk_module
 from hepto.pki.errors import WorkerError
 from hepto.pki.local import LocalRunner
-from hepto.pki.requests import ADMIN, APISERVER, KUBELET_CLIENT, KUBELET_SERVING
+from hepto.pki.requests import ADMIN, APISERVER, KUBE_PROXY, KUBELET_CLIENT, KUBELET_SERVING
 from hepto.pki.service import CertificateChange, PKIService
 from hepto.state import ALIVE, LEFT, SUSPECT, Change, MemoryCluster, MemoryState, Record
 
@@ -41,7 +41,7 @@ def scratch(test: SynchronousTestCase) -> Path:
 
 CLUSTER = "memory"
 START = datetime.datetime(2025, 6, 1, 12, 0, tzinfo=datetime.UTC).timestamp()
-NODE_CERTIFICATES = (KUBELET_CLIENT, KUBELET_SERVING)
+NODE_CERTIFICATES = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY)
 
 
 def refused_code(service: PKIService, member: str, subject: str) -> str | None:
@@ -345,7 +345,7 @@ class RenewalTests(ServiceTestCase):
         # And again, on the new certificate's schedule.
         changes.clear()
         self.lab.advance((store.renewal_time(second) - self.now("node-a")).total_seconds() + 60)
-        self.assertEqual(len(changes), 2)
+        self.assertEqual(len(changes), len(NODE_CERTIFICATES))
 
     def test_renewal_waits_for_an_absent_master_keeping_the_old_certificate(self) -> None:
         self.lab.join("master", "master")
@@ -409,7 +409,7 @@ class WaitingTests(ServiceTestCase):
         unsubscribe = node.subscribe(lambda change: seen.append(change.name))
         self.lab.join("master", "master")
         self.assertEqual(sorted(seen), sorted(NODE_CERTIFICATES))
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), len(NODE_CERTIFICATES))
         unsubscribe()
 
     def test_status_is_json(self) -> None:

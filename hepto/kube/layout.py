@@ -87,6 +87,10 @@ class Layout:
         return self.runtime_dir / "kubelet.json"
 
     @property
+    def kube_proxy_config(self) -> Path:
+        return self.runtime_dir / "kube-proxy.json"
+
+    @property
     def resolv_conf(self) -> Path:
         return self.runtime_dir / "resolv.conf"
 

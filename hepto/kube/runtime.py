@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from hepto import plan
 from hepto.config import Endpoint
 from hepto.errors import StartupError
-from hepto.kube import containerd, egress, host, kubelet, sweeper
+from hepto.kube import containerd, egress, host, kube_proxy, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.host import Hierarchy, HostError, HostSetup
 from hepto.kube.layout import CRI_NAMESPACE, Layout
@@ -305,6 +305,19 @@ class NodeRuntime:
     def stop(self) -> None:
         if self.pods is not None:
             self.pods.stop()
+
+    def before_kube_proxy(self) -> Deferred[None]:
+        """Its configuration, with the node's addresses as they are now."""
+
+        def write(_: object) -> None:
+            addresses = [plan.mesh_address(self.context.cluster, self.context.name)]
+            endpoint = self.network.endpoint
+            if endpoint is not None:
+                addresses.append(endpoint.host)
+            settings = kube_proxy.config(self.context, addresses, self.may_lower_oom_score)
+            write_atomically(self.layout.kube_proxy_config, kube_proxy.render(settings))
+
+        return self._prepared.when().addCallback(write)
 
     def enter_command(self, argv: Sequence[str]) -> tuple[str, ...]:
         """``argv`` run in the runtime's cgroups, through the sweeper's ``enter``."""

@@ -35,6 +35,7 @@ from hepto.kube.containerd import CNI_DIRS, CNI_PLUGINS, containerd
 from hepto.kube.controller_manager import controller_manager
 from hepto.kube.etcd import etcd
 from hepto.kube.host import HostSetup
+from hepto.kube.kube_proxy import kube_proxy
 from hepto.kube.kubelet import kubelet
 from hepto.kube.registration import desired_node, register_node
 from hepto.kube.runtime import HELPERS, HeptoImages, ImageStore, NetworkSource, NodeRuntime
@@ -69,6 +70,7 @@ NODE: Final[dict[str, Callable[[Context], Component]]] = {
     "sweeper": sweeper,
     "containerd": containerd,
     "kubelet": kubelet,
+    "kube-proxy": kube_proxy,
 }
 DESCRIPTIONS: Final = {**MASTER, **NODE}
 
@@ -122,8 +124,9 @@ def chosen_components(node: NodeConfig) -> list[str]:
         raise ConfigError(
             "components", f"{', '.join(nodes)}: only a node runs these; use --role node or full"
         )
-    if "kubelet" in nodes and "containerd" not in nodes:
-        raise ConfigError("components", "kubelet: it needs containerd beside it")
+    needing = [name for name in nodes if name != "containerd"]
+    if needing and "containerd" not in nodes:
+        raise ConfigError("components", f"{', '.join(needing)}: needs containerd beside it")
     runtime = ["sweeper", *nodes] if nodes else []
     return masters + runtime
 
@@ -312,6 +315,7 @@ class KubeService(MultiService):
             "sweeper": self.runtime.prepared,
             "containerd": self.runtime.before_containerd,
             "kubelet": self.runtime.before_kubelet,
+            "kube-proxy": self.runtime.before_kube_proxy,
         }.get(component.name)
         return ready if step is None else ready.addCallback(lambda _: step())
 

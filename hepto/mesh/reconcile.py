@@ -101,7 +101,9 @@ def desired_mesh(
     owners = {own_public_key: own_name}
     peers: dict[str, PeerSpec] = {}
     problems: set[Problem] = set()
-    routes = {plan.mesh_prefix(cluster)}
+    # The service prefix too: a node's own connection to a ClusterIP needs a route to
+    # leave by before kube-proxy's output hook rewrites it into a pod's address.
+    routes = {plan.mesh_prefix(cluster), plan.service_prefix(cluster)}
     for name in sorted(members):
         member = members[name]
         if name == own_name or not member.reachable or member.record is None:

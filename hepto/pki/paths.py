@@ -30,6 +30,7 @@ from hepto.pki.specs import (
     ETCD_SERVER,
     FRONT_PROXY_CA,
     FRONT_PROXY_CLIENT,
+    KUBE_PROXY,
     KUBELET_CLIENT,
     KUBELET_SERVING,
     KUBERNETES_CA,
@@ -40,6 +41,7 @@ from hepto.pki.specs import (
 KUBECONFIGS: Final = {
     "admin": ADMIN,
     "kubelet": KUBELET_CLIENT,
+    "kube-proxy": KUBE_PROXY,
     "controller-manager": CONTROLLER_MANAGER,
     "scheduler": SCHEDULER,
 }
@@ -56,6 +58,7 @@ COMPONENT_CERTIFICATES: Final[dict[str, tuple[str, ...]]] = {
     "kube-controller-manager": (CONTROLLER_MANAGER,),
     "kube-scheduler": (SCHEDULER,),
     "kubelet": (KUBELET_CLIENT, KUBELET_SERVING),
+    "kube-proxy": (KUBE_PROXY,),
 }
 
 #: The service-account key pair's file names, beside the CAs.
@@ -186,6 +189,8 @@ class Paths:
                 "tlsCertFile": cert(KUBELET_SERVING),
                 "tlsPrivateKeyFile": key(KUBELET_SERVING),
             }
+        if component == "kube-proxy":
+            return {"clientConnection.kubeconfig": self.kubeconfig("kube-proxy")}
         if component == "admin":
             return {"KUBECONFIG": self.kubeconfig("admin")}
         raise ValueError(f"{component!r} is not a component with PKI files")

@@ -24,7 +24,13 @@ from hepto.pki import keys, requests
 from hepto.pki.errors import Refused
 from hepto.pki.keys import PrivateKey, PublicKey
 from hepto.pki.requests import subject_alternative_name, usage_oids
-from hepto.pki.specs import KUBELET_CLIENT, KUBELET_SERVING, CertificateSpec, kubelet_specs
+from hepto.pki.specs import (
+    KUBE_PROXY,
+    KUBELET_CLIENT,
+    KUBELET_SERVING,
+    CertificateSpec,
+    kubelet_specs,
+)
 
 __all__ = ["Refused"]  # re-exported: raised by every check here
 
@@ -35,7 +41,7 @@ MAX_PEM_CHARACTERS: Final = 8192
 #: What a member may obtain from the master through gossip, by role.  A ``master`` or
 #: ``full`` member is a master itself and signs its own; asking another is a mistake.
 REMOTE_GRANTS: Final[Mapping[str, tuple[str, ...]]] = {
-    "node": (KUBELET_CLIENT, KUBELET_SERVING),
+    "node": (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY),
     "master": (),
     "full": (),
 }

@@ -32,6 +32,7 @@ AUTHORITIES: Final = (KUBERNETES_CA, ETCD_CA, FRONT_PROXY_CA)
 # Certificate names: file names, record keys and the words of ``hepto status``.
 KUBELET_CLIENT: Final = "kubelet-client"
 KUBELET_SERVING: Final = "kubelet-serving"
+KUBE_PROXY: Final = "kube-proxy"
 ETCD_SERVER: Final = "etcd-server"
 ETCD_PEER: Final = "etcd-peer"
 APISERVER: Final = "apiserver"
@@ -44,6 +45,7 @@ ADMIN: Final = "admin"
 CERTIFICATES: Final = (
     KUBELET_CLIENT,
     KUBELET_SERVING,
+    KUBE_PROXY,
     ETCD_SERVER,
     ETCD_PEER,
     APISERVER,
@@ -67,6 +69,7 @@ LEAF_LIFETIME: Final = datetime.timedelta(days=365)
 MASTERS_GROUP: Final = "system:masters"
 NODES_GROUP: Final = "system:nodes"
 NODE_USER_PREFIX: Final = "system:node:"
+KUBE_PROXY_USER: Final = "system:kube-proxy"
 CLUSTER_DOMAIN: Final = "cluster.local"
 LOOPBACK: Final = ipaddress.IPv6Address("::1")
 
@@ -85,7 +88,7 @@ class CertificateSpec:
 
 
 def kubelet_specs(cluster: str, name: str) -> tuple[CertificateSpec, ...]:
-    """What the kubelet of node ``name`` needs, and all a remote member may ever obtain."""
+    """What node ``name``'s kubelet and kube-proxy need: all a remote member may obtain."""
     return (
         CertificateSpec(
             name=KUBELET_CLIENT,
@@ -101,6 +104,13 @@ def kubelet_specs(cluster: str, name: str) -> tuple[CertificateSpec, ...]:
             dns_names=(name,),
             ip_addresses=(plan.mesh_address(cluster, name),),
             usages=(SERVER,),
+        ),
+        # Every node's kube-proxy is the same user, which Kubernetes' bootstrap policy
+        # binds to the system:node-proxier role, as kubeadm's shared account is.
+        CertificateSpec(
+            name=KUBE_PROXY,
+            authority=KUBERNETES_CA,
+            common_name=KUBE_PROXY_USER,
         ),
     )
 
