@@ -34,6 +34,9 @@ DEFAULT_DNS: Final = ("2606:4700:4700::1111", "2606:4700:4700::1001")
 DEFAULT_PORT: Final = 7946
 #: memberlist's LAN and WAN timings; docs/gossip.rst gives each value's rationale.
 GOSSIP_PROFILES: Final = ("lan", "wan")
+#: hepto's own pod network (bridge, routes over the mesh, NAT66, kube-proxy), or none:
+#: room for another network plugin (Calico, Cilium); docs/nodes.rst.
+POD_NETWORKS: Final = ("hepto", "none")
 DEFAULT_DATA_DIR: Final = "/var/lib/hepto"
 MIN_KEY_BYTES: Final = 24
 ENV_PREFIX: Final = "HEPTO_"
@@ -253,6 +256,7 @@ class NodeConfig:
     manhole: ManholeConfig | None
     gossip_profile: str
     contain: bool
+    pod_network: str
     components: tuple[str, ...]
 
     @property
@@ -300,6 +304,9 @@ def parse_node_config(
     gossip_profile = raw.get("gossip-profile") or "lan"
     if gossip_profile not in GOSSIP_PROFILES:
         raise ConfigError("gossip-profile", f"{gossip_profile!r} is not one of lan, wan")
+    pod_network = raw.get("pod-network") or "hepto"
+    if pod_network not in POD_NETWORKS:
+        raise ConfigError("pod-network", f"{pod_network!r} is not one of hepto, none")
     iface = parse_interface(raw.get("iface"))
     contain = not switches.get("no-contain", False)
     if contain and iface is None:
@@ -325,5 +332,6 @@ def parse_node_config(
         ),
         gossip_profile=gossip_profile,
         contain=contain,
+        pod_network=pod_network,
         components=parse_components(raw.get("components"), role),
     )

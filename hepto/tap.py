@@ -124,6 +124,16 @@ class Options(usage.Options):
             ),
         ],
         [
+            "pod-network",
+            None,
+            None,
+            _doc(
+                "pod-network",
+                "hepto (default: pods routed over the mesh, Services by kube-proxy) or "
+                "none, to install another network plugin such as Calico or Cilium.",
+            ),
+        ],
+        [
             "components",
             None,
             None,

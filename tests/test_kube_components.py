@@ -29,8 +29,11 @@ APISERVER = plan.apiserver_address(CLUSTER)
 PKI = Paths(NODE_DIR)
 
 
-def node_config(role: str = "master", components: str | None = None):  # type: ignore[no-untyped-def]
+def node_config(  # type: ignore[no-untyped-def]
+    role: str = "master", components: str | None = None, pod_network: str | None = None
+):
     raw = {
+        "pod-network": pod_network,
         "cluster": CLUSTER,
         "name": NAME,
         "key": "00" * 32,
@@ -320,6 +323,10 @@ class ChoiceTests(SynchronousTestCase):
         )
         self.assertEqual(chosen_components(node_config("master", "none")), [])
         self.assertEqual(len(chosen_components(node_config("full"))), 8)
+
+    def test_another_network_plugin_brings_its_own_proxy(self) -> None:
+        chosen = chosen_components(node_config("node", pod_network="none"))
+        self.assertEqual(chosen, ["sweeper", "containerd", "kubelet"])
 
     def test_node_components_need_a_node_and_the_kubelet_containerd(self) -> None:
         error = self.assertRaises(

@@ -86,6 +86,14 @@ class ContainerdConfigTests(SynchronousTestCase):
             runtime = parsed["plugins"]["io.containerd.cri.v1.runtime"]
             self.assertIs(runtime["restrict_oom_score_adj"], restricted)
 
+    def test_another_network_plugin_configures_itself_where_they_all_do(self) -> None:
+        cni = tomllib.loads(containerd.config(attrs.evolve(settings(), own_network=False)))[
+            "plugins"
+        ]["io.containerd.cri.v1.runtime"]["cni"]
+        self.assertEqual(cni["conf_dir"], "/etc/cni/net.d")
+        self.assertEqual(cni["bin_dirs"], ["/opt/cni/bin", "/usr/lib/cni"])
+        self.assertNotIn("conf_template", cni)
+
     def test_odd_paths_are_quoted(self) -> None:
         odd = Layout(Path('/srv/a "b"\\c'), "mycluster", "node1")
         text = containerd.config(attrs.evolve(settings(), layout=odd))

@@ -65,9 +65,18 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(node.keyring, (bytes(24),))
         self.assertEqual(node.port, 7946)
         self.assertEqual(node.components, ("containerd", "kubelet", "kube-proxy"))
+        self.assertEqual(node.pod_network, "hepto")
         self.assertEqual(node.dns, tuple(ipaddress.IPv6Address(a) for a in config.DEFAULT_DNS))
         self.assertEqual(node.node_dir, Path(self.data_dir) / "c" / "n1")
         self.assertEqual(node.node_dir.stat().st_mode & 0o777, 0o700)
+
+    def test_pod_network(self) -> None:
+        self.assertEqual(self.parse(*self.minimal("--pod-network", "none")).pod_network, "none")
+        self.assertRefused(
+            self.minimal("--pod-network", "calico"),
+            "pod-network",
+            "'calico' is not one of hepto, none",
+        )
 
     def test_everything(self) -> None:
         node = self.parse(

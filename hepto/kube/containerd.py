@@ -66,6 +66,9 @@ class RuntimeSettings:
     sandbox_image: str
     #: False where no process may lower an oom_score_adj (no CAP_SYS_RESOURCE).
     may_lower_oom_score: bool
+    #: hepto's pod network: a template containerd renders in the node's CNI directory.
+    #: Without it, another network plugin drops its configuration in the usual place.
+    own_network: bool = True
 
 
 def _string(value: str | Path) -> str:
@@ -125,9 +128,7 @@ disabled_plugins = {_strings(DISABLED_PLUGINS)}
   Root = {_string(layout.runc_root)}
 
 [{cri_runtime}.cni]
-  bin_dirs = {_strings(settings.cni_dirs)}
-  conf_dir = {_string(layout.cni_config_dir)}
-  conf_template = {_string(layout.cni_template)}
+{_cni(settings)}
   max_conf_num = 1
   ip_pref = "ipv6"
 
@@ -135,6 +136,23 @@ disabled_plugins = {_strings(DISABLED_PLUGINS)}
   stream_server_address = "::1"
   stream_server_port = "0"
 """
+
+
+#: Where network plugins (Calico, Cilium) put theirs, when hepto's own is off.
+OTHER_CNI_CONF_DIR: Final = Path("/etc/cni/net.d")
+OTHER_CNI_BIN_DIR: Final = Path("/opt/cni/bin")
+
+
+def _cni(settings: RuntimeSettings) -> str:
+    layout = settings.layout
+    if settings.own_network:
+        return (
+            f"  bin_dirs = {_strings(settings.cni_dirs)}\n"
+            f"  conf_dir = {_string(layout.cni_config_dir)}\n"
+            f"  conf_template = {_string(layout.cni_template)}"
+        )
+    dirs = [OTHER_CNI_BIN_DIR, *(path for path in settings.cni_dirs if path != OTHER_CNI_BIN_DIR)]
+    return f"  bin_dirs = {_strings(dirs)}\n  conf_dir = {_string(OTHER_CNI_CONF_DIR)}"
 
 
 def cni_template(layout: Layout, mtu: int) -> str:

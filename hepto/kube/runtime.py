@@ -132,9 +132,11 @@ class NodeRuntime:
         host_setup: HostSetup | None = None,
         state: ClusterState | None = None,
         uplink: str | None = None,
+        own_network: bool = True,
     ) -> None:
         self.context = context
         self._uplink = uplink
+        self.own_network = own_network
         self.layout = Layout(context.node_dir, context.cluster, context.name)
         self.programs = dict(programs)
         self.cni_dirs = tuple(cni_dirs)
@@ -158,7 +160,7 @@ class NodeRuntime:
         self._prepared = Once[None]()
         self._imported = Once[None]()
         self.pods: PodPrefixPublisher | None = None
-        if state is not None:
+        if state is not None and own_network:
             self.pods = PodPrefixPublisher(
                 state, context.cluster, self.layout.cni_config_dir, reactor, self._pods_known
             )
@@ -270,8 +272,11 @@ class NodeRuntime:
             cni_dirs=self.cni_dirs,
             sandbox_image=self.images.sandbox_image,
             may_lower_oom_score=self.may_lower_oom_score,
+            own_network=self.own_network,
         )
         write_atomically(self.layout.containerd_config, containerd.config(settings))
+        if not self.own_network:
+            return
         mtu = self.network.mtu
         if mtu is None:
             raise RuntimeSetupError("the mesh has no MTU yet: it is not up")

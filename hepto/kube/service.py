@@ -124,6 +124,8 @@ def chosen_components(node: NodeConfig) -> list[str]:
         raise ConfigError(
             "components", f"{', '.join(nodes)}: only a node runs these; use --role node or full"
         )
+    if node.pod_network != "hepto":
+        nodes = [name for name in nodes if name != "kube-proxy"]  # the plugin's business
     needing = [name for name in nodes if name != "containerd"]
     if needing and "containerd" not in nodes:
         raise ConfigError("components", f"{', '.join(needing)}: needs containerd beside it")
@@ -166,13 +168,21 @@ def check_cni_plugins(directories: list[Path]) -> list[Path]:
     return present
 
 
+def cni_directories_found(node: NodeConfig) -> list[Path]:
+    """The CNI directories for containerd: checked for hepto's plugins if its network is on."""
+    directories = cni_directories(node.bin_dir)
+    if node.pod_network == "hepto":
+        return check_cni_plugins(directories)
+    return [directory for directory in directories if directory.is_dir()]
+
+
 def check_programs(node: NodeConfig, path: str | None = None) -> dict[str, Path]:
     """Every program the node's components need, or MissingProgram (a ConfigError).
 
     ``path`` stands for ``$PATH``.
     """
     found = find_programs(required_programs(node), node.bin_dir, path)
-    if runs_runtime(node):
+    if runs_runtime(node) and node.pod_network == "hepto":
         check_cni_plugins(cni_directories(node.bin_dir))
     return found
 
@@ -238,7 +248,7 @@ class KubeService(MultiService):
             self.runtime = NodeRuntime(
                 context,
                 self.programs,
-                check_cni_plugins(cni_directories(node.bin_dir)) if programs is None else [],
+                cni_directories_found(node) if programs is None else [],
                 images if images is not None else HeptoImages(reactor),
                 network,
                 register if register is not None else self._register_node,
@@ -249,6 +259,7 @@ class KubeService(MultiService):
                 state=state,
                 # Router advertisements give it its address or its route: keep them.
                 uplink=node.iface if node.ip is None or node.gw is None else None,
+                own_network=node.pod_network == "hepto",
             )
         self.supervisor = Supervisor(reactor, self._clock, launcher)
         self.supervisor.setServiceParent(self)
