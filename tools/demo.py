@@ -2,7 +2,8 @@
 
 A master and nodes, each a real agent in a network namespace of its own; each node gets
 a busybox image (made here: there is no registry) in its images folder, which its agent
-imports at start, and runs one pod of it.
+imports at start, and runs one pod of it. The pods reach each other across the mesh, a
+Service in front of them, and an address outside the cluster.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from agent import KEY, Agent, program
 from images import BUSYBOX_IMAGE, write_busybox_archive
 from netlab import Lab, missing_requirements, wait_until
 
-#: A pod that says hello, then waits; it leaves at once when told to (SIGTERM).
+#: A pod that says hello, then answers on port 8080 with its name; SIGTERM ends it.
 POD = """\
 apiVersion: v1
 kind: Pod
 metadata:
   name: hello-{node}
+  labels:
+    app: hello
 spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 5
@@ -40,8 +43,46 @@ spec:
     - sh
     - -c
     - trap 'exit 0' TERM; echo hello from $(hostname) on {node}; ip -6 addr show eth0;
-      while true; do sleep 1; done
+      while true; do nc -l -p 8080 -e echo hello from $(hostname) on {node}; done
 """
+#: Port 80 of the pods above, on a ClusterIP that kube-proxy serves on every node.
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  selector:
+    app: hello
+  ports:
+  - port: 80
+    targetPort: 8080
+"""
+
+
+def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> None:
+    """A pod reaches a pod on another node, a Service, and an address outside the cluster."""
+    first, last = f"hello-{nodes[0]}", f"hello-{nodes[-1]}"
+
+    def run(*argv: str) -> str:
+        done = subprocess.run([*kubectl, *argv], capture_output=True, text=True)
+        return (done.stdout + done.stderr).strip()
+
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=SERVICE, text=True, check=True)
+    far = run("get", "pod", last, "-o", "jsonpath={.status.podIP}")
+    print(f"demo: {first} pings {last} ({far}) across the mesh:")
+    print(run("exec", first, "--", "ping", "-c", "2", far))
+    cluster_ip = run("get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}")
+    print(f"demo: {first} asks the Service hello at [{cluster_ip}]:80, three times:")
+
+    def answered() -> str:
+        return run("exec", first, "--", "nc", "-w", "3", cluster_ip, "80")
+
+    wait_until(lambda: "hello from" in answered(), 60, 0.5, "the Service")
+    for _ in range(3):
+        print("  ", answered())
+    print(f"demo: {first} pings {outside}, outside the cluster, from its node's address:")
+    print(run("exec", first, "--", "ping", "-c", "2", str(outside)))
 
 
 def main() -> None:
@@ -132,6 +173,7 @@ def main() -> None:
         wait_until(all_running, 120, 0.5, "every pod Running")
         subprocess.run([*kubectl, "get", "pods", "-o", "wide"])
         subprocess.run([*kubectl, "logs", f"hello-{names[-1]}"])
+        show_the_network(kubectl, names[1:], master.address)
         status = subprocess.run(
             [
                 program("hepto"),
