@@ -25,7 +25,8 @@ class CommandTests(SynchronousTestCase):
     def test_every_step_execs_and_the_socket_dir_is_an_argument(self) -> None:
         argv = command(Path("/data/n1/wireguard"), "hepto0", wrapper=["ip", "netns", "exec", "x"])
         self.assertEqual(argv[:4], ["ip", "netns", "exec", "x"])
-        self.assertEqual(argv[4:8], ["setpriv", "--pdeathsig", "KILL", "--"])
+        # A session of its own: a signal to the agent's process group misses it.
+        self.assertEqual(argv[4:9], ["setsid", "setpriv", "--pdeathsig", "KILL", "--"])
         self.assertEqual(argv[-4:], ["sh", "/data/n1/wireguard", "wireguard-go", "hepto0"])
         self.assertEqual(argv[-5], MOUNT_SCRIPT)
         # Paths are never spliced into the script: no quoting to get wrong.

@@ -304,6 +304,11 @@ class NodeAgentTests(SynchronousTestCase):
         wait_until(
             lambda: self.kubectl(*from_pod, check=False) == "hello-web", 60, 0.5, "web from bb1"
         )
+        # The kubernetes Service: the apiserver on the master, through kube-proxy.
+        kubernetes = str(plan.kubernetes_service_address(CLUSTER))
+        script = f"nc -w 5 {kubernetes} 443 </dev/null && echo connected"
+        answer = self.kubectl("exec", "bb1", "--", "sh", "-c", script)
+        self.assertEqual(answer, "connected")
         busybox_nc = ["busybox", "nc", "-w", "5"]
         for client, address, port in (
             (node1, cluster_ip, "80"),

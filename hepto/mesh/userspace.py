@@ -58,10 +58,14 @@ def command(
     """The argv that runs ``program`` for ``interface`` with its socket in ``socket_dir``.
 
     ``wrapper`` goes first, for tests that run it in a network namespace
-    (``ip netns exec NAME``): it too must exec, not fork.
+    (``ip netns exec NAME``): it too must exec, not fork.  ``setsid`` puts it in a
+    session of its own, as the supervisor does with every child: a signal to the agent's
+    process group (a terminal's Ctrl-C, a service manager's stop) reaches the agent
+    alone, which stops the mesh last, instead of killing it under the other components.
     """
     return [
         *wrapper,
+        "setsid",
         "setpriv",
         "--pdeathsig",
         "KILL",
