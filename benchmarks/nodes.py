@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -226,7 +227,7 @@ class Bench:
         poll_cpu = watch.cpu()
         assert node_exists is not None and applied is not None
         self.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s")
-        exit_code = agent.stop()
+        exit_code = stop(agent)
         left = _node_processes(host)
         if left:
             print(f"  {name} left processes behind: {left}", flush=True)
@@ -247,13 +248,26 @@ class Bench:
     def close(self) -> None:
         """Stop what runs, let each node's sweeper remove what a failure left, and the lab."""
         for agent in self.agents.values():
-            if agent.process.poll() is None:
-                agent.stop()
+            try:
+                stop(agent)
+            except subprocess.TimeoutExpired:
+                agent.kill()
         for name in self.agents:
             script = self.data_dir / CLUSTER / name / "runtime" / "sweeper.sh"
             if script.exists():
                 subprocess.run(["sh", str(script), "sweep"], capture_output=True)
         self.lab.close()
+
+
+def stop(agent: Agent, timeout: float = 120) -> int:
+    """SIGTERM to the agent alone, as ``kill PID`` sends it; its exit status.
+
+    ``tests/agent.py`` signals the agent's whole process group, which holds its
+    wireguard-go too: the mesh would restart it in the middle of the agent's stop.
+    """
+    if agent.process.poll() is None:
+        agent.process.send_signal(signal.SIGTERM)
+    return agent.process.wait(timeout=timeout)
 
 
 def _ready_event(event: Event) -> bool:
