@@ -23,7 +23,7 @@ the master is as quiet for the next run. Figures are printed, never asserted: ea
 sample, and the median. Namespaces are named ``hs…`` and removed at the end, even on
 failure.
 
-Run as root from the repository (about six minutes with the defaults)::
+Run as root from the repository (about two minutes with the defaults)::
 
     .venv/bin/python benchmarks/nodes.py --runs 5 --json /tmp/nodes.json
 """
