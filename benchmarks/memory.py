@@ -610,6 +610,10 @@ class Agent:
 
 # The parts
 
+#: What :meth:`Bench.measure_node` takes: footprints and CPU shares by process, the
+#: union of their pages (KiB), and the other processes sharing their files.
+NodeSamples = tuple[dict[str, Footprint], dict[str, float], float, dict[str, int]]
+
 
 @attrs.define
 class Bench:
@@ -871,21 +875,10 @@ class Bench:
             if with_pod:
                 self.run_pod(kubectl, agent.name)
             self.settle(f"ready after {ready_after:.1f} s")
-            pids = agent.processes()
-            unions: list[float] = []
-            figures, cpu = measure(
-                pids,
-                self.samples,
-                self.interval,
-                agent.same_children(),
-                lambda: unions.append(union_kib(pids.values())),
-            )
-            sharing = neighbours(pids.values())
+            measured = self.measure_node(agent)
         finally:
             exit_code = agent.stop()
-        self.results["full"] = node_figures(
-            figures, cpu, statistics.median(unions), sharing, with_pod, ready_after, exit_code
-        )
+        self.results["full"] = node_figures(*measured, with_pod, ready_after, exit_code)
         total = self.results["full"]["sum"]["pss_kib"]
         goal = "met" if total <= FULL_NODE_GOAL_KIB else "not met"
         print(
@@ -913,28 +906,30 @@ class Bench:
             if with_pod:
                 self.run_pod(kubectl, node.name)
             self.settle(f"ready after {ready_after:.1f} s")
-            pids = node.processes()
-            unions: list[float] = []
-            figures, cpu = measure(
-                pids,
-                self.samples,
-                self.interval,
-                node.same_children(),
-                lambda: unions.append(union_kib(pids.values())),
-            )
-            sharing = neighbours(pids.values())
+            measured = self.measure_node(node)
         finally:
             # The node first, so that its kubelet and agent never lose their apiserver.
             exit_code = node.stop() if node is not None else None
             master.stop()
-        self.results["node"] = node_figures(
-            figures, cpu, statistics.median(unions), sharing, with_pod, ready_after, exit_code
-        )
+        self.results["node"] = node_figures(*measured, with_pod, ready_after, exit_code)
         print(
             "  PSS shares the bundle's pages with the master's components on this machine, "
             "and libpython with every Python process: the union of pages, and USS, do not",
             flush=True,
         )
+
+    def measure_node(self, agent: Agent) -> NodeSamples:
+        """:func:`measure` of the node's processes, the union of their pages, neighbours."""
+        pids = agent.processes()
+        unions: list[float] = []
+        figures, cpu = measure(
+            pids,
+            self.samples,
+            self.interval,
+            agent.same_children(),
+            lambda: unions.append(union_kib(pids.values())),
+        )
+        return figures, cpu, statistics.median(unions), neighbours(pids.values())
 
     def busybox_archive(self, directory: Path) -> Path:
         archive = directory / "busybox.tar"
