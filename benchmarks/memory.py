@@ -1,6 +1,6 @@
 """Memory of the hepto agent and of an idle master's components, printed, never asserted.
 
-Three parts, each with real processes in network namespaces on a private bridge
+Parts, each with real processes in network namespaces on a private bridge
 (``tests/netlab.py``), all named with the prefix ``hx``:
 
 * ``imports``: one process importing what the agent imports, step by step (no agent);
@@ -8,21 +8,29 @@ Three parts, each with real processes in network namespaces on a private bridge
 * ``members``: N idle agents (100 by default) that all see each other;
 * ``master``: an agent with the master's components (etcd, kube-apiserver,
   kube-controller-manager, kube-scheduler), once per Go memory setting of
-  :data:`SETTINGS`, and per bin dir (the bundle; separate binaries when given).
+  :data:`SETTINGS`, and per bin dir (the bundle; separate binaries when given);
+* ``full``: an agent of role full (the master's components, containerd and the kubelet)
+  running one busybox pod (``--no-pod``: none), against issue 11's 450 MB;
+* ``node``: an agent of role node joined to a master in another namespace, likewise.
 
 Every figure is the median of several samples of ``/proc/<pid>/smaps_rollup`` taken
 after an idle wait: RSS, PSS (shared pages divided among the processes that map them)
-and anonymous memory (heaps and stacks: what the Go settings act on). ``docs/memory.rst``
-says how to read them and holds the results.
+and anonymous memory (heaps and stacks: what the Go settings act on); for nodes also USS
+(the pages no other process maps) and the union of a node's pages (each counted once,
+from ``/proc/<pid>/pagemap``). ``docs/memory.rst`` says how to read them and holds the
+results.
 
-Run as root from the repository (about 45 minutes with the defaults)::
+Run as root from the repository (about 45 minutes with the defaults; the full and node
+parts, not among them, about 12 minutes with ``--idle 120``)::
 
     .venv/bin/python benchmarks/memory.py --json /tmp/memory.json
+    .venv/bin/python benchmarks/memory.py --parts full,node --idle 120
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import os
 import signal
@@ -46,6 +54,8 @@ from hepto.kube import memory as go_memory  # noqa: E402
 from hepto.kube.component import GoMemory  # noqa: E402
 from hepto.kube.service import MASTER  # noqa: E402
 from hepto.programs import BUNDLE_BIN_DIR  # noqa: E402
+from images import write_busybox_archive  # noqa: E402
+from kubectl import Kubectl, busybox_pod  # noqa: E402
 from netlab import Host, Lab, missing_requirements, wait_until  # noqa: E402
 
 PREFIX: Final = "hx"
@@ -59,6 +69,22 @@ SEPARATE_BIN_DIRS: Final = (
 )
 
 _ALL_COMPONENTS: Final = tuple(MASTER)
+#: Issue 11's goal for a full node's processes together: 450 MB (not MiB).
+FULL_NODE_GOAL_KIB: Final = 450e6 / 1024
+#: The processes of a node's agent, in table order: its children by the name they were
+#: started as (the sweeper's guard is a shell waiting on a sleep), then one pod's.
+NODE_PROCESSES: Final = (
+    "agent",
+    "wireguard-go",
+    *MASTER,
+    "containerd",
+    "kubelet",
+    "sweeper sh",
+    "sweeper sleep",
+    "pod's containerd-shim",
+    "pod's pause",
+)
+_SWEEPER_PROCESSES: Final = {"sh": "sweeper sh", "sleep": "sweeper sleep"}
 
 
 def _each(memory: GoMemory) -> dict[str, GoMemory]:
@@ -243,6 +269,8 @@ class Footprint:
     rss: float
     pss: float
     anon: float
+    #: The unique set (USS): pages this process alone maps, whatever else runs.
+    uss: float = 0.0
 
     @classmethod
     def of(cls, pid: int) -> Footprint | None:
@@ -254,21 +282,63 @@ class Footprint:
         for line in text.splitlines()[1:]:
             name, value, *_ = line.split()
             fields[name.rstrip(":")] = float(value)
-        return cls(fields["Rss"], fields["Pss"], fields["Pss_Anon"])
+        unique = fields["Private_Clean"] + fields["Private_Dirty"]
+        return cls(fields["Rss"], fields["Pss"], fields["Pss_Anon"], unique)
 
     @classmethod
     def median(cls, samples: Sequence[Footprint]) -> Footprint:
         return cls(
-            statistics.median(s.rss for s in samples),
-            statistics.median(s.pss for s in samples),
-            statistics.median(s.anon for s in samples),
+            **{name: statistics.median(getattr(s, name) for s in samples) for name in _FIELDS}
         )
 
     def __add__(self, other: Footprint) -> Footprint:
-        return Footprint(self.rss + other.rss, self.pss + other.pss, self.anon + other.anon)
+        return Footprint(**{name: getattr(self, name) + getattr(other, name) for name in _FIELDS})
 
     def as_dict(self) -> dict[str, float]:
-        return {"rss_kib": self.rss, "pss_kib": self.pss, "anon_kib": self.anon}
+        return {f"{name}_kib": value for name, value in attrs.asdict(self).items()}
+
+
+_FIELDS: Final = tuple(attrs.fields_dict(Footprint))
+
+#: /proc/<pid>/pagemap: one 64-bit entry per virtual page (``Documentation/admin-guide/
+#: mm/pagemap.rst``): bit 63 says the page is present, bits 0-54 give its frame number
+#: (zero unless the reader has CAP_SYS_ADMIN).
+_PAGE_PRESENT: Final = 1 << 63
+_FRAME_NUMBER: Final = (1 << 55) - 1
+PAGE_KIB: Final = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def resident_frames(pid: int) -> set[int]:
+    """The physical pages ``pid`` maps now, by frame number (empty once it is gone)."""
+    frames: set[int] = set()
+    page = PAGE_KIB * 1024
+    try:
+        with (
+            open(f"/proc/{pid}/maps") as maps,
+            open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pagemap,
+        ):
+            for line in maps:
+                bounds, permissions, *rest = line.split()
+                # Reserved address space (Go's arenas) is never resident; the vsyscall
+                # page is outside what pagemap answers for.
+                if permissions.startswith("---") or rest[-1:] == ["[vsyscall]"]:
+                    continue
+                start, end = (int(bound, 16) for bound in bounds.split("-"))
+                pagemap.seek(start // page * 8)
+                entries = array.array("Q", pagemap.read((end - start) // page * 8))
+                frames.update(entry & _FRAME_NUMBER for entry in entries if entry & _PAGE_PRESENT)
+    except (OSError, ValueError):
+        return set()
+    return frames
+
+
+def union_kib(pids: Iterable[int]) -> float:
+    """Memory of a set of processes, each page counted once: what they hold together
+    whatever else maps the same pages (unlike a sum of PSS, which other processes lower)."""
+    frames: set[int] = set()
+    for pid in pids:
+        frames |= resident_frames(pid)
+    return float(len(frames) * PAGE_KIB)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -282,11 +352,16 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def sample(
-    pids: Mapping[str, int], count: int, interval: float, still: Callable[[], None]
+    pids: Mapping[str, int],
+    count: int,
+    interval: float,
+    still: Callable[[], None],
+    alongside: Callable[[], None] = lambda: None,
 ) -> dict[str, Footprint]:
     """The median footprint of each process over ``count`` samples, ``interval`` apart.
 
-    ``still`` raises if the processes are no longer the ones measured (a restart).
+    ``still`` raises if the processes are no longer the ones measured (a restart);
+    ``alongside`` takes whatever else is sampled, once per sample.
     """
     taken: dict[str, list[Footprint]] = {name: [] for name in pids}
     for index in range(count):
@@ -298,16 +373,21 @@ def sample(
             if footprint is None:
                 raise RuntimeError(f"{name} (pid {pid}) is gone")
             taken[name].append(footprint)
+        alongside()
     return {name: Footprint.median(samples) for name, samples in taken.items()}
 
 
 def measure(
-    pids: Mapping[str, int], count: int, interval: float, still: Callable[[], None]
+    pids: Mapping[str, int],
+    count: int,
+    interval: float,
+    still: Callable[[], None],
+    alongside: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, Footprint], dict[str, float]]:
     """:func:`sample`, and the CPU share (percent of one core) of each process meanwhile."""
     before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
     began = time.monotonic()
-    footprints = sample(pids, count, interval, still)
+    footprints = sample(pids, count, interval, still, alongside)
     elapsed = time.monotonic() - began
     cpu = {
         name: 100 * ((cpu_seconds(pid) or before[name]) - before[name]) / elapsed
@@ -359,6 +439,21 @@ def descendants(root: int) -> dict[str, int]:
     return found
 
 
+def cgroup_members(prefix: str) -> dict[int, str]:
+    """Processes in any cgroup under ``prefix`` (in any hierarchy), with their command."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                paths = [line.split(":", 2)[2] for line in (entry / "cgroup").read_text().split()]
+                command = (entry / "comm").read_text().strip()
+            except (OSError, IndexError):
+                continue
+            if any(path.startswith(prefix) for path in paths):
+                found[int(entry.name)] = command
+    return found
+
+
 # Agents
 
 
@@ -380,9 +475,16 @@ class Agent:
         directory: Path,
         extra: Sequence[str] = (),
         launch: Launch = Launch(),
+        images: Sequence[Path] = (),
     ) -> Agent:
+        """``images``: archives for the node's images folder, imported at its start."""
         data_dir = directory / name
         data_dir.mkdir(parents=True)
+        if images:
+            folder = data_dir / CLUSTER / name / "images"
+            folder.mkdir(parents=True)
+            for archive in images:
+                (folder / archive.name).write_bytes(archive.read_bytes())
         options = [
             "-n",
             "--pidfile=",
@@ -409,6 +511,10 @@ class Agent:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def node_dir(self) -> Path:
+        return self.data_dir / CLUSTER / self.name
 
     def events(self) -> list[dict[str, Any]]:
         events = []
@@ -460,16 +566,53 @@ class Agent:
         status = self.status() or {}
         return sum(1 for row in status.get("members", []) if row.get("state") == "alive")
 
-    def stop(self, timeout: float = 120) -> None:
+    def stop(self, timeout: float = 120) -> int | None:
+        """Its exit status; None when it had to be killed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=timeout)
+            return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.host.kill(self.process)
+            return None
+
+    def processes(self) -> dict[str, int]:
+        """Its own and its node's processes, by the names of :data:`NODE_PROCESSES`.
+
+        The shim and the pause of a pod are not its descendants (the shim leaves
+        containerd's session and is adopted by init): they are found in the node's
+        cgroups.  Anything else (a PKI worker at work) is left out, and said.
+        """
+        found = {"agent": self.pid}
+        for name, pid in descendants(self.pid).items():
+            found[_SWEEPER_PROCESSES.get(name, name)] = pid
+        for pid, command in cgroup_members(f"/hepto/{CLUSTER}/{self.name}/").items():
+            if command.startswith("containerd-shim"):
+                found["pod's containerd-shim"] = pid
+            elif command == "pause":
+                found["pod's pause"] = pid
+        others = set(found) - set(NODE_PROCESSES)
+        if others:
+            print(f"  not measured: {', '.join(sorted(others))}", flush=True)
+        return {name: found[name] for name in NODE_PROCESSES if name in found}
+
+    def same_children(self) -> Callable[[], None]:
+        """A check that raises once a component was restarted (for :func:`sample`)."""
+        components = self.children()
+
+        def check() -> None:
+            self.check_alive()
+            if self.children() != components:
+                raise RuntimeError(f"a component restarted: {self.children()}")
+
+        return check
 
 
 # The parts
+
+#: What :meth:`Bench.measure_node` takes: footprints and CPU shares by process, the
+#: union of their pages (KiB), and the other processes sharing their files.
+NodeSamples = tuple[dict[str, Footprint], dict[str, float], float, dict[str, int]]
 
 
 @attrs.define
@@ -718,6 +861,95 @@ class Bench:
             print(f"  load: {load['seconds']:.1f} s; CPU seconds: {seconds}", flush=True)
             print(f"  PSS (MiB) right after the load: {after}", flush=True)
 
+    def full_node(self, bin_dir: Path, with_pod: bool) -> None:
+        """One agent of role full: the master's components and the node's, idle."""
+        print(f"A full node from {bin_dir}, {_pod_words(with_pod)}", flush=True)
+        directory = self.directory / "full"
+        agent = Agent.start(
+            self.host("f"), "hxfull", "full", directory, [f"--bin-dir={bin_dir}"],
+            images=[self.busybox_archive(directory)],
+        )  # fmt: skip
+        try:
+            kubectl = Kubectl(agent.host, agent.node_dir / "kubeconfig", bin_dir)
+            ready_after = self.bring_up(agent, {*MASTER, "containerd", "kubelet"}, kubectl)
+            if with_pod:
+                self.run_pod(kubectl, agent.name)
+            self.settle(f"ready after {ready_after:.1f} s")
+            measured = self.measure_node(agent)
+        finally:
+            exit_code = agent.stop()
+        self.results["full"] = node_figures(*measured, with_pod, ready_after, exit_code)
+        total = self.results["full"]["sum"]["pss_kib"]
+        goal = "met" if total <= FULL_NODE_GOAL_KIB else "not met"
+        print(
+            f"  issue 11's goal, all together at most 450 MB ({FULL_NODE_GOAL_KIB / 1024:.1f} "
+            f"MiB) of PSS: {goal} ({total / 1024:.1f} MiB)",
+            flush=True,
+        )
+
+    def node_beside_master(self, bin_dir: Path, with_pod: bool) -> None:
+        """An agent of role node, idle, joined to a master in another namespace."""
+        print(f"A node beside a master, from {bin_dir}, {_pod_words(with_pod)}", flush=True)
+        directory = self.directory / "node"
+        extra = [f"--bin-dir={bin_dir}"]
+        master = Agent.start(self.host("nm"), "hxmaster", "master", directory, extra)
+        node = None
+        try:
+            wait_until(lambda: master.ready() >= set(MASTER), 600, 1, "the master's components")
+            node = Agent.start(
+                self.host("nn"), "hxnode", "node", directory,
+                [*extra, f"--anchor={master.host.address}"],
+                images=[self.busybox_archive(directory)],
+            )  # fmt: skip
+            kubectl = Kubectl(master.host, master.node_dir / "kubeconfig", bin_dir)
+            ready_after = self.bring_up(node, {"containerd", "kubelet"}, kubectl)
+            if with_pod:
+                self.run_pod(kubectl, node.name)
+            self.settle(f"ready after {ready_after:.1f} s")
+            measured = self.measure_node(node)
+        finally:
+            # The node first, so that its kubelet and agent never lose their apiserver.
+            exit_code = node.stop() if node is not None else None
+            master.stop()
+        self.results["node"] = node_figures(*measured, with_pod, ready_after, exit_code)
+        print(
+            "  PSS shares the bundle's pages with the master's components on this machine, "
+            "and libpython with every Python process: the union of pages, and USS, do not",
+            flush=True,
+        )
+
+    def measure_node(self, agent: Agent) -> NodeSamples:
+        """:func:`measure` of the node's processes, the union of their pages, neighbours."""
+        pids = agent.processes()
+        unions: list[float] = []
+        figures, cpu = measure(
+            pids,
+            self.samples,
+            self.interval,
+            agent.same_children(),
+            lambda: unions.append(union_kib(pids.values())),
+        )
+        return figures, cpu, statistics.median(unions), neighbours(pids.values())
+
+    def busybox_archive(self, directory: Path) -> Path:
+        archive = directory / "busybox.tar"
+        if not archive.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            write_busybox_archive(archive)
+        return archive
+
+    def bring_up(self, agent: Agent, components: set[str], kubectl: Kubectl) -> float:
+        """Seconds from now until the components are ready and the agent's Node is Ready."""
+        began = time.monotonic()
+        wait_until(lambda: agent.ready() >= components, 600, 1, f"{agent.name}'s components")
+        wait_until(lambda: kubectl.node_ready(agent.name) == "True", 300, 1, f"{agent.name} Ready")
+        return time.monotonic() - began
+
+    def run_pod(self, kubectl: Kubectl, node: str) -> None:
+        pod = f"idle-{node}"
+        kubectl.apply(busybox_pod(pod, node))
+        wait_until(lambda: kubectl.pod_phase(pod) == "Running", 300, 1, f"{pod} Running")
+
     def load(self, agent: Agent, pids: Mapping[str, int]) -> dict[str, Any]:
         """Runs :data:`_LOAD` against the master: CPU seconds spent on it, PSS after it."""
         kubeconfig = agent.data_dir / CLUSTER / agent.name / "kubeconfig"
@@ -737,12 +969,50 @@ class Bench:
         }
 
 
+def node_figures(
+    figures: Mapping[str, Footprint],
+    cpu: Mapping[str, float],
+    union: float,
+    sharing: Mapping[str, int],
+    with_pod: bool,
+    ready_after: float,
+    exit_code: int | None,
+) -> dict[str, Any]:
+    """Prints a node's table and returns its figures: each process, sums, the union."""
+    fields = ("rss", "pss", "anon", "uss")
+    pod = {"pod's containerd-shim", "pod's pause"}
+    total = sum(figures.values(), Footprint(0, 0, 0))
+    without_pod = sum((f for n, f in figures.items() if n not in pod), Footprint(0, 0, 0))
+    rows = [(name, *_row(f, fields), f"{cpu[name]:.1f}") for name, f in figures.items()]
+    rows.append(("sum", *_row(total, fields), f"{sum(cpu.values()):.1f}"))
+    if with_pod:
+        rows.append(("sum without the pod", *_row(without_pod, fields), ""))
+    table(["process", *fields, "cpu%"], rows)
+    print(f"  union of their pages, each counted once: {union / 1024:.1f} MiB", flush=True)
+    print(f"  other processes mapping the same files: {sharing}", flush=True)
+    print(f"  agent's exit status at its stop: {exit_code}", flush=True)
+    return {
+        "with_pod": with_pod,
+        "ready_after_s": ready_after,
+        "processes": {n: f.as_dict() | {"cpu_percent": cpu[n]} for n, f in figures.items()},
+        "sum": total.as_dict(),
+        "sum_without_pod": without_pod.as_dict(),
+        "union_kib": union,
+        "neighbours": dict(sharing),
+        "exit_code": exit_code,
+    }
+
+
+def _pod_words(with_pod: bool) -> str:
+    return "running one busybox pod" if with_pod else "running no pod"
+
+
 def _rank(order: Sequence[str], name: str) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
-def _row(footprint: Footprint) -> tuple[str, ...]:
-    return tuple(f"{value / 1024:.1f}" for value in attrs.astuple(footprint))
+def _row(footprint: Footprint, fields: Sequence[str] = ("rss", "pss", "anon")) -> tuple[str, ...]:
+    return tuple(f"{getattr(footprint, field) / 1024:.1f}" for field in fields)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -817,6 +1087,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"ConfigMaps created, listed {LOAD_LISTS} times and deleted after each master's idle "
         "samples (0: no load)",
     )
+    parser.add_argument(
+        "--pod",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run one busybox pod on the nodes of the full and node parts, and measure its "
+        "shim and pause with them",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     unknown = set(args.settings.split(",")) - set(SETTINGS)
@@ -846,6 +1123,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             bench.pyopenssl(Path(args.pyopenssl))
         if "members" in parts and args.members:
             bench.members(args.members, args.converge)
+        if "full" in parts:
+            bench.full_node(Path(args.bin_dir), args.pod)
+        if "node" in parts:
+            bench.node_beside_master(Path(args.bin_dir), args.pod)
         if "master" in parts:
             for setting in args.settings.split(","):
                 bench.master("bundle", Path(args.bin_dir), setting)
