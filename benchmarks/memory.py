@@ -79,6 +79,7 @@ NODE_PROCESSES: Final = (
     *MASTER,
     "containerd",
     "kubelet",
+    "kube-proxy",
     "sweeper sh",
     "sweeper sleep",
     "pod's containerd-shim",
@@ -871,7 +872,9 @@ class Bench:
         )  # fmt: skip
         try:
             kubectl = Kubectl(agent.host, agent.node_dir / "kubeconfig", bin_dir)
-            ready_after = self.bring_up(agent, {*MASTER, "containerd", "kubelet"}, kubectl)
+            ready_after = self.bring_up(
+                agent, {*MASTER, "containerd", "kubelet", "kube-proxy"}, kubectl
+            )
             if with_pod:
                 self.run_pod(kubectl, agent.name)
             self.settle(f"ready after {ready_after:.1f} s")
@@ -902,7 +905,7 @@ class Bench:
                 images=[self.busybox_archive(directory)],
             )  # fmt: skip
             kubectl = Kubectl(master.host, master.node_dir / "kubeconfig", bin_dir)
-            ready_after = self.bring_up(node, {"containerd", "kubelet"}, kubectl)
+            ready_after = self.bring_up(node, {"containerd", "kubelet", "kube-proxy"}, kubectl)
             if with_pod:
                 self.run_pod(kubectl, node.name)
             self.settle(f"ready after {ready_after:.1f} s")

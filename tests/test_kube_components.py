@@ -14,6 +14,7 @@ from hepto.kube import apiserver, controller_manager, etcd, memory, scheduler
 from hepto.kube.component import Component, Context, GoMemory, HTTPReadiness, flags
 from hepto.kube.service import (
     MASTER,
+    NODE,
     chosen_components,
     component_environment,
     required_programs,
@@ -286,8 +287,8 @@ class EnvironmentTests(SynchronousTestCase):
             error = self.assertRaises(ValueError, GoMemory, gc_percent=percent)
             self.assertIn("GOGC", str(error))
 
-    def test_default_go_memory_names_master_components(self) -> None:
-        self.assertLessEqual(set(memory.DEFAULTS), set(MASTER))
+    def test_default_go_memory_names_components(self) -> None:
+        self.assertLessEqual(set(memory.DEFAULTS), set(MASTER) | set(NODE))
         for name, settings in memory.DEFAULTS.items():
             self.assertIsInstance(settings, GoMemory, name)
 
