@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from hepto import config
 from hepto.kube.component import GoMemory
 
 #: Heap growth between collections, in percent of the live heap (Go's default is 100).
@@ -26,14 +27,5 @@ GC_PERCENT: Final = 50
 
 #: What KubeService gives each component unless told otherwise.
 DEFAULTS: Mapping[str, GoMemory] = {
-    name: GoMemory(gc_percent=GC_PERCENT)
-    for name in (
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "containerd",
-        "kubelet",
-        "kube-proxy",
-    )
+    name: GoMemory(gc_percent=GC_PERCENT) for name in config.COMPONENTS
 }
