@@ -32,6 +32,15 @@ LAZY = {
     "bcrypt": "cryptography's SSH keys, in the PKI worker only",
 }
 
+#: A node's runtime, its images and its registration: only for agents that run pods.
+NODE_RUNTIME = (
+    "hepto.kube.runtime",
+    "hepto.kube.host",
+    "hepto.kube.registration",
+    "hepto.kube.api",
+    "hepto.images",
+)
+
 _AGENT = textwrap.dedent(
     """
     import json, sys
@@ -109,6 +118,9 @@ class IdleAgentImportsTests(SynchronousTestCase):
         for name, why in LAZY.items():
             loaded = sorted(m for m in modules if m == name or m.startswith(name + "."))
             self.assertEqual(loaded, [], f"{name} is for {why}, yet an idle agent imports it")
+        # The agents here run no Kubernetes component (--components none).
+        for name in NODE_RUNTIME:
+            self.assertNotIn(name, modules, f"{name} is for a node's runtime only")
 
     def test_node(self) -> None:
         self.check("node")

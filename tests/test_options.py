@@ -13,7 +13,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import config
-from hepto.kube.runtime import HELPERS
+from hepto.kube.service import HELPERS
 from hepto.tap import Options, options_to_config
 
 KEY = "00" * 24

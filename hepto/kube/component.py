@@ -20,6 +20,8 @@ from hepto.config import NodeConfig
 from hepto.pki.paths import Paths
 
 LOOPBACK: Final = ipaddress.IPv6Address("::1")
+#: Which hepto role a node has; outside ``kubernetes.io``, so a node may set it itself.
+ROLE_LABEL: Final = "hepto/role"
 
 BodyCheck = Callable[[bytes], str | None]
 

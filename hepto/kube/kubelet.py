@@ -14,9 +14,15 @@ from typing import Any, Final
 
 from hepto import plan
 from hepto.kube import apiserver
-from hepto.kube.component import LOOPBACK, Component, Context, HTTPReadiness, flags
+from hepto.kube.component import (
+    LOOPBACK,
+    ROLE_LABEL,
+    Component,
+    Context,
+    HTTPReadiness,
+    flags,
+)
 from hepto.kube.layout import Layout
-from hepto.kube.registration import ROLE_LABEL
 from hepto.pki.paths import COMPONENT_CERTIFICATES
 from hepto.pki.specs import CLUSTER_DOMAIN
 

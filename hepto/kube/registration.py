@@ -31,12 +31,11 @@ from twisted.logger import Logger
 
 from hepto.goarch import go_architecture
 from hepto.kube.api import JSON, APIError
+from hepto.kube.component import ROLE_LABEL
 from hepto.supervisor.backoff import RestartPolicy
 
 NODES: Final = "/api/v1/nodes"
 
-#: Which hepto role the node has; outside ``kubernetes.io``, so a node may set it itself.
-ROLE_LABEL: Final = "hepto/role"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 OS_LABEL: Final = "kubernetes.io/os"
 ARCH_LABEL: Final = "kubernetes.io/arch"

@@ -14,7 +14,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -32,9 +32,6 @@ from hepto.kube.layout import CRI_NAMESPACE, Layout
 from hepto.kube.pods import PodPrefixPublisher
 from hepto.once import Once
 from hepto.state import ClusterState
-
-#: Programs the runtime runs besides containerd and the kubelet, found like them.
-HELPERS: Final = ("containerd-shim-runc-v2", "runc", "ctr", "pause", "sh", "nft", "ip")
 
 
 class RuntimeSetupError(StartupError):
@@ -110,9 +107,9 @@ class NetworkSource(Protocol):
 class NodeRuntime:
     """containerd and the kubelet's surroundings on one node.
 
-    ``programs`` maps every program name (:data:`HELPERS`, containerd, kubelet) to its
-    path; ``cni_dirs`` are the directories of the CNI plugins.  ``register`` creates or
-    updates this node's Node object and fires once it has.
+    ``programs`` maps every program name (``hepto.kube.service.HELPERS``, containerd,
+    the kubelet) to its path; ``cni_dirs`` are the directories of the CNI plugins.
+    ``register`` creates or updates this node's Node object and fires once it has.
     """
 
     log = Logger()

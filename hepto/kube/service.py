@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from hepto import config, plan
 from hepto.config import ConfigError, NodeConfig
 from hepto.kube import memory as go_memory
-from hepto.kube.api import APIClient
 from hepto.kube.apiserver import apiserver
 from hepto.kube.component import (
     Component,
@@ -34,11 +33,8 @@ from hepto.kube.component import (
 from hepto.kube.containerd import CNI_DIRS, CNI_PLUGINS, containerd
 from hepto.kube.controller_manager import controller_manager
 from hepto.kube.etcd import etcd
-from hepto.kube.host import HostSetup
 from hepto.kube.kube_proxy import kube_proxy
 from hepto.kube.kubelet import kubelet
-from hepto.kube.registration import desired_node, register_node
-from hepto.kube.runtime import HELPERS, HeptoImages, ImageStore, NetworkSource, NodeRuntime
 from hepto.kube.scheduler import scheduler
 from hepto.kube.sweeper import sweeper
 from hepto.pki.paths import Paths
@@ -57,6 +53,12 @@ from hepto.supervisor import (
 )
 from hepto.supervisor.supervisor import first_error
 
+if TYPE_CHECKING:
+    # A node's runtime (host, images, registration, API client) is imported only by an
+    # agent that runs one: a master's start-up does without it.
+    from hepto.kube.host import HostSetup
+    from hepto.kube.runtime import ImageStore, NetworkSource, NodeRuntime
+
 #: The master's components in start order, each after what it depends on.
 MASTER: Final[dict[str, Callable[[Context], Component]]] = {
     "etcd": etcd,
@@ -73,6 +75,8 @@ NODE: Final[dict[str, Callable[[Context], Component]]] = {
     "kube-proxy": kube_proxy,
 }
 DESCRIPTIONS: Final = {**MASTER, **NODE}
+#: Programs a node's runtime runs besides its components, found like them.
+HELPERS: Final = ("containerd-shim-runc-v2", "runc", "ctr", "pause", "sh", "nft", "ip")
 
 #: The agent's environment variables children may see; see docs/kubernetes.rst.
 INHERITED: Final = frozenset(
@@ -243,6 +247,8 @@ class KubeService(MultiService):
         self.programs = dict(programs) if programs is not None else check_programs(node)
         self.runtime: NodeRuntime | None = None
         if runs_runtime(node):
+            from hepto.kube.runtime import HeptoImages, NodeRuntime
+
             if network is None:
                 raise ValueError("a node's runtime needs the mesh")
             self.runtime = NodeRuntime(
@@ -272,6 +278,9 @@ class KubeService(MultiService):
 
     def _register_node(self) -> Deferred[Any]:
         """This node's Node, with its addresses, before each start of the kubelet."""
+        from hepto.kube.api import APIClient
+        from hepto.kube.registration import desired_node, register_node
+
         node, network = self._node, self._network
         public = node.ip.ip if node.ip is not None else None
         if network is not None and network.endpoint is not None:
