@@ -14,13 +14,11 @@ from typing import Final
 
 CLONE_NEWNS: Final = 0x00020000
 
-MS_RDONLY: Final = 0x1
 MS_NOSUID: Final = 0x2
 MS_NODEV: Final = 0x4
 MS_NOEXEC: Final = 0x8
 MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
-MS_PRIVATE: Final = 1 << 18
 MS_SLAVE: Final = 1 << 19
 MS_SHARED: Final = 1 << 20
 
@@ -61,11 +59,3 @@ def mount(
         encoded(source), encoded(target), encoded(fstype), ctypes.c_ulong(flags), encoded(data)
     )
     _check(result, f"mount {source or fstype or ''} on {target}", target)
-
-
-def is_mount_point(path: Path) -> bool:
-    """Whether ``path`` is the root of a mount in this mount namespace."""
-    try:
-        return os.path.ismount(path)
-    except OSError:
-        return False

@@ -15,7 +15,7 @@ from typing import Final
 import attrs
 
 from hepto.kube.component import Component, Context, SocketReadiness, flags
-from hepto.kube.layout import CRI_NAMESPACE, Layout
+from hepto.kube.layout import Layout
 
 NAME: Final = "containerd"
 #: The bridge of the node's pods, in the node's network namespace.
@@ -184,7 +184,3 @@ def cni_template(layout: Layout, mtu: int) -> str:
         ],
     }
     return json.dumps(network, indent=2) + "\n"
-
-
-#: Where hepto's own runtime lives in containerd: the CRI's namespace.
-NAMESPACE: Final = CRI_NAMESPACE
