@@ -5,7 +5,7 @@
 // Each program is the vanilla upstream entry point, linked from the module
 // versions pinned in go.mod. containerd-shim-runc-v2 and pause are built from
 // the same module set as binaries of their own (./containerd-shim-runc-v2 and
-// ./pause, see there why).
+// ./pause, see there why); coredns from a module of its own (./coredns).
 //
 // The program is chosen by:
 //
@@ -28,7 +28,7 @@ import (
 
 // siblings are programs built as their own binary next to hepto-bundle;
 // `hepto-bundle NAME args...` execs them so the fallback form covers them too.
-var siblings = map[string]bool{"containerd-shim-runc-v2": true, "pause": true}
+var siblings = map[string]bool{"containerd-shim-runc-v2": true, "pause": true, "coredns": true}
 
 // programs maps each program name to its entry point. Entry points never
 // return normally except where the upstream main also returns (exit 0).

@@ -23,12 +23,13 @@ COMPONENTS: Final = (
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "coredns",
     "containerd",
     "kubelet",
     "kube-proxy",
 )
-MASTER_COMPONENTS: Final = COMPONENTS[:4]
-NODE_COMPONENTS: Final = COMPONENTS[4:]
+MASTER_COMPONENTS: Final = COMPONENTS[:5]
+NODE_COMPONENTS: Final = COMPONENTS[5:]
 #: Cloudflare's public resolvers, as the original hepto: reachable over IPv6 from anywhere.
 DEFAULT_DNS: Final = ("2606:4700:4700::1111", "2606:4700:4700::1001")
 DEFAULT_PORT: Final = 7946

@@ -24,6 +24,9 @@ from typing import Any
 
 import attrs
 
+from hepto.mesh.backend import DeviceStatus
+from hepto.mesh.uapi import GET_REQUEST, parse_get
+
 SUBNET = ipaddress.IPv6Network("2001:db8:1::/64")
 CLONE_NEWNET = 0x40000000
 #: The kernel's IPv6 neighbour table is one for all network namespaces, 1,024 entries
@@ -276,3 +279,18 @@ def netns_socket(netns: str, family: int, kind: int, protocol: int = 0) -> socke
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def uapi_get(path: Path) -> DeviceStatus:
+    """What a wireguard-go device says of itself, through its UAPI socket."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(10)
+        connection.connect(str(path))
+        connection.sendall(GET_REQUEST)
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return parse_get(reply[:-1])

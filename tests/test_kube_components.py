@@ -295,14 +295,15 @@ class EnvironmentTests(SynchronousTestCase):
 
 class ChoiceTests(SynchronousTestCase):
     def test_master_runs_the_control_plane(self) -> None:
-        self.assertEqual(
-            chosen_components(node_config()),
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
-        )
-        self.assertEqual(
-            required_programs(node_config()),
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
-        )
+        control_plane = [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "coredns",
+        ]
+        self.assertEqual(chosen_components(node_config()), control_plane)
+        self.assertEqual(required_programs(node_config()), control_plane)
 
     def test_a_node_runs_its_runtime(self) -> None:
         runtime = ["sweeper", "containerd", "kubelet", "kube-proxy"]
@@ -323,11 +324,13 @@ class ChoiceTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(chosen_components(node_config("master", "none")), [])
-        self.assertEqual(len(chosen_components(node_config("full"))), 8)
+        self.assertEqual(len(chosen_components(node_config("full"))), 9)
 
     def test_another_network_plugin_brings_its_own_proxy(self) -> None:
         chosen = chosen_components(node_config("node", pod_network="none"))
         self.assertEqual(chosen, ["sweeper", "containerd", "kubelet"])
+        chosen = chosen_components(node_config("full", pod_network="none"))
+        self.assertNotIn("coredns", chosen)
 
     def test_node_components_need_a_node_and_the_kubelet_containerd(self) -> None:
         error = self.assertRaises(

@@ -15,8 +15,10 @@ from unittest import mock
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
+from hepto import plan
 from hepto.config import parse_node_config
 from hepto.kube import memory
 from hepto.kube.component import GoMemory
@@ -74,11 +76,38 @@ ALL_MASTER_CERTIFICATES = (
     "front-proxy-client",
     "controller-manager",
     "scheduler",
+    "coredns",
+    "admin",
 )
-PROGRAMS = {
-    name: Path(f"/opt/bin/{name}")
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-}
+MASTER_COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "coredns",
+)
+PROGRAMS = {name: Path(f"/opt/bin/{name}") for name in MASTER_COMPONENTS}
+
+
+@attrs.define
+class FakeAdminAPI:
+    """Server-side applies, answered at once or held until the test answers them."""
+
+    applied: list[tuple[str, str, str]] = attrs.field(factory=list)
+    held: list[Deferred[Any]] | None = None
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = ""
+    ) -> Deferred[Any]:
+        self.applied.append((method, path.split("?")[0], body["kind"]))
+        if self.held is None:
+            return succeed(body)
+        waiter: Deferred[Any] = Deferred()
+        self.held.append(waiter)
+        return waiter
+
+    def kinds(self) -> list[str]:
+        return [kind for _, _, kind in self.applied]
 
 
 def go_settings(component: str) -> dict[str, str]:
@@ -110,11 +139,13 @@ class KubeServiceTests(SynchronousTestCase):
         config = self.config(role)
         pki = FakePKI(Paths(config.node_dir))
         self.probes = {name: ScriptedProbe() for name in PROGRAMS}
+        self.api = FakeAdminAPI()
         kube = KubeService(
             config,
             pki,
             self.reactor,
             programs=PROGRAMS,
+            admin_api=lambda: self.api,
             launcher=DirectLauncher(),
             clock=self.clock,
             environ={"PATH": "/usr/bin", "HEPTO_KEY": "secret"},
@@ -153,10 +184,7 @@ class KubeServiceTests(SynchronousTestCase):
         self.make_ready(kube, "etcd")
         self.assertEqual(self.spawned(), ["etcd", "kube-apiserver"])
         self.make_ready(kube, "kube-apiserver")
-        self.assertEqual(
-            self.spawned(),
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
-        )
+        self.assertEqual(self.spawned(), list(MASTER_COMPONENTS))
 
     def test_the_network_gates_too(self) -> None:
         network: Deferred[None] = Deferred()
@@ -236,22 +264,74 @@ class KubeServiceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.running(), [])
         self.assertEqual(pki.listeners, [])
 
+    def test_cluster_dns_objects_come_before_coredns_and_its_endpoints_after(self) -> None:
+        kube, pki = self.service()
+        kube.startService()
+        pki.install(*ALL_MASTER_CERTIFICATES)
+        self.make_ready(kube, "etcd")
+        self.api.held = []
+        self.make_ready(kube, "kube-apiserver")
+        self.assertNotIn("coredns", self.spawned())
+        self.assertEqual(self.api.kinds(), ["ClusterRole"])
+        self.api.held.pop().callback({})
+        self.api.held.pop().callback({})
+        self.assertNotIn("coredns", self.spawned(), "the Service is not there yet")
+        self.api.held.pop().callback({})
+        self.assertEqual(self.api.kinds(), ["ClusterRole", "ClusterRoleBinding", "Service"])
+        self.assertEqual(self.spawned()[-1], "coredns")
+        corefile = (self.data / "mycluster/master1/runtime/Corefile").read_text()
+        self.assertIn(f"bind {plan.mesh_address('mycluster', 'master1')}\n", corefile)
+        self.assertIn(f"kubeconfig {self.data}/mycluster/master1/pki/coredns.kubeconfig", corefile)
+        self.make_ready(kube, "coredns")
+        self.assertEqual(self.api.applied[-1][2], "EndpointSlice")
+        self.assertEqual(
+            self.api.applied[-1][1],
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-master1",
+        )
+        self.api.held.pop().callback({})
+        self.assertIn("applied EndpointSlice kube-dns-master1", self.log.texts())
+
+    def test_stop_abandons_the_cluster_dns_endpoints(self) -> None:
+        kube, pki = self.service()
+        kube.startService()
+        pki.install(*ALL_MASTER_CERTIFICATES)
+        self.make_ready(kube, "etcd")
+        self.make_ready(kube, "kube-apiserver")
+        self.api.held = []
+        self.make_ready(kube, "coredns")
+        self.assertEqual(len(self.api.held), 1)
+        self.successResultOf(kube.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.log.matching(log_level=LogLevel.critical), [])
+
+    def test_without_hepto_s_pod_network_a_master_runs_no_dns(self) -> None:
+        config = parse_node_config(
+            {
+                "cluster": "mycluster",
+                "name": "master1",
+                "key": "00" * 32,
+                "role": "master",
+                "ip": "2001:db8::1/64",
+                "data-dir": str(self.data),
+                "pod-network": "none",
+            },
+            {},
+            {"no-contain": True},
+        )
+        kube = KubeService(config, FakePKI(Paths(config.node_dir)), self.reactor, programs=PROGRAMS)
+        self.assertNotIn("coredns", [component.name for component in kube.components])
+
     def test_a_master_runs_no_runtime(self) -> None:
         kube, _ = self.service("master")
         self.assertIsNone(kube.runtime)
         self.assertNotIn("runtime", kube.status())
-        self.assertEqual(
-            [component.name for component in kube.components],
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
-        )
+        self.assertEqual([component.name for component in kube.components], list(MASTER_COMPONENTS))
 
     def test_missing_programs_are_found_before_anything_starts(self) -> None:
         config = self.config()
         (self.data / "bin").mkdir()
         error = self.assertRaises(MissingProgram, check_programs, config, "")
-        self.assertEqual(
-            error.missing, ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-        )
+        self.assertEqual(error.missing, MASTER_COMPONENTS)
         self.assertIn(f"{self.data}/bin (--bin-dir)", str(error))
         with mock.patch.dict(os.environ, {"PATH": ""}):
             self.assertRaises(

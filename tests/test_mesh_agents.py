@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,28 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent
 from hepto import plan
-from hepto.mesh.backend import DeviceStatus
 from hepto.mesh.keys import load_or_create
-from hepto.mesh.uapi import GET_REQUEST, parse_get
-from netlab import Host, Lab, missing_requirements, wait_until
+from netlab import Host, Lab, missing_requirements, uapi_get, wait_until
 
 CLUSTER = "meshagents"
 HOSTS = int(os.environ.get("HEPTO_MESH_LAB_HOSTS", "3"))
 MARKER = b"hepto-mesh-agents-secret-42"
-
-
-def uapi_get(path: Path) -> DeviceStatus:
-    with socket.socket(socket.AF_UNIX) as connection:
-        connection.settimeout(10)
-        connection.connect(str(path))
-        connection.sendall(GET_REQUEST)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = connection.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return parse_get(reply[:-1])
 
 
 class MeshAgentsTests(SynchronousTestCase):

@@ -431,6 +431,7 @@ class SpecTests(SynchronousTestCase):
                 "front-proxy-client",
                 "controller-manager",
                 "scheduler",
+                "coredns",
                 "admin",
             },
         )

@@ -73,10 +73,13 @@ def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> N
     print(f"demo: {first} pings {last} ({far}) across the mesh:")
     print(run("exec", first, "--", "ping", "-c", "2", far))
     cluster_ip = run("get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}")
-    print(f"demo: {first} asks the Service hello at [{cluster_ip}]:80, three times:")
+    print(f"demo: {first} looks the Service up by name, through the cluster DNS on the master:")
+    name = "hello.default.svc.cluster.local"
+    print(run("exec", first, "--", "nslookup", "-type=aaaa", name))
+    print(f"demo: {first} asks the Service by its name, hello ([{cluster_ip}]:80), three times:")
 
     def answered() -> str:
-        return run("exec", first, "--", "nc", "-w", "3", cluster_ip, "80")
+        return run("exec", first, "--", "nc", "-w", "3", "hello", "80")
 
     wait_until(lambda: "hello from" in answered(), 60, 0.5, "the Service")
     for _ in range(3):

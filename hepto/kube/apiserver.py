@@ -42,6 +42,10 @@ def apiserver(context: Context) -> Component:
             ("--enable-admission-plugins", "NodeRestriction"),
             ("--allow-privileged", True),
             ("--kubelet-preferred-address-types", "InternalIP,Hostname"),
+            # Webhooks, conversion webhooks and aggregated APIs are dialled at their
+            # endpoints' pod addresses, which the mesh routes to every member: a master
+            # runs no kube-proxy to turn a Service's address into one.
+            ("--enable-aggregator-routing", True),
             ("--requestheader-allowed-names", front_proxy_name(context)),
             ("--requestheader-username-headers", "X-Remote-User"),
             ("--requestheader-group-headers", "X-Remote-Group"),

@@ -91,6 +91,10 @@ class Layout:
         return self.runtime_dir / "kube-proxy.json"
 
     @property
+    def corefile(self) -> Path:
+        return self.runtime_dir / "Corefile"
+
+    @property
     def resolv_conf(self) -> Path:
         return self.runtime_dir / "resolv.conf"
 

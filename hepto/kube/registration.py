@@ -17,19 +17,18 @@ requests, and retries while the apiserver cannot be reached.
 from __future__ import annotations
 
 import http
-import http.client
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import attrs
-from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from hepto.goarch import go_architecture
+from hepto.kube import retry
 from hepto.kube.api import JSON, APIError
 from hepto.kube.component import ROLE_LABEL
 from hepto.supervisor.backoff import RestartPolicy
@@ -45,9 +44,7 @@ EXTERNAL_IP: Final = "ExternalIP"
 HOSTNAME: Final = "Hostname"
 
 
-#: Delays between attempts while the apiserver cannot be reached: the master may come
-#: up long after its nodes, and a node retries every 30 s at worst.
-RETRY: Final = RestartPolicy(initial=1.0, factor=2.0, maximum=30.0)
+RETRY: Final = retry.RETRY
 #: Another writer (the kubelet, an operator) creating or deleting the Node between our
 #: read and our write makes us read again at once, a few times, then back off.
 RACES: Final = 3
@@ -169,11 +166,6 @@ class Raced(Exception):
     """The Node kept appearing or vanishing between our read and our write."""
 
 
-#: Failures that may pass: the apiserver down or restarting, its certificate or ours
-#: not yet in place, a network that is not up yet.
-_TRANSIENT: Final = (OSError, http.client.HTTPException, APIError, Raced)
-
-
 def register_node(
     client: NodeAPI,
     node: DesiredNode,
@@ -194,36 +186,29 @@ def register_node(
 async def _register(
     client: NodeAPI, node: DesiredNode, clock: IReactorTime, policy: RestartPolicy
 ) -> None:
-    failures = 0
-    told = None
-    while True:
-        try:
-            done = await _reconcile(client, node)
-            break
-        except _TRANSIENT as error:
-            if isinstance(error, APIError) and not error.transient:
-                raise RegistrationFailed(node.name, error) from error
-            failures += 1
-            delay = policy.delay(failures)
-            reason = _reason(error)
-            if reason != told:
-                log.warn(
-                    "Node {node} not registered yet ({reason}: {error}); "
-                    "trying again in {delay} s, then backing off to {maximum} s",
-                    node=node.name,
-                    reason=reason,
-                    error=str(error) or type(error).__name__,
-                    delay=delay,
-                    maximum=policy.maximum,
-                )
-                told = reason
-        await task.deferLater(clock, delay)
+    attempts = 0
+
+    def attempt() -> Awaitable[str]:
+        nonlocal attempts
+        attempts += 1
+        return _reconcile(client, node)
+
+    try:
+        done = await retry.until_done(
+            attempt,
+            what=f"Node {node.name} not registered yet",
+            clock=clock,
+            policy=policy,
+            transient=(*retry.TRANSIENT, Raced),
+        )
+    except APIError as error:
+        raise RegistrationFailed(node.name, error) from error
     log.info(
         "Node {node} registered ({done}): {addresses}",
         node=node.name,
         done=done,
         addresses=", ".join(f"{a.type} {a.address}" for a in node.addresses),
-        attempts=failures + 1,
+        attempts=attempts,
     )
 
 
@@ -254,12 +239,3 @@ async def _reconcile(client: NodeAPI, node: DesiredNode) -> str:
             return "unchanged"
         return " and ".join(patch.what for patch in needed) + " updated"
     raise Raced(f"the Node changed under {RACES} attempts in a row")
-
-
-def _reason(error: Exception) -> str:
-    """What kind of failure this is, coarse enough that a repeat is not logged again."""
-    if isinstance(error, APIError):
-        return f"HTTP {error.status} {error.reason}"
-    if isinstance(error, OSError) and error.errno is not None:
-        return f"{type(error).__name__} {error.errno}"
-    return type(error).__name__

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +28,7 @@ from twisted.python.failure import Failure
 from hepto import config, plan
 from hepto.config import ConfigError, NodeConfig
 from hepto.kube import memory as go_memory
+from hepto.kube.apiserver import NAME as apiserver_name
 from hepto.kube.apiserver import apiserver
 from hepto.kube.component import (
     Component,
@@ -32,6 +39,7 @@ from hepto.kube.component import (
 )
 from hepto.kube.containerd import CNI_DIRS, CNI_PLUGINS, containerd
 from hepto.kube.controller_manager import controller_manager
+from hepto.kube.coredns import coredns
 from hepto.kube.etcd import etcd
 from hepto.kube.kube_proxy import kube_proxy
 from hepto.kube.kubelet import kubelet
@@ -65,6 +73,7 @@ MASTER: Final[dict[str, Callable[[Context], Component]]] = {
     "kube-apiserver": apiserver,
     "kube-controller-manager": controller_manager,
     "kube-scheduler": scheduler,
+    "coredns": coredns,
 }
 assert tuple(MASTER) == config.MASTER_COMPONENTS
 #: A node's runtime in start order: the sweeper comes with containerd.
@@ -129,7 +138,9 @@ def chosen_components(node: NodeConfig) -> list[str]:
             "components", f"{', '.join(nodes)}: only a node runs these; use --role node or full"
         )
     if node.pod_network != "hepto":
-        nodes = [name for name in nodes if name != "kube-proxy"]  # the plugin's business
+        # The plugin's business, as are its cluster DNS and how pods reach it.
+        masters = [name for name in masters if name != "coredns"]
+        nodes = [name for name in nodes if name != "kube-proxy"]
     needing = [name for name in nodes if name != "containerd"]
     if needing and "containerd" not in nodes:
         raise ConfigError("components", f"{', '.join(needing)}: needs containerd beside it")
@@ -230,6 +241,7 @@ class KubeService(MultiService):
         private_mount_namespace: bool = True,
         host_setup: HostSetup | None = None,
         state: ClusterState | None = None,
+        admin_api: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
         self.setName("kube")
@@ -242,6 +254,8 @@ class KubeService(MultiService):
         self._memory = dict(go_memory.DEFAULTS if memory is None else memory)
         self._environ = os.environ if environ is None else environ
         self._make_probe = probes or self._probe
+        #: The apiserver as the cluster's admin: what a master applies (cluster DNS).
+        self._admin_api = admin_api or self._admin_client
         context = Context.from_config(node)
         self.components = [DESCRIPTIONS[name](context) for name in chosen_components(node)]
         self.programs = dict(programs) if programs is not None else check_programs(node)
@@ -275,6 +289,7 @@ class KubeService(MultiService):
         self._unsubscribe: Callable[[], None] | None = None
         self._restart_calls: dict[str, IDelayedCall] = {}
         self._restarting: dict[str, Deferred[None]] = {}
+        self._publishing: Deferred[None] | None = None
 
     def _register_node(self) -> Deferred[Any]:
         """This node's Node, with its addresses, before each start of the kubelet."""
@@ -328,6 +343,8 @@ class KubeService(MultiService):
         if self._network is not None:
             waits.append(maybeDeferred(self._network.when_addresses_ready))
         ready = gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        if component.name == "coredns":
+            return ready.addCallback(lambda _: self._before_coredns())
         if self.runtime is None:
             return ready
         # The runtime's own step last: the Node's registration needs the certificates.
@@ -344,15 +361,76 @@ class KubeService(MultiService):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)  # etcd refuses a data directory others can read
 
+    # -- the cluster's DNS, on masters ------------------------------------------------------
+
+    def _admin_client(self) -> Any:
+        from hepto.kube.api import APIClient
+        from hepto.pki.specs import ADMIN
+
+        return APIClient.for_node(
+            self._reactor, self._node.cluster, Paths(self._node.node_dir), ADMIN
+        )
+
+    def _before_coredns(self) -> Deferred[None]:
+        """Its Corefile, then its role, its binding and its Service (cluster_dns)."""
+        from hepto.kube import cluster_dns
+        from hepto.kube.coredns import corefile
+        from hepto.kube.layout import Layout
+        from hepto.kube.runtime import write_atomically
+        from hepto.pki.specs import ADMIN
+
+        node = self._node
+        layout = Layout(node.node_dir, node.cluster, node.name)
+        layout.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kubeconfig = Paths(node.node_dir).component_files("coredns")["kubeconfig"]
+        text = corefile(plan.mesh_address(node.cluster, node.name), str(kubeconfig), node.dns)
+        write_atomically(layout.corefile, text, mode=0o644)
+        manifests = [
+            cluster_dns.role(),
+            cluster_dns.binding(),
+            cluster_dns.service(plan.dns_address(node.cluster)),
+        ]
+        # The supervisor asks before the apiserver is ready: wait for it, if it is ours.
+        waits = [maybeDeferred(self._pki.when_installed, [ADMIN])]
+        if any(component.name == apiserver_name for component in self.components):
+            waits.append(self.supervisor[apiserver_name].when_ready())
+        ready = gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        return ready.addCallback(
+            lambda _: cluster_dns.apply_all(self._admin_api(), manifests, clock=self._clock)
+        )
+
+    def _publish_dns_endpoints(self, _: object) -> Deferred[None]:
+        """Once CoreDNS answers: this master's EndpointSlice of ``kube-dns``."""
+        from hepto.kube import cluster_dns
+
+        node = self._node
+        manifest = cluster_dns.endpoints(node.name, plan.mesh_address(node.cluster, node.name))
+        return cluster_dns.apply_all(self._admin_api(), [manifest], clock=self._clock)
+
+    def _dns_endpoints_failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):  # stopped before: nothing to say
+            self.log.failure(
+                "the cluster DNS endpoints were not published: {reason}",
+                failure,
+                reason=failure.getErrorMessage(),
+            )
+
     # -- service ----------------------------------------------------------------------------
 
     def startService(self) -> None:
         if self.runtime is not None:
             self.runtime.start(self.supervisor["containerd"].when_ready())
         self._unsubscribe = self._pki.subscribe(self._certificate_changed)
+        if any(component.name == "coredns" for component in self.components):
+            self._publishing = self.supervisor["coredns"].when_ready()
+            self._publishing.addCallback(self._publish_dns_endpoints)
+            self._publishing.addErrback(self._dns_endpoints_failed)
         super().startService()
 
     def stopService(self) -> Deferred[None]:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            self._publishing = None
         if self.runtime is not None:
             self.runtime.stop()
         if self._unsubscribe is not None:

@@ -7,7 +7,7 @@ Layout under the node's directory (``<data-dir>/<cluster>/<name>``, 0700)::
       ca.crt                        the Kubernetes CA this member trusts (pinned)
       <certificate>.crt / .key      each certificate and its key (keys 0600)
       <certificate>.next.key        a key waiting for its certificate (first issue, renewal)
-      <component>.kubeconfig        kubelet, controller-manager, scheduler
+      <component>.kubeconfig        kubelet, kube-proxy, controller-manager, scheduler, coredns
       signed-keys.json              master: keys signed per member (replay ledger)
       ca/                           master only: the three CAs and the service-account keys
 """
@@ -25,6 +25,7 @@ from hepto.pki.specs import (
     APISERVER_ETCD_CLIENT,
     APISERVER_KUBELET_CLIENT,
     CONTROLLER_MANAGER,
+    COREDNS,
     ETCD_CA,
     ETCD_PEER,
     ETCD_SERVER,
@@ -44,6 +45,7 @@ KUBECONFIGS: Final = {
     "kube-proxy": KUBE_PROXY,
     "controller-manager": CONTROLLER_MANAGER,
     "scheduler": SCHEDULER,
+    "coredns": COREDNS,
 }
 
 #: The certificates each component uses: when one changes, restart the component.
@@ -59,6 +61,7 @@ COMPONENT_CERTIFICATES: Final[dict[str, tuple[str, ...]]] = {
     "kube-scheduler": (SCHEDULER,),
     "kubelet": (KUBELET_CLIENT, KUBELET_SERVING),
     "kube-proxy": (KUBE_PROXY,),
+    "coredns": (COREDNS,),
 }
 
 #: The service-account key pair's file names, beside the CAs.
@@ -191,6 +194,8 @@ class Paths:
             }
         if component == "kube-proxy":
             return {"clientConnection.kubeconfig": self.kubeconfig("kube-proxy")}
+        if component == "coredns":
+            return {"kubeconfig": self.kubeconfig("coredns")}
         if component == "admin":
             return {"KUBECONFIG": self.kubeconfig("admin")}
         raise ValueError(f"{component!r} is not a component with PKI files")

@@ -41,6 +41,7 @@ APISERVER_KUBELET_CLIENT: Final = "apiserver-kubelet-client"
 FRONT_PROXY_CLIENT: Final = "front-proxy-client"
 CONTROLLER_MANAGER: Final = "controller-manager"
 SCHEDULER: Final = "scheduler"
+COREDNS: Final = "coredns"
 ADMIN: Final = "admin"
 CERTIFICATES: Final = (
     KUBELET_CLIENT,
@@ -54,6 +55,7 @@ CERTIFICATES: Final = (
     FRONT_PROXY_CLIENT,
     CONTROLLER_MANAGER,
     SCHEDULER,
+    COREDNS,
     ADMIN,
 )
 
@@ -70,6 +72,8 @@ MASTERS_GROUP: Final = "system:masters"
 NODES_GROUP: Final = "system:nodes"
 NODE_USER_PREFIX: Final = "system:node:"
 KUBE_PROXY_USER: Final = "system:kube-proxy"
+#: The cluster DNS server's user, which the master binds to a role of its own.
+COREDNS_USER: Final = "hepto:coredns"
 CLUSTER_DOMAIN: Final = "cluster.local"
 LOOPBACK: Final = ipaddress.IPv6Address("::1")
 
@@ -186,6 +190,11 @@ def master_specs(cluster: str, name: str) -> tuple[CertificateSpec, ...]:
             name=SCHEDULER,
             authority=KUBERNETES_CA,
             common_name="system:kube-scheduler",
+        ),
+        CertificateSpec(
+            name=COREDNS,
+            authority=KUBERNETES_CA,
+            common_name=COREDNS_USER,
         ),
         CertificateSpec(
             name=ADMIN,

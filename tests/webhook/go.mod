@@ -1,0 +1,3 @@
+module hepto.test/webhook
+
+go 1.24
