@@ -34,7 +34,7 @@ from webhook import SELECTOR_LABEL, build, certificates, go, manifests, write_we
 #: A name only the outside's DNS server knows, and where it points.
 WORLD_NAME = "world.example.test"
 
-#: An authoritative server for one AAAA record, on port 53 of its host (UDP and TCP).
+#: An authoritative server for one name (AAAA and A), on port 53 of its host (UDP and TCP).
 _DNS_SERVER = """
 import sys
 from twisted.internet import defer, reactor
@@ -46,9 +46,14 @@ class One(common.ResolverBase):
     def _lookup(self, query, cls, kind, timeout):
         if query.lower() != name:
             return defer.fail(error.DomainError(query))
-        if kind != dns.AAAA:
+        # An A record too, which CoreDNS must not pass on: the cluster is IPv6 only.
+        if kind == dns.A:
+            payload = dns.Record_A("192.0.2.1")
+        elif kind == dns.AAAA:
+            payload = dns.Record_AAAA(address)
+        else:
             return defer.succeed(([], [], []))
-        record = dns.RRHeader(name, dns.AAAA, dns.IN, 60, dns.Record_AAAA(address), auth=True)
+        record = dns.RRHeader(name, kind, dns.IN, 60, payload, auth=True)
         return defer.succeed(([record], [], []))
 
 factory = server.DNSServerFactory(authorities=[One()])
