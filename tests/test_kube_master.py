@@ -220,7 +220,9 @@ class MasterTests(SynchronousTestCase):
         ]
         self.assertEqual(stops[-2:], ["kube-apiserver", "etcd"])
         self.assertEqual(
-            set(stops[:2]), {"kube-controller-manager", "kube-scheduler"}, output.tail()
+            set(stops[:-2]),
+            {"kube-controller-manager", "kube-scheduler", "coredns"},
+            output.tail(),
         )
         restarts = [line for line in output.lines if "restarting in" in line]
         total = sum(figures.values())
