@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from hepto import config
+from hepto import config, datadir
 from hepto.config import ConfigError, NodeConfig, env_name
 from hepto.errors import StartupError
 
@@ -208,12 +208,14 @@ def options_to_config(options: usage.Options, environ: dict[str, str] | None = N
 
 
 def prepare_node_dir(path: Path) -> None:
-    """Create the node's directory, owner-only: it will hold private keys."""
+    """Make the node's directory (0700, parents 0755), or refuse one a local user could swap."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.chmod(0o700)
+        datadir.prepare_node_dir(path)
+    except datadir.UnsafePath as error:
+        raise ConfigError("data-dir", str(error)) from None
     except OSError as error:
-        raise ConfigError("data-dir", f"cannot create {path}: {error.strerror}") from None
+        where = error.filename or path
+        raise ConfigError("data-dir", f"cannot create {where}: {error.strerror}") from None
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:

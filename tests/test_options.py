@@ -255,6 +255,18 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertIn("--data-dir: cannot create", str(error))
 
+    def test_data_dir_others_could_swap(self) -> None:
+        # The whole check is hepto.datadir's (tests/test_datadir.py); here, its report.
+        unsafe = Path(self.data_dir) / "unsafe"
+        unsafe.mkdir()
+        unsafe.chmod(0o777)
+        self.assertRefused(
+            self.minimal("--data-dir", str(unsafe)),
+            "data-dir",
+            f"{unsafe} is writable by group or others without the sticky bit",
+        )
+        self.assertFalse((unsafe / "c").exists())
+
 
 def _parsed(argv: list[str]) -> Options:
     """Options parsed without postOptions, to call options_to_config directly."""
