@@ -640,8 +640,8 @@ def network_figures(pings: Sequence[Ping], transfers: Sequence[Transfer]) -> dic
 
 def _cost(figures: Mapping[str, Any], path: str, base: str) -> str:
     mine, theirs = figures[path], figures[base]
-    lost = 100 * (1 - mine["throughput_mbit_s"] / theirs["throughput_mbit_s"])
-    words = f"{lost:.0f} % less throughput"
+    change = 100 * (mine["throughput_mbit_s"] / theirs["throughput_mbit_s"] - 1)
+    words = f"throughput {change:+.0f} %"
     if mine["rtt_median_ms"] is not None and theirs["rtt_median_ms"] is not None:
         added = mine["rtt_median_ms"] - theirs["rtt_median_ms"]
         added90 = mine["rtt_p90_ms"] - theirs["rtt_p90_ms"]
