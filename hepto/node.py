@@ -50,7 +50,9 @@ class NodeService(MultiService):
         self.pki = PKIService.from_config(config, self.gossip.state, reactor)
         self.pki.setServiceParent(self)
         self.gossip.control.sections["pki"] = self.pki.status
-        self.mesh = mesh_service(config, self.gossip.state, reactor)
+        self.mesh = mesh_service(
+            config, self.gossip.state, reactor, self.gossip.identity.signing_key
+        )
         self.mesh.setServiceParent(self)
         self.gossip.control.sections["mesh"] = self.mesh.status
         self.kube = KubeService(

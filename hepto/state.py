@@ -31,6 +31,9 @@ class Record:
     name: str
     version: int
     data: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The Ed25519 public key that signed it, pinned to ``name``; None only in the
+    #: in-memory clusters of tests, whose records nobody signs.
+    identity: bytes | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)

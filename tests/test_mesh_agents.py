@@ -7,9 +7,11 @@ Skipped until gossip exists and the node starts the mesh; the lead finishes it t
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -19,10 +21,36 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent
 from hepto import plan
-from hepto.mesh.keys import load_or_create
+from hepto.gossip.identity import IDENTITY_FILE
+from hepto.gossip.identity import load_or_create as load_identity
+from hepto.mesh.keys import KeyPair
 from netlab import Host, Lab, missing_requirements, uapi_get, wait_until
 
 CLUSTER = "meshagents"
+
+#: A key holder: hepto's own gossip, joined through the master, whose record claims a
+#: WireGuard key given on the command line.
+_INSIDER = """
+import json, sys
+from twisted.internet import reactor
+from hepto.config import parse_node_config
+from hepto.gossip.service import GossipService
+
+cluster, key, name, ip, anchor, data_dir, claim = sys.argv[1:8]
+raw = {"cluster": cluster, "key": key, "name": name, "role": "node", "ip": ip,
+       "data-dir": data_dir}
+config = parse_node_config(raw, {"anchor": [anchor]}, {"no-contain": True})
+config.node_dir.mkdir(mode=0o700, parents=True)
+gossip = GossipService(config, reactor)
+gossip.startService()
+
+def publish():
+    gossip.state.publish("wireguard", json.loads(claim))
+    print("published", flush=True)
+
+reactor.callLater(1, publish)
+reactor.run()
+"""
 HOSTS = int(os.environ.get("HEPTO_MESH_LAB_HOSTS", "3"))
 MARKER = b"hepto-mesh-agents-secret-42"
 
@@ -75,9 +103,10 @@ class MeshAgentsTests(SynchronousTestCase):
         return set(uapi_get(self.socket_of(host)).peers)
 
     def public_key(self, host: Host) -> str:
-        return load_or_create(
-            self.data[host.name] / CLUSTER / host.name / "wireguard.key"
-        ).public_key
+        """The WireGuard key of ``host``'s agent: its identity's, once it has made one."""
+        path = self.data[host.name] / CLUSTER / host.name / IDENTITY_FILE
+        wait_until(path.exists, 60, 0.1, f"{host.name}'s identity")
+        return KeyPair.from_identity(load_identity(path).signing_key).public_key
 
     def lacks(self, host: Host, key: str) -> bool:
         return key not in self.peer_keys(host)
@@ -99,6 +128,42 @@ class MeshAgentsTests(SynchronousTestCase):
             if source is not target
         ]  # fmt: skip
         return all([ping.wait() == 0 for ping in pings])
+
+    def test_a_key_holder_cannot_take_another_member_s_peer(self) -> None:
+        master, victim, insider = self.hosts[:3]
+        self.start(master)
+        self.start(victim)
+        stolen = self.public_key(victim)
+        wait_until(partial(self.has_peer, master, stolen, victim), 120, 0.5, "the victim's peer")
+        # A member first by name, with the cluster key and an identity of its own,
+        # whose signed record claims the victim's WireGuard key at its own endpoint.
+        data_dir = Path(tempfile.mkdtemp(prefix="hepto-insider-"))
+        self.addCleanup(shutil.rmtree, data_dir, ignore_errors=True)
+        claim = {"public_key": stolen, "endpoint": f"[{insider.address}]:51820"}
+        process = insider.spawn(
+            [sys.executable, "-c", _INSIDER, CLUSTER, KEY, "aaa-insider", str(insider.interface),
+             str(master.address), str(data_dir), json.dumps(claim)],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.addCleanup(insider.kill, process)
+        assert process.stdout is not None
+        self.assertEqual(process.stdout.readline().strip(), b"published")
+        wait_until(
+            partial(self.agents[master.name].logged, "member aaa-insider: not the WireGuard key"),
+            60,
+            0.5,
+            "the master to refuse the insider's key",
+        )
+        self.assertTrue(self.has_peer(master, stolen, victim))
+        self.assertTrue(self.pings(master, plan.mesh_address(CLUSTER, victim.name)))
+
+    def has_peer(self, host: Host, key: str, at: Host) -> bool:
+        """Whether ``host``'s WireGuard has the peer ``key`` at ``at``'s endpoint."""
+        try:
+            peer = uapi_get(self.socket_of(host)).peers.get(key)
+        except OSError:  # wireguard-go not up yet
+            return False
+        return peer is not None and str(at.address) in str(peer.endpoint)
 
     def test_mesh_of_agents(self) -> None:
         for host in self.hosts:

@@ -1,14 +1,13 @@
-"""The node's WireGuard key file, and the record format of the mesh."""
+"""The node's WireGuard keys, its identity's, and the record format of the mesh."""
 
 from __future__ import annotations
 
 import base64
 import ipaddress
 import shutil
-import stat
 import subprocess
-from pathlib import Path
 
+from nacl.signing import SigningKey
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
@@ -16,55 +15,45 @@ from hepto.config import Endpoint
 from hepto.mesh import record
 from hepto.mesh.keys import (
     InvalidKey,
-    KeyFileError,
     KeyPair,
     base64_to_hex,
+    bound_public_key,
     decode_key,
     hex_to_base64,
-    load_or_create,
 )
 from hepto.mesh.record import RecordError
 
 
-class KeyFileTests(SynchronousTestCase):
+class IdentityKeyTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.path = Path(self.mktemp()) / "node" / "wireguard.key"
-
-    def test_made_on_first_start_owner_only(self) -> None:
-        keys = load_or_create(self.path)
-        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
-        self.assertEqual(self.path.read_text(), keys.private_key + "\n")
-        self.assertEqual(list(self.path.parent.iterdir()), [self.path], "no temporary left")
-
-    def test_kept_across_starts(self) -> None:
-        self.assertEqual(load_or_create(self.path), load_or_create(self.path))
-
-    def test_loosened_mode_is_tightened(self) -> None:
-        load_or_create(self.path)
-        self.path.chmod(0o644)
-        load_or_create(self.path)
-        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
-
-    def test_garbage_is_a_clear_error_and_is_not_overwritten(self) -> None:
-        self.path.parent.mkdir(parents=True)
-        self.path.write_text("not a key\n")
-        error = self.assertRaises(KeyFileError, load_or_create, self.path)
-        self.assertIn(str(self.path), str(error))
-        self.assertIn("move it away", str(error))
-        self.assertEqual(self.path.read_text(), "not a key\n")
+        self.identity = SigningKey.generate()
+        self.keys = KeyPair.from_identity(self.identity)
 
     def test_public_key_matches_wg_pubkey(self) -> None:
         if shutil.which("wg") is None:
             raise self.skipTest("needs wg (wireguard-tools)")
-        keys = load_or_create(self.path)
-        derived = (
-            subprocess.run(
-                ["wg", "pubkey"], input=self.path.read_bytes(), capture_output=True, check=True
-            )
-            .stdout.decode()
-            .strip()
+        derived = subprocess.run(
+            ["wg", "pubkey"],
+            input=(self.keys.private_key + "\n").encode(),
+            capture_output=True,
+            check=True,
         )
-        self.assertEqual(derived, keys.public_key)
+        self.assertEqual(derived.stdout.decode().strip(), self.keys.public_key)
+
+    def test_anyone_can_tell_the_key_of_an_identity(self) -> None:
+        public = bytes(self.identity.verify_key)
+        self.assertEqual(bound_public_key(public), self.keys.public_key)
+        other = KeyPair.from_identity(SigningKey.generate())
+        self.assertNotEqual(bound_public_key(public), other.public_key)
+
+    def test_the_same_identity_the_same_key(self) -> None:
+        again = SigningKey(bytes(self.identity))
+        self.assertEqual(KeyPair.from_identity(again), self.keys)
+
+    def test_no_key_for_what_is_no_identity(self) -> None:
+        for junk in (b"", b"x" * 31, b"\x00" * 32, b"\x01" + b"\x00" * 31):
+            with self.subTest(junk=junk):
+                self.assertIsNone(bound_public_key(junk))
 
     def test_generated_keys_are_clamped_like_wg_genkey(self) -> None:
         raw = decode_key(KeyPair.generate().private_key)
@@ -72,8 +61,7 @@ class KeyFileTests(SynchronousTestCase):
         self.assertEqual(raw[31] & 0xC0, 0x40)
 
     def test_private_key_is_not_in_repr(self) -> None:
-        keys = KeyPair.generate()
-        self.assertNotIn(keys.private_key, repr(keys))
+        self.assertNotIn(self.keys.private_key, repr(self.keys))
 
 
 class KeyTextTests(SynchronousTestCase):

@@ -22,11 +22,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
 import netlab
 from hepto import plan
+from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
 from hepto.mesh.rtnetlink import RtNetlink
 from hepto.mesh.service import MeshService, MeshSettings, Underlay
@@ -81,7 +83,7 @@ class MeshLabTests(TestCase):
                 MeshSettings(CLUSTER, host.name, host.index == 1),
                 state,
                 reactor,
-                key_path=node_dir / "wireguard.key",
+                keys=partial(KeyPair.from_identity, SigningKey.generate()),
                 backends=[
                     partial(
                         UserspaceBackend,

@@ -7,6 +7,7 @@ import ipaddress
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
@@ -160,6 +161,49 @@ class DesiredMeshTests(SynchronousTestCase):
         self.assertEqual([spec.name for spec in result.peers.values()], ["a"])
         self.assertEqual(
             result.problems, {Problem("b", "duplicate_key", "public key already used by a")}
+        )
+
+    def test_a_key_bound_to_its_author_s_identity_is_taken(self) -> None:
+        identity = SigningKey.generate()
+        value = {
+            "public_key": KeyPair.from_identity(identity).public_key,
+            "endpoint": str(endpoint(1)),
+        }
+        signed = Member(
+            "a", ALIVE, Record("a", 1, {"wireguard": value}, bytes(identity.verify_key))
+        )
+        self.assertEqual([spec.name for spec in desired(signed).peers.values()], ["a"])
+
+    def test_another_member_s_key_is_refused_whatever_the_names(self) -> None:
+        # The thief is first by name: under the old tie-break it kept the victim's peer.
+        victim_identity, thief_identity = SigningKey.generate(), SigningKey.generate()
+        stolen = KeyPair.from_identity(victim_identity).public_key
+        victim = Member(
+            "b",
+            ALIVE,
+            Record(
+                "b",
+                1,
+                {"wireguard": {"public_key": stolen, "endpoint": str(endpoint(2))}},
+                bytes(victim_identity.verify_key),
+            ),
+        )
+        thief = Member(
+            "a",
+            ALIVE,
+            Record(
+                "a",
+                1,
+                {"wireguard": {"public_key": stolen, "endpoint": str(endpoint(1))}},
+                bytes(thief_identity.verify_key),
+            ),
+        )
+        result = desired(thief, victim)
+        self.assertEqual([spec.name for spec in result.peers.values()], ["b"])
+        self.assertEqual(result.peers[stolen].endpoint, endpoint(2))
+        self.assertEqual(
+            result.problems,
+            {Problem("a", "foreign_key", "not the WireGuard key of its identity")},
         )
 
     def test_own_public_key_in_another_record_is_refused(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs, formatEvent
@@ -50,13 +52,13 @@ class Harness:
         self.ipr = FakeRtNetlink()
         self.ipr.make_link("hepto0", "wireguard", mtu=1420)
         self.underlay: Underlay | None = Underlay(ipaddress.IPv6Address("2001:db8:1::9"), 1500)
-        self.key_path = Path(case.mktemp()) / "wireguard.key"
+        self.identity = SigningKey.generate()
         backends = kwargs.pop("backends", None) or [lambda: self.backend]
         self.service = MeshService(
             MeshSettings(CLUSTER, "me", is_master),
             self.state,
             self.clock,
-            key_path=self.key_path,
+            keys=partial(KeyPair.from_identity, self.identity),
             backends=backends,
             links=Links(self.ipr, "hepto0"),
             underlay=lambda: self.underlay,
@@ -151,15 +153,6 @@ class StartTests(SynchronousTestCase):
             [e["log_level"].name for e in events if "cannot start" in formatEvent(e)], ["critical"]
         )
         self.assertEqual(h.service.status()["error"], h.service.error)
-
-    def test_unusable_key_file_is_a_clear_failure(self) -> None:
-        h = Harness(self)
-        h.key_path.parent.mkdir(parents=True)
-        h.key_path.write_text("garbage\n")
-        h.start()
-        self.assertEqual(h.service.phase, "failed")
-        self.assertIn("does not hold a WireGuard private key", h.service.error or "")
-        self.assertEqual(h.backend.calls, [])
 
     def test_waits_for_an_underlay_address(self) -> None:
         h = Harness(self)
@@ -448,9 +441,10 @@ class WiringTests(SynchronousTestCase):
 
     def test_mesh_service_of_a_node(self) -> None:
         config = node_config(self.data, ip="2001:db8::6/64", role="full")
-        service = mesh_service(config, MemoryCluster().join("me"), task.Clock())
+        identity = SigningKey.generate()
+        service = mesh_service(config, MemoryCluster().join("me"), task.Clock(), identity)
         self.assertEqual(service.name, "mesh")
-        self.assertEqual(service.key_path, config.node_dir / "wireguard.key")
+        self.assertEqual(service._make_keys(), KeyPair.from_identity(identity))
         self.assertEqual(service.settings, MeshSettings(CLUSTER, "me", True))
         kinds = [make() for make in service._backend_factories]
         self.assertEqual([backend.kind for backend in kinds], ["kernel", "userspace"])

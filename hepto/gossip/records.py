@@ -70,7 +70,7 @@ class SignedRecord:
 
     @property
     def record(self) -> state.Record:
-        return state.Record(self.name, self.version, self.data)
+        return state.Record(self.name, self.version, self.data, self.key)
 
     def __len__(self) -> int:
         return len(self.blob)

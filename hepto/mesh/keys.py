@@ -1,8 +1,12 @@
-"""The node's WireGuard key pair: made on first start, then kept, owner-only.
+"""The node's WireGuard key pair: its identity key, as a Curve25519 key.
 
-The key file holds the private key exactly as ``wg genkey`` writes it (base64 and a
-newline), so that ``wg pubkey < wireguard.key`` works on it.  WireGuard speaks base64 in
-records and netlink, hexadecimal over wireguard-go's UAPI; the conversions live here.
+A member's WireGuard public key is the Montgomery form of its Ed25519 identity key, the
+one its gossip record is signed with and that every member pins to its name.  So anyone
+can check that a record's WireGuard key is its author's own: a member that copies
+another's key into its record (to take that member's place in every peer's WireGuard)
+is refused by all, whatever the order in which they hear of the two (``docs/mesh.rst``
+gives the rationale and what it costs).  WireGuard speaks base64 in records and
+netlink, hexadecimal over wireguard-go's UAPI; the conversions live here.
 """
 
 from __future__ import annotations
@@ -10,24 +14,22 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from pathlib import Path
 from typing import Final
 
 import attrs
-from nacl.bindings import crypto_scalarmult_base
-from twisted.logger import Logger
+from nacl.bindings import (
+    crypto_scalarmult_base,
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_ed25519_sk_to_curve25519,
+)
+from nacl.exceptions import RuntimeError as NaclRuntimeError
+from nacl.signing import SigningKey
 
 KEY_BYTES: Final = 32
-
-log = Logger()
 
 
 class InvalidKey(Exception):
     """Text that should hold a WireGuard key does not."""
-
-
-class KeyFileError(Exception):
-    """The key file exists but cannot be used; ``str()`` says why and where."""
 
 
 def _clamp(raw: bytes) -> bytes:
@@ -84,50 +86,19 @@ class KeyPair:
     def generate(cls) -> KeyPair:
         return cls.from_private(_clamp(os.urandom(KEY_BYTES)))
 
-
-def load_or_create(path: Path) -> KeyPair:
-    """The key pair kept in ``path``, made and written (mode 0600) if there is none."""
-    try:
-        text = path.read_text("ascii")
-    except FileNotFoundError:
-        keys = KeyPair.generate()
-        _write_private(path, keys.private_key)
-        log.info(
-            "Made the WireGuard key pair of this node in {path}: public key {public_key}",
-            path=str(path),
-            public_key=keys.public_key,
-        )
-        return keys
-    except (OSError, UnicodeDecodeError) as error:
-        raise KeyFileError(f"cannot read the WireGuard key {path}: {error}") from None
-    try:
-        keys = KeyPair.from_private(decode_key(text.strip()))
-    except InvalidKey as error:
-        raise KeyFileError(
-            f"{path} does not hold a WireGuard private key ({error}); "
-            "move it away to have a new key made"
-        ) from None
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        # Someone loosened it; the key is only as secret as its file.
-        path.chmod(0o600)
-        log.warn(
-            "The WireGuard key {path} had mode {mode:o}; set it back to 600",
-            path=str(path),
-            mode=mode,
-        )
-    return keys
+    @classmethod
+    def from_identity(cls, signing_key: SigningKey) -> KeyPair:
+        """The pair whose public key is :func:`bound_public_key` of the identity's."""
+        secret = bytes(signing_key) + bytes(signing_key.verify_key)
+        return cls.from_private(crypto_sign_ed25519_sk_to_curve25519(secret))
 
 
-def _write_private(path: Path, private_key: str) -> None:
-    """Write through a temporary file so a crash never leaves half a key behind."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".new")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def bound_public_key(identity_public_key: bytes) -> str | None:
+    """The WireGuard public key of the member whose identity key this is.
+
+    None for bytes that are no Ed25519 public key (no point of the curve).
+    """
     try:
-        os.write(descriptor, (private_key + "\n").encode("ascii"))
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
+        return encode_key(crypto_sign_ed25519_pk_to_curve25519(identity_public_key))
+    except (NaclRuntimeError, ValueError, TypeError):
+        return None

@@ -25,6 +25,7 @@ from hepto.mesh.backend import (
     RemovePeer,
     UpdatePeer,
 )
+from hepto.mesh.keys import bound_public_key
 from hepto.mesh.record import RecordError
 from hepto.state import Change, Member
 
@@ -57,7 +58,7 @@ class Problem:
     """A member whose record the mesh could not use (entirely or in part), and why.
 
     ``kind`` names the counter of such drops: ``bad_wireguard``, ``bad_pod_prefix``,
-    ``duplicate_key`` or ``overlap``.
+    ``foreign_key``, ``duplicate_key`` or ``overlap``.
     """
 
     member: str
@@ -115,6 +116,11 @@ def desired_mesh(
             public_key, endpoint = record.parse_wireguard(value)
         except RecordError as error:
             problems.add(Problem(name, "bad_wireguard", str(error)))
+            continue
+        identity = member.record.identity
+        if identity is not None and public_key != bound_public_key(identity):
+            # A key that is not the author's own: it would take its owner's peer.
+            problems.add(Problem(name, "foreign_key", "not the WireGuard key of its identity"))
             continue
         if public_key in owners:
             problems.add(

@@ -1,8 +1,9 @@
 """MeshService: keeps this node's WireGuard device equal to the cluster's membership.
 
-On start it loads (or makes) the node's key pair, finds the underlay (the public
-address peers reach it on, and that link's MTU), brings up a backend (the kernel's
-WireGuard if it has one, else wireguard-go), and publishes ``wireguard`` in its record.
+On start it takes the node's key pair (its identity's: :mod:`hepto.mesh.keys`), finds
+the underlay (the public address peers reach it on, and that link's MTU), brings up a
+backend (the kernel's WireGuard if it has one, else wireguard-go), and publishes
+``wireguard`` in its record.
 Then every state change asks for a reconcile pass.  Passes never overlap, a burst of
 changes makes one pass, and a pass whose desired mesh equals the last one applied does
 no I/O at all.  Forced passes (after wireguard-go came back, and every
@@ -16,10 +17,11 @@ import collections
 import datetime
 import ipaddress
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from functools import partial
 from typing import Any, Final
 
 import attrs
+from nacl.signing import SigningKey
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -29,7 +31,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hepto.config import Endpoint, NodeConfig
-from hepto.mesh import keys as keyfile
 from hepto.mesh import links as netlink
 from hepto.mesh import record
 from hepto.mesh.backend import (
@@ -133,7 +134,7 @@ class MeshService(Service):
         settings: MeshSettings,
         state: ClusterState,
         reactor: Any,
-        key_path: Path,
+        keys: Callable[[], KeyPair],
         backends: Sequence[Callable[[], Backend]],
         links: Links,
         underlay: Callable[[], Underlay | None],
@@ -141,7 +142,7 @@ class MeshService(Service):
         self.settings = settings
         self.state = state
         self.reactor = reactor
-        self.key_path = key_path
+        self._make_keys = keys
         self._backend_factories = tuple(backends)
         self.links = links
         self._find_underlay = underlay
@@ -205,10 +206,7 @@ class MeshService(Service):
         self._starting.addErrback(self._start_failed)
 
     async def _start(self) -> None:
-        try:
-            self.keys = keyfile.load_or_create(self.key_path)
-        except keyfile.KeyFileError as error:
-            raise MeshError(str(error)) from None
+        self.keys = self._make_keys()
         self.underlay = await self._wait_for_underlay()
         self.backend = await self._bring_up_backend()
         self.phase = "running"
@@ -522,10 +520,12 @@ def mesh_service(
     config: NodeConfig,
     state: ClusterState,
     reactor: Any,
+    identity: SigningKey,
     interface: str = DEFAULT_INTERFACE,
     listen_port: int = DEFAULT_LISTEN_PORT,
 ) -> MeshService:
-    """The node's mesh: key and socket directory in the node's directory, both backends."""
+    """The node's mesh: its identity's key, its socket directory in the node's directory,
+    both backends."""
     from hepto.mesh.kernel import KernelBackend, pyroute2_wireguard
     from hepto.mesh.userspace import UserspaceBackend
 
@@ -538,7 +538,7 @@ def mesh_service(
         MeshSettings(config.cluster, config.name, config.is_master, interface, listen_port),
         state,
         reactor,
-        key_path=config.node_dir / "wireguard.key",
+        keys=partial(KeyPair.from_identity, identity),
         backends=(
             lambda: KernelBackend(rt, pyroute2_wireguard, interface),
             lambda: UserspaceBackend(reactor, interface, socket_dir, program=program),
