@@ -141,6 +141,53 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertNotEqual(crypto.derive_key(KEY), crypto.derive_key(OTHER_KEY))
 
 
+ALICE = bytes(16) + (7946).to_bytes(2, "big")
+BOB = bytes(15) + b"\x01" + (7946).to_bytes(2, "big")
+
+
+class DatagramTests(SynchronousTestCase):
+    """Datagrams are sealed for one recipient: replayed to another, they fail at once."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.sender = keyring(clock=self.clock)
+        self.receiver = keyring(clock=self.clock)
+
+    def refused(self, datagram: bytes, recipient: bytes) -> str:
+        error = self.assertRaises(Dropped, self.receiver.open_datagram, datagram, recipient)
+        self.assertEqual(self.receiver.drops.counts[error.reason], 1)
+        return error.reason
+
+    def test_round_trip(self) -> None:
+        datagram = self.sender.seal_datagram(b"hello", ALICE)
+        self.assertEqual(self.receiver.open_datagram(datagram, ALICE), b"hello")
+
+    def test_another_recipient_refuses_it_before_decrypting(self) -> None:
+        datagram = self.sender.seal_datagram(b"hello", ALICE)
+        self.assertEqual(self.refused(datagram, BOB), crypto.MISDIRECTED)
+        # Not taken for a replay: alice still gets it.
+        self.assertEqual(self.receiver.open_datagram(datagram, ALICE), b"hello")
+
+    def test_a_forged_recipient_hash_does_not_help(self) -> None:
+        datagram = self.sender.seal_datagram(b"hello", ALICE)
+        forged = datagram[:1] + crypto.recipient_tag(BOB) + datagram[1 + 4 :]
+        self.assertEqual(self.refused(forged, BOB), crypto.UNDECRYPTABLE)
+
+    def test_envelopes_of_streams_are_not_datagrams(self) -> None:
+        self.assertEqual(self.refused(self.sender.seal(b"hello"), ALICE), crypto.UNKNOWN_VERSION)
+
+    def test_overhead_within_reservation(self) -> None:
+        datagram = self.sender.seal_datagram(b"x" * MAX_PLAINTEXT, ALICE)
+        self.assertEqual(len(datagram), MAX_PLAINTEXT + crypto.DATAGRAM_OVERHEAD)
+        self.assertLessEqual(len(datagram), MAX_DATAGRAM)
+
+    def test_replays_refused(self) -> None:
+        datagram = self.sender.seal_datagram(b"hello", ALICE)
+        self.receiver.open_datagram(datagram, ALICE)
+        self.assertEqual(self.refused(datagram, ALICE), crypto.REPLAYED)
+
+
 class ReplayWindowTests(SynchronousTestCase):
     def test_capacity_shrinks_the_window_never_admits_a_replay(self) -> None:
         window = ReplayWindow(window_ms=60_000, capacity=3)

@@ -40,6 +40,7 @@ from hepto.gossip.streams import (
     StreamPing,
 )
 from hepto.gossip.swim import MemberState
+from hepto.gossip.transport import recipient_of
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 
 KEY = "5a" * 32
@@ -444,30 +445,40 @@ class ServicesTests(TestCase):
     @inlineCallbacks
     def test_bad_datagrams_counted_and_replay_refused(self) -> Any:
         alice = self.start("alice")
+        bob = self.start("bob")
         ring = Keyring.from_cluster_keys((bytes.fromhex(KEY),), "test", reactor)
         probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         self.addCleanup(probe.close)
         probe.bind(("::1", 0))
         probe.settimeout(TIMEOUT)
         target = ("::1", alice.address.port)
-        probe.sendto(b"\x01garbage", target)
+        to_alice = recipient_of(alice.address)
+        probe.sendto(b"\x02garbage", target)
         probe.sendto(b"\x00" * (MAX_DATAGRAM + 1), target)
-        sealed_garbage = ring.seal(b"\x07\x07")
+        sealed_garbage = ring.seal_datagram(b"\x07\x07", to_alice)
         probe.sendto(sealed_garbage, target)
-        ping = ring.seal(codec.encode([Ping(1, "alice", "tester")]))
+        # An envelope of the stream kind, or for another member: refused as such.
+        probe.sendto(ring.seal(codec.encode([Ping(9, "alice", "tester")])), target)
+        ping = ring.seal_datagram(codec.encode([Ping(1, "alice", "tester")]), to_alice)
         probe.sendto(ping, target)
         from twisted.internet.threads import deferToThread
 
         reply = yield deferToThread(probe.recv, 2048)
-        acked = codec.decode(ring.open(reply))
+        probe_address = Endpoint(ipaddress.IPv6Address("::1"), probe.getsockname()[1])
+        acked = codec.decode(ring.open_datagram(reply, recipient_of(probe_address)))
         self.assertIn(Ack(1, "alice"), acked)
         probe.sendto(ping, target)  # The same datagram again: a replay.
         yield counted(alice, crypto.REPLAYED)
+        # And to bob, for whom it was not sealed: refused at the envelope.
+        probe.sendto(ping, ("::1", bob.address.port))
+        yield counted(bob, crypto.MISDIRECTED)
         drops = alice.status()["drops"]
         self.assertEqual(drops.get(crypto.TRUNCATED), 1)
         self.assertEqual(drops.get(crypto.OVERSIZED), 1)
         self.assertEqual(drops.get(crypto.MALFORMED), 1)
+        self.assertEqual(drops.get(crypto.UNKNOWN_VERSION), 1)
         self.assertEqual(drops.get(crypto.REPLAYED), 1)
+        self.assertEqual(bob.status()["drops"], {crypto.MISDIRECTED: 1})
 
     @inlineCallbacks
     def test_bad_streams_aborted_and_counted(self) -> Any:

@@ -1,11 +1,20 @@
 """Sealing gossip: an AEAD envelope keyed from the cluster keyring, with a replay window.
 
-Every datagram and every stream frame travels as::
+Every stream frame travels as::
 
     [version: 1][nonce: 24][XChaCha20-Poly1305( timestamp_ms: 8 || payload ) + tag: 16]
 
-with the cluster name (and, for streams, the stream, direction and frame number) bound
-as associated data.  The first key of the ring seals, every key opens, so keys rotate
+and every datagram as::
+
+    [version: 2][recipient: 4][nonce: 24][XChaCha20-Poly1305( timestamp_ms: 8 || payload )
+                                          + tag: 16]
+
+with the cluster name (for streams, the stream, direction and frame number; for
+datagrams, the recipient's address and port) bound as associated data.  A datagram
+replayed to another member than the one it was sealed for fails at the envelope: the
+4 bytes of ``recipient``, a hash of the address it was sent to, say so before any
+decryption (``misdirected``), and the associated data makes sure that a forged hash
+does not help.  The first key of the ring seals, every key opens, so keys rotate
 without downtime.  Nothing is ever accepted unsealed.  ``docs/gossip-state.rst`` gives
 the rationale of each constant.
 """
@@ -31,12 +40,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 ENVELOPE_VERSION: Final = 1
+#: Datagrams: bound to their recipient.
+DATAGRAM_VERSION: Final = 2
+RECIPIENT_TAG_SIZE: Final = 4
 NONCE_SIZE: Final = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 TAG_SIZE: Final = crypto_aead_xchacha20poly1305_ietf_ABYTES
 TIMESTAMP_SIZE: Final = 8
 HEADER_SIZE: Final = 1 + NONCE_SIZE
 #: Bytes an envelope adds to its payload: 49, within messages.SEALING_OVERHEAD (64).
 OVERHEAD: Final = HEADER_SIZE + TIMESTAMP_SIZE + TAG_SIZE
+#: And a datagram's: 53, within messages.SEALING_OVERHEAD too.
+DATAGRAM_OVERHEAD: Final = OVERHEAD + RECIPIENT_TAG_SIZE
 #: Timestamps further than this from our clock are refused: NTP keeps hosts within
 #: milliseconds, an unsynchronised but sane clock within seconds; a minute leaves room
 #: for both while bounding how long a captured packet is worth anything.
@@ -61,6 +75,7 @@ REPLAYED: Final = "replayed"
 MALFORMED: Final = "malformed"
 OVERSIZED: Final = "oversized"
 OUT_OF_ORDER: Final = "out-of-order"
+MISDIRECTED: Final = "misdirected"
 
 
 def derive_key(cluster_key: bytes) -> bytes:
@@ -71,6 +86,11 @@ def derive_key(cluster_key: bytes) -> bytes:
 def associated_data(cluster: str, context: bytes) -> bytes:
     encoded = cluster.encode("utf-8")
     return _AD_PREFIX + len(encoded).to_bytes(1, "big") + encoded + context
+
+
+def recipient_tag(recipient: bytes) -> bytes:
+    """The hash of a recipient that a datagram carries in clear."""
+    return hashlib.blake2b(recipient, digest_size=RECIPIENT_TAG_SIZE, person=_KEY_PERSON).digest()
 
 
 class Dropped(Exception):
@@ -214,8 +234,27 @@ class Keyring:
             raise self.refuse(TRUNCATED, peer, f"{len(envelope)} bytes")
         if envelope[0] != ENVELOPE_VERSION:
             raise self.refuse(UNKNOWN_VERSION, peer, f"version {envelope[0]}")
-        nonce = envelope[1:HEADER_SIZE]
-        plaintext = self._decrypt(nonce, envelope[HEADER_SIZE:], context)
+        return self._open(envelope[1:], context, peer)
+
+    def seal_datagram(self, payload: bytes, recipient: bytes) -> bytes:
+        """A datagram for ``recipient`` (its address, as the transport says) alone."""
+        envelope = self.seal(payload, DATAGRAM + recipient)
+        return bytes((DATAGRAM_VERSION,)) + recipient_tag(recipient) + envelope[1:]
+
+    def open_datagram(self, datagram: bytes, recipient: bytes, peer: object = None) -> bytes:
+        """The payload of a genuine, fresh datagram sealed for ``recipient``, us."""
+        if len(datagram) < DATAGRAM_OVERHEAD:
+            raise self.refuse(TRUNCATED, peer, f"{len(datagram)} bytes")
+        if datagram[0] != DATAGRAM_VERSION:
+            raise self.refuse(UNKNOWN_VERSION, peer, f"version {datagram[0]}")
+        if datagram[1 : 1 + RECIPIENT_TAG_SIZE] != recipient_tag(recipient):
+            raise self.refuse(MISDIRECTED, peer, "sealed for another recipient")
+        return self._open(datagram[1 + RECIPIENT_TAG_SIZE :], DATAGRAM + recipient, peer)
+
+    def _open(self, sealed: bytes, context: bytes, peer: object) -> bytes:
+        """``sealed`` is the nonce and the ciphertext."""
+        nonce = sealed[:NONCE_SIZE]
+        plaintext = self._decrypt(nonce, sealed[NONCE_SIZE:], context)
         if plaintext is None:
             raise self.refuse(UNDECRYPTABLE, peer)
         timestamp = int.from_bytes(plaintext[:TIMESTAMP_SIZE], "big", signed=True)

@@ -43,6 +43,11 @@ _READ_SIZE: Final = 65535
 Receiver = Callable[[Endpoint, Sequence[Message]], None]
 
 
+def recipient_of(endpoint: Endpoint) -> bytes:
+    """What binds a datagram to the member it is sent to: its gossip address and port."""
+    return endpoint.host.packed + endpoint.port.to_bytes(2, "big")
+
+
 class _Datagrams(protocol.DatagramProtocol):
     maxPacketSize = _READ_SIZE
     noisy = False
@@ -83,6 +88,7 @@ class GossipTransport:
         self.keyring = keyring
         self.drops = keyring.drops
         self.address = address
+        self._recipient = recipient_of(address)
         self.stream_timeout = stream_timeout
         self.receiver: Receiver | None = None
         self.responder: Responder | None = None
@@ -135,7 +141,7 @@ class GossipTransport:
         if len(payload) > MAX_PLAINTEXT:  # The codec refuses this too; never trust it alone.
             self.log.error("Refusing to send {size} bytes of gossip", size=len(payload))
             return
-        datagram = self.keyring.seal(payload)
+        datagram = self.keyring.seal_datagram(payload, recipient_of(to))
         try:
             self._udp.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
         except OSError as error:
@@ -155,7 +161,7 @@ class GossipTransport:
             self.drops.count(OVERSIZED, sender, f"{len(datagram)} bytes")
             return
         try:
-            payload = self.keyring.open(datagram, peer=sender)
+            payload = self.keyring.open_datagram(datagram, self._recipient, peer=sender)
         except Dropped:
             return
         try:
