@@ -19,7 +19,7 @@ from hepto.kube.service import (
     component_environment,
     required_programs,
 )
-from hepto.pki.paths import COMPONENT_CERTIFICATES, Paths
+from hepto.pki.paths import Paths
 
 CLUSTER, NAME = "mycluster", "master1"
 NODE_DIR = Path("/var/lib/hepto/mycluster/master1")
@@ -74,20 +74,74 @@ class CommonTests(SynchronousTestCase):
             self.assertNotRegex(" ".join(component.args), r"\b\d+\.\d+\.\d+\.\d+\b")
 
     def test_every_pki_file_of_the_component_is_passed(self) -> None:
-        for component in self.components:
-            files = PKI.component_files(component.name)
-            for flag, path in files.items():
-                if flag in ("--cluster-signing-cert-file", "--cluster-signing-key-file"):
-                    continue
-                if flag == "--service-account-private-key-file":
-                    continue
-                self.assertEqual(component.flag(flag), str(path), (component.name, flag))
+        """Each file of docs/pki.rst's layout reaches the flag that reads it."""
+        expected = {
+            "etcd": {
+                "--cert-file": "pki/etcd-server.crt",
+                "--key-file": "pki/etcd-server.key",
+                "--peer-cert-file": "pki/etcd-peer.crt",
+                "--peer-key-file": "pki/etcd-peer.key",
+                "--peer-trusted-ca-file": "pki/ca/etcd.crt",
+                "--trusted-ca-file": "pki/ca/etcd.crt",
+            },
+            "kube-apiserver": {
+                "--client-ca-file": "pki/ca.crt",
+                "--etcd-cafile": "pki/ca/etcd.crt",
+                "--etcd-certfile": "pki/apiserver-etcd-client.crt",
+                "--etcd-keyfile": "pki/apiserver-etcd-client.key",
+                "--kubelet-certificate-authority": "pki/ca.crt",
+                "--kubelet-client-certificate": "pki/apiserver-kubelet-client.crt",
+                "--kubelet-client-key": "pki/apiserver-kubelet-client.key",
+                "--proxy-client-cert-file": "pki/front-proxy-client.crt",
+                "--proxy-client-key-file": "pki/front-proxy-client.key",
+                "--requestheader-client-ca-file": "pki/ca/front-proxy.crt",
+                "--service-account-key-file": "pki/ca/service-account.pub",
+                "--service-account-signing-key-file": "pki/ca/service-account.key",
+                "--tls-cert-file": "pki/apiserver.crt",
+                "--tls-private-key-file": "pki/apiserver.key",
+            },
+            "kube-controller-manager": {
+                "--cluster-signing-kubelet-serving-cert-file": "pki/ca/kubernetes.crt",
+                "--cluster-signing-kubelet-serving-key-file": "pki/ca/kubernetes.key",
+                "--authentication-kubeconfig": "pki/controller-manager.kubeconfig",
+                "--authorization-kubeconfig": "pki/controller-manager.kubeconfig",
+                "--client-ca-file": "pki/ca.crt",
+                "--kubeconfig": "pki/controller-manager.kubeconfig",
+                "--requestheader-client-ca-file": "pki/ca/front-proxy.crt",
+                "--root-ca-file": "pki/ca.crt",
+            },
+            "kube-scheduler": {
+                "--authentication-kubeconfig": "pki/scheduler.kubeconfig",
+                "--authorization-kubeconfig": "pki/scheduler.kubeconfig",
+                "--kubeconfig": "pki/scheduler.kubeconfig",
+            },
+        }
+        passed = {
+            component.name: {
+                flag: str(Path(value).relative_to(NODE_DIR))
+                for flag, value in (argument.split("=", 1) for argument in component.args)
+                if value.startswith(f"{NODE_DIR}/pki/")
+            }
+            for component in self.components
+        }
+        self.assertEqual(passed, expected)
 
     def test_waits_for_its_certificates(self) -> None:
-        for component in self.components:
-            self.assertTrue(
-                set(COMPONENT_CERTIFICATES[component.name]) <= set(component.certificates)
-            )
+        self.assertEqual(
+            {component.name: set(component.certificates) for component in self.components},
+            {
+                # And the client certificate its readiness probe shows.
+                "etcd": {"etcd-server", "etcd-peer", "apiserver-etcd-client"},
+                "kube-apiserver": {
+                    "apiserver",
+                    "apiserver-etcd-client",
+                    "apiserver-kubelet-client",
+                    "front-proxy-client",
+                },
+                "kube-controller-manager": {"controller-manager"},
+                "kube-scheduler": {"scheduler"},
+            },
+        )
 
     def test_dependencies(self) -> None:
         self.assertEqual(

@@ -333,10 +333,17 @@ class SignerTests(SynchronousTestCase):
         self.signer.sign_remote(
             "node-a", "node", KUBELET_CLIENT, self.request(keys.generate_key()), NOW
         )
-        # The serving certificate's ledger is separate.
-        self.signer.sign_remote(
+        with self.assertRaises(Refused):  # retired for node-a's client certificate...
+            self.signer.sign_remote("node-a", "node", KUBELET_CLIENT, self.request(key), NOW)
+        # ... not for its serving certificate, whose ledger is separate,
+        serving = self.signer.sign_remote(
             "node-a", "node", KUBELET_SERVING, self.request(key, KUBELET_SERVING), NOW
         )
+        self.assertEqual(serving.public_key(), key.public_key())
+        # ... nor for another member.
+        other = pem(requests.build_csr(spec_of(KUBELET_CLIENT, "node-b"), key))
+        client = self.signer.sign_remote("node-b", "node", KUBELET_CLIENT, other, NOW)
+        self.assertEqual(client.public_key(), key.public_key())
 
     def test_ledger_is_bounded(self) -> None:
         ledger = signer.KeyLedger()
