@@ -253,6 +253,17 @@ def wait_until(
         time.sleep(interval)
 
 
+def holds_for(
+    predicate: Callable[[], Any], duration: float, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll, like :func:`wait_until`, that ``predicate`` stays true for ``duration`` s."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not predicate():
+            raise AssertionError(f"{what} stopped holding")
+        time.sleep(interval)
+
+
 def netns_socket(netns: str, family: int, kind: int, protocol: int = 0) -> socket.socket:
     """A socket in the network namespace ``netns``, for in-process clients of that host.
 

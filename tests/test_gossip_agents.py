@@ -7,19 +7,28 @@ source) and its JSON log; nothing reaches into a process.
 from __future__ import annotations
 
 import shutil
+import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from agent import KEY, Agent
+from hepto.config import DEFAULT_PORT as GOSSIP_PORT
+from hepto.config import Endpoint
 from hepto.control import ControlError, query
-from netlab import Host, Lab, missing_requirements, wait_until
+from hepto.gossip import codec
+from hepto.gossip.crypto import Keyring
+from hepto.gossip.messages import Alive, Dead
+from hepto.gossip.transport import recipient_of
+from netlab import Host, Lab, holds_for, missing_requirements, netns_socket, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +220,73 @@ class PartitionTests(AgentsTestCase):
             host.heal()
         healed = self.wait_all_see(names, names, "alive", START_TIMEOUT)
         print(f"healed: all alive again after {healed:.1f} s")
+
+
+class InsiderTests(AgentsTestCase):
+    """A key holder, with hepto's own codec, cannot move a member in others' views."""
+
+    def dropped(self, observer: str, reason: str) -> int:
+        status = self.status(observer)
+        return 0 if status is None else int(status["drops"].get(reason, 0))
+
+    def forge(self, insider: Host, recipients: Iterable[Host], *datagrams: list[Any]) -> None:
+        """Each datagram of messages to each recipient in turn, from the insider's address."""
+        keyring = Keyring.from_cluster_keys((bytes.fromhex(KEY),), CLUSTER, reactor)
+        sender = netns_socket(insider.netns, socket.AF_INET6, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.bind((str(insider.address), GOSSIP_PORT))
+        for messages in datagrams:
+            payload = codec.encode(messages)
+            for host in recipients:
+                recipient = Endpoint(host.address, GOSSIP_PORT)
+                datagram = keyring.seal_datagram(payload, recipient_of(recipient))
+                sender.sendto(datagram, (str(host.address), GOSSIP_PORT))
+
+    def test_a_forged_death_and_alive_elsewhere_move_no_one(self) -> None:
+        names = ["b1", "b2", "b3"]
+        hosts = [self.lab.add_host(name) for name in names]
+        insider = self.lab.add_host("insider")
+        self.start(hosts[0])
+        for host in hosts[1:]:
+            self.start(host, anchor=hosts[0])
+        self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        victim = hosts[1]
+        where = f"[{victim.address}]:{GOSSIP_PORT}"
+        incarnation = self.view("b1")["b2"]["incarnation"]
+        fake = Endpoint(insider.address, GOSSIP_PORT)
+        # The hijack that issue 19 reports: a death, then an Alive at the insider's
+        # address, which a dead member's address used to follow.
+        self.forge(
+            insider,
+            [hosts[0], hosts[2]],
+            [Dead("b2", incarnation, "b3")],
+            [Alive("b2", incarnation + 2, fake, "node")],
+        )
+        for observer in ("b1", "b3"):
+            wait_until(
+                partial(self.dropped, observer, "unsigned address"),
+                30,
+                0.2,
+                f"{observer} to refuse the forged Alive",
+            )
+        # Not for a moment elsewhere (SWIM alone would move it back in time: the
+        # victim refutes what it hears of itself, at its own address).
+        holds_for(
+            lambda: all(self.view(name)["b2"]["address"] == where for name in ("b1", "b3")),
+            5,
+            0.1,
+            "b2 at its own address",
+        )
+        # The forged leave holds until the victim hears of it and refutes, at its address.
+        self.wait_all_see(
+            ["b1", "b3"], ["b2"], "alive", DEATH_TIMEOUT, check=lambda m: m["address"] == where
+        )
+        # And its record changes still reach everyone.
+        version = query(self.socket("b2"), "publish", key="x-after", value="still here")["version"]
+        self.wait_all_see(
+            ["b1", "b3"],
+            ["b2"],
+            "alive",
+            60,
+            check=lambda m: m["version"] >= version and m["address"] == where,
+        )

@@ -531,6 +531,44 @@ class ConflictTests(MembershipTestCase):
         self.assertEqual(member.member("b").address, endpoint(9))  # type: ignore[union-attr]
         self.assertEqual(self.status(member, "b"), ALIVE)
 
+    def test_a_member_stays_where_its_record_says(self) -> None:
+        """The hijack: a forged Dead, then an Alive at the forger's address."""
+        member = self.make()
+        member.signed_address = {"b": endpoint(2)}.get
+        member.receive(endpoint(9), [Dead("b", 0, "c"), Alive("b", 2, endpoint(9), "node")])
+        self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
+        self.assertEqual(member.drops["unsigned address"], 1)
+        # The member itself, refuting where it is, is believed.
+        member.receive(endpoint(2), [Alive("b", 3, endpoint(2), "node")])
+        self.assertEqual(self.status(member, "b"), ALIVE)
+        self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
+
+    def test_merged_state_cannot_move_a_member_either(self) -> None:
+        member = self.make()
+        member.signed_address = {"b": endpoint(2)}.get
+        member.receive(endpoint(9), [Dead("b", 0, "c")])
+        member.merge_state([state("b", 9, incarnation=5)])
+        self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
+        self.assertEqual(member.drops["unsigned address"], 1)
+
+    def test_an_unknown_member_cannot_be_announced_elsewhere(self) -> None:
+        member = self.make()
+        member.signed_address = {"z": endpoint(8)}.get
+        member.receive(endpoint(9), [Alive("z", 1, endpoint(9), "node")])
+        self.assertIsNone(member.member("z"))
+        member.receive(endpoint(8), [Alive("z", 1, endpoint(8), "node")])
+        self.assertEqual(member.member("z").address, endpoint(8))  # type: ignore[union-attr]
+
+    def test_a_record_moves_a_member_to_where_it_says(self) -> None:
+        member = self.make()
+        signed: dict[str, Endpoint] = {}
+        member.signed_address = signed.get
+        member.receive(endpoint(9), [Alive("z", 1, endpoint(9), "node")])  # before its record
+        signed["z"] = endpoint(8)
+        member.follow_signed_address("z")
+        self.assertEqual(member.member("z").address, endpoint(8))  # type: ignore[union-attr]
+        self.assertEqual(member.member("z").incarnation, 1)  # type: ignore[union-attr]
+
     def test_our_name_elsewhere(self) -> None:
         member = self.make()
         member.receive(endpoint(3), [Alive("a", 9, endpoint(9), "node")])

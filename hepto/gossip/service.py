@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hepto.config import Endpoint, NodeConfig
+from hepto.config import ConfigError, Endpoint, NodeConfig, parse_endpoint
 from hepto.control import SOCKET_NAME, ControlService, RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
@@ -57,6 +57,8 @@ JOIN_KNOWN_MEMBERS: Final = 3
 OPERATOR_KEY_PREFIX: Final = "x-"
 #: Seconds a burst of membership changes waits before the saved state is rewritten.
 SAVE_DELAY: Final = 5.0
+#: The key of a record that says where its member gossips.
+GOSSIP_KEY: Final = "gossip"
 
 
 class GossipError(StartupError):
@@ -123,7 +125,7 @@ class GossipService(MultiService):
             cluster=config.cluster,
             name=config.name,
             identity=self.identity,
-            data={"role": config.role, "gossip": str(self.address)},
+            data={"role": config.role, GOSSIP_KEY: str(self.address)},
             previous=self._previous_record(saved),
             membership=self.membership,
             fetch=self.transport.fetch,
@@ -135,6 +137,10 @@ class GossipService(MultiService):
         self.transport.receiver = self.membership.receive
         self.transport.responder = self
         self.membership.on_reap = self._reaped
+        #: Where each member's signed record says it gossips: the only address its Alive
+        #: messages may give (see Membership.signed_address).
+        self._signed_addresses: dict[str, Endpoint] = {}
+        self.membership.signed_address = self._signed_addresses.get
         self.control = ControlService(node_dir / SOCKET_NAME, self.status, reactor)
         self.control.commands["publish"] = self._publish_command
         self.control.setServiceParent(self)
@@ -385,6 +391,24 @@ class GossipService(MultiService):
     def _state_changed(self, change: Change) -> None:
         if self.store.pins.changed:
             self._schedule("save", SAVE_DELAY, self._save)
+        if change.name != self.config.name:
+            self._follow_record_address(change)
+
+    def _follow_record_address(self, change: Change) -> None:
+        name, record = change.name, change.new.record if change.new is not None else None
+        text = record.get(GOSSIP_KEY) if record is not None else None
+        signed = None
+        if isinstance(text, str):
+            try:
+                signed = parse_endpoint(GOSSIP_KEY, text, self.address.port)
+            except ConfigError:
+                signed = None  # The member's own mistake: its Alive messages stand.
+        if signed is None:
+            self._signed_addresses.pop(name, None)
+            return
+        if self._signed_addresses.get(name) != signed:
+            self._signed_addresses[name] = signed
+            self.membership.follow_signed_address(name)
 
     def _reaped(self, state: MemberState) -> None:
         self.store.forget(state.name)

@@ -332,6 +332,9 @@ class Membership:
         self.profile = profile
         self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
+        #: The gossip address that a member's signed record states, once one is known:
+        #: an Alive elsewhere is refused, so that a key holder cannot move a member.
+        self.signed_address: Callable[[str], Endpoint | None] = lambda name: None
         #: Dropped input by reason; never reset.
         self.drops: Counter[str] = Counter()
         self._clock = clock
@@ -567,6 +570,23 @@ class Membership:
             # Our own refutation of what the peer said about us is not news about others.
             self._merge_found_news = self._changes > changes + (self.incarnation > before)
 
+    def follow_signed_address(self, name: str) -> None:
+        """Member ``name``'s record now states where it is: move it there if elsewhere.
+
+        Its address may have come from an Alive of anyone's making before its record
+        was known, or the member moved (a new address in a new record).
+        """
+        signed, known = self.signed_address(name), self._table.get(name)
+        if name == self.name or signed is None or known is None or known.address == signed:
+            return
+        self.log.info(
+            "{member} is at {signed}, as its record says, not at {address}",
+            member=name,
+            signed=str(signed),
+            address=str(known.address),
+        )
+        self._change(attrs.evolve(known, address=signed))
+
     def broadcast_digest(self, name: str, version: int) -> None:
         """Tell everyone that we hold record ``name`` at ``version``."""
         key = ("digest", name)
@@ -664,6 +684,8 @@ class Membership:
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
         known = self._table.get(message.name)
+        if message.name != self.name and not self._signed(message):
+            return
         if known is None:
             if not self._plausible(message.name, message.incarnation, 0, True):
                 return
@@ -705,6 +727,19 @@ class Membership:
                 message.name, message.address, message.role, message.incarnation, ALIVE, since
             )
         )
+
+    def _signed(self, message: Alive) -> bool:
+        """Whether ``message`` puts its member where the member's own record says.
+
+        Alive messages are not signed, and anyone with the cluster key can make one; the
+        member's record is, by the identity pinned to its name.  Before its record is
+        known, a member's address is the one its first Alive gave.
+        """
+        signed = self.signed_address(message.name)
+        if signed is None or signed == message.address:
+            return True
+        self._drop("unsigned address", member=message.name, signed=signed, claimed=message.address)
+        return False
 
     def _same_address(self, message: Alive, known: MemberState) -> bool:
         """As memberlist: a live member keeps its address; another process claiming its
