@@ -7,7 +7,6 @@ a host holding the cluster key still cannot rewrite another member's record.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -17,6 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from hepto.errors import StartupError
+from hepto.files import write_atomically
 
 IDENTITY_FILE: Final = "identity.key"
 PUBLIC_KEY_SIZE: Final = 32
@@ -82,20 +82,7 @@ def load_or_create(path: Path) -> Identity:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a file readable by its owner only, atomically and durably."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(descriptor, 0o600)
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, data, 0o600)
 
 
 @attrs.define

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from hepto import plan
 from hepto.config import Endpoint
 from hepto.errors import StartupError
+from hepto.files import write_atomically
 from hepto.kube import containerd, egress, host, kube_proxy, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.host import Hierarchy, HostError, HostSetup
@@ -36,15 +37,6 @@ from hepto.state import ClusterState
 
 class RuntimeSetupError(StartupError):
     """The runtime cannot be set up; the message says which step failed and why."""
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` at once: a reader sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", opener=lambda name, flags: os.open(name, flags, mode)) as out:
-        out.write(text)
-    os.replace(temporary, path)
 
 
 class ImageStore(Protocol):
@@ -171,6 +163,7 @@ class NodeRuntime:
                 host.enter_private_mount_namespace()
             self.hierarchies = self.host.prepare()
             self.may_lower_oom_score = host.may_lower_oom_score()
+            self.layout.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._write_sweeper()
         except (HostError, OSError) as error:
             raise RuntimeSetupError(f"the node's runtime cannot start: {error}") from None

@@ -373,10 +373,10 @@ class KubeService(MultiService):
 
     def _before_coredns(self) -> Deferred[None]:
         """Its Corefile, then its role, its binding and its Service (cluster_dns)."""
+        from hepto.files import write_atomically
         from hepto.kube import cluster_dns
         from hepto.kube.coredns import corefile
         from hepto.kube.layout import Layout
-        from hepto.kube.runtime import write_atomically
         from hepto.pki.specs import ADMIN
 
         node = self._node

@@ -6,7 +6,7 @@ or makes the CAs and this member's keys, signs the master's own certificates), r
 and reviews the records of members that changed, and it says what it did.  Everything it
 must remember between batches is :meth:`Desk.memory`, JSON, which the resident service
 keeps and hands back with the next batch; files are reloaded from disk every time, and
-only a desk writes them, each atomically (:func:`hepto.pki.keys.write_file`).
+only a desk writes them, each atomically (:func:`hepto.files.write_atomically`).
 
 What a batch produces, besides files:
 

@@ -9,11 +9,12 @@ half a key behind, and secrets are created 0600 from the first byte, never chmod
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from hepto.files import write_atomically
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -91,28 +92,12 @@ def ensure_directory(path: Path) -> None:
     path.chmod(DIRECTORY_MODE)
 
 
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` atomically with ``data``, created with ``mode`` from the start."""
-    aside = path.with_name(f".{path.name}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-    descriptor = os.open(aside, flags, mode)
-    try:
-        os.fchmod(descriptor, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(aside, path)
-
-
 def write_secret(path: Path, data: bytes) -> None:
-    write_file(path, data, SECRET_MODE)
+    write_atomically(path, data, SECRET_MODE)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    write_file(path, data, PUBLIC_MODE)
+    write_atomically(path, data, PUBLIC_MODE)
 
 
 def write_private_key(path: Path, key: PrivateKey) -> None:
