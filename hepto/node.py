@@ -47,11 +47,17 @@ class NodeService(MultiService):
         # asked to stop (a graceful leave) after them.
         self.gossip = GossipService(config, reactor, profile=PROFILES[config.gossip_profile])
         self.gossip.setServiceParent(self)
-        self.pki = PKIService.from_config(config, self.gossip.state, reactor)
+        self.pki = PKIService.from_config(
+            config, self.gossip.state, reactor, identity=self.gossip.identity.public_key
+        )
         self.pki.setServiceParent(self)
         self.gossip.control.sections["pki"] = self.pki.status
         self.mesh = mesh_service(
-            config, self.gossip.state, reactor, self.gossip.identity.signing_key
+            config,
+            self.gossip.state,
+            reactor,
+            self.gossip.identity.signing_key,
+            masters=self.pki,
         )
         self.mesh.setServiceParent(self)
         self.gossip.control.sections["mesh"] = self.mesh.status

@@ -24,7 +24,7 @@ from hepto import plan
 from hepto.gossip.identity import IDENTITY_FILE
 from hepto.gossip.identity import load_or_create as load_identity
 from hepto.mesh.keys import KeyPair
-from netlab import Host, Lab, missing_requirements, uapi_get, wait_until
+from netlab import Host, Lab, holds_for, missing_requirements, uapi_get, wait_until
 
 CLUSTER = "meshagents"
 
@@ -156,6 +156,48 @@ class MeshAgentsTests(SynchronousTestCase):
         )
         self.assertTrue(self.has_peer(master, stolen, victim))
         self.assertTrue(self.pings(master, plan.mesh_address(CLUSTER, victim.name)))
+
+    def test_a_member_that_only_says_master_gets_no_apiserver_address(self) -> None:
+        master, node, impostor = self.hosts[:3]
+        self.start(master)
+        self.start(node)
+        apiserver = f"{plan.apiserver_address(CLUSTER)}/128"
+        real = self.public_key(master)
+        wait_until(partial(self.allows, node, real, apiserver), 120, 0.5, "the master's apiserver")
+        # An agent of its own PKI, CAs and all, named before the master: under a rule
+        # of name order it would take the apiserver's address.
+        data_dir = Path(tempfile.mkdtemp(prefix="hepto-impostor-"))
+        self.addCleanup(shutil.rmtree, data_dir, ignore_errors=True)
+        agent = Agent.start(
+            ["--cluster", CLUSTER, "--key", KEY, "--name", "a", "--role", "master",
+             "--anchor", str(master.address), "--no-contain", "--ip", str(impostor.interface),
+             "--components", "none"],
+            data_dir=data_dir,
+            prefix=impostor.command([]),
+        )  # fmt: skip
+        self.addCleanup(agent.kill)
+        identity = data_dir / CLUSTER / "a" / IDENTITY_FILE
+        wait_until(identity.exists, 60, 0.1, "the impostor's identity")
+        fake = KeyPair.from_identity(load_identity(identity).signing_key).public_key
+        wait_until(partial(self.allows, node, fake, None), 60, 0.5, "the impostor's peer")
+        holds_for(
+            lambda: not self.allows(node, fake, apiserver) and self.allows(node, real, apiserver),
+            5,
+            0.2,
+            "the apiserver's address with the real master only",
+        )
+        self.assertTrue(self.agents[node.name].logged("member a: says it is a master"))
+        self.assertTrue(self.pings(node, plan.apiserver_address(CLUSTER)))
+
+    def allows(self, host: Host, key: str, prefix: str | None) -> bool:
+        """Whether ``host`` has the peer ``key``, with ``prefix`` among its allowed IPs."""
+        try:
+            peer = uapi_get(self.socket_of(host)).peers.get(key)
+        except OSError:
+            return False
+        if peer is None:
+            return False
+        return prefix is None or prefix in {str(network) for network in peer.allowed_ips}
 
     def has_peer(self, host: Host, key: str, at: Host) -> bool:
         """Whether ``host``'s WireGuard has the peer ``key`` at ``at``'s endpoint."""

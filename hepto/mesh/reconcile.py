@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final
 
 import attrs
@@ -58,7 +58,7 @@ class Problem:
     """A member whose record the mesh could not use (entirely or in part), and why.
 
     ``kind`` names the counter of such drops: ``bad_wireguard``, ``bad_pod_prefix``,
-    ``foreign_key``, ``duplicate_key`` or ``overlap``.
+    ``foreign_key``, ``duplicate_key``, ``unproven_master`` or ``overlap``.
     """
 
     member: str
@@ -82,11 +82,15 @@ def desired_mesh(
     own_public_key: str,
     members: Mapping[str, Member],
     keepalive: int = DEFAULT_KEEPALIVE,
+    masters: Collection[str] | None = None,
 ) -> Desired:
     """Exactly the other reachable members that published a usable ``wireguard`` key.
 
     Members are taken in name order, so that when two claim one public key or one
-    allowed prefix, every node keeps the same one and reports the other.
+    allowed prefix, every node keeps the same one and reports the other.  ``masters``
+    are the members the cluster CA proves masters (:mod:`hepto.pki.mastership`): only
+    they get the apiserver's address; None takes every record's word for its role
+    (the in-memory clusters of tests, whose records nobody signs).
     """
     claimed = _Claims()
     for address in own_addresses(cluster, own_name, is_master):
@@ -129,7 +133,12 @@ def desired_mesh(
             continue
         wanted: set[IPNetwork] = {host_network(plan.mesh_address(cluster, name))}
         if member.record.get(record.ROLE) in record.MASTER_ROLES:
-            wanted.add(host_network(plan.apiserver_address(cluster)))
+            if masters is None or name in masters:
+                wanted.add(host_network(plan.apiserver_address(cluster)))
+            else:
+                problems.add(
+                    Problem(name, "unproven_master", "says it is a master; the cluster CA does not")
+                )
         pod_value = member.record.get(record.POD_PREFIX)
         pod_prefix = None
         if pod_value is not None:

@@ -18,7 +18,7 @@ import datetime
 import ipaddress
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 from nacl.signing import SigningKey
@@ -123,6 +123,17 @@ def _timestamp(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class MasterSource(Protocol):
+    """Who the cluster CA proves masters: :class:`hepto.pki.service.PKIService`."""
+
+    @property
+    def masters(self) -> frozenset[str]: ...
+
+    def subscribe_masters(
+        self, listener: Callable[[frozenset[str]], None]
+    ) -> Callable[[], None]: ...
+
+
 class MeshService(Service):
     """The WireGuard mesh of one node; its name is ``mesh``."""
 
@@ -138,11 +149,15 @@ class MeshService(Service):
         backends: Sequence[Callable[[], Backend]],
         links: Links,
         underlay: Callable[[], Underlay | None],
+        masters: MasterSource | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.reactor = reactor
         self._make_keys = keys
+        #: Who the cluster CA proves masters (the PKI); None: every record's own word.
+        self._masters = masters
+        self._unsubscribe_masters: Callable[[], None] | None = None
         self._backend_factories = tuple(backends)
         self.links = links
         self._find_underlay = underlay
@@ -219,6 +234,8 @@ class MeshService(Service):
             mtu=self.mtu,
         )
         self._unsubscribe = self.state.subscribe(self._changed)
+        if self._masters is not None:
+            self._unsubscribe_masters = self._masters.subscribe_masters(lambda _: self._wanted())
         self._resync = task.LoopingCall(self._wanted, True)
         self._resync.clock = self.reactor
         self._resync.start(self.settings.resync_interval, now=False)
@@ -279,6 +296,9 @@ class MeshService(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._unsubscribe_masters is not None:
+            self._unsubscribe_masters()
+            self._unsubscribe_masters = None
         if self._resync is not None and self._resync.running:
             self._resync.stop()
         for call in (self._call, self._retry):
@@ -374,6 +394,7 @@ class MeshService(Service):
             self.keys.public_key,
             self.state.members(),
             settings.keepalive,
+            None if self._masters is None else self._masters.masters,
         )
 
     async def _pass(self, force: bool) -> None:
@@ -521,6 +542,7 @@ def mesh_service(
     state: ClusterState,
     reactor: Any,
     identity: SigningKey,
+    masters: MasterSource | None = None,
     interface: str = DEFAULT_INTERFACE,
     listen_port: int = DEFAULT_LISTEN_PORT,
 ) -> MeshService:
@@ -545,4 +567,5 @@ def mesh_service(
         ),
         links=Links(rt, interface),
         underlay=lambda: find_underlay(rt, config),
+        masters=masters,
     )

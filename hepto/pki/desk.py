@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from twisted.logger import Logger
 
 from hepto import plan
-from hepto.pki import ca, keys, kubeconfig, policy, store
+from hepto.pki import ca, keys, kubeconfig, mastership, policy, store
 from hepto.pki.errors import AuthorityError, Refused
 from hepto.pki.paths import KUBECONFIGS, Paths
 from hepto.pki.refusals import RefusalLog
@@ -85,8 +85,11 @@ class Desk:
         node_dir: Path,
         now: datetime.datetime,
         lifetime: datetime.timedelta = LEAF_LIFETIME,
+        identity: bytes | None = None,
     ) -> None:
         self.cluster = cluster
+        #: This member's identity key (gossip's), which a master's proof names.
+        self.identity = identity
         self.member = name
         self.role = role
         self.paths = Paths(node_dir)
@@ -114,6 +117,8 @@ class Desk:
         self._refused_by_master: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
         self._waiting: set[str] = set()
+        #: The members proven masters (hepto.pki.mastership), by their records.
+        self.masters: set[str] = set()
         # What this batch did.
         self.changes: list[dict[str, Any]] = []
         self.renewals: dict[str, float] = {}
@@ -135,6 +140,7 @@ class Desk:
             "refused_by_master": self._refused_by_master,
             "versions": self._versions,
             "waiting": sorted(self._waiting),
+            "masters": sorted(self.masters),
             "refusals": self.refusals.as_json(),
             "refusals_evicted": self.refusals.evicted,
             "dropped": self.dropped,
@@ -167,6 +173,7 @@ class Desk:
         self._refused_by_master = memory["refused_by_master"]
         self._versions = memory["versions"]
         self._waiting = set(memory["waiting"])
+        self.masters = set(memory.get("masters", ()))
         self.refusals = RefusalLog.from_json(memory["refusals"], memory["refusals_evicted"])
         self.dropped = memory["dropped"]
         self._ignored = memory["ignored"]
@@ -412,6 +419,10 @@ class Desk:
             section["csr"] = requests
         if self.is_master:
             section["ca"] = self._trust.pem
+            if self.identity is not None and self._authorities is not None:
+                section[mastership.PROOF_KEY] = mastership.prove(
+                    self._authorities.kubernetes.key, self.cluster, self.member, self.identity
+                )
             if self._signed:
                 section["signed"] = {member: dict(names) for member, names in self._signed.items()}
             if self._refused:
@@ -450,6 +461,7 @@ class Desk:
             self._wake_waiting()
         self._refused.pop(name, None)
         self._announcements_seen.pop(name, None)
+        self.masters.discard(name)
         for table in (self._reviewed, self._offers_seen):
             for key in [key for key in table if key[0] == name]:
                 del table[key]
@@ -491,6 +503,7 @@ class Desk:
         section = section or {}
         role = entry.get("role")
         self._review_announcement(name, role, section)
+        self._review_mastership(name, role, section, entry.get("identity"))
         if self._signer is not None:
             self._review_requests(name, role, section)
         else:
@@ -514,6 +527,37 @@ class Desk:
                 subject=self._trust.certificate.subject.rfc4514_string(),
                 member=name,
             )
+
+    def _review_mastership(
+        self, name: str, role: object, section: Mapping[str, Any], identity: object
+    ) -> None:
+        """A member is a master for us once the pinned CA's key says so, for its identity."""
+        proven = False
+        # A record without identity is an in-memory one of the tests: nothing to judge.
+        if is_master_role(role) and self._trust.certificate is not None and identity:
+            proven = isinstance(identity, str) and mastership.verify(
+                self._trust.certificate.public_key(),  # type: ignore[arg-type]
+                section.get(mastership.PROOF_KEY),
+                self.cluster,
+                name,
+                bytes.fromhex(identity),
+            )
+            if not proven:
+                self._refuse(
+                    name,
+                    "role",
+                    Refused(
+                        policy.UNPROVEN_MASTER,
+                        "says it is a master, without the cluster CA's proof for its identity",
+                    ),
+                )
+        if proven:
+            self.refusals.clear(name, "role")
+            if name not in self.masters:
+                self.log.info("{member} is a master: the cluster CA says so", member=name)
+            self.masters.add(name)
+        else:
+            self.masters.discard(name)
 
     # -- the master's desk -----------------------------------------------------------------
 

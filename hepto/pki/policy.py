@@ -66,6 +66,7 @@ KEY_MISMATCH: Final = "key-mismatch"
 FOREIGN_CA: Final = "foreign-ca"
 SECOND_CA: Final = "second-ca"
 STALE_RECORD: Final = "stale-record"
+UNPROVEN_MASTER: Final = "unproven-master"
 
 _USAGE_NAMES: Final = {
     ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",

@@ -105,6 +105,8 @@ class Answer:
     renewals: dict[str, float]
     revisits: dict[str, float]
     marks: list[str]
+    #: The members the cluster CA proves masters (hepto.pki.mastership).
+    masters: frozenset[str] = frozenset()
 
     @classmethod
     def from_json(cls, answer: Mapping[str, Any]) -> Answer:
@@ -123,6 +125,7 @@ class Answer:
                 renewals={str(name): float(when) for name, when in answer["renewals"].items()},
                 revisits={str(name): float(when) for name, when in answer["revisits"].items()},
                 marks=[str(name) for name in answer["marks"]],
+                masters=frozenset(str(name) for name in answer.get("masters", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as problem:
             raise WorkerError(f"the PKI worker's answer is malformed ({problem!r})") from None
@@ -139,7 +142,12 @@ class Runner(Protocol):
 
 
 def _config_json(
-    cluster: str, name: str, role: str, node_dir: Path, lifetime: datetime.timedelta
+    cluster: str,
+    name: str,
+    role: str,
+    node_dir: Path,
+    lifetime: datetime.timedelta,
+    identity: bytes | None,
 ) -> dict[str, Any]:
     return {
         "cluster": cluster,
@@ -147,6 +155,7 @@ def _config_json(
         "role": role,
         "node_dir": str(node_dir),
         "lifetime": lifetime.total_seconds(),
+        "identity": None if identity is None else identity.hex(),
     }
 
 
@@ -205,8 +214,14 @@ class PKIService(Service):
         clock: IReactorTime,
         lifetime: datetime.timedelta = LEAF_LIFETIME,
         runner: Runner | None = None,
+        identity: bytes | None = None,
     ) -> None:
         self.setName("pki")
+        #: This member's identity key, which a master's proof names (none: no proof).
+        self.identity = identity
+        #: The members that the cluster CA proves masters, and who wants to know.
+        self.masters: frozenset[str] = frozenset()
+        self._master_listeners: list[Callable[[frozenset[str]], None]] = []
         self.cluster = cluster
         self.member = name
         self.role = role
@@ -255,6 +270,7 @@ class PKIService(Service):
         state: ClusterState,
         clock: IReactorTime,
         runner: Runner | None = None,
+        identity: bytes | None = None,
     ) -> PKIService:
         return cls(
             config.cluster,
@@ -264,6 +280,7 @@ class PKIService(Service):
             state,
             clock,
             runner=runner,
+            identity=identity,
         )
 
     # -- the component-facing API --------------------------------------------------------
@@ -297,6 +314,16 @@ class PKIService(Service):
         def unsubscribe() -> None:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def subscribe_masters(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the proven masters whenever they change."""
+        self._master_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._master_listeners:
+                self._master_listeners.remove(listener)
 
         return unsubscribe
 
@@ -374,7 +401,12 @@ class PKIService(Service):
     def _job(self, start: bool, renew: list[str], members: dict[str, Any]) -> dict[str, Any]:
         return {
             "config": _config_json(
-                self.cluster, self.member, self.role, self.paths.node_dir, self.lifetime
+                self.cluster,
+                self.member,
+                self.role,
+                self.paths.node_dir,
+                self.lifetime,
+                self.identity,
             ),
             "now": self.clock.seconds(),
             "memory": None if start else self._memory,
@@ -408,9 +440,11 @@ class PKIService(Service):
             if member is not None and member.status != LEFT:
                 if member.record is None:
                     continue
+                identity = member.record.identity
                 entry = {
                     "version": member.record.version,
                     "role": member.record.get("role"),
+                    "identity": None if identity is None else identity.hex(),
                     RECORD_KEY: member.record.get(RECORD_KEY),
                 }
             if name in self._forced or self._reviewed.get(name, _UNSEEN) != _reviewed(entry):
@@ -486,6 +520,13 @@ class PKIService(Service):
         self._publish(answer.section)
         for name in answer.marks:
             self._mark(name, force=True)
+        if answer.masters != self.masters:
+            self.masters = answer.masters
+            for listener in list(self._master_listeners):
+                try:
+                    listener(self.masters)
+                except Exception:
+                    self.log.failure("Masters listener {listener!r} failed", listener=listener)
 
     def _tell(self, change: CertificateChange) -> None:
         for listener in list(self._listeners):

@@ -61,6 +61,7 @@ def handle(job: Mapping[str, Any]) -> dict[str, Any]:
             Path(config["node_dir"]),
             now,
             datetime.timedelta(seconds=config["lifetime"]),
+            bytes.fromhex(config["identity"]) if config.get("identity") else None,
         )
         if job["start"]:
             desk.start()
@@ -81,6 +82,7 @@ def handle(job: Mapping[str, Any]) -> dict[str, Any]:
         "renewals": desk.renewals,
         "revisits": desk.revisits,
         "marks": sorted(desk.marks),
+        "masters": sorted(desk.masters),
         "status": desk.status(),
     }
 
