@@ -684,9 +684,9 @@ class Membership:
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
         known = self._table.get(message.name)
-        if message.name != self.name and not self._signed(message):
-            return
         if known is None:
+            if not self._signed(message):
+                return
             if not self._plausible(message.name, message.incarnation, 0, True):
                 return
             self._order.add(message.name)
@@ -714,7 +714,9 @@ class Membership:
                 self._refute(message.incarnation)
             return
         # Most news is old news: this is the hot path of a join storm.
-        if message.incarnation <= known.incarnation or not self._same_address(message, known):
+        if message.incarnation <= known.incarnation:
+            return
+        if not self._signed(message) or not self._same_address(message, known):
             return
         direct = sender is not None and sender == message.address
         if not self._plausible(message.name, message.incarnation, known.incarnation, direct):
