@@ -30,7 +30,8 @@ NODE_DIR_MODE: Final = 0o700
 _WRITABLE_BY_OTHERS: Final = stat.S_IWGRP | stat.S_IWOTH
 
 #: The node's files that hold a secret or a pin, as their loaders name them: the identity
-#: (hepto.gossip.identity), the WireGuard key (hepto.mesh.service), the pinned identities
+#: (hepto.gossip.identity, also the WireGuard key), the WireGuard key that versions before
+#: it kept (no longer read, but still a secret while it lies there), the pinned identities
 #: (hepto.gossip.persistence), the manhole's host key and its default authorized keys
 #: (hepto.manhole).  Spelt out rather than imported: the manhole's module loads Conch,
 #: which an agent without a manhole must not.
