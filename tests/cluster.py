@@ -18,6 +18,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent
+from hepto.kube.layout import Layout
 from hepto.programs import BUNDLE_BIN_DIR
 from images import BUSYBOX_IMAGE
 from netlab import Host, Lab, missing_requirements
@@ -159,6 +160,10 @@ class ClusterTestCase(SynchronousTestCase):
         script = self.data_dir / self.cluster / name / "runtime" / "sweeper.sh"
         if script.exists():
             subprocess.run(["sh", str(script), "sweep"], capture_output=True, check=False)
+
+    def run_dir(self, name: str) -> Path:
+        """Where node ``name`` keeps its sockets and runtime state."""
+        return Layout(self.data_dir / self.cluster / name, self.cluster, name).run_dir
 
     @property
     def kubeconfig(self) -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from hepto import plan
 from hepto.kube import containerd, egress, kube_proxy, kubelet, sweeper
 from hepto.kube.component import Context
 from hepto.kube.layout import RUN_DIR, Layout
+from netlab import wait_until
 
 NODE_DIR = Path("/var/lib/hepto/mycluster/node1")
 CONTEXT = Context(
@@ -218,3 +222,45 @@ class SweeperScriptTests(SynchronousTestCase):
         self.assertEqual(component.death_signal, "TERM")
         self.assertEqual(component.args, (str(LAYOUT.sweeper_script), "guard"))
         self.assertGreater(component.stop_timeout, sweeper.GRACE)
+
+
+class GuardTests(SynchronousTestCase):
+    """The sweeper's guard, run for real on a node made of plain directories."""
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("mounts a tmpfs: needs root")
+        self.root = Path(self.mktemp()).absolute()
+        self.cgroup = self.root / "cgroup" / "hepto" / "c" / "n"
+        (self.cgroup / "pods").mkdir(parents=True)
+        (self.cgroup / "cgroup.procs").write_text("")
+        self.run_dir = self.root / "run" / "0123456789ab"
+        (self.run_dir / "containerd").mkdir(parents=True)
+        (self.run_dir / "containerd.sock").write_text("")
+        self.volume = self.run_dir / "kubelet" / "pods" / "p" / "volume"
+        self.volume.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(self.volume)], check=True)
+        self.addCleanup(subprocess.run, ["umount", str(self.volume)], capture_output=True)
+        (self.volume / "secret").write_text("a pod's")
+        self.script = self.root / "sweeper.sh"
+        self.script.write_text(
+            sweeper.script(
+                "n", "/hepto/c/n", "pods", self.cgroup, [self.cgroup], [], run_dir=self.run_dir
+            )
+        )
+
+    def test_at_its_end_the_runtime_directory_goes_and_what_was_mounted_first(self) -> None:
+        guard = subprocess.Popen(["sh", str(self.script), "guard"])
+        self.addCleanup(guard.kill)
+        # Once it waits: its sleep is its child.
+        wait_until(lambda: Path(f"/proc/{guard.pid}/task/{guard.pid}/children").read_text(), 10)
+        guard.send_signal(signal.SIGTERM)
+        self.assertEqual(guard.wait(timeout=30), 0)
+        self.assertFalse(self.run_dir.exists())
+        self.assertFalse(self.run_dir.parent.exists(), "its parent, once empty, too")
+        self.assertNotIn(str(self.volume), Path("/proc/self/mountinfo").read_text())
+
+    def test_a_sweep_at_a_start_leaves_it(self) -> None:
+        subprocess.run(["sh", str(self.script), "sweep"], check=True, capture_output=True)
+        self.assertTrue((self.volume / "secret").exists())
+        self.assertTrue((self.run_dir / "containerd.sock").exists())

@@ -184,6 +184,7 @@ class NodeAgentTests(ClusterTestCase):
         self.assertFalse((CGROUP_ROOT / "freezer/hepto" / self.cluster / "node1").exists())
         self.assertNotIn("hepto", node1.run(["nft", "list", "tables"]).stdout)
         self.assertNotIn("hepto-pods", node1.run(["ip", "-o", "link"]).stdout)
+        self.assertFalse(self.run_dir("node1").exists())
 
         # kill -9 of an agent: its sweeper removes the node all the same.
         self.assertNotEqual(node_processes(self.cluster, "node2"), {})
@@ -195,6 +196,7 @@ class NodeAgentTests(ClusterTestCase):
             0.5,
             "node2's cgroups removed",
         )
+        wait_until(lambda: not self.run_dir("node2").exists(), 30, 0.5, "node2's /run removed")
 
         # A new start: the node is Ready again and its pod runs again.
         before = self.pod_started_at("bb1")

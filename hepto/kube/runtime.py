@@ -199,6 +199,7 @@ class NodeRuntime:
                 egress.delete_command(self.programs["nft"]),
                 f"{self.programs['ip']} link delete {containerd.POD_BRIDGE} 2>/dev/null",
             ),
+            run_dir=self.layout.run_dir,
         )
         write_atomically(self.layout.sweeper_script, text, mode=0o700)
 

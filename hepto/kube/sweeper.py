@@ -45,7 +45,8 @@ _SCRIPT = """\
 #!/bin/sh
 # Written by the hepto agent for node {name}: see hepto/kube/sweeper.py and docs/nodes.rst.
 #   sweep                    TERM the node's processes, KILL what is left, remove its cgroups
-#   guard                    wait; sweep on SIGTERM, SIGINT or SIGHUP
+#   guard                    wait; on SIGTERM, SIGINT or SIGHUP sweep, then remove the node's
+#                            runtime directory {run_dir}
 #   enter PROGRAM ARGS...    join the runtime's cgroups, then run PROGRAM
 set -u
 tracked={tracked}
@@ -101,6 +102,36 @@ sweep() {{
     return 0
 }}
 
+# The node's sockets and runtime state, once nothing of the node runs: first what is
+# mounted there (the kubelet's root, pods' volumes, containers' root filesystems), and
+# nothing at all while one mount stays, since removing would go through it.
+forget_run_dir() {{
+    [ -d {run_dir} ] || return 0
+    for mount in $(mounts | sort -r); do
+        umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null
+    done
+    if [ -n "$(mounts)" ]; then
+        echo "keeping {run_dir}: something is still mounted there" >&2
+        return 0
+    fi
+    rm -rf {run_dir}
+    rmdir "$(dirname {run_dir})" 2>/dev/null
+    return 0
+}}
+
+# The guard's end.
+finish() {{
+    trap "" TERM INT HUP
+    [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+    sweep
+    forget_run_dir
+    exit 0
+}}
+
+mounts() {{
+    awk -v d={run_dir} '$5 == d || index($5, d "/") == 1 {{ print $5 }}' /proc/self/mountinfo
+}}
+
 case ${{1:-}} in
 sweep)
     trap '' PIPE
@@ -112,8 +143,7 @@ guard)
     sleeper=
     # The kernel may send the parent-death signal once per thread of the dying agent:
     # ignore the repeats, or the second would kill the guard in the middle of its sweep.
-    trap 'trap "" TERM INT HUP; [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null; sweep; exit 0' \\
-        TERM INT HUP
+    trap finish TERM INT HUP
     while :; do
         # A sleep that dies with the guard, should the guard be killed outright.
         if command -v setpriv > /dev/null; then
@@ -149,13 +179,17 @@ def script(
     runtime_procs: Sequence[Path],
     grace: int = GRACE,
     cleanup: Sequence[str] = (),
+    run_dir: Path | None = None,
 ) -> str:
     """The sweeper for a node whose cgroups are ``directories`` (one per hierarchy).
 
     ``tracked`` is the node's cgroup in the hierarchy that lists its processes, and
     ``pods`` the pods' cgroup below it; ``cleanup`` are shell commands run once the
     processes are gone (the node's pod bridge, its nftables table);
-    ``runtime_procs`` are the ``cgroup.procs`` files of the runtime's cgroups.
+    ``runtime_procs`` are the ``cgroup.procs`` files of the runtime's cgroups;
+    ``run_dir`` is the node's runtime directory (sockets, state), which the guard removes
+    after its sweep, never the sweep at a start (the agent has mounted the kubelet's root
+    there by then).
     """
 
     def words(paths: Sequence[Path]) -> str:
@@ -171,6 +205,7 @@ def script(
         directories=words(directories),
         runtime_procs=words(runtime_procs),
         cleanup="\n    ".join([*cleanup, "true"]),
+        run_dir=shlex.quote(str(run_dir)) if run_dir is not None else "/nonexistent",
     )
 
 
