@@ -461,6 +461,8 @@ class NodeRuntimeTests(SynchronousTestCase):
             host_setup=FakeHost(self.data / "cgroup"),  # type: ignore[arg-type]
         )
         self.layout = kube.runtime.layout if kube.runtime else None
+        if self.layout is not None:  # containerd's directories there are made for real
+            self.addCleanup(shutil.rmtree, self.layout.run_dir, ignore_errors=True)
         return kube, pki
 
     def commands(self) -> list[tuple[str, ...]]:
