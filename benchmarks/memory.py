@@ -10,7 +10,9 @@ Parts, each with real processes in network namespaces on a private bridge
   kube-controller-manager, kube-scheduler), once per Go memory setting of
   :data:`SETTINGS`, and per bin dir (the bundle; separate binaries when given);
 * ``full``: an agent of role full (the master's components, containerd and the kubelet)
-  running one busybox pod (``--no-pod``: none), against issue 11's 450 MB;
+  running one busybox pod (``--no-pod``: none), against issue 11's 450 MB; with
+  ``--variants``, once per variant of :data:`VARIANTS` (flags, environment, containerd
+  plugins departing from hepto's), ``--rounds`` times, in one run;
 * ``node``: an agent of role node joined to a master in another namespace, likewise.
 
 Every figure is the median of several samples of ``/proc/<pid>/smaps_rollup`` taken
@@ -25,6 +27,10 @@ parts, not among them, about 12 minutes with ``--idle 120``)::
 
     .venv/bin/python benchmarks/memory.py --json /tmp/memory.json
     .venv/bin/python benchmarks/memory.py --parts full,node --idle 120
+    # settings side by side, each variant's Go runtime figures after a forced GC:
+    .venv/bin/python benchmarks/memory.py --parts full --no-pod --idle 60 --samples 3 \\
+        --interval 10 --variants hepto,apf-off,memprofilerate-0+containerd-lean \\
+        --rounds 2 --go-metrics
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import attrs
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from hepto import plan  # noqa: E402
 from hepto.control import ControlError, query  # noqa: E402
 from hepto.kube import memory as go_memory  # noqa: E402
 from hepto.kube.component import GoMemory  # noqa: E402
@@ -86,6 +93,19 @@ NODE_PROCESSES: Final = (
     "pod's pause",
 )
 _SWEEPER_PROCESSES: Final = {"sh": "sweeper sh", "sleep": "sweeper sleep"}
+#: What issue 11's goal covers: a full node's processes before kube-proxy and CoreDNS.
+ISSUE_11_PROCESSES: Final = (
+    "agent",
+    "wireguard-go",
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "containerd",
+    "kubelet",
+    "sweeper sh",
+    "sweeper sleep",
+)
 
 
 def _each(memory: GoMemory) -> dict[str, GoMemory]:
@@ -183,11 +203,144 @@ _LAUNCHER: Final = textwrap.dedent(
         memory.DEFAULTS = {
             name: component.GoMemory(**value) for name, value in launch["go"].items()
         }
+    if launch["variant"] is not None:
+        import attrs
+        from hepto.kube import containerd, service
+        variant = launch["variant"]
+        def with_flags(describe, extra):
+            def described(context):
+                component = describe(context)
+                names = {flag.split("=", 1)[0] for flag in extra}
+                kept = [arg for arg in component.args if arg.split("=", 1)[0] not in names]
+                return attrs.evolve(component, args=[*kept, *extra])
+            return described
+        for name, extra in variant["flags"].items():
+            service.DESCRIPTIONS[name] = with_flags(service.DESCRIPTIONS[name], extra)
+        containerd.DISABLED_PLUGINS = (
+            *containerd.DISABLED_PLUGINS, *variant["disabled_plugins"]
+        )
+        make_spec = service.KubeService._spec
+        def spec(self, component, present):
+            made = make_spec(self, component, present)
+            extra = variant["env"].get(component.name)
+            return attrs.evolve(made, env={**made.env, **extra}) if extra else made
+        service.KubeService._spec = spec
     sys.argv = ["twistd", *sys.argv[2:]]
     from twisted.scripts.twistd import run
     run()
     """
 )
+
+
+@attrs.frozen
+class Variant:
+    """Departures from hepto's settings, for comparing full nodes (``--variants``)."""
+
+    #: Flags by component (``--name=value``): each replaces the component's own flag of
+    #: the same name, or is added after its flags.
+    flags: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    #: Environment variables by component, on top of what hepto gives it (GODEBUG...).
+    env: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    #: Go memory settings by component, in place of hepto's defaults (None: hepto's).
+    go: Mapping[str, GoMemory] | None = None
+    #: containerd plugins disabled on top of ``hepto.kube.containerd.DISABLED_PLUGINS``.
+    disabled_plugins: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "flags": {name: list(flags) for name, flags in self.flags.items()},
+            "env": {name: dict(env) for name, env in self.env.items()},
+            "disabled_plugins": list(self.disabled_plugins),
+        }
+
+
+#: The Go programs of a full node, for settings given to each.
+GO_COMPONENTS: Final = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "coredns",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+)
+#: containerd plugins that a node's CRI never calls on (beside hepto's own list).
+UNUSED_CONTAINERD_PLUGINS: Final = (
+    "io.containerd.snapshotter.v1.native",
+    "io.containerd.snapshotter.v1.blockfile",
+    "io.containerd.mount-handler.v1.erofs",
+    "io.containerd.image-verifier.v1.bindir",
+    "io.containerd.monitor.container.v1.restart",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+    "io.containerd.ttrpc.v1.otelttrpc",
+    "io.containerd.metrics.v1.grpc-otel",
+    "io.containerd.http.v1.pprof",
+)
+_NO_MEMORY_PROFILE: Final = {name: {"GODEBUG": "memprofilerate=0"} for name in GO_COMPONENTS}
+_APISERVER_GOGC_25: Final = {
+    **go_memory.DEFAULTS,
+    "kube-apiserver": GoMemory(gc_percent=25),
+}
+
+#: Full-node variants to compare, by name (``--variants``); "hepto" is hepto as it is.
+VARIANTS: Final[dict[str, Variant]] = {
+    "hepto": Variant(),
+    "apf-off": Variant(flags={"kube-apiserver": ("--enable-priority-and-fairness=false",)}),
+    "profiling-off": Variant(
+        flags={
+            name: ("--profiling=false",)
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+        }
+    ),
+    "memprofilerate-0": Variant(env=_NO_MEMORY_PROFILE),
+    "sched-no-contention": Variant(flags={"kube-scheduler": ("--contention-profiling=false",)}),
+    "etcd-snapshots": Variant(
+        flags={"etcd": ("--snapshot-count=1000", "--snapshot-catchup-entries=1000")}
+    ),
+    "etcd-no-gateway": Variant(flags={"etcd": ("--enable-grpc-gateway=false",)}),
+    "kcm-lean": Variant(
+        flags={
+            "kube-controller-manager": (
+                "--controllers=*,-ttl-controller,-legacy-serviceaccount-token-cleaner-controller",
+            )
+        }
+    ),
+    "kcm-no-vap-status": Variant(
+        flags={
+            "kube-controller-manager": (
+                "--controllers=*,-validatingadmissionpolicy-status-controller",
+            )
+        }
+    ),
+    "containerd-lean": Variant(disabled_plugins=UNUSED_CONTAINERD_PLUGINS),
+    "apiserver-gogc-25": Variant(go=_APISERVER_GOGC_25),
+}
+
+
+def combined_variant(names: str) -> Variant:
+    """The variants of :data:`VARIANTS` named in ``names``, joined by ``+``, as one.
+
+    Flags and disabled plugins add up; GODEBUG values are joined with commas; the last
+    Go settings given win.
+    """
+    flags: dict[str, tuple[str, ...]] = {}
+    env: dict[str, dict[str, str]] = {}
+    go: Mapping[str, GoMemory] | None = None
+    plugins: tuple[str, ...] = ()
+    for name in names.split("+"):
+        variant = VARIANTS[name]
+        for component, more in variant.flags.items():
+            flags[component] = (*flags.get(component, ()), *more)
+        for component, values in variant.env.items():
+            mine = env.setdefault(component, {})
+            for key, value in values.items():
+                joined = key == "GODEBUG" and key in mine
+                mine[key] = f"{mine[key]},{value}" if joined else value
+        go = variant.go if variant.go is not None else go
+        plugins = (*plugins, *variant.disabled_plugins)
+    return Variant(flags, env, go, plugins)
 
 
 @attrs.frozen
@@ -198,6 +351,7 @@ class Launch:
     preload: tuple[str, ...] = ()
     #: Put first on the agent's PYTHONPATH (packages installed with ``pip --target``).
     python_path: Path | None = None
+    variant: Variant | None = None
 
     def argv(self, options: Sequence[str]) -> list[str]:
         if self == Launch():
@@ -205,7 +359,8 @@ class Launch:
         go = None
         if self.go_settings is not None:
             go = {key: attrs.asdict(value) for key, value in self.go_settings.items()}
-        launch = json.dumps({"go": go, "preload": list(self.preload)})
+        variant = self.variant.as_json() if self.variant is not None else None
+        launch = json.dumps({"go": go, "preload": list(self.preload), "variant": variant})
         return [sys.executable, "-c", _LAUNCHER, launch, *options]
 
     def environment(self) -> dict[str, str]:
@@ -256,6 +411,56 @@ _LOAD: Final = textwrap.dedent(
     for index in range(count):
         call("DELETE", f"{base}/load-{index}")
     print(json.dumps({"seconds": time.monotonic() - began, "listed": listed}))
+    """
+)
+
+
+#: The Go runtime's own figures, from the components that serve ``/metrics``: run in the
+#: node's namespace with JSON arguments (the endpoints and the TLS files for each). A GC
+#: is forced first where profiling is served (``/debug/pprof/heap?gc=1``), so that the
+#: heap in use right after is the live heap, whatever the phase of the GC cycle.
+_GO_METRICS: Final = textwrap.dedent(
+    """
+    import base64, json, os, re, ssl, sys, tempfile, urllib.request
+    targets, kubeconfig = json.loads(sys.argv[1]), sys.argv[2]
+    text = open(kubeconfig).read()
+    def field(name):
+        return json.loads(re.search(name + r": (\\S+)", text).group(1))
+    contexts = {}
+    # The admin's key is on disk only while the contexts load it.
+    with tempfile.TemporaryDirectory() as directory:
+        def pem(name):
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as file:
+                file.write(base64.b64decode(field(name)))
+            return path
+        admin = (pem("client-certificate-data"), pem("client-key-data"))
+        for name, target in targets.items():
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.load_cert_chain(*(target.get("cert") or admin))
+            contexts[name] = context
+    wanted = re.compile(r"^(go_memstats_[a-z_]+_bytes|go_goroutines) ([0-9.e+-]+)$")
+    found = {}
+    for name, target in targets.items():
+        handler = urllib.request.HTTPSHandler(context=contexts[name])
+        opener = urllib.request.build_opener(handler)
+        figures = {}
+        try:
+            if target.get("gc"):
+                opener.open(target["url"] + "/debug/pprof/heap?gc=1", timeout=60).read()
+                figures["gc_forced"] = 1
+            body = opener.open(target["url"] + "/metrics", timeout=60).read().decode()
+        except OSError as error:
+            found[name] = {"error": str(error)}
+            continue
+        for line in body.splitlines():
+            match = wanted.match(line)
+            if match:
+                figures[match[1]] = float(match[2])
+        found[name] = figures
+    print(json.dumps(found))
     """
 )
 
@@ -613,7 +818,7 @@ class Agent:
 
 #: What :meth:`Bench.measure_node` takes: footprints and CPU shares by process, the
 #: union of their pages (KiB), and the other processes sharing their files.
-NodeSamples = tuple[dict[str, Footprint], dict[str, float], float, dict[str, int]]
+NodeSamples = tuple[dict[str, Footprint], dict[str, float], dict[str, float], dict[str, int]]
 
 
 @attrs.define
@@ -625,6 +830,8 @@ class Bench:
     interval: float
     #: ConfigMaps of the load phase of the master part; 0 for none.
     load_size: int = 0
+    #: Scrape the Go runtime's figures of each full node's components (``--go-metrics``).
+    go_runtime: bool = False
     results: dict[str, Any] = attrs.field(factory=dict)
 
     def host(self, name: str) -> Host:
@@ -862,13 +1069,24 @@ class Bench:
             print(f"  load: {load['seconds']:.1f} s; CPU seconds: {seconds}", flush=True)
             print(f"  PSS (MiB) right after the load: {after}", flush=True)
 
-    def full_node(self, bin_dir: Path, with_pod: bool) -> None:
-        """One agent of role full: the master's components and the node's, idle."""
-        print(f"A full node from {bin_dir}, {_pod_words(with_pod)}", flush=True)
-        directory = self.directory / "full"
+    def full_node(
+        self, bin_dir: Path, with_pod: bool, variant: str | None = None, run: int = 0
+    ) -> None:
+        """One agent of role full: the master's components and the node's, idle.
+
+        ``variant``: a name of :data:`VARIANTS` (or several joined by ``+``), the agent
+        started through the launcher; None: plain ``twistd``, hepto as it is.
+        """
+        label = "" if variant is None else f", variant {variant} (run {run + 1})"
+        print(f"A full node from {bin_dir}, {_pod_words(with_pod)}{label}", flush=True)
+        directory = self.directory / ("full" if variant is None else f"full-{variant}-{run}")
+        launch = Launch()
+        if variant is not None:
+            chosen = combined_variant(variant)
+            launch = Launch(go_settings=chosen.go, variant=chosen)
         agent = Agent.start(
-            self.host("f"), "hxfull", "full", directory, [f"--bin-dir={bin_dir}"],
-            images=[self.busybox_archive(directory)],
+            self.host(f"f{len(self.lab.hosts)}"), "hxfull", "full", directory,
+            [f"--bin-dir={bin_dir}"], launch, images=[self.busybox_archive(directory)],
         )  # fmt: skip
         try:
             kubectl = Kubectl(agent.host, agent.node_dir / "kubeconfig", bin_dir)
@@ -879,14 +1097,21 @@ class Bench:
                 self.run_pod(kubectl, agent.name)
             self.settle(f"ready after {ready_after:.1f} s")
             measured = self.measure_node(agent)
+            go_runtime = self.go_metrics(agent) if self.go_runtime else None
         finally:
             exit_code = agent.stop()
-        self.results["full"] = node_figures(*measured, with_pod, ready_after, exit_code)
-        total = self.results["full"]["sum"]["pss_kib"]
+        figures = node_figures(*measured, with_pod, ready_after, exit_code)
+        if go_runtime is not None:
+            figures["go_runtime"] = go_runtime
+        self.results["full"] = figures
+        if variant is not None:
+            self.results.setdefault("full_variants", {}).setdefault(variant, []).append(figures)
+        total = figures["issue_11"]["pss_kib"]
         goal = "met" if total <= FULL_NODE_GOAL_KIB else "not met"
         print(
-            f"  issue 11's goal, all together at most 450 MB ({FULL_NODE_GOAL_KIB / 1024:.1f} "
-            f"MiB) of PSS: {goal} ({total / 1024:.1f} MiB)",
+            f"  issue 11's goal, its processes (no kube-proxy, CoreDNS, pod) together at most "
+            f"450 MB ({FULL_NODE_GOAL_KIB / 1024:.1f} MiB) of PSS: {goal} "
+            f"({total / 1024:.1f} MiB)",
             flush=True,
         )
 
@@ -924,15 +1149,70 @@ class Bench:
     def measure_node(self, agent: Agent) -> NodeSamples:
         """:func:`measure` of the node's processes, the union of their pages, neighbours."""
         pids = agent.processes()
-        unions: list[float] = []
+        issue_11 = [pid for name, pid in pids.items() if name in ISSUE_11_PROCESSES]
+        unions: dict[str, list[float]] = {"all": [], "issue_11": []}
+
+        def take_unions() -> None:
+            unions["all"].append(union_kib(pids.values()))
+            unions["issue_11"].append(union_kib(issue_11))
+
         figures, cpu = measure(
-            pids,
-            self.samples,
-            self.interval,
-            agent.same_children(),
-            lambda: unions.append(union_kib(pids.values())),
+            pids, self.samples, self.interval, agent.same_children(), take_unions
         )
-        return figures, cpu, statistics.median(unions), neighbours(pids.values())
+        union = {kind: statistics.median(values) for kind, values in unions.items()}
+        return figures, cpu, union, neighbours(pids.values())
+
+    def go_metrics(self, agent: Agent) -> dict[str, Any]:
+        """The Go runtime's figures of a full node's components that serve metrics.
+
+        Taken after the samples (the forced GCs must not disturb them): the live heap
+        (``go_memstats_heap_alloc_bytes`` right after a GC), stacks, the memory profiler's
+        buckets (``buck_hash_sys``), goroutines.  etcd has no profiling endpoint: its heap
+        is as it happens to be.  containerd serves no metrics in hepto's configuration.
+        """
+        pki = agent.node_dir / "pki"
+        mesh = plan.mesh_address(CLUSTER, agent.name)
+        apiserver = plan.apiserver_address(CLUSTER)
+        etcd_client = [
+            str(pki / "apiserver-etcd-client.crt"),
+            str(pki / "apiserver-etcd-client.key"),
+        ]
+        targets = {
+            "etcd": {"url": "https://[::1]:2379", "cert": etcd_client},
+            "kube-apiserver": {"url": f"https://[{apiserver}]:6443", "gc": True},
+            "kube-controller-manager": {"url": "https://[::1]:10257", "gc": True},
+            "kube-scheduler": {"url": "https://[::1]:10259", "gc": True},
+            "kubelet": {"url": f"https://[{mesh}]:10250", "gc": True},
+        }
+        done = agent.host.run(
+            [
+                sys.executable,
+                "-c",
+                _GO_METRICS,
+                json.dumps(targets),
+                str(agent.node_dir / "kubeconfig"),
+            ]
+        )
+        found: dict[str, Any] = json.loads(done.stdout)
+        rows = []
+        for name, figures in found.items():
+            if "error" in figures:
+                rows.append((name, figures["error"][:60], "", "", "", ""))
+                continue
+            mib = {key: value / 2**20 for key, value in figures.items() if key.endswith("_bytes")}
+            rows.append(
+                (
+                    name,
+                    f"{mib.get('go_memstats_heap_alloc_bytes', 0):.1f}",
+                    f"{mib.get('go_memstats_heap_inuse_bytes', 0):.1f}",
+                    f"{mib.get('go_memstats_stack_inuse_bytes', 0):.1f}",
+                    f"{mib.get('go_memstats_buck_hash_sys_bytes', 0):.2f}",
+                    f"{figures.get('go_goroutines', 0):.0f}",
+                )
+            )
+        print("  Go runtime, MiB (heap alloc is the live heap where a GC was forced):")
+        table(["component", "heap alloc", "heap inuse", "stacks", "buckhash", "goroutines"], rows)
+        return found
 
     def busybox_archive(self, directory: Path) -> Path:
         archive = directory / "busybox.tar"
@@ -975,7 +1255,7 @@ class Bench:
 def node_figures(
     figures: Mapping[str, Footprint],
     cpu: Mapping[str, float],
-    union: float,
+    union: Mapping[str, float],
     sharing: Mapping[str, int],
     with_pod: bool,
     ready_after: float,
@@ -986,12 +1266,19 @@ def node_figures(
     pod = {"pod's containerd-shim", "pod's pause"}
     total = sum(figures.values(), Footprint(0, 0, 0))
     without_pod = sum((f for n, f in figures.items() if n not in pod), Footprint(0, 0, 0))
+    issue_11 = sum((f for n, f in figures.items() if n in ISSUE_11_PROCESSES), Footprint(0, 0, 0))
+    issue_11_cpu = sum(c for n, c in cpu.items() if n in ISSUE_11_PROCESSES)
     rows = [(name, *_row(f, fields), f"{cpu[name]:.1f}") for name, f in figures.items()]
     rows.append(("sum", *_row(total, fields), f"{sum(cpu.values()):.1f}"))
     if with_pod:
         rows.append(("sum without the pod", *_row(without_pod, fields), ""))
+    rows.append(("sum of issue 11's", *_row(issue_11, fields), f"{issue_11_cpu:.1f}"))
     table(["process", *fields, "cpu%"], rows)
-    print(f"  union of their pages, each counted once: {union / 1024:.1f} MiB", flush=True)
+    print(
+        f"  union of their pages, each counted once: {union['all'] / 1024:.1f} MiB "
+        f"(issue 11's processes: {union['issue_11'] / 1024:.1f} MiB)",
+        flush=True,
+    )
     print(f"  other processes mapping the same files: {sharing}", flush=True)
     print(f"  agent's exit status at its stop: {exit_code}", flush=True)
     return {
@@ -1000,7 +1287,9 @@ def node_figures(
         "processes": {n: f.as_dict() | {"cpu_percent": cpu[n]} for n, f in figures.items()},
         "sum": total.as_dict(),
         "sum_without_pod": without_pod.as_dict(),
-        "union_kib": union,
+        "issue_11": issue_11.as_dict() | {"cpu_percent": issue_11_cpu},
+        "union_kib": union["all"],
+        "issue_11_union_kib": union["issue_11"],
         "neighbours": dict(sharing),
         "exit_code": exit_code,
     }
@@ -1044,6 +1333,48 @@ def summary_table(results: Mapping[str, Any]) -> None:
         cells.append(f"{sum(p['cpu_percent'] for p in processes.values()):.1f}")
         rows.append((run, *cells))
     table(["run", *names, "sum", "cpu"], rows)
+
+
+def variants_table(results: Mapping[str, Any]) -> None:
+    """One line per full node of ``--variants``: PSS (MiB) of issue 11's processes."""
+    runs = results.get("full_variants", {})
+    if not runs:
+        return
+    print(
+        "\nFull nodes: PSS in MiB of issue 11's processes, their sum, its anonymous part "
+        "and the union of their pages; their CPU and the apiserver's, % of one core"
+    )
+    short = {
+        "wireguard-go": "wg",
+        "kube-apiserver": "apiserver",
+        "kube-controller-manager": "ctrl-mgr",
+        "kube-scheduler": "sched",
+    }
+    names = [name for name in ISSUE_11_PROCESSES if not name.startswith("sweeper")]
+    rows = []
+    for variant, figures_list in runs.items():
+        for index, figures in enumerate(figures_list):
+            processes = figures["processes"]
+            cells = [
+                f"{processes[n]['pss_kib'] / 1024:.1f}" if n in processes else "-" for n in names
+            ]
+            total = figures["issue_11"]
+            cells += [
+                f"{total['pss_kib'] / 1024:.1f}",
+                f"{total['anon_kib'] / 1024:.1f}",
+                f"{figures['issue_11_union_kib'] / 1024:.1f}",
+                f"{total['cpu_percent']:.1f}",
+                f"{processes.get('kube-apiserver', {}).get('cpu_percent', 0.0):.1f}",
+                str(figures["neighbours"].get("hepto-bundle", 0)),
+            ]
+            rows.append((f"{variant} #{index + 1}", *cells))
+    header = [short.get(name, name) for name in names]
+    table(["variant", *header, "sum", "anon", "union", "cpu", "api cpu", "others"], rows)
+    print(
+        "  others: processes of hepto-bundle outside the node; each lowers the node's PSS "
+        "(not its anonymous memory nor the union): compare PSS between runs with none",
+        flush=True,
+    )
 
 
 def separate_bin_dir(given: str | None) -> Path | None:
@@ -1097,11 +1428,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run one busybox pod on the nodes of the full and node parts, and measure its "
         "shim and pause with them",
     )
+    parser.add_argument(
+        "--variants",
+        help="the full part once per variant, in this order (names joined by + combine): "
+        f"{', '.join(VARIANTS)}; every agent through the same launcher",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --variants: run them this many times, every other round in reverse order",
+    )
+    parser.add_argument(
+        "--go-metrics",
+        action="store_true",
+        help="after each full node's samples, force a GC in each component that serves "
+        "profiling and read its Go runtime figures (live heap, stacks, goroutines)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     unknown = set(args.settings.split(",")) - set(SETTINGS)
     if unknown:
         parser.error(f"unknown settings: {', '.join(sorted(unknown))}")
+    if args.variants:
+        names = {name for group in args.variants.split(",") for name in group.split("+")}
+        if names - set(VARIANTS):
+            parser.error(f"unknown variants: {', '.join(sorted(names - set(VARIANTS)))}")
     return args
 
 
@@ -1113,7 +1465,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     directory = Path(tempfile.mkdtemp(prefix="hx-memory-"))
     lab = Lab(PREFIX)
-    bench = Bench(lab, directory, args.idle, args.samples, args.interval, args.load)
+    bench = Bench(
+        lab, directory, args.idle, args.samples, args.interval, args.load, args.go_metrics
+    )
     print(f"Logs and data in {directory}", flush=True)
     try:
         if "agent" in parts:
@@ -1126,7 +1480,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             bench.pyopenssl(Path(args.pyopenssl))
         if "members" in parts and args.members:
             bench.members(args.members, args.converge)
-        if "full" in parts:
+        if "full" in parts and args.variants:
+            variants = args.variants.split(",")
+            for run in range(args.rounds):
+                for variant in variants if run % 2 == 0 else variants[::-1]:
+                    bench.full_node(Path(args.bin_dir), args.pod, variant, run)
+        elif "full" in parts:
             bench.full_node(Path(args.bin_dir), args.pod)
         if "node" in parts:
             bench.node_beside_master(Path(args.bin_dir), args.pod)
@@ -1142,6 +1501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         lab.close()
         summary_table(bench.results)
+        variants_table(bench.results)
         if args.json:
             Path(args.json).write_text(json.dumps(bench.results, indent=2))
 
