@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +48,12 @@ class Agent:
         prefix: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> Agent:
-        data_dir = data_dir or Path(tempfile.mkdtemp(prefix="hepto-test-"))
+        if data_dir is None:
+            data_dir = Path(tempfile.mkdtemp(prefix="hepto-test-"))
+            # Its own, then: gone when the tests are (their cleanups have killed the
+            # agents by then), unless kept to read the logs.
+            if not os.environ.get("HEPTO_KEEP_TEST_DATA"):
+                atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
         log_path = data_dir / f"agent-{time.monotonic_ns()}.log"
         log: IO[bytes] = log_path.open("wb")
         clean = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}

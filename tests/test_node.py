@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -60,6 +61,11 @@ class StartupErrorTests(SynchronousTestCase):
             capture_output=True, text=True, timeout=60, cwd=data_dir,
         )  # fmt: skip
 
+    def temporary_directory(self) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix="hepto-test-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        return directory
+
     def assertOneLineError(self, result: Any, words: str) -> None:
         self.assertNotEqual(result.returncode, 0)
         output = result.stdout + result.stderr
@@ -72,14 +78,14 @@ class StartupErrorTests(SynchronousTestCase):
         self.addCleanup(first.kill)
         wait_until(partial(first.logged, "hepto node n1 running"), 60, what="start")
         second = self.run_agent(
-            Path(tempfile.mkdtemp(prefix="hepto-test-")),
+            self.temporary_directory(),
             *node_argv(host),
             prefix=host.command([]),
         )
         self.assertOneLineError(second, "Address already in use")
 
     def test_damaged_identity(self) -> None:
-        data_dir = Path(tempfile.mkdtemp(prefix="hepto-test-"))
+        data_dir = self.temporary_directory()
         node_dir = data_dir / "c" / "n1"
         node_dir.mkdir(parents=True)
         (node_dir / "identity.key").write_bytes(b"garbage")
