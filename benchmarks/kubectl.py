@@ -24,8 +24,8 @@ from netlab import Host
 _READY: Final = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'
 
 
-def busybox_pod(name: str, node: str) -> dict[str, Any]:
-    """A pod pinned to ``node`` (no scheduler involved) that waits, and leaves at SIGTERM."""
+def pinned_pod(name: str, node: str, image: str, script: str) -> dict[str, Any]:
+    """A pod on ``node`` (no scheduler involved) running ``script`` with busybox's sh."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -36,14 +36,23 @@ def busybox_pod(name: str, node: str) -> dict[str, Any]:
             "containers": [
                 {
                     "name": "main",
-                    "image": BUSYBOX_IMAGE,
+                    "image": image,
                     # Imported from the node's images folder: there is no registry to ask.
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                    "command": ["sh", "-c", script],
                 }
             ],
         },
     }
+
+
+#: Waits, and leaves at SIGTERM.
+IDLE: Final = "trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+def busybox_pod(name: str, node: str) -> dict[str, Any]:
+    """A pod pinned to ``node`` (no scheduler involved) that waits, and leaves at SIGTERM."""
+    return pinned_pod(name, node, BUSYBOX_IMAGE, IDLE)
 
 
 class KubectlError(Exception):

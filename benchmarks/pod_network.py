@@ -74,7 +74,8 @@ from hepto.kube.service import MASTER
 from hepto.programs import BUNDLE_BIN_DIR
 from images import BUSYBOX_IMAGE, write_busybox_archive
 from iperf_image import IPERF_IMAGE, write_iperf_archive
-from kubectl import Kubectl
+from kubectl import IDLE as _IDLE
+from kubectl import Kubectl, pinned_pod
 from memory import Footprint
 from netlab import Host, Lab, missing_requirements, wait_until
 from nodes import STEPS, stop
@@ -98,30 +99,6 @@ _LOG_LINE: Final = re.compile(
 )
 
 
-def pinned_pod(name: str, node: str, image: str, script: str) -> dict[str, Any]:
-    """A pod on ``node`` (no scheduler involved) running ``script`` with busybox's sh."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    # Imported from the node's images folder: there is no registry to ask.
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", script],
-                }
-            ],
-        },
-    }
-
-
-#: Waits, and leaves at SIGTERM.
-_IDLE: Final = "trap 'exit 0' TERM; while true; do sleep 1; done"
 #: Serves iperf3 (it leaves at SIGTERM by itself).
 _IPERF_SERVER: Final = "exec iperf3 -s"
 

@@ -82,7 +82,11 @@ class MakingTests(DataDirTestCase):
         (node_dir / "identity.key").chmod(0o600)
         (node_dir / "pki" / "ca").mkdir(mode=0o700, parents=True)
         (node_dir / "pki" / "ca.crt").write_text("")
-        prepare_node_dir(node_dir)
+        prepare_node_dir(node_dir)  # raises UnsafePath for anything it refuses
+        self.assertEqual(mode(node_dir), 0o700)
+        self.assertEqual(mode(node_dir / "identity.key"), 0o600)
+        self.assertEqual((node_dir / "identity.key").read_bytes(), bytes(32))
+        self.assertTrue((node_dir / "pki" / "ca.crt").exists())
 
 
 class ParentTests(DataDirTestCase):
