@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -540,6 +540,8 @@ class HeptoSystem:
     name: str = "hepto"
     polled: bool = True
     small_records: bool = True
+    #: Another checkout of hepto to run instead of this one (``--tree``).
+    tree: Path | None = None
 
     def start(self, host: Host, anchor: Host, directory: Path) -> Member:
         data_dir = directory / host.name
@@ -562,6 +564,8 @@ class HeptoSystem:
             "--log-format=json",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")}
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)
         member.process = spawn(
             self.reactor, host, argv, directory / f"{host.name}.log", member.line, env
         )
@@ -613,12 +617,15 @@ def install_meter(host: Host) -> None:
 
 
 def read_meter(host: Host) -> dict[str, int]:
-    """Bytes counted so far (IPv6 packets, headers included), by counter name."""
+    """Bytes counted so far (IPv6 packets, headers included), by counter name, and
+    packets, by counter name with ``_packets`` appended."""
     listing = host.run(["nft", "-j", "list", "counters", "table", "inet", "hbmeter"]).stdout
     counters = {}
     for item in json.loads(listing)["nftables"]:
         if "counter" in item:
-            counters[item["counter"]["name"]] = int(item["counter"]["bytes"])
+            counter = item["counter"]
+            counters[counter["name"]] = int(counter["bytes"])
+            counters[counter["name"] + "_packets"] = int(counter["packets"])
     return counters
 
 
@@ -649,6 +656,8 @@ class Settings:
     poll_fast: float
     run_dir: Path
     prefix: str
+    #: Systems that run hepto from another checkout, by name.
+    trees: dict[str, Path] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -858,7 +867,15 @@ class Bench:
                 (a[counter] - b[counter]) / elapsed for a, b in zip(after, before, strict=True)
             ]
             self.figures[f"{counter}_rate"] = {"median": median(rates), "max": max(rates)}
+        datagrams_in = {
+            host.name: a["udp_in_packets"] - b["udp_in_packets"]
+            for host, a, b in zip(self.hosts, after, before, strict=True)
+        }
+        self.figures["udp_in_packet_rate"] = {
+            "median": median([count / elapsed for count in datagrams_in.values()])
+        }
         cpu = []
+        per_datagram = []
         rss = []
         peak = []
         for name, end in after_usage.items():
@@ -866,9 +883,13 @@ class Bench:
             if end is None or begin is None:
                 continue
             cpu.append(100 * (end.cpu - begin.cpu) / elapsed)
+            if datagrams_in.get(name):
+                # All of the member's CPU, probing and gossiping included, per datagram in.
+                per_datagram.append(1e6 * (end.cpu - begin.cpu) / datagrams_in[name])
             rss.append(end.rss / 2**20)
             peak.append(end.peak_rss / 2**20)
         self.figures["cpu_percent"] = {"median": median(cpu), "max": max(cpu, default=None)}
+        self.figures["cpu_us_per_datagram_in"] = {"median": median(per_datagram)}
         self.figures["rss_mib"] = {"median": median(rss), "max": max(rss, default=None)}
         self.figures["rss_top_mib"] = sorted(
             ((end.rss / 2**20, name) for name, end in after_usage.items() if end is not None),
@@ -1134,10 +1155,15 @@ def remove_leftovers(prefix: str) -> int:
 
 
 def make_system(
-    name: str, key: str, observatory: Observatory, reactor: Any, memberlist: Path | None
+    name: str,
+    key: str,
+    observatory: Observatory,
+    reactor: Any,
+    memberlist: Path | None,
+    trees: Mapping[str, Path],
 ) -> System:
-    if name == "hepto":
-        return HeptoSystem(key, observatory, reactor)
+    if name == "hepto" or name in trees:
+        return HeptoSystem(key, observatory, reactor, name=name, tree=trees.get(name))
     assert memberlist is not None
     return MemberlistSystem(
         memberlist, key, observatory, reactor, chunks=name == "memberlist+chunks"
@@ -1162,7 +1188,7 @@ async def run(
         log.info("{n} hosts ready in {s:.1f}s", n=size, s=time.monotonic() - started)
         for name in settings.systems:
             observatory = Observatory()
-            system = make_system(name, key, observatory, reactor, memberlist)
+            system = make_system(name, key, observatory, reactor, memberlist, settings.trees)
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
             log.info(
@@ -1237,11 +1263,19 @@ def table(results: dict[str, dict[int, Any]]) -> str:
             lambda f: _fmt(f.get("other_udp_out_rate", {}).get("median"), 0),
         ),
         ("UDP in, B/s per member", lambda f: _fmt(f.get("udp_in_rate", {}).get("median"), 0)),
+        (
+            "UDP in, datagrams/s per member",
+            lambda f: _fmt(f.get("udp_in_packet_rate", {}).get("median"), 1),
+        ),
         ("TCP out, B/s per member", lambda f: _fmt(f.get("tcp_out_rate", {}).get("median"), 0)),
         ("RSS median (MiB)", lambda f: _fmt(f.get("rss_mib", {}).get("median"), 1)),
         ("RSS max (MiB)", lambda f: _fmt(f.get("rss_mib", {}).get("max"), 1)),
         ("CPU median (% of a core)", lambda f: _fmt(f.get("cpu_percent", {}).get("median"), 1)),
         ("CPU max (% of a core)", lambda f: _fmt(f.get("cpu_percent", {}).get("max"), 1)),
+        (
+            "CPU per datagram in (µs), median",
+            lambda f: _fmt(f.get("cpu_us_per_datagram_in", {}).get("median"), 0),
+        ),
         (
             "machine load in window, max",
             lambda f: _fmt(f.get("load", {}).get("window", {}).get("max"), 1),
@@ -1332,6 +1366,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
     parser.add_argument("--prefix", default="hb", help="namespace prefix (default: hb)")
     parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a system NAME for --systems: hepto agents run from the checkout at PATH "
+        "(PYTHONPATH), say an earlier commit, to compare with this one in one run",
+    )
+    parser.add_argument(
         "--table",
         nargs="+",
         type=Path,
@@ -1350,7 +1392,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         print(table(merged(args.table)))
         raise SystemExit(0)
     systems = [name for name in args.systems.split(",") if name]
-    unknown = set(systems) - {"memberlist", "memberlist+chunks", "hepto"}
+    trees = {}
+    for tree in args.tree:
+        name, _, path = tree.partition("=")
+        if not name or not (Path(path) / "hepto" / "__init__.py").is_file():
+            parser.error(f"--tree {tree}: not NAME=PATH of a hepto checkout")
+        trees[name] = Path(path).resolve()
+    unknown = set(systems) - {"memberlist", "memberlist+chunks", "hepto", *trees}
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="hepto-bench-"))
@@ -1371,6 +1419,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         poll_fast=args.poll_fast,
         run_dir=run_dir,
         prefix=args.prefix,
+        trees=trees,
     )
 
 

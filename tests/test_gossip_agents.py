@@ -26,7 +26,9 @@ from hepto.config import Endpoint
 from hepto.control import ControlError, query
 from hepto.gossip import codec
 from hepto.gossip.crypto import Keyring
+from hepto.gossip.identity import Identity
 from hepto.gossip.messages import Alive, Dead
+from hepto.gossip.proofs import Notary
 from hepto.gossip.transport import recipient_of
 from netlab import Host, Lab, holds_for, missing_requirements, netns_socket, wait_until
 
@@ -223,7 +225,17 @@ class PartitionTests(AgentsTestCase):
 
 
 class InsiderTests(AgentsTestCase):
-    """A key holder, with hepto's own codec, cannot move a member in others' views."""
+    """A key holder, with hepto's own codec and an identity of its own, cannot move a
+    member in others' views, nor bring a dead one back."""
+
+    def forged_alive(self, name: str, incarnation: int, address: Endpoint) -> Alive:
+        """An Alive for ``name`` as the insider can make it: proven by its own identity."""
+        notary = Notary(CLUSTER, name, self.insider_identity, lambda name: None)
+        return Alive(name, incarnation, address, "node", notary.prove(incarnation, address, "node"))
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.insider_identity = Identity.generate()
 
     def dropped(self, observer: str, reason: str) -> int:
         status = self.status(observer)
@@ -260,11 +272,11 @@ class InsiderTests(AgentsTestCase):
             insider,
             [hosts[0], hosts[2]],
             [Dead("b2", incarnation, "b3")],
-            [Alive("b2", incarnation + 2, fake, "node")],
+            [self.forged_alive("b2", incarnation + 2, fake)],
         )
         for observer in ("b1", "b3"):
             wait_until(
-                partial(self.dropped, observer, "unsigned address"),
+                partial(self.dropped, observer, "forged alive"),
                 30,
                 0.2,
                 f"{observer} to refuse the forged Alive",
@@ -289,4 +301,34 @@ class InsiderTests(AgentsTestCase):
             "alive",
             60,
             check=lambda m: m["version"] >= version and m["address"] == where,
+        )
+
+    def test_a_forged_alive_brings_no_dead_member_back(self) -> None:
+        """The Alive that SWIM alone would take: the member's own address, a higher
+        incarnation, for a member that is gone."""
+        names = ["c1", "c2", "c3"]
+        hosts = [self.lab.add_host(name) for name in names]
+        insider = self.lab.add_host("insider")
+        self.start(hosts[0])
+        for host in hosts[1:]:
+            self.start(host, anchor=hosts[0])
+        self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        victim = hosts[1]
+        incarnation = self.view("c1")["c2"]["incarnation"]
+        self.agents["c2"].kill()
+        self.wait_all_see(["c1", "c3"], ["c2"], "dead", DEATH_TIMEOUT)
+        where = Endpoint(victim.address, GOSSIP_PORT)
+        self.forge(insider, [hosts[0], hosts[2]], [self.forged_alive("c2", incarnation + 5, where)])
+        for observer in ("c1", "c3"):
+            wait_until(
+                partial(self.dropped, observer, "forged alive"),
+                30,
+                0.2,
+                f"{observer} to refuse the forged Alive",
+            )
+        holds_for(
+            lambda: self.all_see(["c1", "c3"], ["c2"], "dead"),
+            5,
+            0.1,
+            "c2 dead",
         )

@@ -28,12 +28,13 @@ from hepto.gossip.messages import (
 )
 
 ENDPOINT = Endpoint(ipaddress.IPv6Address("2001:db8::1"), 7946)
+PROOF = bytes(range(64))
 SAMPLES: list[Message] = [
     Ping(1, "node-b", "node-a"),
     PingReq(2**32 - 1, "node-c", ENDPOINT, "node-a"),
     Ack(0, "node-b"),
     Nack(7, "node-c"),
-    Alive("node-a", 2**64 - 1, ENDPOINT, "master"),
+    Alive("node-a", 2**64 - 1, ENDPOINT, "master", PROOF),
     Suspect("node-b", 3, "node-a"),
     Dead("node-b", 4, "node-b"),
     Digest("node-é", 12),
@@ -52,7 +53,7 @@ messages = st.one_of(
     st.builds(PingReq, seqs, names, endpoints, names),
     st.builds(Ack, seqs, names),
     st.builds(Nack, seqs, names),
-    st.builds(Alive, names, u64s, endpoints, names),
+    st.builds(Alive, names, u64s, endpoints, names, st.binary(min_size=64, max_size=64)),
     st.builds(Suspect, names, u64s, names),
     st.builds(Dead, names, u64s, names),
     st.builds(Digest, names, u64s),
@@ -77,7 +78,17 @@ class RoundTripTests(SynchronousTestCase):
         """The layout is a contract with other versions: pin one frame byte for byte."""
         self.assertEqual(
             encode([Ack(258, "b"), Digest("a", 1)]),
-            b"\x01" + b"\x03\x00\x00\x01\x02\x01b" + b"\x08\x01a" + b"\x00" * 7 + b"\x01",
+            b"\x02" + b"\x03\x00\x00\x01\x02\x01b" + b"\x08\x01a" + b"\x00" * 7 + b"\x01",
+        )
+        self.assertEqual(
+            encode([Alive("a", 3, ENDPOINT, "node", PROOF)]),
+            b"\x02\x05\x01a"
+            + b"\x00" * 7
+            + b"\x03"
+            + b"\x20\x01\x0d\xb8"
+            + b"\x00" * 11
+            + b"\x01\x1f\x0a\x04node"
+            + PROOF,
         )
 
     def test_smallest_message(self) -> None:
@@ -104,7 +115,9 @@ class EncodeErrorTests(SynchronousTestCase):
             [Digest("a", 2**64)],
             [Ack(1, "")],
             [Ack(1, "x" * 256)],
-            [Alive("a", 1, Endpoint(ENDPOINT.host, 0), "node")],
+            [Alive("a", 1, Endpoint(ENDPOINT.host, 0), "node", PROOF)],
+            [Alive("a", 1, ENDPOINT, "node", PROOF[:-1])],
+            [Alive("a", 1, ENDPOINT, "node", b"")],
             [Digest("a" * 200, 1)] * 6,
         ):
             self.assertRaises(EncodeError, encode, bad)
@@ -123,17 +136,20 @@ class DecodeErrorTests(SynchronousTestCase):
     def test_reasons(self) -> None:
         valid = encode([Ping(1, "node-b", "node-a")])
         self.assertReason(b"", "empty frame")
-        self.assertReason(b"\x01", "frame without messages")
-        self.assertReason(b"\x02" + valid[1:], "unknown version 2")
-        self.assertReason(b"\x01\x09", "unknown message type 9")
+        self.assertReason(b"\x02", "frame without messages")
+        self.assertReason(b"\x01" + valid[1:], "unknown version 1")
+        self.assertReason(b"\x02\x09", "unknown message type 9")
         self.assertReason(valid[:-1], "truncated ping source")
         self.assertReason(valid[:3], "truncated ping seq")
         self.assertReason(valid + b"\x03", "truncated ack seq")
-        self.assertReason(b"\x01\x03\x00\x00\x00\x01\x00", "empty ack source")
-        self.assertReason(b"\x01\x03\x00\x00\x00\x01\x01\xff", "invalid UTF-8 in ack source")
-        self.assertReason(b"\x01" + b"\x03\x00\x00\x00\x01\x01a" * 200, "oversized frame")
-        zero_port = encode([Alive("a", 1, ENDPOINT, "node")]).replace(b"\x1f\x0a", b"\x00\x00")
+        self.assertReason(b"\x02\x03\x00\x00\x00\x01\x00", "empty ack source")
+        self.assertReason(b"\x02\x03\x00\x00\x00\x01\x01\xff", "invalid UTF-8 in ack source")
+        self.assertReason(b"\x02" + b"\x03\x00\x00\x00\x01\x01a" * 200, "oversized frame")
+        alive = encode([Alive("a", 1, ENDPOINT, "node", PROOF)])
+        zero_port = alive.replace(b"\x1f\x0a", b"\x00\x00")
         self.assertReason(zero_port, "port 0 in alive address")
+        self.assertReason(alive[:-1], "truncated alive proof")
+        self.assertReason(alive[: -len(PROOF)], "truncated alive proof")
 
     @settings(max_examples=1000)
     @given(st.binary(max_size=MAX_DATAGRAM + 10))

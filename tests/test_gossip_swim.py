@@ -34,6 +34,8 @@ from hepto.gossip.messages import (
     Suspect,
 )
 from hepto.gossip.profile import LAN, WAN, Profile
+from hepto.gossip.proofs import Notary, statement
+from hepto.gossip.simulation import CLUSTER, identity_of
 from hepto.gossip.suspicion import MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
 from hepto.gossip.swim import (
     INCARNATION_CEILING,
@@ -54,8 +56,27 @@ def endpoint(index: int) -> Endpoint:
     return Endpoint(ipaddress.IPv6Address(f"2001:db8::{index}"), 7946)
 
 
+def notary(name: str, unpinned: Iterable[str] = ()) -> Notary:
+    """``name``'s notary, to which every member's identity is pinned but ``unpinned``'s."""
+    unknown = frozenset(unpinned)
+
+    def pinned(other: str) -> bytes | None:
+        return None if other in unknown else identity_of(other).public_key
+
+    return Notary(CLUSTER, name, identity_of(name), pinned)
+
+
+def alive(
+    name: str, incarnation: int, address: Endpoint, role: str, signer: str | None = None
+) -> Alive:
+    """An Alive signed by ``signer``'s identity: the member's own unless said."""
+    said = statement(CLUSTER, name, incarnation, address, role)
+    return Alive(name, incarnation, address, role, identity_of(signer or name).sign(said))
+
+
 def state(name: str, index: int, status: str = ALIVE, incarnation: int = 0) -> MemberState:
-    return MemberState(name, endpoint(index), "node", incarnation, status, 0.0)
+    proof = alive(name, incarnation, endpoint(index), "node").proof
+    return MemberState(name, endpoint(index), "node", incarnation, status, 0.0, proof)
 
 
 class ScriptedPeers:
@@ -124,13 +145,25 @@ class MembershipTestCase(SynchronousTestCase):
     network: ScriptedPeers
 
     def make(
-        self, peers: Iterable[str] = PEERS, profile: Profile | None = None, start: bool = True
+        self,
+        peers: Iterable[str] = PEERS,
+        profile: Profile | None = None,
+        start: bool = True,
+        unpinned: Iterable[str] = (),
     ) -> Membership:
-        """Member "a" knowing ``peers`` (all responsive), on self.clock and self.network."""
+        """Member "a" knowing ``peers`` (all responsive), on self.clock and self.network;
+        it knows the identity of every member but ``unpinned``'s."""
         clock = self.clock = Clock()
         network = self.network = ScriptedPeers(clock)
         member = Membership(
-            "a", endpoint(1), "node", clock, network, profile or self.profile, random.Random(7)
+            "a",
+            endpoint(1),
+            "node",
+            clock,
+            network,
+            profile or self.profile,
+            random.Random(7),
+            notary=notary("a", unpinned),
         )
         network.membership = member
         states = [state(name, index) for index, name in enumerate(peers, start=2)]
@@ -163,7 +196,7 @@ class PingTests(MembershipTestCase):
         self.assertEqual(to, endpoint(2))
         self.assertEqual(datagram[0], Ack(7, "a"))
         # The ack carries queued news along: here, our own Alive and our peers'.
-        self.assertIn(Alive("a", 0, endpoint(1), "node"), datagram)
+        self.assertIn(alive("a", 0, endpoint(1), "node"), datagram)
 
     def test_ping_for_another_member(self) -> None:
         """A stale address (someone else lives there now) gets no ack: the prober must
@@ -383,7 +416,7 @@ class SuspicionTests(MembershipTestCase):
         self.assertEqual(to, endpoint(5))
         datagram = next(sent[2] for sent in self.network.sent if sent[2][0] is ping)
         self.assertIn(Suspect("e", 0, "a"), datagram)
-        member.receive(endpoint(5), [Alive("e", 1, endpoint(5), "node"), Ack(ping.seq, "e")])
+        member.receive(endpoint(5), [alive("e", 1, endpoint(5), "node"), Ack(ping.seq, "e")])
         self.clock.advance(30)
         self.assertEqual(self.status(member, "e"), ALIVE)
 
@@ -425,7 +458,7 @@ class RefutationTests(MembershipTestCase):
         self.assertEqual(self.status(member, "a"), ALIVE)
         self.assertEqual(member.health, 1)
         member.receive(endpoint(2), [Ping(3, "a", "b")])
-        self.assertIn(Alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
+        self.assertIn(alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
 
     def test_refutes_death_above_accusation(self) -> None:
         member = self.make()
@@ -440,7 +473,7 @@ class RefutationTests(MembershipTestCase):
         member.receive(endpoint(2), [Ping(3, "a", "b"), Suspect("a", 0, "b")])
         datagram = self.network.sent[-1][2]
         self.assertEqual(datagram[0], Ack(3, "a"))
-        self.assertEqual(datagram[1], Alive("a", 1, endpoint(1), "node"))
+        self.assertEqual(datagram[1], alive("a", 1, endpoint(1), "node"))
 
     def test_stale_accusation_repeats_refutation(self) -> None:
         member = self.make()
@@ -448,39 +481,39 @@ class RefutationTests(MembershipTestCase):
         self.clock.pump([0.1] * 50)
         self.assertEqual(member.queued(), 0)
         member.receive(endpoint(3), [Ping(4, "a", "c"), Suspect("a", 0, "c")])
-        self.assertIn(Alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
+        self.assertIn(alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
         self.assertEqual(member.incarnation, 1)
 
     def test_stale_accusation_of_another(self) -> None:
         """Whoever still accuses a member at an older incarnation is told directly."""
         member = self.make()
-        member.receive(endpoint(2), [Alive("b", 2, endpoint(2), "node")])
+        member.receive(endpoint(2), [alive("b", 2, endpoint(2), "node")])
         self.network.sent.clear()
         member.receive(endpoint(3), [Suspect("b", 1, "c")])
         member.receive(endpoint(4), [Dead("b", 0, "d")])
         firsts = [(to, datagram[0]) for _, to, datagram in self.network.sent]
-        alive = Alive("b", 2, endpoint(2), "node")
-        self.assertEqual(firsts, [(endpoint(3), alive), (endpoint(4), alive)])
+        told = alive("b", 2, endpoint(2), "node")
+        self.assertEqual(firsts, [(endpoint(3), told), (endpoint(4), told)])
         self.assertEqual(self.status(member, "b"), ALIVE)
 
     def test_alive_about_us(self) -> None:
         """Someone thinks we are at a newer incarnation, or have another role: correct it."""
         member = self.make()
-        member.receive(endpoint(2), [Alive("a", 3, endpoint(1), "node")])
+        member.receive(endpoint(2), [alive("a", 3, endpoint(1), "node")])
         self.assertEqual(member.incarnation, 4)
-        member.receive(endpoint(2), [Alive("a", 4, endpoint(1), "master")])
+        member.receive(endpoint(2), [alive("a", 4, endpoint(1), "master")])
         self.assertEqual(member.incarnation, 5)
         self.assertEqual(member.member("a").role, "node")  # type: ignore[union-attr]
-        member.receive(endpoint(2), [Alive("a", 5, endpoint(1), "node")])
+        member.receive(endpoint(2), [alive("a", 5, endpoint(1), "node")])
         self.assertEqual(member.incarnation, 5)
 
     def test_news_revives(self) -> None:
         member = self.make()
         member.receive(endpoint(3), [Dead("b", 0, "c")])
         self.assertEqual(self.status(member, "b"), DEAD)
-        member.receive(endpoint(3), [Alive("b", 0, endpoint(2), "node")])
+        member.receive(endpoint(3), [alive("b", 0, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), DEAD)
-        member.receive(endpoint(3), [Alive("b", 1, endpoint(2), "node")])
+        member.receive(endpoint(3), [alive("b", 1, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), ALIVE)
 
 
@@ -504,74 +537,148 @@ class IncarnationSanityTests(MembershipTestCase):
         self.assertEqual(member.drops["incarnation jump"], 1)
 
     def test_jump_in_alive(self) -> None:
-        """Only the member itself may jump ahead (say, after losing its saved state)."""
-        member = self.make()
-        jump = Alive("b", INCARNATION_SLACK + 5, endpoint(2), "node")
+        """Only the member itself may jump ahead (say, after losing its saved state):
+        from its own address while its identity is unknown, with its proof after."""
+        member = self.make(unpinned=["b"])
+        jump = alive("b", INCARNATION_SLACK + 5, endpoint(2), "node")
         member.receive(endpoint(3), [jump])
         self.assertEqual(member.member("b").incarnation, 0)  # type: ignore[union-attr]
         member.receive(endpoint(2), [jump])
         self.assertEqual(member.member("b").incarnation, jump.incarnation)  # type: ignore[union-attr]
 
+    def test_proven_jump_in_alive(self) -> None:
+        member = self.make()
+        jump = alive("b", INCARNATION_SLACK + 5, endpoint(2), "node")
+        member.receive(endpoint(3), [jump])
+        self.assertEqual(member.member("b").incarnation, jump.incarnation)  # type: ignore[union-attr]
+
     def test_ceiling(self) -> None:
         member = self.make()
-        member.receive(endpoint(9), [Alive("z", INCARNATION_CEILING + 1, endpoint(9), "node")])
+        member.receive(endpoint(9), [alive("z", INCARNATION_CEILING + 1, endpoint(9), "node")])
         self.assertIsNone(member.member("z"))
-        member.receive(endpoint(9), [Alive("z", INCARNATION_CEILING, endpoint(9), "node")])
+        member.receive(endpoint(9), [alive("z", INCARNATION_CEILING, endpoint(9), "node")])
         self.assertEqual(self.status(member, "z"), ALIVE)
 
 
 class ConflictTests(MembershipTestCase):
     def test_address_conflict(self) -> None:
-        member = self.make()
-        member.receive(endpoint(3), [Alive("b", 1, endpoint(9), "node")])
+        """Before its identity is known, a live member keeps its address (memberlist)."""
+        member = self.make(unpinned=["b"])
+        member.receive(endpoint(3), [alive("b", 1, endpoint(9), "node")])
         self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
         self.assertEqual(member.drops["address conflict"], 1)
         member.receive(endpoint(3), [Dead("b", 0, "c")])
-        member.receive(endpoint(3), [Alive("b", 1, endpoint(9), "node")])
+        member.receive(endpoint(3), [alive("b", 1, endpoint(9), "node")])
         self.assertEqual(member.member("b").address, endpoint(9))  # type: ignore[union-attr]
         self.assertEqual(self.status(member, "b"), ALIVE)
 
-    def test_a_member_stays_where_its_record_says(self) -> None:
+    def test_a_member_moves_on_its_own_word(self) -> None:
+        """A restart at a new address need not wait for the old one's death."""
+        member = self.make()
+        member.receive(endpoint(3), [alive("b", 1, endpoint(9), "node")])
+        self.assertEqual(member.member("b").address, endpoint(9))  # type: ignore[union-attr]
+        self.assertEqual(member.drops["address conflict"], 0)
+
+    def test_a_forged_alive_moves_no_one(self) -> None:
         """The hijack: a forged Dead, then an Alive at the forger's address."""
         member = self.make()
-        member.signed_address = {"b": endpoint(2)}.get
-        member.receive(endpoint(9), [Dead("b", 0, "c"), Alive("b", 2, endpoint(9), "node")])
+        forged = alive("b", 2, endpoint(9), "node", signer="c")
+        member.receive(endpoint(9), [Dead("b", 0, "c"), forged])
         self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
-        self.assertEqual(member.drops["unsigned address"], 1)
+        self.assertEqual(self.status(member, "b"), DEAD)
+        self.assertEqual(member.drops["forged alive"], 1)
         # The member itself, refuting where it is, is believed.
-        member.receive(endpoint(2), [Alive("b", 3, endpoint(2), "node")])
+        member.receive(endpoint(2), [alive("b", 3, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), ALIVE)
         self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
 
+    def test_a_forged_alive_revives_no_one(self) -> None:
+        """A dead member stays dead when someone else says it is alive where it was."""
+        member = self.make()
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        member.receive(endpoint(9), [alive("b", 7, endpoint(2), "node", signer="c")])
+        self.assertEqual(self.status(member, "b"), DEAD)
+        self.assertEqual(member.member("b").incarnation, 0)  # type: ignore[union-attr]
+        self.assertEqual(member.drops["forged alive"], 1)
+
+    def test_a_proof_of_other_news_proves_nothing(self) -> None:
+        """The member's own proof, moved onto other news (a replay with new fields)."""
+        member = self.make()
+        genuine = alive("b", 1, endpoint(2), "node")
+        for altered in (
+            attrs.evolve(genuine, incarnation=2),
+            attrs.evolve(genuine, address=endpoint(9)),
+            attrs.evolve(genuine, role="master"),
+            attrs.evolve(genuine, name="c"),
+            attrs.evolve(genuine, proof=genuine.proof[:-1]),
+            attrs.evolve(genuine, proof=b""),
+        ):
+            member.receive(endpoint(9), [altered])
+        self.assertEqual(member.drops["forged alive"], 6)
+        self.assertEqual(member.member("b"), state("b", 2))
+        member.receive(endpoint(9), [genuine])
+        self.assertEqual(member.member("b").incarnation, 1)  # type: ignore[union-attr]
+
+    def test_another_cluster_s_proof_proves_nothing(self) -> None:
+        member = self.make()
+        said = statement("elsewhere", "b", 1, endpoint(2), "node")
+        elsewhere = Alive("b", 1, endpoint(2), "node", identity_of("b").sign(said))
+        member.receive(endpoint(2), [elsewhere])
+        self.assertEqual(member.drops["forged alive"], 1)
+        self.assertEqual(member.member("b").incarnation, 0)  # type: ignore[union-attr]
+
     def test_merged_state_cannot_move_a_member_either(self) -> None:
         member = self.make()
-        member.signed_address = {"b": endpoint(2)}.get
         member.receive(endpoint(9), [Dead("b", 0, "c")])
-        member.merge_state([state("b", 9, incarnation=5)])
+        forged = attrs.evolve(
+            state("b", 9, incarnation=5),
+            proof=alive("b", 5, endpoint(9), "node", signer="c").proof,
+        )
+        member.merge_state([forged])
         self.assertEqual(member.member("b").address, endpoint(2))  # type: ignore[union-attr]
-        self.assertEqual(member.drops["unsigned address"], 1)
+        self.assertEqual(member.drops["forged alive"], 1)
 
-    def test_an_unknown_member_cannot_be_announced_elsewhere(self) -> None:
+    def test_an_unknown_member_cannot_be_forged(self) -> None:
+        """Once its identity is pinned (its record seen), even a first Alive is checked."""
         member = self.make()
-        member.signed_address = {"z": endpoint(8)}.get
-        member.receive(endpoint(9), [Alive("z", 1, endpoint(9), "node")])
+        member.receive(endpoint(9), [alive("z", 1, endpoint(9), "node", signer="c")])
         self.assertIsNone(member.member("z"))
-        member.receive(endpoint(8), [Alive("z", 1, endpoint(8), "node")])
+        member.receive(endpoint(9), [alive("z", 1, endpoint(8), "node")])
         self.assertEqual(member.member("z").address, endpoint(8))  # type: ignore[union-attr]
 
-    def test_a_record_moves_a_member_to_where_it_says(self) -> None:
-        member = self.make()
-        signed: dict[str, Endpoint] = {}
-        member.signed_address = signed.get
-        member.receive(endpoint(9), [Alive("z", 1, endpoint(9), "node")])  # before its record
-        signed["z"] = endpoint(8)
-        member.follow_signed_address("z")
+    def test_taken_on_trust_until_an_identity_is_pinned(self) -> None:
+        """Before its record, a member is where its first Alive says; once its identity
+        is pinned, a forged first Alive makes it a suspect, which the real one refutes."""
+        member = self.make(unpinned=["z"])
+        member.receive(endpoint(9), [alive("z", 40, endpoint(9), "node", signer="c")])
+        self.assertEqual(self.status(member, "z"), ALIVE)
+        self.pin(member, "z")  # its record is in
+        self.assertEqual(self.status(member, "z"), SUSPECT)
+        self.assertEqual(member.drops["forged alive"], 1)
+        self.clock.advance(self.profile.gossip_interval)
+        self.assertIn(Suspect("z", 40, "a"), self.network.messages(Suspect))
+        # The real one refutes, where it really is.
+        member.receive(endpoint(8), [alive("z", 41, endpoint(8), "node")])
+        self.assertEqual(self.status(member, "z"), ALIVE)
         self.assertEqual(member.member("z").address, endpoint(8))  # type: ignore[union-attr]
-        self.assertEqual(member.member("z").incarnation, 1)  # type: ignore[union-attr]
+
+    def test_a_genuine_alive_taken_on_trust_stays(self) -> None:
+        member = self.make(unpinned=["z"])
+        member.receive(endpoint(8), [alive("z", 1, endpoint(8), "node")])
+        self.pin(member, "z")
+        self.assertEqual(self.status(member, "z"), ALIVE)
+        self.assertEqual(member.drops["forged alive"], 0)
+        member.identity_pinned("z")  # checked once: nothing more to do
+        self.assertEqual(self.status(member, "z"), ALIVE)
+
+    def pin(self, member: Membership, name: str) -> None:
+        """What the gossip service does when ``name``'s record comes in."""
+        member.notary = notary("a")
+        member.identity_pinned(name)
 
     def test_our_name_elsewhere(self) -> None:
         member = self.make()
-        member.receive(endpoint(3), [Alive("a", 9, endpoint(9), "node")])
+        member.receive(endpoint(3), [alive("a", 9, endpoint(9), "node")])
         self.assertEqual(member.incarnation, 0)
         self.assertEqual(member.member("a").address, endpoint(1))  # type: ignore[union-attr]
 
@@ -588,7 +695,7 @@ class LeaveTests(MembershipTestCase):
         self.assertEqual(len(self.network.messages(Dead)), limit)
         self.assertEqual(set(self.network.messages(Dead)), {Dead("a", 0, "a")})
         # A departed member does not argue any more.
-        member.receive(endpoint(2), [Suspect("a", 0, "b"), Alive("a", 3, endpoint(1), "node")])
+        member.receive(endpoint(2), [Suspect("a", 0, "b"), alive("a", 3, endpoint(1), "node")])
         self.assertEqual(member.incarnation, 0)
         self.successResultOf(member.leave())
 
@@ -630,7 +737,7 @@ class ReapTests(MembershipTestCase):
         self.assertEqual([(gone.name, gone.status) for gone in reaped], [("b", DEAD)])
         self.assertNotIn("b", member._order)
         # Forgotten means forgotten: it can come back, as new.
-        member.receive(endpoint(2), [Alive("b", 0, endpoint(2), "node")])
+        member.receive(endpoint(2), [alive("b", 0, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), ALIVE)
 
     def test_gossip_to_the_dead(self) -> None:
@@ -727,7 +834,7 @@ class StateExchangeTests(MembershipTestCase):
         unsubscribe = member.subscribe(
             lambda old, new: seen.append((None if old is None else old.status, new.status))
         )
-        member.receive(endpoint(3), [Suspect("b", 0, "c"), Alive("f", 0, endpoint(7), "node")])
+        member.receive(endpoint(3), [Suspect("b", 0, "c"), alive("f", 0, endpoint(7), "node")])
         self.assertEqual(seen, [(ALIVE, SUSPECT), (None, ALIVE)])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
         unsubscribe()
@@ -839,7 +946,7 @@ class NewsRoundTests(MembershipTestCase):
         self.just_after_a_tick(member)
         member.receive(endpoint(3), [Suspect("a", 0, "p1")])
         self.clock.advance(0)
-        self.assertEqual(len(self.carrying(Alive("a", 1, endpoint(1), "node"))), LAN.gossip_nodes)
+        self.assertEqual(len(self.carrying(alive("a", 1, endpoint(1), "node"))), LAN.gossip_nodes)
 
     def test_rounds_are_spaced(self) -> None:
         """A burst of news costs a few rounds, not one per item; the tick takes the rest."""
@@ -866,9 +973,9 @@ class NewsRoundTests(MembershipTestCase):
         """A join storm is news of no one's fate: it keeps to the gossip interval."""
         member = self.make()
         self.just_after_a_tick(member)
-        member.receive(endpoint(6), [Alive("f", 0, endpoint(6), "node")])
+        member.receive(endpoint(6), [alive("f", 0, endpoint(6), "node")])
         self.clock.advance(LAN.gossip_interval / 2)
-        self.assertEqual(self.carrying(Alive("f", 0, endpoint(6), "node")), [])
+        self.assertEqual(self.carrying(alive("f", 0, endpoint(6), "node")), [])
 
     def test_can_be_turned_off(self) -> None:
         member = self.make(profile=attrs.evolve(LAN, news_rounds=False))
@@ -991,6 +1098,7 @@ class ProbeOrderTests(SynchronousTestCase):
                 ScriptedPeers(clock),
                 LAN,
                 random.Random(index),
+                notary=notary(known.name),
                 snapshot=snapshot,
             )
             for index, known in enumerate(states[:3])
@@ -1038,7 +1146,14 @@ class RealUDPTests(TestCase):
         self.addCleanup(port.stopListening)
         address = Endpoint(ipaddress.IPv6Address("::1"), port.getHost().port)
         member = Membership(
-            name, address, "node", reactor, network, self.profile, random.Random(name)
+            name,
+            address,
+            "node",
+            reactor,
+            network,
+            self.profile,
+            random.Random(name),
+            notary=notary(name),
         )
         network.membership = member
         self.addCleanup(member.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import random
@@ -26,8 +27,11 @@ from hepto.config import Endpoint
 from hepto.control import ControlError, query
 from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
+from hepto.gossip.identity import Identity
 from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
 from hepto.gossip.profile import Profile
+from hepto.gossip.proofs import Notary
+from hepto.gossip.records import sign_record
 from hepto.gossip.service import SAVE_DELAY, GossipService
 from hepto.gossip.streams import (
     Fetch,
@@ -46,6 +50,7 @@ from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 KEY = "5a" * 32
 WRONG_KEY = "a5" * 32
 LOOPBACK = ipaddress.IPv6Address("::1")
+PROOF = bytes(range(64))
 #: Fast timings: the same protocol, ten times quicker than the LAN profile.
 FAST = Profile(
     probe_interval=0.2,
@@ -67,7 +72,11 @@ class StreamCodecTests(SynchronousTestCase):
             PushPull(
                 "alice",
                 True,
-                (PeerState("bob", Endpoint(LOOPBACK, 7946), "master", 3, DEAD),),
+                (
+                    PeerState("bob", Endpoint(LOOPBACK, 7946), "master", 3, DEAD, b""),
+                    PeerState("carol", Endpoint(LOOPBACK, 7947), "node", 5, ALIVE, PROOF),
+                    PeerState("dave", Endpoint(LOOPBACK, 7948), "node", 5, SUSPECT, PROOF),
+                ),
                 (("bob", 4), ("alice", 1)),
             ),
             Fetch("bob"),
@@ -83,19 +92,31 @@ class StreamCodecTests(SynchronousTestCase):
     def test_strict(self) -> None:
         good = json.loads(
             streams.encode(
-                PushPull("a", False, (PeerState("b", Endpoint(LOOPBACK, 1), "node", 1, ALIVE),), ())
+                PushPull(
+                    "a",
+                    False,
+                    (PeerState("b", Endpoint(LOOPBACK, 1), "node", 1, ALIVE, PROOF),),
+                    (),
+                )
             )[1:]
         )
+        proof = good["members"][0][6]
+        self.assertEqual(base64.b64decode(proof), PROOF)
         bad_documents = [
             {**good, "join": 1},
             {**good, "extra": 1},
             {**good, "sender": "Not A Name"},
-            {**good, "members": [["b", "::1", 0, "node", 1, "alive"]]},
-            {**good, "members": [["b", "1.2.3.4", 1, "node", 1, "alive"]]},
-            {**good, "members": [["b", "::1", 1, "king", 1, "alive"]]},
-            {**good, "members": [["b", "::1", 1, "node", -1, "alive"]]},
-            {**good, "members": [["b", "::1", 1, "node", 1, "zombie"]]},
-            {**good, "members": [["b", "::1", 1, "node", 1]]},
+            {**good, "members": [["b", "::1", 0, "node", 1, "alive", proof]]},
+            {**good, "members": [["b", "1.2.3.4", 1, "node", 1, "alive", proof]]},
+            {**good, "members": [["b", "::1", 1, "king", 1, "alive", proof]]},
+            {**good, "members": [["b", "::1", 1, "node", -1, "alive", proof]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "zombie", proof]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "alive"]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "alive", ""]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "alive", proof[:-4]]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "alive", "!" + proof[1:]]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "alive", 5]]},
+            {**good, "members": [["b", "::1", 1, "node", 1, "dead", "AAAA"]]},
             {**good, "digests": [["b", 0]]},
             {**good, "digests": [["b", 2**60]]},
             {**good, "digests": [["b", 1, 2]]},
@@ -522,7 +543,7 @@ class MergeTests(SynchronousTestCase):
         service.store = Recorder()  # type: ignore[assignment]
 
         def peer(name: str, port: int, status: str = ALIVE) -> PeerState:
-            return PeerState(name, Endpoint(LOOPBACK, port), "node", 1, status)
+            return PeerState(name, Endpoint(LOOPBACK, port), "node", 1, status, PROOF)
 
         anchor = PushPull(
             sender="anchor",
@@ -602,3 +623,41 @@ class SavingTests(SynchronousTestCase):
         moved = attrs.evolve(self.other, address=Endpoint(LOOPBACK, 2))
         self.service._member_changed(self.other, moved)
         self.assertTrue(self.scheduled())
+
+
+class ProofTests(SynchronousTestCase):
+    """A member taken on trust before its record is checked when the record comes."""
+
+    def setUp(self) -> None:
+        self.service = GossipService(
+            node_config("me", free_port(), Path(self.mktemp())), task.Clock(), FAST
+        )
+        # What startService does, without its sockets.
+        self.service.store.subscribe(self.service._state_changed)
+        self.service.store.start()
+        self.where = Endpoint(LOOPBACK, 9)
+        self.z = Identity.generate()
+
+    def take_on_trust(self, signer: Identity) -> None:
+        notary = Notary(self.service.config.cluster, "z", signer, lambda name: None)
+        proof = notary.prove(3, self.where, "node")
+        self.service.membership.merge_state(
+            [MemberState("z", self.where, "node", 3, ALIVE, 0.0, proof)]
+        )
+        self.assertEqual(self.service.membership.member("z").status, ALIVE)  # type: ignore[union-attr]
+
+    def record_arrives(self) -> None:
+        record = sign_record(self.z, self.service.config.cluster, "z", 1, {"role": "node"})
+        self.assertTrue(self.service.store.accept(record.blob))
+
+    def test_forged(self) -> None:
+        self.take_on_trust(Identity.generate())
+        self.record_arrives()
+        self.assertEqual(self.service.membership.member("z").status, SUSPECT)  # type: ignore[union-attr]
+        self.assertEqual(self.service.membership.drops["forged alive"], 1)
+
+    def test_genuine(self) -> None:
+        self.take_on_trust(self.z)
+        self.record_arrives()
+        self.assertEqual(self.service.membership.member("z").status, ALIVE)  # type: ignore[union-attr]
+        self.assertEqual(self.service.membership.drops["forged alive"], 0)

@@ -11,7 +11,8 @@ fields in a fixed order (network byte order throughout)::
     PingReq  = 2 u32 seq, string target, endpoint target_address, string source
     Ack      = 3 u32 seq, string source
     Nack     = 4 u32 seq, string source
-    Alive    = 5 string name, u64 incarnation, endpoint address, string role
+    Alive    = 5 string name, u64 incarnation, endpoint address, string role, proof
+    proof    = 64 bytes: the member's Ed25519 signature (:mod:`hepto.gossip.proofs`)
     Suspect  = 6 string name, u64 incarnation, string source
     Dead     = 7 string name, u64 incarnation, string source
     Digest   = 8 string name, u64 version
@@ -41,8 +42,10 @@ from hepto.gossip.messages import (
     PingReq,
     Suspect,
 )
+from hepto.gossip.proofs import PROOF_SIZE
 
-VERSION: Final = 1
+#: 2 since Alive messages carry a proof: members of version 1 and 2 cannot talk.
+VERSION: Final = 2
 #: Bytes of a frame before its first message.
 HEADER_SIZE: Final = 1
 MAX_STRING: Final = 255
@@ -107,13 +110,16 @@ def _encode_one(message: Message) -> bytes:
             return bytes((ACK,)) + _int(_U32, seq, MAX_SEQ) + _string(source)
         case Nack(seq, source):
             return bytes((NACK,)) + _int(_U32, seq, MAX_SEQ) + _string(source)
-        case Alive(name, incarnation, address, role):
+        case Alive(name, incarnation, address, role, proof):
+            if len(proof) != PROOF_SIZE:
+                raise EncodeError(f"proof of {len(proof)} bytes; {PROOF_SIZE} are needed")
             return (
                 bytes((ALIVE,))
                 + _string(name)
                 + _int(_U64, incarnation, MAX_U64)
                 + _endpoint(address)
                 + _string(role)
+                + proof
             )
         case Suspect(name, incarnation, source):
             return (
@@ -153,7 +159,7 @@ _SIZERS: Final[dict[type, Callable[[Any], int]]] = {
     PingReq: lambda m: 5 + _string_size(m.target) + _ENDPOINT_SIZE + _string_size(m.source),
     Ack: lambda m: 5 + _string_size(m.source),
     Nack: lambda m: 5 + _string_size(m.source),
-    Alive: lambda m: 9 + _string_size(m.name) + _ENDPOINT_SIZE + _string_size(m.role),
+    Alive: lambda m: 9 + _string_size(m.name) + _ENDPOINT_SIZE + _string_size(m.role) + PROOF_SIZE,
     Suspect: lambda m: 9 + _string_size(m.name) + _string_size(m.source),
     Dead: lambda m: 9 + _string_size(m.name) + _string_size(m.source),
     Digest: lambda m: 9 + _string_size(m.name),
@@ -246,6 +252,7 @@ def _alive(r: _Reader) -> Message:
         r.u64("alive incarnation"),
         r.endpoint("alive address"),
         r.string("alive role"),
+        r.take(PROOF_SIZE, "alive proof"),
     )
 
 

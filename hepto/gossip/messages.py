@@ -63,12 +63,17 @@ class Nack:
 
 @attrs.frozen
 class Alive:
-    """Member ``name`` is alive at ``incarnation``, reachable at ``address``."""
+    """Member ``name`` is alive at ``incarnation``, reachable at ``address``.
+
+    ``proof`` is the member's signature of all that (:mod:`hepto.gossip.proofs`): an
+    Alive is the one message that only its member can make.
+    """
 
     name: str
     incarnation: int
     address: Endpoint
     role: str
+    proof: bytes = attrs.field(repr=lambda proof: proof[:4].hex() + "…")
 
 
 @attrs.frozen

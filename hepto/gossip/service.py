@@ -24,13 +24,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hepto.config import ConfigError, Endpoint, NodeConfig, parse_endpoint
+from hepto.config import Endpoint, NodeConfig
 from hepto.control import SOCKET_NAME, ControlService, RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
 from hepto.gossip.identity import IDENTITY_FILE, Pins, load_or_create
 from hepto.gossip.persistence import STATE_FILE, KnownMember, SavedState, StateFile
 from hepto.gossip.profile import LAN, Profile
+from hepto.gossip.proofs import Notary
 from hepto.gossip.records import RecordError, SignedRecord, open_record
 from hepto.gossip.store import RecordStore
 from hepto.gossip.streams import (
@@ -57,8 +58,6 @@ JOIN_KNOWN_MEMBERS: Final = 3
 OPERATOR_KEY_PREFIX: Final = "x-"
 #: Seconds a burst of membership changes waits before the saved state is rewritten.
 SAVE_DELAY: Final = 5.0
-#: The key of a record that says where its member gossips.
-GOSSIP_KEY: Final = "gossip"
 
 
 class GossipError(StartupError):
@@ -109,6 +108,7 @@ class GossipService(MultiService):
             config.keyring, config.cluster, reactor, self.drops
         )
         self.transport = GossipTransport(reactor, self.keyring, self.address)
+        pins = Pins.from_mapping(saved.pins)
         # A restart comes back with a higher incarnation, so that nobody takes the news
         # of our death (or leave) before it for news about us now.
         self.membership = Membership(
@@ -120,27 +120,24 @@ class GossipService(MultiService):
             profile,
             random.Random(self.rng.getrandbits(64)),
             incarnation=saved.incarnation + 1,
+            notary=Notary(config.cluster, config.name, self.identity, pins.get),
         )
         self.store = RecordStore.create(
             cluster=config.cluster,
             name=config.name,
             identity=self.identity,
-            data={"role": config.role, GOSSIP_KEY: str(self.address)},
+            data={"role": config.role, "gossip": str(self.address)},
             previous=self._previous_record(saved),
             membership=self.membership,
             fetch=self.transport.fetch,
             clock=reactor,
             drops=self.drops,
-            pins=Pins.from_mapping(saved.pins),
+            pins=pins,
             on_own_record=self._own_record_changed,
         )
         self.transport.receiver = self.membership.receive
         self.transport.responder = self
         self.membership.on_reap = self._reaped
-        #: Where each member's signed record says it gossips: the only address its Alive
-        #: messages may give (see Membership.signed_address).
-        self._signed_addresses: dict[str, Endpoint] = {}
-        self.membership.signed_address = self._signed_addresses.get
         self.control = ControlService(node_dir / SOCKET_NAME, self.status, reactor)
         self.control.commands["publish"] = self._publish_command
         self.control.setServiceParent(self)
@@ -312,7 +309,7 @@ class GossipService(MultiService):
             sender=self.config.name,
             join=join,
             members=tuple(
-                PeerState(s.name, s.address, s.role, s.incarnation, s.status)
+                PeerState(s.name, s.address, s.role, s.incarnation, s.status, s.proof)
                 for s in self.membership.local_state()
             ),
             digests=tuple(sorted(self.store.digests().items())),
@@ -322,7 +319,7 @@ class GossipService(MultiService):
         now = self.reactor.seconds()
         self.membership.merge_state(
             [
-                MemberState(p.name, p.address, p.role, p.incarnation, p.status, now)
+                MemberState(p.name, p.address, p.role, p.incarnation, p.status, now, p.proof)
                 for p in remote.members
             ]
         )
@@ -391,24 +388,9 @@ class GossipService(MultiService):
     def _state_changed(self, change: Change) -> None:
         if self.store.pins.changed:
             self._schedule("save", SAVE_DELAY, self._save)
-        if change.name != self.config.name:
-            self._follow_record_address(change)
-
-    def _follow_record_address(self, change: Change) -> None:
-        name, record = change.name, change.new.record if change.new is not None else None
-        text = record.get(GOSSIP_KEY) if record is not None else None
-        signed = None
-        if isinstance(text, str):
-            try:
-                signed = parse_endpoint(GOSSIP_KEY, text, self.address.port)
-            except ConfigError:
-                signed = None  # The member's own mistake: its Alive messages stand.
-        if signed is None:
-            self._signed_addresses.pop(name, None)
-            return
-        if self._signed_addresses.get(name) != signed:
-            self._signed_addresses[name] = signed
-            self.membership.follow_signed_address(name)
+        if change.name != self.config.name and change.new is not None:
+            # Its record is in: the identity that signed it is pinned to its name.
+            self.membership.identity_pinned(change.name)
 
     def _reaped(self, state: MemberState) -> None:
         self.store.forget(state.name)

@@ -5,7 +5,10 @@ by a :class:`~hepto.gossip.crypto.StreamCipher`.  The initiator sends a request,
 responder answers it; an initiator may send several requests in turn.  Frame payloads::
 
     PushPull   = 1 JSON {"sender", "join", "members": [[name, address, port, role,
-                          incarnation, status]...], "digests": [[name, version]...]}
+                          incarnation, status, proof]...], "digests": [[name, version]...]}
+
+A member's proof is the base64 of the proof of the Alive its state came from
+(:mod:`hepto.gossip.proofs`), required of a member said to be alive, else possibly empty.
     Fetch      = 2 UTF-8 name
     Record     = 3 (0 | 1 signed-record)       0: not held
     StreamPing = 4 datagram codec frame of one Ping
@@ -17,6 +20,8 @@ a bad frame is counted and the stream is aborted, never half-believed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 import json
@@ -40,8 +45,9 @@ from hepto.config import ROLES, ConfigError, Endpoint, parse_name
 from hepto.gossip import codec
 from hepto.gossip.crypto import MALFORMED, OVERSIZED, Dropped, Drops, Keyring, StreamCipher
 from hepto.gossip.messages import Ping
+from hepto.gossip.proofs import PROOF_SIZE
 from hepto.gossip.records import MAX_RECORD_SIZE, MAX_VERSION
-from hepto.state import STATUSES
+from hepto.state import ALIVE, STATUSES
 
 #: A push/pull of 10,000 members with their digests takes ~1.5 MiB; a record at most 1 MiB.
 MAX_FRAME: Final = 4 << 20
@@ -77,6 +83,7 @@ class PeerState:
     role: str
     incarnation: int
     status: str
+    proof: bytes = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -122,7 +129,15 @@ def encode(message: StreamMessage) -> bytes:
                 "sender": sender,
                 "join": join,
                 "members": [
-                    [m.name, str(m.address.host), m.address.port, m.role, m.incarnation, m.status]
+                    [
+                        m.name,
+                        str(m.address.host),
+                        m.address.port,
+                        m.role,
+                        m.incarnation,
+                        m.status,
+                        base64.b64encode(m.proof).decode("ascii"),
+                    ]
                     for m in members
                 ],
                 "digests": [[name, version] for name, version in digests],
@@ -224,10 +239,10 @@ def _push_pull(body: bytes) -> PushPull:
 
 
 def _peer(item: object) -> PeerState:
-    fields = _list(item, "member", 6)
-    if len(fields) != 6:
+    fields = _list(item, "member", 7)
+    if len(fields) != 7:
         raise StreamDecodeError("member fields")
-    name, host, port, role, incarnation, status = fields
+    name, host, port, role, incarnation, status, proof = fields
     try:
         address = ipaddress.IPv6Address(host if isinstance(host, str) else "")
     except ValueError:
@@ -240,7 +255,18 @@ def _peer(item: object) -> PeerState:
         role,
         _int(incarnation, 0, MAX_INCARNATION, "member incarnation"),
         status,
+        _proof(proof, required=status == ALIVE),
     )
+
+
+def _proof(value: object, required: bool) -> bytes:
+    try:
+        proof = base64.b64decode(value if isinstance(value, str) else "?", validate=True)
+    except (binascii.Error, ValueError):
+        raise StreamDecodeError("member proof is not base64") from None
+    if len(proof) != PROOF_SIZE and (required or proof):
+        raise StreamDecodeError("member proof size")
+    return proof
 
 
 def _digest(item: object) -> tuple[str, int]:

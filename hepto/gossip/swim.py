@@ -26,6 +26,14 @@ a few more looks, repeats its refutation to anyone still accusing an older incar
 and tells the recently dead that they are thought dead even when there is no other
 news.  ``docs/gossip.rst`` explains each rule and its figures.
 
+Beyond memberlist, against a key holder (every host holds the cluster key): an Alive
+carries its member's signature (:mod:`hepto.gossip.proofs`), checked against the
+identity pinned to the name.  A forged one is dropped; a proven one is the member's own
+word, so it may move the member to a new address.  Before any identity is pinned to a
+name (its record never seen) an Alive is taken on trust, as memberlist takes them all,
+and checked as soon as one is: if it was forged, the member is suspected, so that the
+real one refutes with an Alive only it can sign.
+
 Incarnation sanity (an absurd number must not evict a member for ever):
 
 * an incarnation above :data:`INCARNATION_CEILING` (2**48) is never legitimate — a
@@ -69,6 +77,7 @@ from hepto.gossip.messages import (
     Suspect,
 )
 from hepto.gossip.profile import Profile
+from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
 from hepto.gossip.suspicion import Suspicion
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
@@ -104,13 +113,15 @@ class MemberState:
     incarnation: int
     status: str
     since: float
+    #: The proof of the Alive that made this state, as it came (b"" if none did).
+    proof: bytes = attrs.field(default=b"", repr=False)
 
     @property
     def reachable(self) -> bool:
         return self.status in (ALIVE, SUSPECT)
 
     def alive_message(self) -> Alive:
-        return Alive(self.name, self.incarnation, self.address, self.role)
+        return Alive(self.name, self.incarnation, self.address, self.role, self.proof)
 
 
 class Network(Protocol):
@@ -324,17 +335,16 @@ class Membership:
         rng: random.Random,
         incarnation: int = 0,
         *,
+        notary: Notary,
         snapshot: Snapshot | None = None,
     ) -> None:
         self.name = name
         self.address = address
         self.role = role
         self.profile = profile
+        self.notary = notary
         self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
-        #: The gossip address that a member's signed record states, once one is known:
-        #: an Alive elsewhere is refused, so that a key holder cannot move a member.
-        self.signed_address: Callable[[str], Endpoint | None] = lambda name: None
         #: Dropped input by reason; never reset.
         self.drops: Counter[str] = Counter()
         self._clock = clock
@@ -366,6 +376,8 @@ class Membership:
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
         self._drop_logged: dict[str, float] = {}
+        #: Members whose state came from an Alive that no pinned identity could check.
+        self._unproven: set[str] = set()
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
             Alive: self._receive_alive,
             Suspect: self._receive_suspect,
@@ -379,7 +391,7 @@ class Membership:
         known = self._table.get(name)
         if known is not None:
             incarnation = max(incarnation, known.incarnation)
-        self._table.set(MemberState(name, address, role, incarnation, ALIVE, clock.seconds()))
+        self._table.set(self._proven_own(incarnation, clock.seconds()))
         self._departed.pop(name, None)
         self._order.remove(name)
 
@@ -393,6 +405,10 @@ class Membership:
     def health(self) -> int:
         """Lifeguard's local health score: 0 is healthy; timeouts scale by health + 1."""
         return self._awareness.score
+
+    def _proven_own(self, incarnation: int, since: float) -> MemberState:
+        proof = self.notary.prove(incarnation, self.address, self.role)
+        return MemberState(self.name, self.address, self.role, incarnation, ALIVE, since, proof)
 
     @property
     def _own(self) -> MemberState:
@@ -570,22 +586,35 @@ class Membership:
             # Our own refutation of what the peer said about us is not news about others.
             self._merge_found_news = self._changes > changes + (self.incarnation > before)
 
-    def follow_signed_address(self, name: str) -> None:
-        """Member ``name``'s record now states where it is: move it there if elsewhere.
+    def identity_pinned(self, name: str) -> None:
+        """An identity is now pinned to ``name``: check what we took on trust before.
 
-        Its address may have come from an Alive of anyone's making before its record
-        was known, or the member moved (a new address in a new record).
+        A member we learnt of before its record held whatever its first Alive said.  If
+        that Alive was forged, the member is suspected: the real one, hearing it,
+        refutes with an Alive only it can sign, at its own address; a member that is
+        not there (the forger made it up) is declared dead in time.
         """
-        signed, known = self.signed_address(name), self._table.get(name)
-        if name == self.name or signed is None or known is None or known.address == signed:
+        known = self._table.get(name)
+        if name not in self._unproven or known is None:
             return
-        self.log.info(
-            "{member} is at {signed}, as its record says, not at {address}",
+        if known.status != ALIVE:
+            # Already accused: its next Alive is news, and checked as such.
+            self._unproven.discard(name)
+            return
+        verdict = self._verdict(known.alive_message())
+        if verdict is Verdict.UNKNOWN:
+            return
+        self._unproven.discard(name)
+        if verdict is Verdict.PROVEN:
+            return
+        self.log.warn(
+            "Member {member} was taken to be at {address} (incarnation {incarnation}) on "
+            "the word of someone else: suspecting it until it says so itself",
             member=name,
-            signed=str(signed),
             address=str(known.address),
+            incarnation=known.incarnation,
         )
-        self._change(attrs.evolve(known, address=signed))
+        self._suspect(Suspect(name, known.incarnation, self.name))
 
     def broadcast_digest(self, name: str, version: int) -> None:
         """Tell everyone that we hold record ``name`` at ``version``."""
@@ -685,10 +714,12 @@ class Membership:
         """``sender`` is where the datagram came from (None for merged state)."""
         known = self._table.get(message.name)
         if known is None:
-            if not self._signed(message):
+            verdict = self._verdict(message)
+            if verdict is Verdict.FORGED:
                 return
             if not self._plausible(message.name, message.incarnation, 0, True):
                 return
+            self._note_unproven(message.name, verdict)
             self._order.add(message.name)
             self._broadcast_member(message)
             self._change(
@@ -699,6 +730,7 @@ class Membership:
                     message.incarnation,
                     ALIVE,
                     self._clock.seconds(),
+                    message.proof,
                 )
             )
             return
@@ -716,37 +748,62 @@ class Membership:
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
             return
-        if not self._signed(message) or not self._same_address(message, known):
+        verdict = self._verdict(message)
+        if verdict is Verdict.FORGED or not self._same_address(message, known, verdict):
             return
-        direct = sender is not None and sender == message.address
+        # The member's own word may jump ahead (it lost its saved incarnation).
+        direct = verdict is Verdict.PROVEN or sender == message.address
         if not self._plausible(message.name, message.incarnation, known.incarnation, direct):
             return
+        self._note_unproven(message.name, verdict)
         self._cancel_suspicion(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
         self._change(
             MemberState(
-                message.name, message.address, message.role, message.incarnation, ALIVE, since
+                message.name,
+                message.address,
+                message.role,
+                message.incarnation,
+                ALIVE,
+                since,
+                message.proof,
             )
         )
 
-    def _signed(self, message: Alive) -> bool:
-        """Whether ``message`` puts its member where the member's own record says.
+    def _verdict(self, message: Alive) -> Verdict:
+        """Whose word ``message`` is; a forged one is dropped (and counted) here."""
+        if len(message.proof) != PROOF_SIZE:
+            verdict = Verdict.FORGED
+        else:
+            verdict = self.notary.check(
+                message.name, message.incarnation, message.address, message.role, message.proof
+            )
+        if verdict is Verdict.FORGED:
+            self._drop(
+                "forged alive",
+                member=message.name,
+                incarnation=message.incarnation,
+                address=message.address,
+            )
+        return verdict
 
-        Alive messages are not signed, and anyone with the cluster key can make one; the
-        member's record is, by the identity pinned to its name.  Before its record is
-        known, a member's address is the one its first Alive gave.
-        """
-        signed = self.signed_address(message.name)
-        if signed is None or signed == message.address:
-            return True
-        self._drop("unsigned address", member=message.name, signed=signed, claimed=message.address)
-        return False
+    def _note_unproven(self, name: str, verdict: Verdict) -> None:
+        if verdict is Verdict.UNKNOWN:
+            self._unproven.add(name)
+        else:
+            self._unproven.discard(name)
 
-    def _same_address(self, message: Alive, known: MemberState) -> bool:
+    def _same_address(
+        self, message: Alive, known: MemberState, verdict: Verdict = Verdict.UNKNOWN
+    ) -> bool:
         """As memberlist: a live member keeps its address; another process claiming its
-        name elsewhere must wait until it is dead or left."""
+        name elsewhere must wait until it is dead or left.  Unless the member itself
+        says it moved (a proven Alive): a restart at a new address must not wait for
+        the old one's death."""
         if message.address == known.address or not known.reachable:
+            return True
+        if verdict is Verdict.PROVEN:
             return True
         self._drop(
             "address conflict",
@@ -876,7 +933,7 @@ class Membership:
             accused=accused,
             incarnation=incarnation,
         )
-        state = attrs.evolve(own, incarnation=incarnation)
+        state = self._proven_own(incarnation, own.since)
         self._change(state)
         self._broadcast_member(state.alive_message())
         self._gossip_news()
@@ -1054,6 +1111,7 @@ class Membership:
                 state = self._table.get(name)
                 self._table.remove(name)
                 self._order.remove(name)
+                self._unproven.discard(name)
                 if state is not None and self.on_reap is not None:
                     try:
                         self.on_reap(state)
