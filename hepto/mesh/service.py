@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
 from hepto.mesh import links as netlink
 from hepto.mesh import record
@@ -179,7 +180,9 @@ class MeshService(Service):
         self._resync: task.LoopingCall | None = None
         self._call: IDelayedCall | None = None
         self._retry: IDelayedCall | None = None
-        self._retry_delay = RETRY_DELAY
+        # A failed pass is retried sooner than the next resync, and never later.
+        retries = BackoffPolicy(RETRY_DELAY, maximum=max(RETRY_DELAY, settings.resync_interval))
+        self._retries = Backoff(retries)
         self._running: Deferred[None] | None = None
         self._again = False
         self._force = False
@@ -361,14 +364,13 @@ class MeshService(Service):
             self._wanted()
 
     def _passed(self, _: object) -> None:
-        self._retry_delay = RETRY_DELAY
+        self._retries.reset()
 
     def _pass_failed(self, reason: Failure) -> None:
         if not self.running:
             return
         self._applied = None
-        delay = self._retry_delay
-        self._retry_delay = min(delay * 2, self.settings.resync_interval)
+        delay = self._retries.failed()
         self._retry = self.reactor.callLater(delay, self._retry_now)
         if reason.check(*TRANSIENT):
             # wireguard-go restarting, its socket or link briefly gone: no traceback.

@@ -43,6 +43,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import NodeConfig
 from hepto.errors import StartupError
 from hepto.pki.client import WorkerClient
@@ -60,9 +61,8 @@ from hepto.state import LEFT, ClusterState
 
 __all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner"]
 
-#: Seconds before a failed batch is tried again, doubling up to :data:`RETRY_MAX`.
-RETRY_FIRST: Final = 1.0
-RETRY_MAX: Final = 60.0
+#: Seconds before a failed batch is tried again: from one, doubling up to a minute.
+RETRY: Final = BackoffPolicy(initial=1.0, maximum=60.0)
 
 
 @attrs.frozen
@@ -255,7 +255,7 @@ class PKIService(Service):
         self._busy = False
         #: Counts starts: an answer to a batch sent before the last start is ignored.
         self._started = 0
-        self._retry_delay = RETRY_FIRST
+        self._retries = Backoff(RETRY)
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._waiters: list[tuple[frozenset[str], defer.Deferred[Paths]]] = []
@@ -369,7 +369,7 @@ class PKIService(Service):
         self._started += 1
         self._busy = False
         self._reviewed.clear()
-        self._retry_delay = RETRY_FIRST
+        self._retries.reset()
         self._apply(started)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
         for name in self.state.members():
@@ -473,7 +473,7 @@ class PKIService(Service):
         self._busy = False
         if not self.running:
             return
-        self._retry_delay = RETRY_FIRST
+        self._retries.reset()
         for name, entry in members.items():
             self._reviewed[name] = _reviewed(entry)
         self._apply(done)
@@ -489,16 +489,16 @@ class PKIService(Service):
         if not self.running:
             return
         self._count("worker_failures")
+        delay = self._retries.failed()
         self.log.error(
             "A PKI batch failed ({error}); trying again in {delay} s",
             error=str(failure.value),
-            delay=self._retry_delay,
+            delay=delay,
         )
         self._renewals_due.update(renew)
         self._dirty.update(members)
         self._forced.update(members)
-        self._schedule_dispatch(self._retry_delay)
-        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        self._schedule_dispatch(delay)
 
     def _count(self, what: str) -> None:
         self._counted[what] = self._counted.get(what, 0) + 1

@@ -38,7 +38,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hepto.supervisor.backoff import RestartPolicy
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.supervisor.launcher import Launcher
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
 from hepto.supervisor.probes import AlwaysReady, Probe
@@ -78,7 +78,7 @@ class ProcessSpec:
     #: After the child is reaped, how long its pipes may stay open (held by a
     #: grandchild) before the supervisor closes its ends and moves on.
     drain_timeout: float = 2.0
-    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    restart: BackoffPolicy = attrs.field(factory=BackoffPolicy)
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -207,7 +207,7 @@ class SupervisedProcess(Service):
         self._gating: Deferred[Any] | None = None
         self._child: ChildProtocol | None = None
         self._started_at = 0.0
-        self._failures = 0
+        self._backoff = Backoff(spec.restart)
         self._restarts = 0
         self._last_exit: str | None = None
         self._last_probe_error: str | None = None
@@ -262,7 +262,7 @@ class SupervisedProcess(Service):
         if self._state in (State.STOPPING, State.RUNNING):
             raise RuntimeError(f"{self.name} is still {self._state.value}")
         super().startService()
-        self._failures = 0
+        self._backoff.reset()
         self._wait()
 
     def stopService(self) -> Deferred[None]:
@@ -445,8 +445,8 @@ class SupervisedProcess(Service):
             for waiter in waiters:
                 waiter.callback(None)
             return
-        self._failures = self.spec.restart.failures_after(self._failures, run_time)
-        delay = self.spec.restart.delay(self._failures)
+        delay = self._backoff.failed(run_time)
+        failures = self._backoff.failures
         self._restarts += 1
         self._state = State.BACKOFF
         self._restart_call = self._clock.callLater(delay, self._restart_now)
@@ -456,8 +456,8 @@ class SupervisedProcess(Service):
             how=how,
             run_time=run_time,
             delay=delay,
-            failures=self._failures,
-            streak="" if self._failures == 1 else f" ({self._failures} short runs in a row)",
+            failures=failures,
+            streak="" if failures == 1 else f" ({failures} short runs in a row)",
             **fields,
         )
 
