@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import NodeConfig
 from hepto.errors import StartupError
+from hepto.observers import Observers
 from hepto.pki.client import WorkerClient
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.paths import Paths
@@ -221,7 +222,9 @@ class PKIService(Service):
         self.identity = identity
         #: The members that the cluster CA proves masters, and who wants to know.
         self.masters: frozenset[str] = frozenset()
-        self._master_listeners: list[Callable[[frozenset[str]], None]] = []
+        self._master_listeners: Observers[[frozenset[str]]] = Observers(
+            "Masters listener", self.log
+        )
         self.cluster = cluster
         self.member = name
         self.role = role
@@ -259,7 +262,9 @@ class PKIService(Service):
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._waiters: list[tuple[frozenset[str], defer.Deferred[Paths]]] = []
-        self._listeners: list[CertificateListener] = []
+        self._listeners: Observers[[CertificateChange]] = Observers(
+            "Certificate listener", self.log
+        )
         self._published: object = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -309,23 +314,11 @@ class PKIService(Service):
 
     def subscribe(self, listener: CertificateListener) -> Callable[[], None]:
         """Call ``listener`` after each installation; returns an unsubscriber."""
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def subscribe_masters(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
         """Call ``listener`` with the proven masters whenever they change."""
-        self._master_listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._master_listeners:
-                self._master_listeners.remove(listener)
-
-        return unsubscribe
+        return self._master_listeners.subscribe(listener)
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -522,18 +515,10 @@ class PKIService(Service):
             self._mark(name, force=True)
         if answer.masters != self.masters:
             self.masters = answer.masters
-            for listener in list(self._master_listeners):
-                try:
-                    listener(self.masters)
-                except Exception:
-                    self.log.failure("Masters listener {listener!r} failed", listener=listener)
+            self._master_listeners.notify(self.masters)
 
     def _tell(self, change: CertificateChange) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                self.log.failure("Certificate listener {listener!r} failed", listener=listener)
+        self._listeners.notify(change)
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
