@@ -24,7 +24,7 @@ import attrs
 from nacl.signing import SigningKey
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -57,6 +57,7 @@ from hepto.mesh.reconcile import (
 )
 from hepto.mesh.rtnetlink import Netlink, RtNetlink
 from hepto.mesh.uapi import UAPIProtocolError
+from hepto.once import Once
 from hepto.state import Change, ClusterState
 
 #: The mesh interface; "hepto" says who owns it in ``ip link``, and it avoids ``wg0``,
@@ -186,8 +187,7 @@ class MeshService(Service):
         self._running: Deferred[None] | None = None
         self._again = False
         self._force = False
-        self._addresses_up = False
-        self._address_waiters: list[Deferred[None]] = []
+        self._addresses_up: Once[None] = Once()
 
     @property
     def mtu(self) -> int | None:
@@ -209,11 +209,7 @@ class MeshService(Service):
 
         For the services that bind to them, such as etcd and kube-apiserver.
         """
-        if self._addresses_up:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._address_waiters.append(waiter)
-        return waiter
+        return self._addresses_up.when()
 
     # Starting and stopping
 
@@ -427,11 +423,8 @@ class MeshService(Service):
                 interface=self.settings.interface,
                 done=", ".join(done),
             )
-        if not self._addresses_up:
-            self._addresses_up = True
-            waiters, self._address_waiters = self._address_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if not self._addresses_up.done:
+            self._addresses_up.fire(None)
         previous = {} if self._applied is None else self._applied.peers
         changes = plan_peer_changes(desired.peers, device.peers, previous)
         if changes:

@@ -59,6 +59,7 @@ from hepto.pki.specs import (
     specs_for_role,
 )
 from hepto.state import LEFT, ClusterState
+from hepto.waiters import Waiters
 
 __all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner"]
 
@@ -261,7 +262,8 @@ class PKIService(Service):
         self._retries = Backoff(RETRY)
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
-        self._waiters: list[tuple[frozenset[str], defer.Deferred[Paths]]] = []
+        #: Fired at each installation, for those waiting for certain certificates.
+        self._installations: Waiters[None] = Waiters()
         self._listeners: Observers[[CertificateChange]] = Observers(
             "Certificate listener", self.log
         )
@@ -302,15 +304,12 @@ class PKIService(Service):
         unknown = wanted - self.specs.keys()
         if unknown:
             raise ValueError(f"{', '.join(sorted(unknown))}: not certificates of a {self.role}")
-        if all(self.installed(name) for name in wanted):
-            return defer.succeed(self.paths)
+        return defer.Deferred.fromCoroutine(self._until_installed(wanted))
 
-        def cancel(deferred: defer.Deferred[Paths]) -> None:
-            self._waiters = [waiter for waiter in self._waiters if waiter[1] is not deferred]
-
-        deferred: defer.Deferred[Paths] = defer.Deferred(cancel)
-        self._waiters.append((wanted, deferred))
-        return deferred
+    async def _until_installed(self, wanted: frozenset[str]) -> Paths:
+        while not all(map(self.installed, wanted)):
+            await self._installations.wait()
+        return self.paths
 
     def subscribe(self, listener: CertificateListener) -> Callable[[], None]:
         """Call ``listener`` after each installation; returns an unsubscriber."""
@@ -509,7 +508,7 @@ class PKIService(Service):
         for change in answer.changes:
             self._installed.add(change.name)
             self._tell(change)
-        self._wake_waiters()
+        self._installations.fire(None)
         self._publish(answer.section)
         for name in answer.marks:
             self._mark(name, force=True)
@@ -519,13 +518,7 @@ class PKIService(Service):
 
     def _tell(self, change: CertificateChange) -> None:
         self._listeners.notify(change)
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        ready = [waiter for waiter in self._waiters if all(map(self.installed, waiter[0]))]
-        self._waiters = [waiter for waiter in self._waiters if waiter not in ready]
-        for _, deferred in ready:
-            deferred.callback(self.paths)
+        self._installations.fire(None)
 
     def _publish(self, section: object) -> None:
         if section == self._published:

@@ -42,6 +42,7 @@ from hepto.backoff import Backoff, BackoffPolicy
 from hepto.supervisor.launcher import Launcher
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
 from hepto.supervisor.probes import AlwaysReady, Probe
+from hepto.waiters import Waiters
 
 Gate = Callable[[], Deferred[Any]]
 
@@ -202,8 +203,8 @@ class SupervisedProcess(Service):
         self._gate = gate
         self._state = State.IDLE
         self._ready = False
-        self._ready_waiters: list[Deferred[None]] = []
-        self._stop_waiters: list[Deferred[None]] = []
+        self._ready_waiters: Waiters[None] = Waiters()
+        self._stop_waiters: Waiters[None] = Waiters()
         self._gating: Deferred[Any] | None = None
         self._child: ChildProtocol | None = None
         self._started_at = 0.0
@@ -247,14 +248,7 @@ class SupervisedProcess(Service):
         """Fires when the program is ready: now if it is, else at its next readiness."""
         if self._ready:
             return succeed(None)
-
-        def forget(waiter: Deferred[None]) -> None:
-            if waiter in self._ready_waiters:
-                self._ready_waiters.remove(waiter)
-
-        waiter: Deferred[None] = Deferred(canceller=forget)
-        self._ready_waiters.append(waiter)
-        return waiter
+        return self._ready_waiters.wait()
 
     # -- service ------------------------------------------------------------------------
 
@@ -279,9 +273,7 @@ class SupervisedProcess(Service):
         elif self._state is not State.STOPPING:
             self._state = State.STOPPED
         if self._state is State.STOPPING:
-            waiter: Deferred[None] = Deferred()
-            self._stop_waiters.append(waiter)
-            return waiter
+            return self._stop_waiters.wait()
         return succeed(None)
 
     def restart(self) -> Deferred[None]:
@@ -365,9 +357,7 @@ class SupervisedProcess(Service):
                 probe=self.spec.probe.describe(),
                 elapsed=self._clock.seconds() - self._started_at,
             )
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._ready_waiters.fire(None)
         self._probe_later(self.spec.ready_probe_interval)
 
     def _probe_failed(self, failure: Failure, child: ChildProtocol | None) -> None:
@@ -441,9 +431,7 @@ class SupervisedProcess(Service):
         if self._state is State.STOPPING:
             self._state = State.STOPPED
             self.log.info("{component} stopped: it {how}", component=self.name, how=how, **fields)
-            waiters, self._stop_waiters = self._stop_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._stop_waiters.fire(None)
             return
         delay = self._backoff.failed(run_time)
         failures = self._backoff.failures
