@@ -45,9 +45,9 @@ READY_TIMEOUT: Final = 30.0
 #: How often a FileWatch without inotify looks for the socket (wireguard-go takes ~15 ms).
 FALLBACK_INTERVAL: Final = 0.05
 #: wireguard-go binds its socket, then listens: a connection in between is refused.
-#: Retry that many times, from PROBE_DELAY seconds doubling (1.3 s in all).
+#: Retry that many times, from 5 ms doubling (1.3 s in all).
 PROBE_ATTEMPTS: Final = 9
-PROBE_DELAY: Final = 0.005
+PROBE_RETRY: Final = BackoffPolicy(initial=0.005, maximum=0.005 * 2 ** (PROBE_ATTEMPTS - 2))
 #: Seconds between SIGTERM and SIGKILL on stop.
 STOP_TIMEOUT: Final = 10.0
 
@@ -222,13 +222,12 @@ class UserspaceBackend:
 
     async def _probe(self) -> DeviceStatus:
         """A first ``get``; the socket file exists a moment before it accepts connections."""
-        delay = PROBE_DELAY
+        refusals = Backoff(PROBE_RETRY)
         for _ in range(PROBE_ATTEMPTS - 1):
             try:
                 return await self.client.get()
             except error.ConnectionRefusedError:
-                await task.deferLater(self.reactor, delay)
-                delay *= 2
+                await task.deferLater(self.reactor, refusals.failed())
         return await self.client.get()
 
     def _answered(self, _: DeviceStatus, protocol: WireGuardGoProtocol) -> None:
