@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto.backoff import BackoffPolicy
+from hepto.machine import IllegalTransition
 from hepto.supervisor import (
     DirectLauncher,
     ProcessSpec,
@@ -25,7 +26,7 @@ from hepto.supervisor import (
     describe_exit,
 )
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
-from hepto.supervisor.process import Gate
+from hepto.supervisor.process import LIFECYCLE, Gate, Input
 from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
 
 
@@ -464,3 +465,39 @@ class SupervisorTests(SynchronousTestCase):
         self.failureResultOf(stopped, RuntimeError)
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual(self.reactor.running(), [self.reactor.processes[2]])
+
+
+class LifecycleTests(SynchronousTestCase):
+    """The table of SupervisedProcess: every state is reached, and any may be stopped."""
+
+    def test_every_state_can_be_stopped(self) -> None:
+        for state in State:
+            self.assertIn((state, Input.STOP), LIFECYCLE.table, state)
+
+    def test_every_state_is_reached_from_idle_and_every_input_is_used(self) -> None:
+        reached, frontier = {State.IDLE}, [State.IDLE]
+        while frontier:
+            state = frontier.pop()
+            for (source, _), (after, _) in LIFECYCLE.table.items():
+                if source is state and after not in reached:
+                    reached.add(after)
+                    frontier.append(after)
+        self.assertEqual(reached, set(State))
+        self.assertEqual({input for _, input in LIFECYCLE.table}, set(Input))
+
+    def test_starting_a_running_or_stopping_process_raises(self) -> None:
+        reactor = FakeProcessReactor()
+        reactor.dies_on = ()
+        process = SupervisedProcess(
+            spec(),
+            reactor,  # type: ignore[arg-type]
+            Clock(),
+            DirectLauncher(),
+            lambda: succeed(None),
+        )
+        process.startService()
+        self.assertRaises(IllegalTransition, process.startService)
+        process.stopService()
+        self.assertEqual(process.state, State.STOPPING)
+        self.assertRaises(IllegalTransition, process.startService)
+        self.assertEqual(process.state, State.STOPPING)
