@@ -498,7 +498,8 @@ class TransitionTests(SynchronousTestCase):
         self.assertRaises(IllegalTransition, h.service.startService)
         self.assertEqual(h.service.phase, "running")
 
-    def test_wishes_during_a_pass_make_one_pass_after_it(self) -> None:
+    def pass_running(self) -> tuple[Harness, HeldReads]:
+        """A running mesh whose (forced) pass waits for the device to answer."""
         backend = HeldReads()
         h = Harness(self, backend=backend)
         h.start()
@@ -506,6 +507,10 @@ class TransitionTests(SynchronousTestCase):
         h.service._wanted(force=True)
         h.clock.advance(0)
         self.assertEqual(len(backend.held), 1, "a pass runs, reading the device")
+        return h, backend
+
+    def test_wishes_during_a_pass_make_one_pass_after_it(self) -> None:
+        h, backend = self.pass_running()
         for _ in range(3):
             h.service._wanted(force=True)
         h.clock.advance(0)
@@ -518,12 +523,7 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual(backend.held, [])
 
     def test_a_pass_running_at_the_stop_asks_for_no_other(self) -> None:
-        backend = HeldReads()
-        h = Harness(self, backend=backend)
-        h.start()
-        backend.holding = True
-        h.service._wanted(force=True)
-        h.clock.advance(0)
+        h, backend = self.pass_running()
         h.service._wanted(force=True)  # another, wanted after this one
         h.service.stopService()
         backend.answer()
