@@ -11,12 +11,14 @@ from typing import Generic, TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from hepto.waiters import Waiters
+
 T = TypeVar("T")
 
 
 class Once(Generic[T]):
     def __init__(self) -> None:
-        self._waiters: list[Deferred[T]] = []
+        self._waiters: Waiters[T] = Waiters()
         self._outcome: tuple[T] | Failure | None = None
 
     @property
@@ -30,28 +32,17 @@ class Once(Generic[T]):
             return fail(outcome)
         if outcome is not None:
             return succeed(outcome[0])
-
-        def forget(waiter: Deferred[T]) -> None:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-        waiter: Deferred[T] = Deferred(canceller=forget)
-        self._waiters.append(waiter)
-        return waiter
+        return self._waiters.wait()
 
     def fire(self, result: T) -> None:
         self._settle((result,))
+        self._waiters.fire(result)
 
     def fail(self, failure: Failure) -> None:
         self._settle(failure)
+        self._waiters.fail(failure)
 
     def _settle(self, outcome: tuple[T] | Failure) -> None:
         if self._outcome is not None:
             raise RuntimeError("Once already settled")
         self._outcome = outcome
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(outcome, Failure):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome[0])

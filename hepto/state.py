@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
-from twisted.logger import Logger
+
+from hepto.observers import Observers
 
 ALIVE: Final = "alive"
 SUSPECT: Final = "suspect"
@@ -90,19 +91,12 @@ class Notifier:
     must not stall membership.
     """
 
-    _listeners: list[Listener] = attrs.field(factory=list)
+    _listeners: Observers[[Change]] = attrs.field(factory=lambda: Observers("State listener"))
     _pending: deque[Change] = attrs.field(factory=deque)
     _delivering: bool = False
-    _log: Logger = attrs.field(factory=Logger)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def notify(self, change: Change) -> None:
         self._pending.append(change)
@@ -111,16 +105,7 @@ class Notifier:
         self._delivering = True
         try:
             while self._pending:
-                current = self._pending.popleft()
-                for listener in list(self._listeners):
-                    try:
-                        listener(current)
-                    except Exception:
-                        self._log.failure(
-                            "State listener {listener!r} failed on a change of {member}",
-                            listener=listener,
-                            member=current.name,
-                        )
+                self._listeners.notify(self._pending.popleft())
         finally:
             self._delivering = False
 

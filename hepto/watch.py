@@ -10,6 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from hepto.waiters import Waiters
+
 
 class FileWatch:
     """Tells when a file appears in a directory: through inotify, without polling.
@@ -23,7 +25,7 @@ class FileWatch:
 
     def __init__(self, reactor: Any, directory: Path, fallback_interval: float = 1.0) -> None:
         self.directory = directory
-        self._waiting: dict[str, list[Deferred[None]]] = {}
+        self._waiting: dict[str, Waiters[None]] = {}
         self._notifier: inotify.INotify | None = None
         self._looking: task.LoopingCall | None = None
         try:
@@ -47,17 +49,11 @@ class FileWatch:
         )
 
     def appeared(self, name: str) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred(lambda d: self._forget(name, d))
-        self._waiting.setdefault(name, []).append(waiter)
+        waiter = self._waiting.setdefault(name, Waiters()).wait()
         # Checked after the watch exists, so a creation in between cannot be missed.
         if (self.directory / name).exists():
             self._fire(name)
         return waiter
-
-    def _forget(self, name: str, waiter: Deferred[None]) -> None:
-        waiting = self._waiting.get(name, [])
-        if waiter in waiting:
-            waiting.remove(waiter)
 
     def _notified(self, _: object, path: FilePath[Any], mask: int) -> None:
         # INotify hands over bytes paths, whatever mode the watch was made in.
@@ -68,8 +64,9 @@ class FileWatch:
             self._fire(name)
 
     def _fire(self, name: str) -> None:
-        for waiter in self._waiting.pop(name, []):
-            waiter.callback(None)
+        waiters = self._waiting.pop(name, None)
+        if waiters is not None:
+            waiters.fire(None)
 
     def close(self) -> None:
         if self._notifier is not None:

@@ -356,7 +356,7 @@ class ServicesTests(TestCase):
         self.services["bob"] = bob
         yield deferLater(reactor, 1.5, lambda: None)  # At least one refused attempt.
         self.assertFalse(bob.joined)
-        self.assertGreaterEqual(bob._join_attempts, 2)
+        self.assertGreaterEqual(bob._join_retries.failures, 1)
         self.start("alice", port=anchor_port)
         yield until(bob, self.sees("bob", "alice"), "bob joins alice")
         yield deferLater(reactor, 0, lambda: None)  # The join's own callbacks come next.

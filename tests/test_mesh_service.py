@@ -15,15 +15,22 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
 from hepto.config import NodeConfig, parse_node_config
+from hepto.machine import IllegalTransition
 from hepto.mesh.backend import AddPeer, BackendUnavailable, RemovePeer, UpdatePeer
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
 from hepto.mesh.reconcile import Desired, host_network
 from hepto.mesh.service import (
+    PASSES,
+    PHASES,
     RESYNC_INTERVAL,
     UNDERLAY_RETRY,
     MeshService,
     MeshSettings,
+    Passes,
+    PassInput,
+    Phase,
+    PhaseInput,
     Underlay,
     find_underlay,
     mesh_service,
@@ -451,3 +458,75 @@ class WiringTests(SynchronousTestCase):
         userspace = kinds[1]
         assert isinstance(userspace, UserspaceBackend)
         self.assertEqual(userspace.socket, config.node_dir / "wireguard" / "hepto0.sock")
+
+
+class HeldReads(RecordingBackend):
+    """Reads that answer only when the test says: a pass that stays running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[Any]] = []
+        self.holding = False
+
+    def read(self) -> Deferred[Any]:
+        if not self.holding:
+            return super().read()
+        held: Deferred[Any] = Deferred()
+        self.held.append(held)
+        return held
+
+    def answer(self) -> None:
+        self.held.pop(0).callback(self.device)
+
+
+class TransitionTests(SynchronousTestCase):
+    """The tables of the mesh's phases and passes, and what they forbid."""
+
+    def test_every_phase_and_every_pass_state_can_be_stopped_and_wished_a_pass(self) -> None:
+        for phase in Phase:
+            self.assertIn((phase, PhaseInput.STOP), PHASES.table, phase)
+            self.assertIn((phase, PhaseInput.WANTED), PHASES.table, phase)
+        for passes in Passes:
+            self.assertIn((passes, PassInput.STOP), PASSES.table, passes)
+            self.assertIn((passes, PassInput.WANTED), PASSES.table, passes)
+            after, _ = PASSES.table[passes, PassInput.STOP]
+            self.assertIn(after, (Passes.IDLE, Passes.RUNNING), "nothing timed after a stop")
+
+    def test_starting_a_running_mesh_raises(self) -> None:
+        h = Harness(self)
+        h.start()
+        self.assertRaises(IllegalTransition, h.service.startService)
+        self.assertEqual(h.service.phase, "running")
+
+    def pass_running(self) -> tuple[Harness, HeldReads]:
+        """A running mesh whose (forced) pass waits for the device to answer."""
+        backend = HeldReads()
+        h = Harness(self, backend=backend)
+        h.start()
+        backend.holding = True
+        h.service._wanted(force=True)
+        h.clock.advance(0)
+        self.assertEqual(len(backend.held), 1, "a pass runs, reading the device")
+        return h, backend
+
+    def test_wishes_during_a_pass_make_one_pass_after_it(self) -> None:
+        h, backend = self.pass_running()
+        for _ in range(3):
+            h.service._wanted(force=True)
+        h.clock.advance(0)
+        self.assertEqual(len(backend.held), 1, "never two passes at once")
+        backend.answer()
+        h.clock.advance(0)
+        self.assertEqual(len(backend.held), 1, "one more pass for the three wishes")
+        backend.answer()
+        h.clock.advance(0)
+        self.assertEqual(backend.held, [])
+
+    def test_a_pass_running_at_the_stop_asks_for_no_other(self) -> None:
+        h, backend = self.pass_running()
+        h.service._wanted(force=True)  # another, wanted after this one
+        h.service.stopService()
+        backend.answer()
+        h.clock.advance(0)
+        self.assertEqual(backend.held, [])
+        self.assertEqual(h.clock.getDelayedCalls(), [])

@@ -17,6 +17,7 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import netlab
+from hepto.backoff import BackoffPolicy
 from hepto.mesh.backend import BackendUnavailable
 from hepto.mesh.userspace import MOUNT_SCRIPT, UserspaceBackend, command
 
@@ -62,7 +63,7 @@ class SupervisionTests(TestCase):
             "hepto0",
             self.socket_dir,
             wrapper=self.host.command([]),
-            restart_delays=(0.1, 0.2),
+            restart=BackoffPolicy(initial=0.1, maximum=0.2),
             **kwargs,  # type: ignore[arg-type]
         )
         self.addCleanup(backend.stop)

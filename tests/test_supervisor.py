@@ -12,11 +12,12 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from hepto.backoff import BackoffPolicy
+from hepto.machine import IllegalTransition
 from hepto.supervisor import (
     DirectLauncher,
     ProcessSpec,
     PythonLauncher,
-    RestartPolicy,
     State,
     SupervisedProcess,
     Supervisor,
@@ -25,26 +26,8 @@ from hepto.supervisor import (
     describe_exit,
 )
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
-from hepto.supervisor.process import Gate
+from hepto.supervisor.process import LIFECYCLE, Gate, Input
 from test_supervisor_fakes import FakeProcessReactor, LogCapture, ScriptedProbe
-
-
-class RestartPolicyTests(SynchronousTestCase):
-    def test_doubles_up_to_the_maximum(self) -> None:
-        policy = RestartPolicy(initial=1, factor=2, maximum=30)
-        self.assertEqual([policy.delay(n) for n in range(1, 8)], [1, 2, 4, 8, 16, 30, 30])
-
-    def test_a_week_long_crash_loop_stays_at_the_maximum(self) -> None:
-        self.assertEqual(RestartPolicy().delay(10**6), 30.0)
-
-    def test_a_stable_run_clears_the_count(self) -> None:
-        policy = RestartPolicy(stable_after=60)
-        self.assertEqual(policy.failures_after(5, 59.9), 6)
-        self.assertEqual(policy.failures_after(5, 60), 1)
-
-    def test_nonsense_is_refused(self) -> None:
-        self.assertRaises(ValueError, RestartPolicy, initial=10, maximum=1)
-        self.assertRaises(ValueError, RestartPolicy, factor=0.5)
 
 
 class LineBufferTests(SynchronousTestCase):
@@ -152,7 +135,7 @@ class SupervisedProcessTests(SynchronousTestCase):
         self.assertEqual(process.state, State.RUNNING)
 
     def test_crash_loop_backs_off_and_says_why(self) -> None:
-        process = self.make(restart=RestartPolicy(initial=1, maximum=8, stable_after=60))
+        process = self.make(restart=BackoffPolicy(initial=1, maximum=8, stable_after=60))
         process.startService()
         delays = []
         for code in range(1, 7):
@@ -178,7 +161,7 @@ class SupervisedProcessTests(SynchronousTestCase):
         return float(delays[-1])
 
     def test_a_stable_run_restarts_quickly_again(self) -> None:
-        process = self.make(restart=RestartPolicy(initial=1, maximum=30, stable_after=60))
+        process = self.make(restart=BackoffPolicy(initial=1, maximum=30, stable_after=60))
         process.startService()
         for _ in range(4):
             self.reactor.last.exit(1)
@@ -482,3 +465,39 @@ class SupervisorTests(SynchronousTestCase):
         self.failureResultOf(stopped, RuntimeError)
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual(self.reactor.running(), [self.reactor.processes[2]])
+
+
+class LifecycleTests(SynchronousTestCase):
+    """The table of SupervisedProcess: every state is reached, and any may be stopped."""
+
+    def test_every_state_can_be_stopped(self) -> None:
+        for state in State:
+            self.assertIn((state, Input.STOP), LIFECYCLE.table, state)
+
+    def test_every_state_is_reached_from_idle_and_every_input_is_used(self) -> None:
+        reached, frontier = {State.IDLE}, [State.IDLE]
+        while frontier:
+            state = frontier.pop()
+            for (source, _), (after, _) in LIFECYCLE.table.items():
+                if source is state and after not in reached:
+                    reached.add(after)
+                    frontier.append(after)
+        self.assertEqual(reached, set(State))
+        self.assertEqual({input for _, input in LIFECYCLE.table}, set(Input))
+
+    def test_starting_a_running_or_stopping_process_raises(self) -> None:
+        reactor = FakeProcessReactor()
+        reactor.dies_on = ()
+        process = SupervisedProcess(
+            spec(),
+            reactor,  # type: ignore[arg-type]
+            Clock(),
+            DirectLauncher(),
+            lambda: succeed(None),
+        )
+        process.startService()
+        self.assertRaises(IllegalTransition, process.startService)
+        process.stopService()
+        self.assertEqual(process.state, State.STOPPING)
+        self.assertRaises(IllegalTransition, process.startService)
+        self.assertEqual(process.state, State.STOPPING)

@@ -20,11 +20,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from hepto.backoff import BackoffPolicy
 from hepto.supervisor import (
     DirectLauncher,
     ProcessSpec,
     PythonLauncher,
-    RestartPolicy,
     State,
     SupervisedProcess,
     Supervisor,
@@ -104,7 +104,7 @@ class RealProcessTests(TestCase):
         spec = ProcessSpec(
             "crasher",
             ("/bin/sh", "-c", "echo 'starting up'; exit 3"),
-            restart=RestartPolicy(initial=1, factor=2, maximum=60),
+            restart=BackoffPolicy(initial=1, factor=2, maximum=60),
         )
         process = self.supervised(spec)
         exited = self.log.wait_for(component="crasher", exit_code=3)

@@ -39,6 +39,8 @@ from nacl.utils import random as random_bytes
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hepto.observers import Observers
+
 ENVELOPE_VERSION: Final = 1
 #: Datagrams: bound to their recipient.
 DATAGRAM_VERSION: Final = 2
@@ -113,19 +115,17 @@ class Drops:
     counts: Counter[str] = attrs.field(factory=Counter)
     _unlogged: Counter[str] = attrs.field(factory=Counter)
     _last_logged: dict[str, float] = attrs.field(factory=dict)
-    _observers: list[Callable[[str], None]] = attrs.field(factory=list)
+    _observers: Observers[[str]] = attrs.field(factory=lambda: Observers("Drop observer"))
     _log: Logger = attrs.field(factory=lambda: Logger(namespace="hepto.gossip.drops"))
 
     def observe(self, observer: Callable[[str], None]) -> Callable[[], None]:
         """Call ``observer(reason)`` after each drop; returns an unsubscriber."""
-        self._observers.append(observer)
-        return lambda: self._observers.remove(observer) if observer in self._observers else None
+        return self._observers.subscribe(observer)
 
     def count(self, reason: str, peer: object = None, detail: str = "") -> None:
         self.counts[reason] += 1
         self._unlogged[reason] += 1
-        for observer in list(self._observers):
-            observer(reason)
+        self._observers.notify(reason)
         now = self.clock.seconds()
         last = self._last_logged.get(reason)
         if last is not None and now - last < self.log_interval:

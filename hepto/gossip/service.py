@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
 from hepto.control import SOCKET_NAME, ControlService, RequestError
 from hepto.errors import StartupError
@@ -47,10 +48,9 @@ from hepto.gossip.swim import Membership, MemberState
 from hepto.gossip.transport import GossipTransport
 from hepto.state import ALIVE, DEAD, Change
 
-#: First retry of a join nobody answered, then doubling up to JOIN_MAX_DELAY: a cluster
+#: Retries of a join nobody answered, from one second doubling up to a minute: a cluster
 #: whose anchors boot later is joined within a minute of them, without hammering them.
-JOIN_FIRST_DELAY: Final = 1.0
-JOIN_MAX_DELAY: Final = 60.0
+JOIN_RETRY: Final = BackoffPolicy(initial=1.0, maximum=60.0)
 #: Members tried at once when joining, besides the anchors: enough to find one alive
 #: after a restart, few enough not to flood.
 JOIN_KNOWN_MEMBERS: Final = 3
@@ -142,7 +142,7 @@ class GossipService(MultiService):
         self.control.commands["publish"] = self._publish_command
         self.control.setServiceParent(self)
         self.joined = False
-        self._join_attempts = 0
+        self._join_retries = Backoff(JOIN_RETRY)
         self._timers: dict[str, IDelayedCall] = {}
         self._saved_incarnation = saved.incarnation
         self._stopping = False
@@ -229,7 +229,6 @@ class GossipService(MultiService):
         if not candidates:
             self._joined("first member: no anchor to join")
             return
-        self._join_attempts += 1
         attempts = [self._exchange(candidate, join=True) for candidate in candidates]
         DeferredList(attempts, fireOnOneCallback=True, consumeErrors=True).addCallback(
             self._join_answered, candidates
@@ -241,8 +240,8 @@ class GossipService(MultiService):
         if isinstance(result, tuple):  # fireOnOneCallback: (result, index)
             self._joined(f"through {candidates[result[1]]}")
             return
-        delay = min(JOIN_MAX_DELAY, JOIN_FIRST_DELAY * 2 ** (self._join_attempts - 1))
-        delay *= self.rng.uniform(0.75, 1.25)
+        # Spread, so that the members of a cluster that boots at once do not join in step.
+        delay = self._join_retries.failed() * self.rng.uniform(0.75, 1.25)
         self.log.warn(
             "No anchor answered ({candidates}); retrying in {delay:.1f} s",
             candidates=", ".join(map(str, candidates)),
@@ -253,7 +252,7 @@ class GossipService(MultiService):
     def _joined(self, how: str) -> None:
         if not self.joined:
             self.joined = True
-            self._join_attempts = 0
+            self._join_retries.reset()
             self.log.info(
                 "Joined the cluster {cluster} ({how})", cluster=self.config.cluster, how=how
             )

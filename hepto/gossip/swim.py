@@ -79,6 +79,7 @@ from hepto.gossip.messages import (
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
 from hepto.gossip.suspicion import Suspicion
+from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 INCARNATION_CEILING: Final = 2**48
@@ -364,7 +365,9 @@ class Membership:
         self._waiting: dict[int, _Probe | _Relay] = {}
         self._probe: _Probe | None = None
         self._seq = rng.randrange(_SEQ_MODULO)
-        self._observers: list[Observer] = []
+        self._observers: Observers[[MemberState | None, MemberState]] = Observers(
+            "Membership observer", self.log
+        )
         self._probe_call: IDelayedCall | None = None
         self._gossip_call: IDelayedCall | None = None
         self._news_call: IDelayedCall | None = None
@@ -473,13 +476,7 @@ class Membership:
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Call ``observer(old, new)`` on every change of a member; returns an unsubscriber."""
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            if observer in self._observers:
-                self._observers.remove(observer)
-
-        return unsubscribe
+        return self._observers.subscribe(observer)
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -968,11 +965,7 @@ class Membership:
             )
         if old is not None and old.status != new.status:
             self._gossip_news()
-        for observer in list(self._observers):
-            try:
-                observer(old, new)
-            except Exception:
-                self.log.failure("Membership observer {observer!r} failed", observer=observer)
+        self._observers.notify(old, new)
 
     def _broadcast_member(self, message: Alive | Suspect | Dead) -> None:
         if self._catching_up and message.name != self.name:

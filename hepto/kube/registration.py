@@ -27,11 +27,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hepto.backoff import BackoffPolicy
 from hepto.goarch import go_architecture
 from hepto.kube import retry
 from hepto.kube.api import JSON, APIError
 from hepto.kube.component import ROLE_LABEL
-from hepto.supervisor.backoff import RestartPolicy
 
 NODES: Final = "/api/v1/nodes"
 
@@ -171,7 +171,7 @@ def register_node(
     node: DesiredNode,
     *,
     clock: IReactorTime,
-    policy: RestartPolicy = RETRY,
+    policy: BackoffPolicy = RETRY,
 ) -> Deferred[None]:
     """Makes the Node state ``node``: creates it, or patches what differs.
 
@@ -184,7 +184,7 @@ def register_node(
 
 
 async def _register(
-    client: NodeAPI, node: DesiredNode, clock: IReactorTime, policy: RestartPolicy
+    client: NodeAPI, node: DesiredNode, clock: IReactorTime, policy: BackoffPolicy
 ) -> None:
     attempts = 0
 

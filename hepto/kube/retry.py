@@ -17,14 +17,14 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.kube.api import APIError
-from hepto.supervisor.backoff import RestartPolicy
 
 T = TypeVar("T")
 
 #: Delays between attempts while the apiserver cannot be reached: the master may come
 #: up long after its nodes, and an agent retries every 30 s at worst.
-RETRY: Final = RestartPolicy(initial=1.0, factor=2.0, maximum=30.0)
+RETRY: Final = BackoffPolicy(initial=1.0, factor=2.0, maximum=30.0)
 
 #: Failures that may pass: the apiserver down or restarting, its certificate or ours
 #: not yet in place, a network that is not up yet.
@@ -52,7 +52,7 @@ async def until_done(
     *,
     what: str,
     clock: IReactorTime,
-    policy: RestartPolicy = RETRY,
+    policy: BackoffPolicy = RETRY,
     transient: tuple[type[Exception], ...] = TRANSIENT,
 ) -> T:
     """The result of the first ``attempt`` that does not fail with a ``transient`` error.
@@ -61,7 +61,7 @@ async def until_done(
     missing in the log, as "Node n1 not registered yet".  Cancelling stops at once, in
     an attempt or between two.
     """
-    failures = 0
+    backoff = Backoff(policy)
     told = None
     while True:
         try:
@@ -69,8 +69,7 @@ async def until_done(
         except transient as error:
             if is_permanent(error):
                 raise
-            failures += 1
-            delay = policy.delay(failures)
+            delay = backoff.failed()
             kind = reason(error)
             if kind != told:
                 log.warn(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,13 +25,15 @@ import attrs
 from nacl.signing import SigningKey
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
+from hepto.machine import Transitions
 from hepto.mesh import links as netlink
 from hepto.mesh import record
 from hepto.mesh.backend import (
@@ -56,6 +59,7 @@ from hepto.mesh.reconcile import (
 )
 from hepto.mesh.rtnetlink import Netlink, RtNetlink
 from hepto.mesh.uapi import UAPIProtocolError
+from hepto.once import Once
 from hepto.state import Change, ClusterState
 
 #: The mesh interface; "hepto" says who owns it in ``ip link``, and it avoids ``wg0``,
@@ -85,6 +89,44 @@ TRANSIENT: Final = (
     UAPIProtocolError,
     TimeoutError,
 )
+
+
+class Phase(enum.Enum):
+    """Where the mesh is: ``hepto status`` shows it."""
+
+    STOPPED = "stopped"
+    #: Taking its keys, waiting for the underlay, bringing up a backend.
+    STARTING = "starting"
+    RUNNING = "running"
+    #: It cannot start (no backend at all): ``error`` says why; only a stop follows.
+    FAILED = "failed"
+
+
+class PhaseInput(enum.Enum):
+    START = "start"
+    STARTED = "started"
+    START_FAILED = "start failed"
+    STOP = "stop"
+    #: A reconcile pass is wanted: a change of state, a recreated device, a resync.
+    WANTED = "pass wanted"
+
+
+class Passes(enum.Enum):
+    """Where the reconcile passes are: they never overlap, and a burst makes one."""
+
+    IDLE = "idle"
+    #: One is timed for the next reactor turn, to which later wishes add nothing.
+    TIMED = "timed"
+    RUNNING = "running"
+    #: One runs, and another was wanted since: it is timed once this one ends.
+    AGAIN = "running, then again"
+
+
+class PassInput(enum.Enum):
+    WANTED = "wanted"
+    TURN = "turn"
+    DONE = "done"
+    STOP = "stop"
 
 
 @attrs.frozen
@@ -135,7 +177,11 @@ class MasterSource(Protocol):
 
 
 class MeshService(Service):
-    """The WireGuard mesh of one node; its name is ``mesh``."""
+    """The WireGuard mesh of one node; its name is ``mesh``.
+
+    Its phase and its reconcile passes are two transition tables, :data:`PHASES` and
+    :data:`PASSES`, below the class.
+    """
 
     name = "mesh"
     log = Logger()
@@ -164,7 +210,8 @@ class MeshService(Service):
         self.keys: KeyPair | None = None
         self.underlay: Underlay | None = None
         self.backend: Backend | None = None
-        self.phase = "stopped"
+        self._phase = Phase.STOPPED
+        self._passes = Passes.IDLE
         self.error: str | None = None
         #: Counted reasons for leaving a member (or part of its record) out of the mesh.
         self.drops: collections.Counter[str] = collections.Counter()
@@ -177,14 +224,18 @@ class MeshService(Service):
         self._starting: Deferred[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._resync: task.LoopingCall | None = None
-        self._call: IDelayedCall | None = None
+        self._turn: IDelayedCall | None = None
         self._retry: IDelayedCall | None = None
-        self._retry_delay = RETRY_DELAY
-        self._running: Deferred[None] | None = None
-        self._again = False
+        # A failed pass is retried sooner than the next resync, and never later.
+        retries = BackoffPolicy(RETRY_DELAY, maximum=max(RETRY_DELAY, settings.resync_interval))
+        self._retries = Backoff(retries)
+        #: Whether the next pass reads the device even if nothing changed since the last.
         self._force = False
-        self._addresses_up = False
-        self._address_waiters: list[Deferred[None]] = []
+        self._addresses_up: Once[None] = Once()
+
+    @property
+    def phase(self) -> str:
+        return self._phase.value
 
     @property
     def mtu(self) -> int | None:
@@ -206,25 +257,44 @@ class MeshService(Service):
 
         For the services that bind to them, such as etcd and kube-apiserver.
         """
-        if self._addresses_up:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._address_waiters.append(waiter)
-        return waiter
+        return self._addresses_up.when()
 
     # Starting and stopping
 
     def startService(self) -> None:
         super().startService()
-        self.phase = "starting"
-        self._starting = Deferred.fromCoroutine(self._start())
-        self._starting.addErrback(self._start_failed)
+        self._phase_input(PhaseInput.START)
 
-    async def _start(self) -> None:
+    def _phase_input(self, input: PhaseInput, *args: Any) -> None:
+        # The state first: an input that comes during the output meets the new one.
+        self._phase, output = PHASES.step(self._phase, input)
+        output(self, *args)
+
+    def _start(self) -> None:
+        starting = self._starting = Deferred.fromCoroutine(self._bring_up())
+        starting.addCallbacks(
+            self._start_answered,
+            self._start_answered,
+            callbackArgs=(starting,),
+            errbackArgs=(starting,),
+        )
+
+    async def _bring_up(self) -> None:
         self.keys = self._make_keys()
         self.underlay = await self._wait_for_underlay()
         self.backend = await self._bring_up_backend()
-        self.phase = "running"
+
+    def _start_answered(self, result: object, starting: Deferred[None]) -> None:
+        if starting is not self._starting:
+            return  # Stopped while starting: the failure is the stop's doing.
+        self._starting = None
+        if isinstance(result, Failure):
+            self._phase_input(PhaseInput.START_FAILED, result)
+        else:
+            self._phase_input(PhaseInput.STARTED)
+
+    def _up(self) -> None:
+        assert self.backend is not None
         self.log.info(
             "Mesh up on {interface} ({backend}): {addresses}, endpoint {endpoint}, mtu {mtu}",
             interface=self.settings.interface,
@@ -281,9 +351,6 @@ class MeshService(Service):
         raise MeshError("no usable WireGuard backend (" + "; ".join(reasons) + ")")
 
     def _start_failed(self, reason: Failure) -> None:
-        if not self.running:
-            return  # Stopped while starting: the failure is the stop's doing.
-        self.phase = "failed"
         self.error = reason.getErrorMessage()
         if reason.check(MeshError):
             self.log.critical("The mesh cannot start: {error}", error=self.error)
@@ -292,24 +359,15 @@ class MeshService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.phase = "stopped"
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._unsubscribe_masters is not None:
-            self._unsubscribe_masters()
-            self._unsubscribe_masters = None
-        if self._resync is not None and self._resync.running:
-            self._resync.stop()
-        for call in (self._call, self._retry):
-            if call is not None and call.active():
-                call.cancel()
-        self._call = self._retry = self._resync = None
+        self._phase_input(PhaseInput.STOP)
+        self._pass_input(PassInput.STOP)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         # A later start finds its device anew: nothing of this run is assumed.
         self._applied = None
-        self._again = self._force = False
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
+        self._force = False
+        # Whatever the phase, the backend made (even one still starting) goes.
         backend, self.backend = self.backend, None
         if backend is None:
             return defer.succeed(None)
@@ -318,6 +376,25 @@ class MeshService(Service):
             lambda reason: self.log.failure("Stopping the mesh backend failed", reason)
         )
         return stopped
+
+    def _abandon_start(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.cancel()
+
+    def _stop_following(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._unsubscribe_masters is not None:
+            self._unsubscribe_masters()
+            self._unsubscribe_masters = None
+        if self._resync is not None and self._resync.running:
+            self._resync.stop()
+        self._resync = None
+
+    def _nothing(self) -> None:
+        pass
 
     def _publish(self) -> None:
         assert self.keys is not None and self.endpoint is not None
@@ -342,33 +419,38 @@ class MeshService(Service):
     def _wanted(self, force: bool = False) -> None:
         """Ask for a pass: passes never overlap, and a burst of changes makes one pass."""
         self._force = self._force or force
-        if self._running is not None:
-            self._again = True
-        elif self._call is None and self.running and self.backend is not None:
-            self._call = self.reactor.callLater(0, self._run)
+        self._phase_input(PhaseInput.WANTED)
+
+    def _ask_for_a_pass(self) -> None:
+        self._pass_input(PassInput.WANTED)
+
+    def _pass_input(self, input: PassInput) -> None:
+        self._passes, output = PASSES.step(self._passes, input)
+        output(self)
+
+    def _time_pass(self) -> None:
+        self._turn = self.reactor.callLater(0, self._pass_input, PassInput.TURN)
+
+    def _cancel_pass(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None and turn.active():
+            turn.cancel()
 
     def _run(self) -> None:
-        self._call = None
+        self._turn = None
         force, self._force = self._force, False
-        running = self._running = Deferred.fromCoroutine(self._pass(force))
+        running = Deferred.fromCoroutine(self._pass(force))
         running.addCallbacks(self._passed, self._pass_failed)
-        running.addBoth(self._ran)
-
-    def _ran(self, _: object) -> None:
-        self._running = None
-        if self._again:
-            self._again = False
-            self._wanted()
+        running.addBoth(lambda _: self._pass_input(PassInput.DONE))
 
     def _passed(self, _: object) -> None:
-        self._retry_delay = RETRY_DELAY
+        self._retries.reset()
 
     def _pass_failed(self, reason: Failure) -> None:
         if not self.running:
             return
         self._applied = None
-        delay = self._retry_delay
-        self._retry_delay = min(delay * 2, self.settings.resync_interval)
+        delay = self._retries.failed()
         self._retry = self.reactor.callLater(delay, self._retry_now)
         if reason.check(*TRANSIENT):
             # wireguard-go restarting, its socket or link briefly gone: no traceback.
@@ -425,11 +507,8 @@ class MeshService(Service):
                 interface=self.settings.interface,
                 done=", ".join(done),
             )
-        if not self._addresses_up:
-            self._addresses_up = True
-            waiters, self._address_waiters = self._address_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if not self._addresses_up.done:
+            self._addresses_up.fire(None)
         previous = {} if self._applied is None else self._applied.peers
         changes = plan_peer_changes(desired.peers, device.peers, previous)
         if changes:
@@ -507,6 +586,50 @@ class MeshService(Service):
             ],
             "drops": dict(self.drops),
         }
+
+
+# fmt: off
+#: The mesh's phases; any other (phase, input) raises :class:`~hepto.machine.IllegalTransition`.
+PHASES: Final[Transitions[Phase, PhaseInput, Callable[..., None]]] = Transitions.of(
+    "mesh",
+    [
+        # phase          input                     next phase       output
+        (Phase.STOPPED,  PhaseInput.START,         Phase.STARTING,  MeshService._start),
+        (Phase.STARTING, PhaseInput.STARTED,       Phase.RUNNING,   MeshService._up),
+        (Phase.STARTING, PhaseInput.START_FAILED,  Phase.FAILED,    MeshService._start_failed),
+        (Phase.RUNNING,  PhaseInput.WANTED,        Phase.RUNNING,   MeshService._ask_for_a_pass),
+        # Passes are the running mesh's alone: a wish before or after is dropped.
+        (Phase.STOPPED,  PhaseInput.WANTED,        Phase.STOPPED,   MeshService._nothing),
+        (Phase.STARTING, PhaseInput.WANTED,        Phase.STARTING,  MeshService._nothing),
+        (Phase.FAILED,   PhaseInput.WANTED,        Phase.FAILED,    MeshService._nothing),
+        (Phase.STOPPED,  PhaseInput.STOP,          Phase.STOPPED,   MeshService._nothing),
+        (Phase.STARTING, PhaseInput.STOP,          Phase.STOPPED,   MeshService._abandon_start),
+        (Phase.RUNNING,  PhaseInput.STOP,          Phase.STOPPED,   MeshService._stop_following),
+        (Phase.FAILED,   PhaseInput.STOP,          Phase.STOPPED,   MeshService._nothing),
+    ],
+)
+
+#: The reconcile passes of a running mesh.  A stop drops a pass timed or wanted next,
+#: but not the one running: it ends by itself (an answer of the device), and asks for no
+#: other.
+PASSES: Final[Transitions[Passes, PassInput, Callable[..., None]]] = Transitions.of(
+    "mesh passes",
+    [
+        # passes         input             next passes      output
+        (Passes.IDLE,    PassInput.WANTED, Passes.TIMED,    MeshService._time_pass),
+        (Passes.TIMED,   PassInput.WANTED, Passes.TIMED,    MeshService._nothing),
+        (Passes.TIMED,   PassInput.TURN,   Passes.RUNNING,  MeshService._run),
+        (Passes.RUNNING, PassInput.WANTED, Passes.AGAIN,    MeshService._nothing),
+        (Passes.RUNNING, PassInput.DONE,   Passes.IDLE,     MeshService._nothing),
+        (Passes.AGAIN,   PassInput.WANTED, Passes.AGAIN,    MeshService._nothing),
+        (Passes.AGAIN,   PassInput.DONE,   Passes.TIMED,    MeshService._time_pass),
+        (Passes.IDLE,    PassInput.STOP,   Passes.IDLE,     MeshService._nothing),
+        (Passes.TIMED,   PassInput.STOP,   Passes.IDLE,     MeshService._cancel_pass),
+        (Passes.RUNNING, PassInput.STOP,   Passes.RUNNING,  MeshService._nothing),
+        (Passes.AGAIN,   PassInput.STOP,   Passes.RUNNING,  MeshService._nothing),
+    ],
+)
+# fmt: on
 
 
 class MeshError(Exception):

@@ -29,6 +29,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.mesh import uapi
 from hepto.mesh.backend import BackendUnavailable, DeviceStatus, PeerChange
 from hepto.watch import FileWatch
@@ -36,18 +37,17 @@ from hepto.watch import FileWatch
 MOUNT_SCRIPT: Final = (
     'mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && exec "$2" -f "$3"'
 )
-#: Seconds before restarting a wireguard-go that died, doubling up to the last one.
-RESTART_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-#: A run this long (seconds) was healthy: the next failure starts the delays over.
-HEALTHY_RUN: Final = 60.0
+#: Seconds before restarting a wireguard-go that died, from one doubling up to 30; a run
+#: of a minute was healthy, and the next failure starts the delays over.
+RESTART: Final = BackoffPolicy(initial=1.0, maximum=30.0, stable_after=60.0)
 #: Seconds for wireguard-go to open its socket (~15 ms seen) before it is killed.
 READY_TIMEOUT: Final = 30.0
 #: How often a FileWatch without inotify looks for the socket (wireguard-go takes ~15 ms).
 FALLBACK_INTERVAL: Final = 0.05
 #: wireguard-go binds its socket, then listens: a connection in between is refused.
-#: Retry that many times, from PROBE_DELAY seconds doubling (1.3 s in all).
+#: Retry that many times, from 5 ms doubling (1.3 s in all).
 PROBE_ATTEMPTS: Final = 9
-PROBE_DELAY: Final = 0.005
+PROBE_RETRY: Final = BackoffPolicy(initial=0.005, maximum=0.005 * 2 ** (PROBE_ATTEMPTS - 2))
 #: Seconds between SIGTERM and SIGKILL on stop.
 STOP_TIMEOUT: Final = 10.0
 
@@ -141,7 +141,7 @@ class UserspaceBackend:
         wrapper: Sequence[str] = (),
         environment: dict[str, str] | None = None,
         watch: Callable[[Path], FileWatch] | None = None,
-        restart_delays: Sequence[float] = RESTART_DELAYS,
+        restart: BackoffPolicy = RESTART,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.reactor = reactor
@@ -157,12 +157,11 @@ class UserspaceBackend:
             lambda directory: FileWatch(reactor, directory, FALLBACK_INTERVAL)
         )
         self._watch: FileWatch | None = None
-        self.restart_delays = tuple(restart_delays)
         self.ready_timeout = ready_timeout
         self.process: Any = None
         self.pid: int | None = None
         self.restarts = 0
-        self._failures = 0
+        self._backoff = Backoff(restart)
         self._started_at = 0.0
         self._ready = False
         self._stopping = False
@@ -223,13 +222,12 @@ class UserspaceBackend:
 
     async def _probe(self) -> DeviceStatus:
         """A first ``get``; the socket file exists a moment before it accepts connections."""
-        delay = PROBE_DELAY
+        refusals = Backoff(PROBE_RETRY)
         for _ in range(PROBE_ATTEMPTS - 1):
             try:
                 return await self.client.get()
             except error.ConnectionRefusedError:
-                await task.deferLater(self.reactor, delay)
-                delay *= 2
+                await task.deferLater(self.reactor, refusals.failed())
         return await self.client.get()
 
     def _answered(self, _: DeviceStatus, protocol: WireGuardGoProtocol) -> None:
@@ -272,10 +270,7 @@ class UserspaceBackend:
 
     def _failed(self, reason: Failure) -> None:
         lived = IReactorTime(self.reactor).seconds() - self._started_at
-        if lived >= HEALTHY_RUN:
-            self._failures = 0
-        delay = self.restart_delays[min(self._failures, len(self.restart_delays) - 1)]
-        self._failures += 1
+        delay = self._backoff.failed(lived)
         self.restarts += 1
         # Scheduled before logging: an observer may well stop us from within the log call.
         self._restart_call = IReactorTime(self.reactor).callLater(delay, self._spawn)

@@ -43,8 +43,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import NodeConfig
 from hepto.errors import StartupError
+from hepto.observers import Observers
 from hepto.pki.client import WorkerClient
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.paths import Paths
@@ -57,12 +59,12 @@ from hepto.pki.specs import (
     specs_for_role,
 )
 from hepto.state import LEFT, ClusterState
+from hepto.waiters import Waiters
 
 __all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner"]
 
-#: Seconds before a failed batch is tried again, doubling up to :data:`RETRY_MAX`.
-RETRY_FIRST: Final = 1.0
-RETRY_MAX: Final = 60.0
+#: Seconds before a failed batch is tried again: from one, doubling up to a minute.
+RETRY: Final = BackoffPolicy(initial=1.0, maximum=60.0)
 
 
 @attrs.frozen
@@ -221,7 +223,9 @@ class PKIService(Service):
         self.identity = identity
         #: The members that the cluster CA proves masters, and who wants to know.
         self.masters: frozenset[str] = frozenset()
-        self._master_listeners: list[Callable[[frozenset[str]], None]] = []
+        self._master_listeners: Observers[[frozenset[str]]] = Observers(
+            "Masters listener", self.log
+        )
         self.cluster = cluster
         self.member = name
         self.role = role
@@ -255,11 +259,14 @@ class PKIService(Service):
         self._busy = False
         #: Counts starts: an answer to a batch sent before the last start is ignored.
         self._started = 0
-        self._retry_delay = RETRY_FIRST
+        self._retries = Backoff(RETRY)
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
-        self._waiters: list[tuple[frozenset[str], defer.Deferred[Paths]]] = []
-        self._listeners: list[CertificateListener] = []
+        #: Fired at each installation, for those waiting for certain certificates.
+        self._installations: Waiters[None] = Waiters()
+        self._listeners: Observers[[CertificateChange]] = Observers(
+            "Certificate listener", self.log
+        )
         self._published: object = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -297,35 +304,20 @@ class PKIService(Service):
         unknown = wanted - self.specs.keys()
         if unknown:
             raise ValueError(f"{', '.join(sorted(unknown))}: not certificates of a {self.role}")
-        if all(self.installed(name) for name in wanted):
-            return defer.succeed(self.paths)
+        return defer.Deferred.fromCoroutine(self._until_installed(wanted))
 
-        def cancel(deferred: defer.Deferred[Paths]) -> None:
-            self._waiters = [waiter for waiter in self._waiters if waiter[1] is not deferred]
-
-        deferred: defer.Deferred[Paths] = defer.Deferred(cancel)
-        self._waiters.append((wanted, deferred))
-        return deferred
+    async def _until_installed(self, wanted: frozenset[str]) -> Paths:
+        while not all(map(self.installed, wanted)):
+            await self._installations.wait()
+        return self.paths
 
     def subscribe(self, listener: CertificateListener) -> Callable[[], None]:
         """Call ``listener`` after each installation; returns an unsubscriber."""
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def subscribe_masters(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
         """Call ``listener`` with the proven masters whenever they change."""
-        self._master_listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._master_listeners:
-                self._master_listeners.remove(listener)
-
-        return unsubscribe
+        return self._master_listeners.subscribe(listener)
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -369,7 +361,7 @@ class PKIService(Service):
         self._started += 1
         self._busy = False
         self._reviewed.clear()
-        self._retry_delay = RETRY_FIRST
+        self._retries.reset()
         self._apply(started)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
         for name in self.state.members():
@@ -473,7 +465,7 @@ class PKIService(Service):
         self._busy = False
         if not self.running:
             return
-        self._retry_delay = RETRY_FIRST
+        self._retries.reset()
         for name, entry in members.items():
             self._reviewed[name] = _reviewed(entry)
         self._apply(done)
@@ -489,16 +481,16 @@ class PKIService(Service):
         if not self.running:
             return
         self._count("worker_failures")
+        delay = self._retries.failed()
         self.log.error(
             "A PKI batch failed ({error}); trying again in {delay} s",
             error=str(failure.value),
-            delay=self._retry_delay,
+            delay=delay,
         )
         self._renewals_due.update(renew)
         self._dirty.update(members)
         self._forced.update(members)
-        self._schedule_dispatch(self._retry_delay)
-        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        self._schedule_dispatch(delay)
 
     def _count(self, what: str) -> None:
         self._counted[what] = self._counted.get(what, 0) + 1
@@ -516,31 +508,17 @@ class PKIService(Service):
         for change in answer.changes:
             self._installed.add(change.name)
             self._tell(change)
-        self._wake_waiters()
+        self._installations.fire(None)
         self._publish(answer.section)
         for name in answer.marks:
             self._mark(name, force=True)
         if answer.masters != self.masters:
             self.masters = answer.masters
-            for listener in list(self._master_listeners):
-                try:
-                    listener(self.masters)
-                except Exception:
-                    self.log.failure("Masters listener {listener!r} failed", listener=listener)
+            self._master_listeners.notify(self.masters)
 
     def _tell(self, change: CertificateChange) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                self.log.failure("Certificate listener {listener!r} failed", listener=listener)
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        ready = [waiter for waiter in self._waiters if all(map(self.installed, waiter[0]))]
-        self._waiters = [waiter for waiter in self._waiters if waiter not in ready]
-        for _, deferred in ready:
-            deferred.callback(self.paths)
+        self._listeners.notify(change)
+        self._installations.fire(None)
 
     def _publish(self, section: object) -> None:
         if section == self._published:

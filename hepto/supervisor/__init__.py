@@ -4,7 +4,6 @@ The supervisor knows nothing of Kubernetes: :mod:`hepto.kube` describes the comp
 as :class:`ProcessSpec` values.  See ``docs/supervisor.rst``.
 """
 
-from hepto.supervisor.backoff import RestartPolicy
 from hepto.supervisor.launcher import (
     DirectLauncher,
     Launcher,
@@ -40,7 +39,6 @@ __all__ = [
     "ProcessSpec",
     "ProcessStatus",
     "PythonLauncher",
-    "RestartPolicy",
     "State",
     "SupervisedProcess",
     "Supervisor",

@@ -1,14 +1,16 @@
 """One supervised program: start it when allowed, probe it, restart it, stop it.
 
-Lifecycle of a :class:`SupervisedProcess`::
+Lifecycle of a :class:`SupervisedProcess`, in short (:data:`LIFECYCLE` is the whole table)::
 
-    waiting --gate opens--> running --probe passes--> running, ready
-       ^                       |  \\
-       |                 exits |   \\ stopService: SIGTERM, SIGKILL after stop_timeout
-       +---- backoff <---------+    +--> stopping --ends--> stopped
+    idle, stopped, blocked --start--> waiting --gate opens--> running --ends--> backoff
+    backoff --its delay is over--> waiting                 (through the gate again)
+    waiting --gate fails--> blocked                        (until started again)
+    running --probe passes or fails--> running             (ready, or not)
+    running --stop: SIGTERM--> stopping --ends--> stopped  (SIGKILL after stop_timeout)
+    idle, waiting, backoff, stopped, blocked --stop--> stopped
 
-The gate is a Deferred from whoever composes processes (dependencies ready,
-certificates installed); a process knows nothing of its peers.
+The gate is a Deferred from whoever composes processes (dependencies ready, certificates
+installed); a process knows nothing of its peers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import enum
 import signal
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from twisted.application.service import Service
@@ -38,10 +40,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hepto.supervisor.backoff import RestartPolicy
+from hepto.backoff import Backoff, BackoffPolicy
+from hepto.machine import Transitions
 from hepto.supervisor.launcher import Launcher
 from hepto.supervisor.lines import LineBuffer, decode_line, line_level
 from hepto.supervisor.probes import AlwaysReady, Probe
+from hepto.waiters import Waiters
 
 Gate = Callable[[], Deferred[Any]]
 
@@ -78,7 +82,7 @@ class ProcessSpec:
     #: After the child is reaped, how long its pipes may stay open (held by a
     #: grandchild) before the supervisor closes its ends and moves on.
     drain_timeout: float = 2.0
-    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    restart: BackoffPolicy = attrs.field(factory=BackoffPolicy)
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -86,6 +90,8 @@ class ProcessSpec:
 
 
 class State(enum.Enum):
+    """Where a process is in its lifecycle; readiness is a matter of ``running`` alone."""
+
     IDLE = "idle"
     WAITING = "waiting"
     RUNNING = "running"
@@ -94,6 +100,24 @@ class State(enum.Enum):
     STOPPED = "stopped"
     #: The gate failed: the process will not start until the service is restarted.
     BLOCKED = "blocked"
+
+
+class Input(enum.Enum):
+    """What happens to a process: the inputs of its :data:`LIFECYCLE`."""
+
+    START = "start"
+    STOP = "stop"
+    GATE_OPENED = "gate opened"
+    GATE_FAILED = "gate failed"
+    PROBE_DUE = "probe due"
+    PROBE_PASSED = "probe passed"
+    PROBE_FAILED = "probe failed"
+    #: Reaped; its pipes may still be open, held by a grandchild.
+    EXITED = "exited"
+    #: Reaped and its pipes closed, or it could not be spawned at all.
+    ENDED = "ended"
+    KILL_DUE = "stop timeout"
+    BACKOFF_OVER = "backoff over"
 
 
 @attrs.frozen
@@ -202,12 +226,12 @@ class SupervisedProcess(Service):
         self._gate = gate
         self._state = State.IDLE
         self._ready = False
-        self._ready_waiters: list[Deferred[None]] = []
-        self._stop_waiters: list[Deferred[None]] = []
+        self._ready_waiters: Waiters[None] = Waiters()
+        self._stop_waiters: Waiters[None] = Waiters()
         self._gating: Deferred[Any] | None = None
         self._child: ChildProtocol | None = None
         self._started_at = 0.0
-        self._failures = 0
+        self._backoff = Backoff(spec.restart)
         self._restarts = 0
         self._last_exit: str | None = None
         self._last_probe_error: str | None = None
@@ -247,65 +271,61 @@ class SupervisedProcess(Service):
         """Fires when the program is ready: now if it is, else at its next readiness."""
         if self._ready:
             return succeed(None)
-
-        def forget(waiter: Deferred[None]) -> None:
-            if waiter in self._ready_waiters:
-                self._ready_waiters.remove(waiter)
-
-        waiter: Deferred[None] = Deferred(canceller=forget)
-        self._ready_waiters.append(waiter)
-        return waiter
+        return self._ready_waiters.wait()
 
     # -- service ------------------------------------------------------------------------
 
     def startService(self) -> None:
-        if self._state in (State.STOPPING, State.RUNNING):
-            raise RuntimeError(f"{self.name} is still {self._state.value}")
-        super().startService()
-        self._failures = 0
-        self._wait()
+        """Start through the gate; an :class:`IllegalTransition` while running or stopping."""
+        self._input(Input.START)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._state is State.WAITING:
-            self._state = State.STOPPED
-            if self._gating is not None:
-                self._gating.cancel()
-        elif self._state is State.BACKOFF:
-            self._state = State.STOPPED
-            self._cancel("_restart_call")
-        elif self._state is State.RUNNING:
-            self._terminate()
-        elif self._state is not State.STOPPING:
-            self._state = State.STOPPED
+        self._input(Input.STOP)
         if self._state is State.STOPPING:
-            waiter: Deferred[None] = Deferred()
-            self._stop_waiters.append(waiter)
-            return waiter
+            return self._stop_waiters.wait()
         return succeed(None)
 
     def restart(self) -> Deferred[None]:
         """Stop, then start again (new certificates, say); fires once it is started."""
         return self.stopService().addCallback(lambda _: self.startService())
 
-    # -- starting -----------------------------------------------------------------------
+    def _input(self, input: Input, *args: Any) -> None:
+        # The state first: an input that comes during the output meets the new one.
+        self._state, output = LIFECYCLE.step(self._state, input)
+        output(self, *args)
 
-    def _wait(self) -> None:
-        self._state = State.WAITING
+    # -- starting (the outputs of the table below are the methods up to "helpers") -------
+
+    def _start(self) -> None:
+        Service.startService(self)
+        self._backoff.reset()
+        self._open_gate()
+
+    def _open_gate(self) -> None:
+        self._restart_call = None
         gating = maybeDeferred(self._gate)
         self._gating = gating
-        gating.addCallbacks(self._gate_opened, self._gate_failed)
+        gating.addCallbacks(
+            self._gate_answered, self._gate_answered, callbackArgs=(gating,), errbackArgs=(gating,)
+        )
 
-    def _gate_opened(self, _: object) -> None:
+    def _gate_answered(self, result: object, gating: Deferred[Any]) -> None:
+        if gating is not self._gating:
+            return  # cancelled by a stop: that gate is no longer ours
         self._gating = None
-        if self._state is State.WAITING:
-            self._spawn()
+        if not isinstance(result, Failure):
+            self._input(Input.GATE_OPENED)
+        elif not result.check(CancelledError):
+            self._input(Input.GATE_FAILED, result)
+        # Cancelled by whoever made it: not a reason to block, and nothing to start on.
 
-    def _gate_failed(self, failure: Failure) -> None:
-        self._gating = None
-        if self._state is not State.WAITING or failure.check(CancelledError):
-            return
-        self._state = State.BLOCKED
+    def _cancel_gate(self) -> None:
+        gating, self._gating = self._gating, None
+        if gating is not None:
+            gating.cancel()
+
+    def _blocked(self, failure: Failure) -> None:
         self.log.failure(
             "{component} will not start: {reason}",
             failure,
@@ -317,14 +337,13 @@ class SupervisedProcess(Service):
         argv = self._launcher.command(self.spec.argv, self.spec.death_signal)
         child = ChildProtocol(self)
         self._child = child
-        self._state = State.RUNNING
         self._started_at = self._clock.seconds()
         try:
             # path=None keeps Twisted on posix_spawn, much cheaper than fork for a big agent.
             self._reactor.spawnProcess(child, argv[0], argv, env=dict(self.spec.env), path=None)
         except OSError as error:
             self._child = None
-            self._after_run(f"could not be started: {error}", {})
+            self._input(Input.ENDED, f"could not be started: {error}", {})
             return
         if self._child is not child:
             return  # it ended already, inside spawnProcess (possible before the reactor runs)
@@ -340,23 +359,28 @@ class SupervisedProcess(Service):
 
     def _probe_later(self, delay: float) -> None:
         self._cancel("_probe_call")
-        self._probe_call = self._clock.callLater(delay, self._probe, self._child)
+        self._probe_call = self._clock.callLater(delay, self._input, Input.PROBE_DUE)
 
-    def _probe(self, child: ChildProtocol | None) -> None:
+    def _probe(self) -> None:
         self._probe_call = None
         probing = maybeDeferred(self.spec.probe.check)
         probing.addTimeout(self.spec.probe_timeout, self._clock)
         self._probing = probing
-        probing.addCallbacks(
-            lambda result: self._probe_passed(child),
-            lambda failure: self._probe_failed(failure, child),
-        )
+        probing.addBoth(self._probe_answered, probing)
 
-    def _probe_passed(self, child: ChildProtocol | None) -> None:
-        if child is not self._child or self._state is not State.RUNNING:
-            return
+    def _probe_answered(self, result: object, probing: Deferred[Any]) -> None:
+        if probing is not self._probing:
+            return  # cancelled: the run it was probing is over, or ending
         self._probing = None
+        if isinstance(result, Failure):
+            self._input(Input.PROBE_FAILED, result)
+        else:
+            self._input(Input.PROBE_PASSED)
+
+    def _passed(self) -> None:
         self._last_probe_error = None
+        # The next probe first: a waiter told of readiness may well stop this process.
+        self._probe_later(self.spec.ready_probe_interval)
         if not self._ready:
             self._ready = True
             self.log.info(
@@ -365,20 +389,15 @@ class SupervisedProcess(Service):
                 probe=self.spec.probe.describe(),
                 elapsed=self._clock.seconds() - self._started_at,
             )
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-        self._probe_later(self.spec.ready_probe_interval)
+            self._ready_waiters.fire(None)
 
-    def _probe_failed(self, failure: Failure, child: ChildProtocol | None) -> None:
-        if child is not self._child or self._state is not State.RUNNING:
-            return
-        self._probing = None
+    def _not_passed(self, failure: Failure) -> None:
         if failure.check(defer.TimeoutError):
             reason = f"no answer within {self.spec.probe_timeout:g} s"
         else:
             reason = failure.getErrorMessage() or repr(failure.value)
         self._last_probe_error = reason
+        self._probe_later(self.spec.probe_interval)
         if self._ready:
             self._ready = False
             self.log.warn(
@@ -388,15 +407,13 @@ class SupervisedProcess(Service):
             self.log.debug(
                 "{component} not ready yet: {reason}", component=self.name, reason=reason
             )
-        self._probe_later(self.spec.probe_interval)
 
     # -- stopping and ending ------------------------------------------------------------
 
     def _terminate(self) -> None:
-        self._state = State.STOPPING
         self._stop_probing()
         # Armed first: a child may end inside signalProcess, and its end disarms this.
-        self._kill_call = self._clock.callLater(self.spec.stop_timeout, self._kill)
+        self._kill_call = self._clock.callLater(self.spec.stop_timeout, self._input, Input.KILL_DUE)
         self.log.info("{component} stopping (SIGTERM)", component=self.name)
         self._signal("TERM")
 
@@ -419,51 +436,59 @@ class SupervisedProcess(Service):
             pass  # reaped, its end is on its way
 
     def _exited(self, child: ChildProtocol, reason: Failure) -> None:
-        if child is self._child and child.transport is not None:
+        """Called by the child's protocol when it is reaped."""
+        if child is self._child:
+            self._input(Input.EXITED, child)
+
+    def _drain(self, child: ChildProtocol) -> None:
+        if child.transport is not None:
             # A grandchild holding our pipes must not keep this run alive forever.
             self._drain_call = self._clock.callLater(
                 self.spec.drain_timeout, child.transport.loseConnection
             )
 
     def _ended(self, child: ChildProtocol, reason: Failure) -> None:
-        if child is not self._child:
-            return
+        """Called by the child's protocol when it is reaped and its pipes are closed."""
+        if child is self._child:
+            self._input(Input.ENDED, describe_exit(reason), _exit_fields(reason))
+
+    def _run_over(self, how: str) -> float:
+        """Forget the run that ended, ``how`` it did; returns how long it lasted."""
         self._child = None
         self._cancel("_drain_call")
         self._cancel("_kill_call")
         self._stop_probing()
-        self._after_run(describe_exit(reason), _exit_fields(reason))
-
-    def _after_run(self, how: str, fields: dict[str, int | None]) -> None:
         self._ready = False
         self._last_exit = how
-        run_time = self._clock.seconds() - self._started_at
-        if self._state is State.STOPPING:
-            self._state = State.STOPPED
-            self.log.info("{component} stopped: it {how}", component=self.name, how=how, **fields)
-            waiters, self._stop_waiters = self._stop_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-            return
-        self._failures = self.spec.restart.failures_after(self._failures, run_time)
-        delay = self.spec.restart.delay(self._failures)
+        return self._clock.seconds() - self._started_at
+
+    def _stopped(self, how: str, fields: dict[str, int | None]) -> None:
+        self._run_over(how)
+        self.log.info("{component} stopped: it {how}", component=self.name, how=how, **fields)
+        self._stop_waiters.fire(None)
+
+    def _back_off(self, how: str, fields: dict[str, int | None]) -> None:
+        run_time = self._run_over(how)
+        delay = self._backoff.failed(run_time)
+        failures = self._backoff.failures
         self._restarts += 1
-        self._state = State.BACKOFF
-        self._restart_call = self._clock.callLater(delay, self._restart_now)
+        self._restart_call = self._clock.callLater(delay, self._input, Input.BACKOFF_OVER)
         self.log.warn(
             "{component} {how} after {run_time:.1f} s; restarting in {delay:g} s{streak}",
             component=self.name,
             how=how,
             run_time=run_time,
             delay=delay,
-            failures=self._failures,
-            streak="" if self._failures == 1 else f" ({self._failures} short runs in a row)",
+            failures=failures,
+            streak="" if failures == 1 else f" ({failures} short runs in a row)",
             **fields,
         )
 
-    def _restart_now(self) -> None:
-        self._restart_call = None
-        self._wait()
+    def _cancel_restart(self) -> None:
+        self._cancel("_restart_call")
+
+    def _nothing(self) -> None:
+        pass
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -482,3 +507,38 @@ class SupervisedProcess(Service):
         setattr(self, attribute, None)
         if call is not None and call.active():
             call.cancel()
+
+
+#: The lifecycle of every supervised process: any other (state, input) is a bug, and
+#: raises :class:`~hepto.machine.IllegalTransition`.  Each timer is an input of the one
+#: state it is armed in, and is cancelled on the way out of it.
+# fmt: off
+LIFECYCLE: Final[Transitions[State, Input, Callable[..., None]]] = Transitions.of(
+    "supervised process",
+    [
+        # state          input               next state      output
+        (State.IDLE,     Input.START,        State.WAITING,  SupervisedProcess._start),
+        (State.STOPPED,  Input.START,        State.WAITING,  SupervisedProcess._start),
+        (State.BLOCKED,  Input.START,        State.WAITING,  SupervisedProcess._start),
+        (State.WAITING,  Input.GATE_OPENED,  State.RUNNING,  SupervisedProcess._spawn),
+        (State.WAITING,  Input.GATE_FAILED,  State.BLOCKED,  SupervisedProcess._blocked),
+        (State.RUNNING,  Input.PROBE_DUE,    State.RUNNING,  SupervisedProcess._probe),
+        (State.RUNNING,  Input.PROBE_PASSED, State.RUNNING,  SupervisedProcess._passed),
+        (State.RUNNING,  Input.PROBE_FAILED, State.RUNNING,  SupervisedProcess._not_passed),
+        (State.RUNNING,  Input.EXITED,       State.RUNNING,  SupervisedProcess._drain),
+        (State.RUNNING,  Input.ENDED,        State.BACKOFF,  SupervisedProcess._back_off),
+        (State.BACKOFF,  Input.BACKOFF_OVER, State.WAITING,  SupervisedProcess._open_gate),
+        # Stopping, from wherever it is.
+        (State.IDLE,     Input.STOP,         State.STOPPED,  SupervisedProcess._nothing),
+        (State.WAITING,  Input.STOP,         State.STOPPED,  SupervisedProcess._cancel_gate),
+        (State.RUNNING,  Input.STOP,         State.STOPPING, SupervisedProcess._terminate),
+        (State.BACKOFF,  Input.STOP,         State.STOPPED,  SupervisedProcess._cancel_restart),
+        (State.STOPPING, Input.STOP,         State.STOPPING, SupervisedProcess._nothing),
+        (State.STOPPING, Input.KILL_DUE,     State.STOPPING, SupervisedProcess._kill),
+        (State.STOPPING, Input.EXITED,       State.STOPPING, SupervisedProcess._drain),
+        (State.STOPPING, Input.ENDED,        State.STOPPED,  SupervisedProcess._stopped),
+        (State.STOPPED,  Input.STOP,         State.STOPPED,  SupervisedProcess._nothing),
+        (State.BLOCKED,  Input.STOP,         State.STOPPED,  SupervisedProcess._nothing),
+    ],
+)
+# fmt: on
