@@ -10,7 +10,6 @@ partition merges again.  Stopping it announces a graceful leave first.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,7 @@ from hepto.gossip.streams import (
 )
 from hepto.gossip.swim import Membership, MemberState
 from hepto.gossip.transport import GossipTransport
+from hepto.interfaces import IF_INET6, public_address
 from hepto.state import ALIVE, DEAD, Change
 
 #: First retry of a join nobody answered, then doubling up to JOIN_MAX_DELAY: a cluster
@@ -64,18 +64,15 @@ class GossipError(StartupError):
     """Gossip cannot start; the message says why."""
 
 
-def gossip_endpoint(config: NodeConfig, if_inet6: Path = Path("/proc/net/if_inet6")) -> Endpoint:
-    """Where this node gossips: its ``--ip``, else the global address of ``--iface``."""
+def gossip_endpoint(config: NodeConfig, if_inet6: Path = IF_INET6) -> Endpoint:
+    """Where this node gossips: its ``--ip``, else the public address of ``--iface``."""
     if config.ip is not None:
         return Endpoint(config.ip.ip, config.port)
-    # Skip tentative, deprecated and failed addresses: peers could not reach them.
-    unusable = 0x08 | 0x20 | 0x40
-    for line in if_inet6.read_text().splitlines():
-        fields = line.split()
-        usable = len(fields) == 6 and not int(fields[4], 16) & unusable
-        if usable and fields[5] == config.iface and fields[3] == "00":
-            return Endpoint(ipaddress.IPv6Address(int(fields[0], 16)), config.port)
-    raise GossipError(f"--iface {config.iface} has no usable global IPv6 address to gossip on")
+    assert config.iface is not None  # NodeConfig wants one of them
+    address = public_address(config.iface, if_inet6)
+    if address is None:
+        raise GossipError(f"--iface {config.iface} has no usable global IPv6 address to gossip on")
+    return Endpoint(address, config.port)
 
 
 class GossipService(MultiService):
