@@ -13,6 +13,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from hepto.config import NodeConfig
+from hepto.control import SOCKET_NAME, ControlService
 from hepto.errors import StartupError
 from hepto.gossip.profile import PROFILES
 from hepto.gossip.service import GossipService
@@ -43,15 +44,10 @@ class NodeService(MultiService):
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self.setName("node")
-        # The first child: started before the services that read the cluster state, and
-        # asked to stop (a graceful leave) after them.
         self.gossip = GossipService(config, reactor, profile=PROFILES[config.gossip_profile])
-        self.gossip.setServiceParent(self)
         self.pki = PKIService.from_config(
             config, self.gossip.state, reactor, identity=self.gossip.identity.public_key
         )
-        self.pki.setServiceParent(self)
-        self.gossip.control.sections["pki"] = self.pki.status
         self.mesh = mesh_service(
             config,
             self.gossip.state,
@@ -59,19 +55,30 @@ class NodeService(MultiService):
             self.gossip.identity.signing_key,
             masters=self.pki,
         )
-        self.mesh.setServiceParent(self)
-        self.gossip.control.sections["mesh"] = self.mesh.status
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state
         )
-        self.kube.setServiceParent(self)
-        self.gossip.control.sections["kube"] = self.kube.status
+        self.control = self._control_socket()
+        # Children start in this order and stop in the reverse one (stopService below):
+        # the control socket answers until the end; gossip comes up before the services
+        # that read the cluster state, and leaves after them.
+        for service in (self.control, self.gossip, self.pki, self.mesh, self.kube):
+            service.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service
 
             manhole_service(
                 reactor, config.manhole, config.node_dir, self.namespace
             ).setServiceParent(self)
+
+    def _control_socket(self) -> ControlService:
+        """``hepto status``: gossip's view at the top, every other service's in its section."""
+        control = ControlService(
+            self.config.node_dir / SOCKET_NAME, self.gossip.status, self.reactor
+        )
+        control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
+        control.commands["publish"] = self.gossip.publish_command
+        return control
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd asks the Application for an ILogObserver before its --logfile default;

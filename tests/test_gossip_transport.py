@@ -15,7 +15,7 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from agent import free_port
 from hepto import config
 from hepto.config import Endpoint
-from hepto.control import ControlError, query
+from hepto.control import SOCKET_NAME, ControlError, ControlService, query
 from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
 from hepto.gossip.identity import Identity
@@ -322,8 +322,8 @@ class ServicesTests(TestCase):
             if timer.active():
                 timer.cancel()
         service.membership.stop()
-        stopped = [service.control.stopService(), service.transport.stop()]
-        self.addCleanup(lambda: DeferredList(stopped))
+        stopped = service.transport.stop()
+        self.addCleanup(lambda: stopped)
 
     @inlineCallbacks
     def test_crashed_member_declared_dead_then_forgotten(self) -> Any:
@@ -425,12 +425,17 @@ class ServicesTests(TestCase):
 
     @inlineCallbacks
     def test_control_socket(self) -> Any:
+        """Gossip's status and publish command, as the node's control socket serves them."""
         alice = self.start("alice")
         self.start("bob", anchors=("alice",))
         yield until(alice, self.sees("alice", "bob"), "bob joins")
-        path = alice.control.path
+        path = alice.config.node_dir / SOCKET_NAME
+        control = ControlService(path, alice.status, reactor)  # type: ignore[arg-type]
+        control.commands["publish"] = alice.publish_command
+        control.startService()
+        self.addCleanup(control.stopService)
         self.assertEqual(path.stat().st_mode & 0o777, 0o600)
-        alice.control.sections["extra"] = lambda: {"answer": 42}
+        control.sections["extra"] = lambda: {"answer": 42}
         status = yield self._query(path)
         self.assertEqual({m["name"] for m in status["members"]}, {"alice", "bob"})
         bob_row = next(m for m in status["members"] if m["name"] == "bob")
@@ -570,8 +575,6 @@ class ControlSocketTests(TestCase):
     def test_path_longer_than_sun_path(self) -> Any:
         """Long cluster and node names make the path exceed 107 bytes: still served."""
         from twisted.internet.threads import deferToThread
-
-        from hepto.control import ControlService
 
         directory = Path(self.mktemp()).absolute() / ("n" * 120)
         directory.mkdir(parents=True)

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent, lone_host, program
+from hepto.control import SOCKET_NAME, query
 from netlab import wait_until
 
 
@@ -49,6 +50,19 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(event["mesh_address"], "fd79:69a7:1f53:100:588a:20:fe41:6a1")
         self.assertIn("log_level", event)
         self.assertNotIn("\x1e", agent.log_path.read_text())
+
+    def test_control_socket_speaks_for_every_service(self) -> None:
+        agent = self.start()
+        socket = agent.data_dir / "c" / "n1" / SOCKET_NAME
+        status = query(socket)
+        self.assertEqual((status["name"], status["cluster"]), ("n1", "c"))  # gossip's
+        # A section that failed would be {"error": ...} alone.
+        self.assertEqual(status["pki"]["role"], "node")
+        self.assertIn("phase", status["mesh"])
+        self.assertEqual(status["kube"]["components"], [])
+        published = query(socket, "publish", key="x-note", value="hello")
+        self.assertEqual(published["name"], "n1")
+        self.assertEqual(agent.stop(), 0)
 
 
 class StartupErrorTests(SynchronousTestCase):

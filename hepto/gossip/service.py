@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hepto.config import Endpoint, NodeConfig
-from hepto.control import SOCKET_NAME, ControlService, RequestError
+from hepto.control import RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
 from hepto.gossip.identity import IDENTITY_FILE, Pins, load_or_create
@@ -75,7 +75,7 @@ def gossip_endpoint(config: NodeConfig, if_inet6: Path = IF_INET6) -> Endpoint:
     return Endpoint(address, config.port)
 
 
-class GossipService(MultiService):
+class GossipService(Service):
     """This node's membership and replicated state; ``state`` is the ClusterState."""
 
     log = Logger(namespace="hepto.gossip")
@@ -135,9 +135,6 @@ class GossipService(MultiService):
         self.transport.receiver = self.membership.receive
         self.transport.responder = self
         self.membership.on_reap = self._reaped
-        self.control = ControlService(node_dir / SOCKET_NAME, self.status, reactor)
-        self.control.commands["publish"] = self._publish_command
-        self.control.setServiceParent(self)
         self.joined = False
         self._join_attempts = 0
         self._timers: dict[str, IDelayedCall] = {}
@@ -200,12 +197,12 @@ class GossipService(MultiService):
             self._save()
             return self.transport.stop()
 
-        def children(_: object) -> Any:
-            return MultiService.stopService(self)
+        def stopped(_: object) -> None:
+            Service.stopService(self)
 
         # The leave fires from inside Membership (once its last send went out): stop it
         # from a fresh reactor turn, never re-entering it.
-        return leaving.addBoth(lambda _: deferLater(self.reactor, 0, shut)).addBoth(children)
+        return leaving.addBoth(lambda _: deferLater(self.reactor, 0, shut)).addBoth(stopped)
 
     # Joining and anti-entropy
 
@@ -421,7 +418,7 @@ class GossipService(MultiService):
 
     # Control
 
-    def _publish_command(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+    def publish_command(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
         """``{"command": "publish", "key": "x-...", "value": ...}``: an operator's annotation.
 
         Only ``x-`` keys: every other top-level key belongs to one service.
