@@ -44,7 +44,9 @@ class NodeService(MultiService):
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self.setName("node")
-        self.gossip = GossipService(config, reactor, profile=PROFILES[config.gossip_profile])
+        self.gossip = GossipService.from_config(
+            config, reactor, profile=PROFILES[config.gossip_profile]
+        )
         self.pki = PKIService.from_config(
             config, self.gossip.state, reactor, identity=self.gossip.identity.public_key
         )

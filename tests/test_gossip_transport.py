@@ -27,8 +27,9 @@ from hepto.config import Endpoint
 from hepto.control import SOCKET_NAME, ControlError, ControlService, query
 from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
-from hepto.gossip.identity import Identity
+from hepto.gossip.identity import IDENTITY_FILE, Identity
 from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
+from hepto.gossip.persistence import SavedState
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import Notary
 from hepto.gossip.records import sign_record
@@ -238,7 +239,7 @@ class ServicesTests(TestCase):
     ) -> GossipService:
         port = port or free_port()
         anchor_ports = tuple(self.services[anchor].address.port for anchor in anchors)
-        service = GossipService(
+        service = GossipService.from_config(
             node_config(name, port, self.data_dir, key, anchor_ports),
             reactor,
             FAST,
@@ -345,7 +346,7 @@ class ServicesTests(TestCase):
     def test_join_retries_until_an_anchor_answers(self) -> Any:
         """The anchor starts after its joiner: the joiner keeps trying, then gets in."""
         anchor_port = free_port()
-        bob = GossipService(
+        bob = GossipService.from_config(
             node_config("bob", free_port(), Path(self.mktemp()), anchors=(anchor_port,)),
             reactor,
             FAST,
@@ -536,7 +537,7 @@ class MergeTests(SynchronousTestCase):
     """What a push/pull's digests set in motion, against a store that only records."""
 
     def test_records_are_fetched_from_their_owners_first(self) -> None:
-        service = GossipService(
+        service = GossipService.from_config(
             node_config("joiner", free_port(), Path(self.mktemp())), reactor, FAST
         )
         wanted: list[tuple[str, int, int]] = []
@@ -597,12 +598,28 @@ class ControlSocketTests(TestCase):
                 yield control.stopService()
 
 
+class ConstructionTests(SynchronousTestCase):
+    def test_nothing_is_read_or_made_before_from_config(self) -> None:
+        node = node_config("me", free_port(), Path(self.mktemp()))
+        node.node_dir.rmdir()
+        service = GossipService(
+            node, task.Clock(), Identity.generate(), SavedState(), Endpoint(LOOPBACK, 1), FAST
+        )
+        self.assertFalse(node.node_dir.exists())
+        self.assertEqual(service.status()["incarnation"], 1)
+        node.node_dir.mkdir(mode=0o700)
+        made = GossipService.from_config(node, task.Clock(), FAST)
+        self.assertTrue((node.node_dir / IDENTITY_FILE).exists())
+        again = GossipService.from_config(node, task.Clock(), FAST)
+        self.assertEqual(again.identity.public_key, made.identity.public_key)
+
+
 class SavingTests(SynchronousTestCase):
     """What makes the service rewrite its state file."""
 
     def setUp(self) -> None:
         self.clock = task.Clock()
-        self.service = GossipService(
+        self.service = GossipService.from_config(
             node_config("me", free_port(), Path(self.mktemp())), self.clock, FAST
         )
         # Running, as far as its timers go, without sockets.
@@ -632,7 +649,7 @@ class ProofTests(SynchronousTestCase):
     """A member taken on trust before its record is checked when the record comes."""
 
     def setUp(self) -> None:
-        self.service = GossipService(
+        self.service = GossipService.from_config(
             node_config("me", free_port(), Path(self.mktemp())), task.Clock(), FAST
         )
         # What startService does, without its sockets.

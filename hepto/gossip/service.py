@@ -27,7 +27,7 @@ from hepto.config import Endpoint, NodeConfig
 from hepto.control import RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
-from hepto.gossip.identity import IDENTITY_FILE, Pins, load_or_create
+from hepto.gossip.identity import IDENTITY_FILE, Identity, Pins, load_or_create
 from hepto.gossip.persistence import STATE_FILE, KnownMember, SavedState, StateFile
 from hepto.gossip.profile import LAN, Profile
 from hepto.gossip.proofs import Notary
@@ -84,21 +84,22 @@ class GossipService(Service):
         self,
         config: NodeConfig,
         reactor: Any,
+        identity: Identity,
+        saved: SavedState,
+        address: Endpoint,
         profile: Profile = LAN,
         rng: random.Random | None = None,
-        address: Endpoint | None = None,
     ) -> None:
+        """Gossip of ``identity`` on ``address``, resuming ``saved``; no I/O before start."""
         super().__init__()
         self.setName("gossip")
         self.config = config
         self.reactor = reactor
         self.profile = profile
         self.rng = rng or random.SystemRandom()
-        self.address = address or gossip_endpoint(config)
-        node_dir = config.node_dir
-        self.identity = load_or_create(node_dir / IDENTITY_FILE)
-        self.state_file = StateFile(node_dir / STATE_FILE)
-        saved = self.state_file.load()
+        self.address = address
+        self.identity = identity
+        self.state_file = StateFile(config.node_dir / STATE_FILE)
         self._known = saved.members
         self.drops = Drops(reactor)
         self.keyring = Keyring.from_cluster_keys(
@@ -140,6 +141,31 @@ class GossipService(Service):
         self._timers: dict[str, IDelayedCall] = {}
         self._saved_incarnation = saved.incarnation
         self._stopping = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: NodeConfig,
+        reactor: Any,
+        profile: Profile = LAN,
+        rng: random.Random | None = None,
+        address: Endpoint | None = None,
+    ) -> GossipService:
+        """Gossip as the node's directory and interface have it: reads (and on a first
+        start makes) the identity, reads the saved state, finds the address if not given.
+
+        Call it when the node starts, not when it is configured.
+        """
+        node_dir = config.node_dir
+        return cls(
+            config,
+            reactor,
+            identity=load_or_create(node_dir / IDENTITY_FILE),
+            saved=StateFile(node_dir / STATE_FILE).load(),
+            address=address or gossip_endpoint(config),
+            profile=profile,
+            rng=rng,
+        )
 
     @property
     def state(self) -> RecordStore:
