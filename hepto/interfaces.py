@@ -88,4 +88,8 @@ def choose_public(
 
 def public_address(interface: str, if_inet6: Path = IF_INET6) -> ipaddress.IPv6Address | None:
     """The public address of ``interface`` by the module's rule; None while it has none."""
-    return choose_public(parse_if_inet6(if_inet6.read_text()), interface)
+    try:
+        text = if_inet6.read_text()
+    except FileNotFoundError:
+        return None  # A kernel booted with ipv6.disable=1: no address, ever.
+    return choose_public(parse_if_inet6(text), interface)

@@ -82,6 +82,9 @@ class RuleTests(SynchronousTestCase):
         temporary_only = [line for line in RECORDED.splitlines() if line.endswith(" 01     eth0")]
         self.assertIsNone(choose_public(parse_if_inet6("\n".join(temporary_only)), "eth0"))
 
+    def test_none_without_ipv6(self) -> None:
+        self.assertIsNone(public_address("eth0", Path(self.mktemp())))
+
     def test_lines_of_another_shape_are_skipped(self) -> None:
         self.assertEqual(
             parse_if_inet6("garbage\n\n" + RECORDED.splitlines()[1]),
