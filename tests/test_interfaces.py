@@ -151,6 +151,11 @@ class NamespaceTests(SynchronousTestCase):
             if info["scope"] == "global"
         }
 
+    def both_slaac_addresses(self) -> dict[ipaddress.IPv6Address, list[str]] | None:
+        """:meth:`addresses` once the stable and temporary ones joined the two we added."""
+        found = self.addresses()
+        return found if len(found) == 4 else None
+
     def advertise(self, prefix: ipaddress.IPv6Network) -> None:
         """A router advertisement from ``b``: no default route, one autonomous prefix."""
         index = int(self.router.run(["cat", "/sys/class/net/eth0/ifindex"]).stdout)
@@ -192,11 +197,7 @@ class NamespaceTests(SynchronousTestCase):
             ]
         )
         self.advertise(self.PREFIX)
-        kinds = netlab.wait_until(
-            lambda: (lambda found: found if len(found) == 4 else None)(self.addresses()),
-            10,
-            what="a SLAAC and a temporary address",
-        )
+        kinds = netlab.wait_until(self.both_slaac_addresses, 10, what="the SLAAC addresses")
         (slaac,) = (address for address, words in kinds.items() if "mngtmpaddr" in words)
         (temporary,) = (address for address, words in kinds.items() if "temporary" in words)
         self.assertEqual(
