@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -12,24 +13,36 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
+from hepto import datadir
 from hepto.config import NodeConfig
+from hepto.control import SOCKET_NAME, ControlService
 from hepto.errors import StartupError
 from hepto.gossip.profile import PROFILES
 from hepto.gossip.service import GossipService
 from hepto.kube.service import KubeService
 from hepto.logs import json_lines_observer
-from hepto.mesh.service import mesh_service
+from hepto.mesh.service import MeshService, mesh_service
 from hepto.pki.service import PKIService
 
 
 class NodeService(MultiService):
     """A hepto node of one role; the services of the later layers are its children.
 
+    Made, it only holds its configuration: as Twisted's own services do, it does its I/O
+    when it starts.  ``privilegedStartService`` (which twistd calls after it has forked
+    into the background, before ``startService``) prepares the node's directory, then
+    makes the children, which read their keys and state and open their sockets.
+
     The manhole's namespace holds this object as ``node``: every part is reachable
     from it by name (``node.getServiceNamed("gossip")``).
     """
 
     log = Logger()
+    control: ControlService
+    gossip: GossipService
+    pki: PKIService
+    mesh: MeshService
+    kube: KubeService
 
     def __init__(
         self,
@@ -42,16 +55,33 @@ class NodeService(MultiService):
         self.config = config
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
+        self._prepared = False
         self.setName("node")
-        # The first child: started before the services that read the cluster state, and
-        # asked to stop (a graceful leave) after them.
-        self.gossip = GossipService(config, reactor, profile=PROFILES[config.gossip_profile])
-        self.gossip.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        self._prepare()
+        super().privilegedStartService()
+
+    def _prepare(self) -> None:
+        """The node's directory, then the children; once."""
+        if self._prepared:
+            return
+        try:
+            prepare_node_dir(self.config.node_dir)
+            self._make_children()
+        except StartupError as error:
+            # Raised before the reactor runs: twistd would print a traceback and go on.
+            raise SystemExit(f"hepto: {error}") from None
+        self._prepared = True
+
+    def _make_children(self) -> None:
+        config, reactor = self.config, self.reactor
+        self.gossip = GossipService.from_config(
+            config, reactor, profile=PROFILES[config.gossip_profile]
+        )
         self.pki = PKIService.from_config(
             config, self.gossip.state, reactor, identity=self.gossip.identity.public_key
         )
-        self.pki.setServiceParent(self)
-        self.gossip.control.sections["pki"] = self.pki.status
         self.mesh = mesh_service(
             config,
             self.gossip.state,
@@ -59,19 +89,30 @@ class NodeService(MultiService):
             self.gossip.identity.signing_key,
             masters=self.pki,
         )
-        self.mesh.setServiceParent(self)
-        self.gossip.control.sections["mesh"] = self.mesh.status
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state
         )
-        self.kube.setServiceParent(self)
-        self.gossip.control.sections["kube"] = self.kube.status
+        self.control = self._control_socket()
+        # Children start in this order and stop in the reverse one (stopService below):
+        # the control socket answers until the end; gossip comes up before the services
+        # that read the cluster state, and leaves after them.
+        for service in (self.control, self.gossip, self.pki, self.mesh, self.kube):
+            service.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service
 
             manhole_service(
                 reactor, config.manhole, config.node_dir, self.namespace
             ).setServiceParent(self)
+
+    def _control_socket(self) -> ControlService:
+        """``hepto status``: gossip's view at the top, every other service's in its section."""
+        control = ControlService(
+            self.config.node_dir / SOCKET_NAME, self.gossip.status, self.reactor
+        )
+        control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
+        control.commands["publish"] = self.gossip.publish_command
+        return control
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd asks the Application for an ILogObserver before its --logfile default;
@@ -87,6 +128,7 @@ class NodeService(MultiService):
             role=self.config.role,
             **self.config.plan.as_dict(),
         )
+        self._prepare()  # if nobody called privilegedStartService, as Twisted's servers allow
         try:
             super().startService()
         except (StartupError, CannotListenError) as error:
@@ -131,3 +173,14 @@ class NodeService(MultiService):
                 yield maybeDeferred(child.stopService)
             except Exception:
                 self.log.failure("{service} failed to stop", service=child.name)
+
+
+def prepare_node_dir(path: Path) -> None:
+    """Make the node's directory (0700, parents 0755), or refuse one a local user could swap."""
+    try:
+        datadir.prepare_node_dir(path)
+    except datadir.UnsafePath as error:
+        raise StartupError(f"--data-dir: {error}") from None
+    except OSError as error:
+        where = error.filename or path
+        raise StartupError(f"--data-dir: cannot create {where}: {error.strerror}") from None

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from hepto import config, datadir
+from hepto import config
 from hepto.config import ConfigError, NodeConfig, env_name
-from hepto.errors import StartupError
 
 _REPEATABLE = ("anchor", "dns")
 _TRUE = ("1", "true", "yes", "on")
@@ -201,21 +199,9 @@ def options_to_config(options: usage.Options, environ: dict[str, str] | None = N
         from hepto.kube.service import check_programs
 
         check_programs(node_config)
-        prepare_node_dir(node_config.node_dir)
     except ConfigError as error:
         raise usage.UsageError(str(error)) from None
     return node_config
-
-
-def prepare_node_dir(path: Path) -> None:
-    """Make the node's directory (0700, parents 0755), or refuse one a local user could swap."""
-    try:
-        datadir.prepare_node_dir(path)
-    except datadir.UnsafePath as error:
-        raise ConfigError("data-dir", str(error)) from None
-    except OSError as error:
-        where = error.filename or path
-        raise ConfigError("data-dir", f"cannot create {where}: {error.strerror}") from None
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
@@ -227,7 +213,5 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = default_reactor
     assert options.config is not None
     assert reactor is not None
-    try:
-        return NodeService(options.config, reactor, exit_cleanly_on_signals=True)
-    except StartupError as error:
-        raise SystemExit(f"hepto: {error}") from None
+    # Nothing read or made yet: the node does its I/O when it starts.
+    return NodeService(options.config, reactor, exit_cleanly_on_signals=True)

@@ -56,6 +56,7 @@ _AGENT = textwrap.dedent(
         "--components=none",
     ])
     node = makeService(options, reactor)
+    node.privilegedStartService()  # as twistd does: the node makes its services
     # The mesh's first choice, as its start tries it: the kernel's WireGuard.
     kernel = node.mesh._backend_factories[0]()
     failures = []

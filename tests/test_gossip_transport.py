@@ -15,7 +15,7 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
@@ -24,11 +24,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from agent import free_port
 from hepto import config
 from hepto.config import Endpoint
-from hepto.control import ControlError, query
+from hepto.control import SOCKET_NAME, ControlError, ControlService, query
 from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
-from hepto.gossip.identity import Identity
+from hepto.gossip.identity import IDENTITY_FILE, Identity
 from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
+from hepto.gossip.persistence import SavedState
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import Notary
 from hepto.gossip.records import sign_record
@@ -238,7 +239,7 @@ class ServicesTests(TestCase):
     ) -> GossipService:
         port = port or free_port()
         anchor_ports = tuple(self.services[anchor].address.port for anchor in anchors)
-        service = GossipService(
+        service = GossipService.from_config(
             node_config(name, port, self.data_dir, key, anchor_ports),
             reactor,
             FAST,
@@ -322,8 +323,8 @@ class ServicesTests(TestCase):
             if timer.active():
                 timer.cancel()
         service.membership.stop()
-        stopped = [service.control.stopService(), service.transport.stop()]
-        self.addCleanup(lambda: DeferredList(stopped))
+        stopped = service.transport.stop()
+        self.addCleanup(lambda: stopped)
 
     @inlineCallbacks
     def test_crashed_member_declared_dead_then_forgotten(self) -> Any:
@@ -345,7 +346,7 @@ class ServicesTests(TestCase):
     def test_join_retries_until_an_anchor_answers(self) -> Any:
         """The anchor starts after its joiner: the joiner keeps trying, then gets in."""
         anchor_port = free_port()
-        bob = GossipService(
+        bob = GossipService.from_config(
             node_config("bob", free_port(), Path(self.mktemp()), anchors=(anchor_port,)),
             reactor,
             FAST,
@@ -425,12 +426,17 @@ class ServicesTests(TestCase):
 
     @inlineCallbacks
     def test_control_socket(self) -> Any:
+        """Gossip's status and publish command, as the node's control socket serves them."""
         alice = self.start("alice")
         self.start("bob", anchors=("alice",))
         yield until(alice, self.sees("alice", "bob"), "bob joins")
-        path = alice.control.path
+        path = alice.config.node_dir / SOCKET_NAME
+        control = ControlService(path, alice.status, reactor)  # type: ignore[arg-type]
+        control.commands["publish"] = alice.publish_command
+        control.startService()
+        self.addCleanup(control.stopService)
         self.assertEqual(path.stat().st_mode & 0o777, 0o600)
-        alice.control.sections["extra"] = lambda: {"answer": 42}
+        control.sections["extra"] = lambda: {"answer": 42}
         status = yield self._query(path)
         self.assertEqual({m["name"] for m in status["members"]}, {"alice", "bob"})
         bob_row = next(m for m in status["members"] if m["name"] == "bob")
@@ -531,7 +537,7 @@ class MergeTests(SynchronousTestCase):
     """What a push/pull's digests set in motion, against a store that only records."""
 
     def test_records_are_fetched_from_their_owners_first(self) -> None:
-        service = GossipService(
+        service = GossipService.from_config(
             node_config("joiner", free_port(), Path(self.mktemp())), reactor, FAST
         )
         wanted: list[tuple[str, int, int]] = []
@@ -571,8 +577,6 @@ class ControlSocketTests(TestCase):
         """Long cluster and node names make the path exceed 107 bytes: still served."""
         from twisted.internet.threads import deferToThread
 
-        from hepto.control import ControlService
-
         directory = Path(self.mktemp()).absolute() / ("n" * 120)
         directory.mkdir(parents=True)
         path = directory / "control.sock"
@@ -594,12 +598,28 @@ class ControlSocketTests(TestCase):
                 yield control.stopService()
 
 
+class ConstructionTests(SynchronousTestCase):
+    def test_nothing_is_read_or_made_before_from_config(self) -> None:
+        node = node_config("me", free_port(), Path(self.mktemp()))
+        node.node_dir.rmdir()
+        service = GossipService(
+            node, task.Clock(), Identity.generate(), SavedState(), Endpoint(LOOPBACK, 1), FAST
+        )
+        self.assertFalse(node.node_dir.exists())
+        self.assertEqual(service.status()["incarnation"], 1)
+        node.node_dir.mkdir(mode=0o700)
+        made = GossipService.from_config(node, task.Clock(), FAST)
+        self.assertTrue((node.node_dir / IDENTITY_FILE).exists())
+        again = GossipService.from_config(node, task.Clock(), FAST)
+        self.assertEqual(again.identity.public_key, made.identity.public_key)
+
+
 class SavingTests(SynchronousTestCase):
     """What makes the service rewrite its state file."""
 
     def setUp(self) -> None:
         self.clock = task.Clock()
-        self.service = GossipService(
+        self.service = GossipService.from_config(
             node_config("me", free_port(), Path(self.mktemp())), self.clock, FAST
         )
         # Running, as far as its timers go, without sockets.
@@ -629,7 +649,7 @@ class ProofTests(SynchronousTestCase):
     """A member taken on trust before its record is checked when the record comes."""
 
     def setUp(self) -> None:
-        self.service = GossipService(
+        self.service = GossipService.from_config(
             node_config("me", free_port(), Path(self.mktemp())), task.Clock(), FAST
         )
         # What startService does, without its sockets.

@@ -41,7 +41,7 @@ raw = {"cluster": cluster, "key": key, "name": name, "role": "node", "ip": ip,
        "data-dir": data_dir}
 config = parse_node_config(raw, {"anchor": [anchor]}, {"no-contain": True})
 config.node_dir.mkdir(mode=0o700, parents=True)
-gossip = GossipService(config, reactor)
+gossip = GossipService.from_config(config, reactor)
 gossip.startService()
 
 def publish():

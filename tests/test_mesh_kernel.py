@@ -19,7 +19,7 @@ from hepto.config import Endpoint
 from hepto.mesh.backend import AddPeer, BackendUnavailable, PeerSpec, RemovePeer, UpdatePeer
 from hepto.mesh.kernel import KernelBackend, parse_info, peer_request, pyroute2_wireguard
 from hepto.mesh.keys import KeyPair
-from hepto.mesh.links import Links, global_address, interface_with, link_mtu
+from hepto.mesh.links import Links, interface_with, link_mtu
 from hepto.mesh.rtnetlink import NetlinkError
 from hepto.mesh.testing import FakeRtNetlink, FakeWireGuard
 
@@ -200,13 +200,8 @@ class UnderlayTests(SynchronousTestCase):
         eth = self.ipr.make_link("eth0", mtu=1400)
         self.ipr.addresses += [
             (eth.index, "fe80::1", 64, 0x80),
-            (eth.index, "2001:db8::5", 64, 0x40),  # tentative
             (eth.index, "2001:db8::6", 64, 0x80),
         ]
-
-    def test_first_usable_global_address(self) -> None:
-        self.assertEqual(global_address(self.ipr, "eth0"), ipaddress.IPv6Address("2001:db8::6"))
-        self.assertIsNone(global_address(self.ipr, "eth9"))
 
     def test_interface_and_mtu_of_an_address(self) -> None:
         self.assertEqual(interface_with(self.ipr, ipaddress.IPv6Address("2001:db8::6")), "eth0")

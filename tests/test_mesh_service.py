@@ -432,12 +432,14 @@ class WiringTests(SynchronousTestCase):
 
     def test_underlay_from_iface(self) -> None:
         config = node_config(self.data, iface="eth0")
+        if_inet6 = Path(self.mktemp())
+        if_inet6.write_text("20010db8000000000000000000000006 02 40 00 80     eth0\n")
         self.assertEqual(
-            find_underlay(self.ipr, config),
+            find_underlay(self.ipr, config, if_inet6),
             Underlay(ipaddress.IPv6Address("2001:db8::6"), 1400),
         )
-        self.ipr.addresses.clear()
-        self.assertIsNone(find_underlay(self.ipr, config), "no address yet")
+        if_inet6.write_text("fe80000000000000000000000000000a 02 40 20 80     eth0\n")
+        self.assertIsNone(find_underlay(self.ipr, config, if_inet6), "no address yet")
 
     def test_underlay_address_on_no_link_assumes_ethernet(self) -> None:
         config = node_config(self.data, ip="2001:db8::99/64")

@@ -10,9 +10,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent, lone_host, program
+from hepto.control import SOCKET_NAME, query
+from hepto.tap import Options, makeService
 from netlab import wait_until
 
 
@@ -49,6 +52,67 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(event["mesh_address"], "fd79:69a7:1f53:100:588a:20:fe41:6a1")
         self.assertIn("log_level", event)
         self.assertNotIn("\x1e", agent.log_path.read_text())
+
+    def test_control_socket_speaks_for_every_service(self) -> None:
+        agent = self.start()
+        socket = agent.data_dir / "c" / "n1" / SOCKET_NAME
+        status = query(socket)
+        self.assertEqual((status["name"], status["cluster"]), ("n1", "c"))  # gossip's
+        # A section that failed would be {"error": ...} alone.
+        self.assertEqual(status["pki"]["role"], "node")
+        self.assertIn("phase", status["mesh"])
+        self.assertEqual(status["kube"]["components"], [])
+        published = query(socket, "publish", key="x-note", value="hello")
+        self.assertEqual(published["name"], "n1")
+        self.assertEqual(agent.stop(), 0)
+
+
+class PreparationTests(SynchronousTestCase):
+    """Made, a node has read and made nothing; it does so as it starts, as twistd starts it."""
+
+    def setUp(self) -> None:
+        self.data_dir = Path(self.mktemp()).absolute()
+        self.data_dir.mkdir()
+
+    def node(self, data_dir: Path) -> Any:
+        options = Options()
+        options.parseOptions(
+            ["--cluster", "c", "--name", "n1", "--key", KEY, "--no-contain",
+             "--ip", "2001:db8::1/64", "--components", "none", "--data-dir", str(data_dir)]
+        )  # fmt: skip
+        return makeService(options, reactor)
+
+    def test_nothing_is_made_before_the_start(self) -> None:
+        node = self.node(self.data_dir)
+        node_dir = self.data_dir / "c" / "n1"
+        self.assertEqual((list(self.data_dir.iterdir()), list(node)), ([], []))
+        node.privilegedStartService()
+        self.addCleanup(node.mesh.links.rt.close)
+        self.assertEqual(node_dir.stat().st_mode & 0o777, 0o700)
+        self.assertTrue((node_dir / "identity.key").exists())
+        self.assertEqual(
+            [service.name for service in node], ["control", "gossip", "pki", "mesh", "kube"]
+        )
+
+    def test_data_dir_unusable(self) -> None:
+        blocker = self.data_dir / "file"
+        blocker.write_text("")
+        node = self.node(blocker)
+        error = self.assertRaises(SystemExit, node.privilegedStartService)
+        self.assertIn("hepto: --data-dir: cannot create", str(error))
+
+    def test_data_dir_others_could_swap(self) -> None:
+        # The whole check is hepto.datadir's (tests/test_datadir.py); here, its report.
+        unsafe = self.data_dir / "unsafe"
+        unsafe.mkdir()
+        unsafe.chmod(0o777)
+        node = self.node(unsafe)
+        error = self.assertRaises(SystemExit, node.privilegedStartService)
+        self.assertIn(
+            f"hepto: --data-dir: {unsafe} is writable by group or others without the sticky bit",
+            str(error),
+        )
+        self.assertEqual(list(unsafe.iterdir()), [])
 
 
 class StartupErrorTests(SynchronousTestCase):

@@ -10,14 +10,13 @@ partition merges again.  Stopping it announces a graceful leave first.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
@@ -26,10 +25,10 @@ from twisted.python.failure import Failure
 
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
-from hepto.control import SOCKET_NAME, ControlService, RequestError
+from hepto.control import RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
-from hepto.gossip.identity import IDENTITY_FILE, Pins, load_or_create
+from hepto.gossip.identity import IDENTITY_FILE, Identity, Pins, load_or_create
 from hepto.gossip.persistence import STATE_FILE, KnownMember, SavedState, StateFile
 from hepto.gossip.profile import LAN, Profile
 from hepto.gossip.proofs import Notary
@@ -46,6 +45,7 @@ from hepto.gossip.streams import (
 )
 from hepto.gossip.swim import Membership, MemberState
 from hepto.gossip.transport import GossipTransport
+from hepto.interfaces import IF_INET6, public_address
 from hepto.state import ALIVE, DEAD, Change
 
 #: Retries of a join nobody answered, from one second doubling up to a minute: a cluster
@@ -64,21 +64,18 @@ class GossipError(StartupError):
     """Gossip cannot start; the message says why."""
 
 
-def gossip_endpoint(config: NodeConfig, if_inet6: Path = Path("/proc/net/if_inet6")) -> Endpoint:
-    """Where this node gossips: its ``--ip``, else the global address of ``--iface``."""
+def gossip_endpoint(config: NodeConfig, if_inet6: Path = IF_INET6) -> Endpoint:
+    """Where this node gossips: its ``--ip``, else the public address of ``--iface``."""
     if config.ip is not None:
         return Endpoint(config.ip.ip, config.port)
-    # Skip tentative, deprecated and failed addresses: peers could not reach them.
-    unusable = 0x08 | 0x20 | 0x40
-    for line in if_inet6.read_text().splitlines():
-        fields = line.split()
-        usable = len(fields) == 6 and not int(fields[4], 16) & unusable
-        if usable and fields[5] == config.iface and fields[3] == "00":
-            return Endpoint(ipaddress.IPv6Address(int(fields[0], 16)), config.port)
-    raise GossipError(f"--iface {config.iface} has no usable global IPv6 address to gossip on")
+    assert config.iface is not None  # NodeConfig wants one of them
+    address = public_address(config.iface, if_inet6)
+    if address is None:
+        raise GossipError(f"--iface {config.iface} has no usable global IPv6 address to gossip on")
+    return Endpoint(address, config.port)
 
 
-class GossipService(MultiService):
+class GossipService(Service):
     """This node's membership and replicated state; ``state`` is the ClusterState."""
 
     log = Logger(namespace="hepto.gossip")
@@ -87,21 +84,22 @@ class GossipService(MultiService):
         self,
         config: NodeConfig,
         reactor: Any,
+        identity: Identity,
+        saved: SavedState,
+        address: Endpoint,
         profile: Profile = LAN,
         rng: random.Random | None = None,
-        address: Endpoint | None = None,
     ) -> None:
+        """Gossip of ``identity`` on ``address``, resuming ``saved``; no I/O before start."""
         super().__init__()
         self.setName("gossip")
         self.config = config
         self.reactor = reactor
         self.profile = profile
         self.rng = rng or random.SystemRandom()
-        self.address = address or gossip_endpoint(config)
-        node_dir = config.node_dir
-        self.identity = load_or_create(node_dir / IDENTITY_FILE)
-        self.state_file = StateFile(node_dir / STATE_FILE)
-        saved = self.state_file.load()
+        self.address = address
+        self.identity = identity
+        self.state_file = StateFile(config.node_dir / STATE_FILE)
         self._known = saved.members
         self.drops = Drops(reactor)
         self.keyring = Keyring.from_cluster_keys(
@@ -138,14 +136,36 @@ class GossipService(MultiService):
         self.transport.receiver = self.membership.receive
         self.transport.responder = self
         self.membership.on_reap = self._reaped
-        self.control = ControlService(node_dir / SOCKET_NAME, self.status, reactor)
-        self.control.commands["publish"] = self._publish_command
-        self.control.setServiceParent(self)
         self.joined = False
         self._join_retries = Backoff(JOIN_RETRY)
         self._timers: dict[str, IDelayedCall] = {}
         self._saved_incarnation = saved.incarnation
         self._stopping = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: NodeConfig,
+        reactor: Any,
+        profile: Profile = LAN,
+        rng: random.Random | None = None,
+        address: Endpoint | None = None,
+    ) -> GossipService:
+        """Gossip as the node's directory and interface have it: reads (and on a first
+        start makes) the identity, reads the saved state, finds the address if not given.
+
+        Call it when the node starts, not when it is configured.
+        """
+        node_dir = config.node_dir
+        return cls(
+            config,
+            reactor,
+            identity=load_or_create(node_dir / IDENTITY_FILE),
+            saved=StateFile(node_dir / STATE_FILE).load(),
+            address=address or gossip_endpoint(config),
+            profile=profile,
+            rng=rng,
+        )
 
     @property
     def state(self) -> RecordStore:
@@ -203,12 +223,12 @@ class GossipService(MultiService):
             self._save()
             return self.transport.stop()
 
-        def children(_: object) -> Any:
-            return MultiService.stopService(self)
+        def stopped(_: object) -> None:
+            Service.stopService(self)
 
         # The leave fires from inside Membership (once its last send went out): stop it
         # from a fresh reactor turn, never re-entering it.
-        return leaving.addBoth(lambda _: deferLater(self.reactor, 0, shut)).addBoth(children)
+        return leaving.addBoth(lambda _: deferLater(self.reactor, 0, shut)).addBoth(stopped)
 
     # Joining and anti-entropy
 
@@ -423,7 +443,7 @@ class GossipService(MultiService):
 
     # Control
 
-    def _publish_command(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+    def publish_command(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
         """``{"command": "publish", "key": "x-...", "value": ...}``: an operator's annotation.
 
         Only ``x-`` keys: every other top-level key belongs to one service.

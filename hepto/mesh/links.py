@@ -19,9 +19,6 @@ from hepto.mesh.reconcile import plan_set
 from hepto.mesh.rtnetlink import MAIN_TABLE, RTPROT_KERNEL, Netlink
 
 IFA_F_NODAD: Final = 0x02
-#: Addresses peers cannot rely on: IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_SECONDARY
-#: (which IPv6 uses for temporary addresses).
-_UNUSABLE: Final = 0x40 | 0x20 | 0x01
 
 
 class LinkMissing(Exception):
@@ -108,25 +105,4 @@ def interface_with(rt: Netlink, address: ipaddress.IPv6Address) -> str | None:
         if entry.address == address:
             link = rt.link_by_index(entry.index)
             return None if link is None else link.name
-    return None
-
-
-def global_address(rt: Netlink, interface: str) -> ipaddress.IPv6Address | None:
-    """The first global unicast IPv6 address of ``interface`` (scope universe, usable).
-
-    Tentative (still in duplicate address detection) and deprecated addresses are
-    skipped: peers must be able to reach the address now and later.
-    """
-    link = rt.link(interface)
-    if link is None:
-        return None
-    for entry in rt.get_addresses(AF_INET6, link.index):
-        address = entry.address
-        if (
-            isinstance(address, ipaddress.IPv6Address)
-            and entry.scope == 0
-            and not entry.flags & _UNUSABLE
-            and not address.is_link_local
-        ):
-            return address
     return None

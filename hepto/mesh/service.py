@@ -19,6 +19,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import attrs
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
+from hepto.interfaces import IF_INET6, public_address
 from hepto.machine import Transitions
 from hepto.mesh import links as netlink
 from hepto.mesh import record
@@ -636,14 +638,14 @@ class MeshError(Exception):
     """The mesh cannot run; ``str()`` says why in one sentence."""
 
 
-def find_underlay(rt: Netlink, config: NodeConfig) -> Underlay | None:
-    """The node's public address (``--ip``, else ``--iface``'s first global one) and MTU."""
+def find_underlay(rt: Netlink, config: NodeConfig, if_inet6: Path = IF_INET6) -> Underlay | None:
+    """The node's public address (``--ip``, else ``--iface``'s, as gossip's) and MTU."""
     if config.ip is not None:
         address: ipaddress.IPv6Address | None = config.ip.ip
         assert address is not None
         interface = config.iface or netlink.interface_with(rt, address)
     elif config.iface is not None:
-        address = netlink.global_address(rt, config.iface)
+        address = public_address(config.iface, if_inet6)
         interface = config.iface
     else:
         return None
