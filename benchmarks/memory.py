@@ -245,6 +245,9 @@ class Variant:
     go: Mapping[str, GoMemory] | None = None
     #: containerd plugins disabled on top of ``hepto.kube.containerd.DISABLED_PLUGINS``.
     disabled_plugins: tuple[str, ...] = ()
+    #: The bin dir to run the node from, in place of ``--bin-dir`` (``--variant-bin-dir``:
+    #: another build of the bundle).
+    bin_dir: Path | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -323,12 +326,13 @@ def combined_variant(names: str) -> Variant:
     """The variants of :data:`VARIANTS` named in ``names``, joined by ``+``, as one.
 
     Flags and disabled plugins add up; GODEBUG values are joined with commas; the last
-    Go settings given win.
+    Go settings and bin dir given win.
     """
     flags: dict[str, tuple[str, ...]] = {}
     env: dict[str, dict[str, str]] = {}
     go: Mapping[str, GoMemory] | None = None
     plugins: tuple[str, ...] = ()
+    bin_dir: Path | None = None
     for name in names.split("+"):
         variant = VARIANTS[name]
         for component, more in variant.flags.items():
@@ -340,7 +344,8 @@ def combined_variant(names: str) -> Variant:
                 mine[key] = f"{mine[key]},{value}" if joined else value
         go = variant.go if variant.go is not None else go
         plugins = (*plugins, *variant.disabled_plugins)
-    return Variant(flags, env, go, plugins)
+        bin_dir = variant.bin_dir if variant.bin_dir is not None else bin_dir
+    return Variant(flags, env, go, plugins, bin_dir)
 
 
 @attrs.frozen
@@ -602,10 +607,23 @@ def measure(
     return footprints, cpu
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def neighbours(mine: Iterable[int]) -> dict[str, int]:
-    """Other processes sharing files with ours, which lowers our PSS: per kind."""
+    """Other processes sharing files with ours, which lowers our PSS: per kind.
+
+    ``hepto-bundle``: every other process of a ``hepto-bundle``; ``same bundle``: those
+    of them running the very file ours run (another build, or a copy, shares no page).
+    """
     ours = set(mine)
-    counts = {"python": 0, "hepto-bundle": 0}
+    our_files = {_file_id(Path(f"/proc/{pid}/exe")) for pid in ours} - {None}
+    counts = {"python": 0, "hepto-bundle": 0, "same bundle": 0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in ours:
             continue
@@ -617,6 +635,7 @@ def neighbours(mine: Iterable[int]) -> dict[str, int]:
             counts["python"] += 1
         elif Path(exe).name == "hepto-bundle":
             counts["hepto-bundle"] += 1
+            counts["same bundle"] += _file_id(entry / "exe") in our_files
     return counts
 
 
@@ -1078,12 +1097,13 @@ class Bench:
         started through the launcher; None: plain ``twistd``, hepto as it is.
         """
         label = "" if variant is None else f", variant {variant} (run {run + 1})"
-        print(f"A full node from {bin_dir}, {_pod_words(with_pod)}{label}", flush=True)
         directory = self.directory / ("full" if variant is None else f"full-{variant}-{run}")
         launch = Launch()
         if variant is not None:
             chosen = combined_variant(variant)
             launch = Launch(go_settings=chosen.go, variant=chosen)
+            bin_dir = chosen.bin_dir or bin_dir
+        print(f"A full node from {bin_dir}, {_pod_words(with_pod)}{label}", flush=True)
         agent = Agent.start(
             self.host(f"f{len(self.lab.hosts)}"), "hxfull", "full", directory,
             [f"--bin-dir={bin_dir}"], launch, images=[self.busybox_archive(directory)],
@@ -1101,6 +1121,7 @@ class Bench:
         finally:
             exit_code = agent.stop()
         figures = node_figures(*measured, with_pod, ready_after, exit_code)
+        figures["bin_dir"] = str(bin_dir)
         if go_runtime is not None:
             figures["go_runtime"] = go_runtime
         self.results["full"] = figures
@@ -1365,14 +1386,16 @@ def variants_table(results: Mapping[str, Any]) -> None:
                 f"{figures['issue_11_union_kib'] / 1024:.1f}",
                 f"{total['cpu_percent']:.1f}",
                 f"{processes.get('kube-apiserver', {}).get('cpu_percent', 0.0):.1f}",
-                str(figures["neighbours"].get("hepto-bundle", 0)),
+                f"{figures['neighbours'].get('same bundle', '?')}/"
+                f"{figures['neighbours'].get('hepto-bundle', 0)}",
             ]
             rows.append((f"{variant} #{index + 1}", *cells))
     header = [short.get(name, name) for name in names]
     table(["variant", *header, "sum", "anon", "union", "cpu", "api cpu", "others"], rows)
     print(
-        "  others: processes of hepto-bundle outside the node; each lowers the node's PSS "
-        "(not its anonymous memory nor the union): compare PSS between runs with none",
+        "  others: processes of hepto-bundle outside the node running the same file as the "
+        "node's / any; each of the former lowers the node's PSS (not its anonymous memory nor "
+        "the union): compare PSS between runs with none",
         flush=True,
     )
 
@@ -1434,6 +1457,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{', '.join(VARIANTS)}; every agent through the same launcher",
     )
     parser.add_argument(
+        "--variant-bin-dir",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="add to --variants' choices a variant NAME: hepto as it is, run from the bin dir "
+        "DIR (another build of the bundle) instead of --bin-dir; repeatable",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -1447,6 +1478,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
+    for given in args.variant_bin_dir:
+        name, _, directory = given.partition("=")
+        if not name or not directory or "+" in name or "," in name:
+            parser.error(f"--variant-bin-dir {given}: not NAME=DIR")
+        if name in VARIANTS:
+            parser.error(f"--variant-bin-dir {given}: {name} is a variant already")
+        if not (Path(directory) / "hepto-bundle").exists():
+            parser.error(f"--variant-bin-dir {given}: no hepto-bundle in {directory}")
+        VARIANTS[name] = Variant(bin_dir=Path(directory))
     unknown = set(args.settings.split(",")) - set(SETTINGS)
     if unknown:
         parser.error(f"unknown settings: {', '.join(sorted(unknown))}")
