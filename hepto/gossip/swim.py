@@ -12,6 +12,9 @@ to ping the target for it (they ack, or nack so that our Lifeguard knows they ar
 and tries a TCP ping in parallel; a target none of these confirms by the end of the
 interval is suspected.  A suspected member that hears of it refutes by raising its
 incarnation; one that cannot for the suspicion timeout is declared dead.
+The probes themselves (pings, ping-reqs, acks, nacks and the relays we run for
+others) are :class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the
+targets and decides what an unanswered probe means.
 
 Dissemination: membership news (alive, suspect, dead) and record digests are queued
 in a :class:`~hepto.gossip.broadcast.BroadcastQueue` and piggybacked on every datagram
@@ -54,10 +57,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
@@ -76,6 +78,7 @@ from hepto.gossip.messages import (
     PingReq,
     Suspect,
 )
+from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
 from hepto.gossip.suspicion import Suspicion
@@ -84,8 +87,6 @@ from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 INCARNATION_CEILING: Final = 2**48
 INCARNATION_SLACK: Final = 1024
-#: Ping-req relays in flight at once: a flood of ping-reqs must not make us a reflector.
-MAX_RELAYS: Final = 256
 #: Seconds between two log lines about drops of the same reason.
 DROP_LOG_INTERVAL: Final = 60.0
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
@@ -99,7 +100,6 @@ LAST_LOOK_PROBES: Final = 3
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
 #: chance to miss (about N * exp(-2L * (1 - loss))).
 DIGEST_WEIGHT: Final = 2
-_SEQ_MODULO: Final = 2**32
 _FRAME_BUDGET: Final = MAX_PLAINTEXT - HEADER_SIZE
 _PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
 
@@ -117,33 +117,6 @@ class Network(Protocol):
 Observer = Callable[[MemberState | None, MemberState], None]
 DigestHandler = Callable[[MemberState, str, int], None]
 ReapHandler = Callable[[MemberState], None]
-
-
-@attrs.define(eq=False)
-class _Probe:
-    target: MemberState
-    seq: int
-    timer: IDelayedCall | None = None
-    helpers: frozenset[str] = frozenset()
-    nacks: set[str] = attrs.field(factory=set)
-    stream: Deferred[bool] | None = None
-
-    @property
-    def indirect(self) -> bool:
-        return self.timer is None
-
-
-@attrs.define(eq=False)
-class _Relay:
-    requester: Endpoint
-    #: The requester's sequence number, which our ack or nack must carry back.
-    seq: int
-    target: str
-    #: Ours, on the ping we send the target.
-    local_seq: int
-    #: When to nack, and when to stop listening for the target's ack.
-    timer: IDelayedCall | None = None
-    expiry: IDelayedCall | None = None
 
 
 class Membership:
@@ -188,9 +161,19 @@ class Membership:
         #: Suspects that answered a probe of ours during their suspicion.
         self._answering: set[str] = set()
         self._departed: dict[str, float] = dict(base.departed)
-        self._waiting: dict[int, _Probe | _Relay] = {}
-        self._probe: _Probe | None = None
-        self._seq = rng.randrange(_SEQ_MODULO)
+        self._prober = Prober(
+            name,
+            clock,
+            profile,
+            self._awareness,
+            rng,
+            send=self._send,
+            ping_stream=network.ping_stream,
+            random_members=self._random_members,
+            drop=self._drop,
+            answered=self._probe_answered,
+            unanswered=self._probe_unanswered,
+        )
         self._observers: list[Observer] = []
         self._probe_call: IDelayedCall | None = None
         self._gossip_call: IDelayedCall | None = None
@@ -210,10 +193,10 @@ class Membership:
             Suspect: self._receive_suspect,
             Dead: self._receive_dead,
             Digest: self._receive_digest,
-            Ping: self._receive_ping,
-            PingReq: self._receive_ping_req,
-            Ack: self._receive_ack,
-            Nack: self._receive_nack,
+            Ping: self._prober.receive_ping,
+            PingReq: self._prober.receive_ping_req,
+            Ack: self._prober.receive_ack,
+            Nack: self._prober.receive_nack,
         }
         known = self._table.get(name)
         if known is not None:
@@ -336,9 +319,7 @@ class Membership:
         self._suspicions.clear()
         self._urgent.clear()
         self._answering.clear()
-        for waiter in list(self._waiting.values()):
-            self._forget(waiter)
-        self._probe = None
+        self._prober.stop()
         if self._leaving is not None and not self._leaving.called:
             self._leaving.callback(None)
 
@@ -474,57 +455,6 @@ class Membership:
                 self.on_digest(holder, message.name, message.version)
             except Exception:
                 self.log.failure("Digest handler failed on {digest}", digest=message)
-
-    def _receive_ping(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Ping)
-        if message.target != self.name:
-            self._drop("ping for another member", target=message.target, sender=sender)
-            return
-        self._send(sender, [Ack(message.seq, self.name)])
-
-    def _receive_ping_req(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, PingReq)
-        if message.target == self.name:
-            self._drop("ping-req about ourselves", sender=sender)
-            return
-        if len(self._waiting) >= MAX_RELAYS:
-            self._drop("too many ping-req relays", sender=sender)
-            return
-        seq = self._next_seq()
-        relay = _Relay(sender, message.seq, message.target, seq)
-        self._waiting[seq] = relay
-        # Nack early enough to reach the requester before its probe ends, but keep
-        # listening a whole interval: a late ack still saves the target.
-        relay.timer = self._clock.callLater(self.profile.nack_timeout, self._nack, relay)
-        relay.expiry = self._clock.callLater(
-            self.profile.probe_interval, self._relay_expired, relay
-        )
-        self._send(message.target_address, [Ping(seq, message.target, self.name)])
-
-    def _receive_ack(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Ack)
-        waiter = self._waiting.get(message.seq)
-        if waiter is None:
-            # Late: the probe already ended.  Common under loss, not worth a drop.
-            return
-        if isinstance(waiter, _Relay):
-            if message.source != waiter.target:
-                self._drop("ack from the wrong member", source=message.source)
-                return
-            self._forget(waiter)
-            self._send(waiter.requester, [Ack(waiter.seq, waiter.target)])
-            return
-        if message.source != waiter.target.name:
-            self._drop("ack from the wrong member", source=message.source)
-            return
-        # A direct ack is evidence of our own good health; a relayed one is not.
-        self._probe_succeeded(waiter, 0 if waiter.indirect else -1)
-
-    def _receive_nack(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Nack)
-        waiter = self._waiting.get(message.seq)
-        if isinstance(waiter, _Probe) and message.source in waiter.helpers:
-            waiter.nacks.add(message.source)
 
     # Membership news --------------------------------------------------------------------
 
@@ -809,17 +739,12 @@ class Membership:
 
     # Probing ----------------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) % _SEQ_MODULO
-        return self._seq
-
     def _probe_tick(self) -> None:
-        if self._probe is not None:
-            self._probe_failed(self._probe)
+        self._prober.conclude()
         self._reap()
         target = self._next_target()
         if target is not None:
-            self._start_probe(target)
+            self._prober.probe(target)
         # Lifeguard: a member in poor health probes less often and waits longer.
         self._probe_call = self._clock.callLater(
             self._awareness.scale(self.profile.probe_interval), self._probe_tick
@@ -837,96 +762,14 @@ class Membership:
                 return state
         return None
 
-    def _start_probe(self, target: MemberState) -> None:
-        seq = self._next_seq()
-        probe = _Probe(target, seq)
-        self._probe = probe
-        self._waiting[seq] = probe
-        messages: list[Message] = [Ping(seq, target.name, self.name)]
-        if target.status == SUSPECT:
-            # The buddy system: tell a suspect directly, so that it refutes at once.
-            messages.append(Suspect(target.name, target.incarnation, self.name))
-        probe.timer = self._clock.callLater(
-            self._awareness.scale(self.profile.probe_timeout), self._probe_indirectly, probe
-        )
-        self._send(target.address, messages)
+    def _probe_answered(self, target: MemberState) -> None:
+        # A suspect that answers is alive: if its suspicion runs out all the same, only its
+        # refutation went missing, and it gets another look (see _suspicion_expired).
+        if target.name in self._suspicions:
+            self._answering.add(target.name)
 
-    def _probe_indirectly(self, probe: _Probe) -> None:
-        probe.timer = None
-        target = probe.target
-        helpers = self._random_members(
-            self.profile.indirect_checks,
-            lambda state: state.status == ALIVE and state.name != target.name,
-        )
-        probe.helpers = frozenset(helper.name for helper in helpers)
-        request = PingReq(probe.seq, target.name, target.address, self.name)
-        for helper in helpers:
-            self._send(helper.address, [request])
-        # In parallel with the helpers, try TCP: it gets through where UDP is blocked.
-        stream = self._network.ping_stream(target.address, Ping(probe.seq, target.name, self.name))
-        probe.stream = stream
-        stream.addCallbacks(
-            self._stream_answered,
-            self._stream_failed,
-            callbackArgs=(probe,),
-            errbackArgs=(probe,),
-        )
-
-    def _stream_answered(self, acked: bool, probe: _Probe) -> None:
-        probe.stream = None
-        if acked and self._probe is probe:
-            self.log.warn(
-                "{member} answered over TCP but not over UDP: is UDP blocked on the way?",
-                member=probe.target.name,
-            )
-            self._probe_succeeded(probe, 0)
-
-    def _stream_failed(self, failure: Failure, probe: _Probe) -> None:
-        probe.stream = None
-        if not failure.check(CancelledError):
-            self.log.failure("TCP ping of {member} failed", failure, member=probe.target.name)
-
-    def _probe_succeeded(self, probe: _Probe, health_delta: int) -> None:
-        self._forget(probe)
-        self._probe = None
-        if probe.target.name in self._suspicions:
-            self._answering.add(probe.target.name)
-        self._awareness.apply(health_delta)
-
-    def _probe_failed(self, probe: _Probe) -> None:
-        self._forget(probe)
-        self._probe = None
-        # Lifeguard: every helper that did not even nack points at our own network.
-        if probe.helpers:
-            self._awareness.apply(len(probe.helpers) - len(probe.nacks))
-        else:
-            self._awareness.apply(1)
-        self._suspect(Suspect(probe.target.name, probe.target.incarnation, self.name))
-
-    def _nack(self, relay: _Relay) -> None:
-        relay.timer = None
-        self._send(relay.requester, [Nack(relay.seq, self.name)])
-
-    def _relay_expired(self, relay: _Relay) -> None:
-        relay.expiry = None
-        self._forget(relay)
-
-    def _forget(self, waiter: _Probe | _Relay) -> None:
-        """End a probe or relay: no more timers, no more interest in its acks."""
-        if isinstance(waiter, _Probe):
-            self._waiting.pop(waiter.seq, None)
-            if waiter.stream is not None:
-                stream, waiter.stream = waiter.stream, None
-                stream.cancel()
-        else:
-            self._waiting.pop(waiter.local_seq, None)
-            if waiter.expiry is not None and waiter.expiry.active():
-                waiter.expiry.cancel()
-            waiter.expiry = None
-        if waiter.timer is not None:
-            if waiter.timer.active():
-                waiter.timer.cancel()
-            waiter.timer = None
+    def _probe_unanswered(self, target: MemberState) -> None:
+        self._suspect(Suspect(target.name, target.incarnation, self.name))
 
     def _reap(self) -> None:
         if not self._departed:
