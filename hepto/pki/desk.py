@@ -4,8 +4,9 @@ A :class:`Desk` is made for one batch of work and thrown away after it.  It is t
 service as it was when it ran in the agent, minus everything that waits: it starts (loads
 or makes the CAs and this member's keys, signs the master's own certificates), renews,
 and reviews the records of members that changed, and it says what it did.  Everything it
-must remember between batches is :meth:`Desk.memory`, JSON, which the resident service
-keeps and hands back with the next batch; files are reloaded from disk every time, and
+must remember between batches is :meth:`Desk.memory`, a
+:class:`~hepto.pki.protocol.DeskMemory`, which the resident service keeps and hands back
+with the next batch; files are reloaded from disk every time, and
 only a desk writes them, each atomically (:func:`hepto.files.write_atomically`).
 
 What a batch produces, besides files:
@@ -35,6 +36,7 @@ from hepto import plan
 from hepto.pki import ca, keys, kubeconfig, mastership, policy, store
 from hepto.pki.errors import AuthorityError, Refused
 from hepto.pki.paths import KUBECONFIGS, Paths
+from hepto.pki.protocol import CertificateChange, DeskMemory, MemberEntry
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.signer import KeyLedger, Signer
 from hepto.pki.specs import (
@@ -54,10 +56,6 @@ MAX_REQUESTS: Final = 8
 #: this keeps the record near 300 KiB, well under gossip's 1 MiB limit, even when
 #: hundreds of nodes join together; the others wait their turn (``deferred_requests``).
 MAX_OUTSTANDING: Final = 200
-
-#: A member's entry in a batch: ``None`` when it left, else what the desk reads of its
-#: record: ``{"version": int, "role": ..., "pki": ...}``.
-MemberEntry = Mapping[str, Any] | None
 
 
 def foreign_pin(paths: Paths) -> AuthorityError:
@@ -120,63 +118,53 @@ class Desk:
         #: The members proven masters (hepto.pki.mastership), by their records.
         self.masters: set[str] = set()
         # What this batch did.
-        self.changes: list[dict[str, Any]] = []
+        self.changes: list[CertificateChange] = []
         self.renewals: dict[str, float] = {}
         self.revisits: dict[str, float] = {}
         self.marks: set[str] = set()
 
     # -- memory between batches -----------------------------------------------------------
 
-    def memory(self) -> dict[str, Any]:
-        """Everything the next batch must know that the files do not say, as JSON."""
-        return {
-            "reviewed": [[*key, *value] for key, value in self._reviewed.items()],
-            "signed": self._signed,
-            "refused": self._refused,
-            "offers_seen": [[*key, pem] for key, pem in self._offers_seen.items()],
-            "announcements_seen": {
-                name: list(value) for name, value in self._announcements_seen.items()
-            },
-            "refused_by_master": self._refused_by_master,
-            "versions": self._versions,
-            "waiting": sorted(self._waiting),
-            "masters": sorted(self.masters),
-            "refusals": self.refusals.as_json(),
-            "refusals_evicted": self.refusals.evicted,
-            "dropped": self.dropped,
-            # Each CSR published, with the key it is for: a new CSR for the same key
-            # would differ (ECDSA signatures are randomised) and be published anew.
-            "requests": {
-                name: [keys.fingerprint(slot.pending), slot.request]
+    def memory(self) -> DeskMemory:
+        """Everything the next batch must know that the files do not say."""
+        return DeskMemory(
+            reviewed=self._reviewed,
+            signed=self._signed,
+            refused=self._refused,
+            offers_seen=self._offers_seen,
+            announcements_seen=self._announcements_seen,
+            refused_by_master=self._refused_by_master,
+            versions=self._versions,
+            waiting=self._waiting,
+            masters=self.masters,
+            refusals=self.refusals,
+            dropped=self.dropped,
+            requests={
+                name: (keys.fingerprint(slot.pending), slot.request)
                 for name, slot in self._slots.items()
                 if slot.pending is not None and slot.request is not None
             },
-            "ignored": self._ignored,
-            # What the service knows installed, to notice what a failed batch installed.
-            "installed": {
+            ignored=self._ignored,
+            installed={
                 name: _certificate_fingerprint(slot.certificate)
                 for name, slot in self._slots.items()
                 if slot.certificate is not None
             },
-        }
+        )
 
-    def _restore(self, memory: Mapping[str, Any]) -> None:
-        self._reviewed = {
-            (member, name): (role, pem) for member, name, role, pem in memory["reviewed"]
-        }
-        self._signed = memory["signed"]
-        self._refused = memory["refused"]
-        self._offers_seen = {(master, name): pem for master, name, pem in memory["offers_seen"]}
-        self._announcements_seen = {
-            name: (role, pem) for name, (role, pem) in memory["announcements_seen"].items()
-        }
-        self._refused_by_master = memory["refused_by_master"]
-        self._versions = memory["versions"]
-        self._waiting = set(memory["waiting"])
-        self.masters = set(memory.get("masters", ()))
-        self.refusals = RefusalLog.from_json(memory["refusals"], memory["refusals_evicted"])
-        self.dropped = memory["dropped"]
-        self._ignored = memory["ignored"]
+    def _restore(self, memory: DeskMemory) -> None:
+        self._reviewed = memory.reviewed
+        self._signed = memory.signed
+        self._refused = memory.refused
+        self._offers_seen = memory.offers_seen
+        self._announcements_seen = memory.announcements_seen
+        self._refused_by_master = memory.refused_by_master
+        self._versions = memory.versions
+        self._waiting = memory.waiting
+        self.masters = memory.masters
+        self.refusals = memory.refusals
+        self.dropped = memory.dropped
+        self._ignored = memory.ignored
 
     # -- starting, and resuming -------------------------------------------------------------
 
@@ -206,14 +194,14 @@ class Desk:
             else:
                 self._schedule_renewal(slot)
 
-    def resume(self, memory: Mapping[str, Any]) -> None:
+    def resume(self, memory: DeskMemory) -> None:
         """Take up where the previous batch left: its memory, and the files."""
         self._restore(memory)
         self._trust = Trust.load(self.paths.trusted_ca)
         if self.is_master:
             authorities = ca.load_authorities(self.paths.authority_dir, self.now)
             self._use_authorities(authorities)
-        requests = memory["requests"]
+        requests = memory.requests
         adopted: list[Slot] = []
         for spec in self.specs.values():
             slot = store.load_slot(self.paths, spec, report=False)
@@ -222,7 +210,7 @@ class Desk:
             ):
                 store.forget_installed(slot)
             if slot.certificate is not None and (
-                memory["installed"].get(spec.name) != _certificate_fingerprint(slot.certificate)
+                memory.installed.get(spec.name) != _certificate_fingerprint(slot.certificate)
             ):
                 adopted.append(slot)
             if slot.pending is not None:
@@ -322,14 +310,14 @@ class Desk:
         kubeconfig_path = self._write_kubeconfig(slot)
         self._schedule_renewal(slot)
         self.changes.append(
-            {
-                "name": slot.name,
-                "certificate": str(self.paths.certificate(slot.name)),
-                "key": str(self.paths.key(slot.name)),
-                "kubeconfig": None if kubeconfig_path is None else str(kubeconfig_path),
-                "not_after": certificate.not_valid_after_utc.isoformat(),
-                "fingerprint": keys.fingerprint(key),
-            }
+            CertificateChange(
+                name=slot.name,
+                certificate=self.paths.certificate(slot.name),
+                key=self.paths.key(slot.name),
+                kubeconfig=kubeconfig_path,
+                not_after=certificate.not_valid_after_utc,
+                fingerprint=keys.fingerprint(key),
+            )
         )
 
     def _write_kubeconfig(self, slot: Slot) -> Path | None:
@@ -434,7 +422,7 @@ class Desk:
 
     # -- following the state ---------------------------------------------------------------
 
-    def review(self, members: Mapping[str, MemberEntry]) -> None:
+    def review(self, members: Mapping[str, MemberEntry | None]) -> None:
         """Review the records of members that changed (``None``: the member left)."""
         for name in sorted(members):
             entry = members[name]
@@ -479,8 +467,8 @@ class Desk:
                 reason=refused.reason,
             )
 
-    def _review_member(self, name: str, entry: Mapping[str, Any]) -> None:
-        version = entry["version"]
+    def _review_member(self, name: str, entry: MemberEntry) -> None:
+        version = entry.version
         last = self._versions.get(name)
         if last is not None and version < last:
             self._count(policy.STALE_RECORD)
@@ -492,7 +480,7 @@ class Desk:
             )
             return
         self._versions[name] = version
-        section = entry.get(RECORD_KEY)
+        section = entry.pki
         if section is not None and not isinstance(section, Mapping):
             self._refuse(
                 name,
@@ -501,9 +489,9 @@ class Desk:
             )
             section = None
         section = section or {}
-        role = entry.get("role")
+        role = entry.role
         self._review_announcement(name, role, section)
-        self._review_mastership(name, role, section, entry.get("identity"))
+        self._review_mastership(name, role, section, entry.identity)
         if self._signer is not None:
             self._review_requests(name, role, section)
         else:
@@ -529,18 +517,18 @@ class Desk:
             )
 
     def _review_mastership(
-        self, name: str, role: object, section: Mapping[str, Any], identity: object
+        self, name: str, role: object, section: Mapping[str, Any], identity: bytes | None
     ) -> None:
         """A member is a master for us once the pinned CA's key says so, for its identity."""
         proven = False
         # A record without identity is an in-memory one of the tests: nothing to judge.
         if is_master_role(role) and self._trust.certificate is not None and identity:
-            proven = isinstance(identity, str) and mastership.verify(
+            proven = mastership.verify(
                 self._trust.certificate.public_key(),  # type: ignore[arg-type]
                 section.get(mastership.PROOF_KEY),
                 self.cluster,
                 name,
-                bytes.fromhex(identity),
+                identity,
             )
             if not proven:
                 self._refuse(
