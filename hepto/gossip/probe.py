@@ -26,7 +26,7 @@ from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.messages import Ack, Message, Nack, Ping, PingReq, Suspect
 from hepto.gossip.profile import Profile
-from hepto.gossip.table import MemberState
+from hepto.gossip.table import MemberState, RandomMembers
 from hepto.state import ALIVE, SUSPECT
 
 #: Ping-req relays in flight at once: a flood of ping-reqs must not make us a reflector.
@@ -38,10 +38,6 @@ class Drop(Protocol):
     """Count (and log, now and then) input dropped for ``reason``."""
 
     def __call__(self, reason: str, **fields: object) -> None: ...
-
-
-#: Up to ``count`` distinct random peers that the predicate accepts.
-RandomMembers = Callable[[int, Callable[[MemberState], bool]], list[MemberState]]
 
 
 @attrs.define(eq=False)

@@ -22,6 +22,7 @@ we send, plus gossip-only datagrams to ``gossip_nodes`` random peers each interv
 Beyond memberlist, news of a member's fate does not wait for the next interval: it goes
 out in a round of its own as soon as it arrives, so that a death reaches a hundred
 members in a few network transits rather than in four or five gossip intervals.
+The spreading itself is :class:`~hepto.gossip.dissemination.Gossip`'s.
 
 Beyond memberlist, against false deaths on lossy links: a member probes a suspect
 itself shortly before declaring it dead (the last look), gives a suspect that answers
@@ -64,9 +65,8 @@ from twisted.logger import Logger
 from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
-from hepto.gossip.codec import HEADER_SIZE, encoded_size
+from hepto.gossip.dissemination import Gossip
 from hepto.gossip.messages import (
-    MAX_PLAINTEXT,
     PROTOCOL_MESSAGES,
     Ack,
     Alive,
@@ -100,7 +100,6 @@ LAST_LOOK_PROBES: Final = 3
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
 #: chance to miss (about N * exp(-2L * (1 - loss))).
 DIGEST_WEIGHT: Final = 2
-_FRAME_BUDGET: Final = MAX_PLAINTEXT - HEADER_SIZE
 _PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
 
 
@@ -154,20 +153,29 @@ class Membership:
         self._table = MemberTable(base)
         self._order = ProbeOrder(rng, base.names, base.positions)
         self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._table)))
+        self._departed: dict[str, float] = dict(base.departed)
+        self._gossip = Gossip(
+            name,
+            clock,
+            profile,
+            self._queue,
+            send=network.send,
+            random_members=self._random_members,
+            departed=self._departed,
+        )
         self._awareness = Awareness(profile.awareness_max_multiplier)
         self._suspicions: dict[str, Suspicion] = {}
         #: Suspects to probe before the round robin goes on.
         self._urgent: list[str] = []
         #: Suspects that answered a probe of ours during their suspicion.
         self._answering: set[str] = set()
-        self._departed: dict[str, float] = dict(base.departed)
         self._prober = Prober(
             name,
             clock,
             profile,
             self._awareness,
             rng,
-            send=self._send,
+            send=self._gossip.send,
             ping_stream=network.ping_stream,
             random_members=self._random_members,
             drop=self._drop,
@@ -176,9 +184,6 @@ class Membership:
         )
         self._observers: list[Observer] = []
         self._probe_call: IDelayedCall | None = None
-        self._gossip_call: IDelayedCall | None = None
-        self._news_call: IDelayedCall | None = None
-        self._last_round = -math.inf
         self._running = False
         self._catching_up = False
         #: Changes of our view so far, and whether the last merge brought any.
@@ -303,17 +308,15 @@ class Membership:
         self._probe_call = self._clock.callLater(
             self._rng.uniform(0, self.profile.probe_interval), self._probe_tick
         )
-        self._gossip_call = self._clock.callLater(
-            self._rng.uniform(0, self.profile.gossip_interval), self._gossip_tick
-        )
+        self._gossip.start(self._rng.uniform(0, self.profile.gossip_interval))
 
     def stop(self) -> None:
         """Stop every timer; later datagrams are ignored."""
         self._running = False
-        for call in (self._probe_call, self._gossip_call, self._news_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._probe_call = self._gossip_call = self._news_call = None
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        self._probe_call = None
+        self._gossip.stop()
         for suspicion in self._suspicions.values():
             suspicion.cancel()
         self._suspicions.clear()
@@ -677,7 +680,7 @@ class Membership:
             if self._leaving is None and self._queue.get(self.name) is None:
                 self._broadcast_member(known.alive_message())
         elif sender is not None and known.status == ALIVE:
-            self._send(sender, [known.alive_message()])
+            self._gossip.send(sender, [known.alive_message()])
 
     def _refute(self, accused: int) -> None:
         own = self._own
@@ -693,7 +696,7 @@ class Membership:
         state = self._proven_own(incarnation, own.since)
         self._change(state)
         self._broadcast_member(state.alive_message())
-        self._gossip_news()
+        self._gossip.news()
 
     def _cancel_suspicion(self, name: str) -> None:
         suspicion = self._suspicions.get(name)
@@ -724,7 +727,7 @@ class Membership:
                 incarnation=new.incarnation,
             )
         if old is not None and old.status != new.status:
-            self._gossip_news()
+            self._gossip.news()
         for observer in list(self._observers):
             try:
                 observer(old, new)
@@ -788,55 +791,6 @@ class Membership:
                     except Exception:
                         self.log.failure("Reap handler failed on {member}", member=name)
 
-    # Gossip -----------------------------------------------------------------------------
-
-    def _gossip_tick(self) -> None:
-        self._gossip_call = self._clock.callLater(self.profile.gossip_interval, self._gossip_tick)
-        self._gossip_round()
-
-    def _gossip_news(self) -> None:
-        """A round of gossip soon, for news of a member's fate: at once, unless the last
-        round was less than ``news_round_spacing`` ago (then when that has passed), and
-        not at all if the next tick comes first.  Called while a datagram is being
-        handled, the round waits for the end of it, so one round carries all its news."""
-        if not (self._running and self.profile.news_rounds):
-            return
-        if self._news_call is not None and self._news_call.active():
-            return
-        now = self._clock.seconds()
-        when = max(now, self._last_round + self.profile.news_round_spacing)
-        if self._gossip_call is not None and self._gossip_call.getTime() <= when:
-            return
-        self._news_call = self._clock.callLater(when - now, self._news_round)
-
-    def _news_round(self) -> None:
-        self._news_call = None
-        self._gossip_round()
-
-    def _gossip_round(self) -> None:
-        self._last_round = self._clock.seconds()
-        horizon = self._clock.seconds() - self.profile.gossip_to_the_dead
-        recently_dead = any(since > horizon for since in self._departed.values())
-        if not len(self._queue) and not recently_dead:
-            return
-        for target in self._random_members(
-            self.profile.gossip_nodes,
-            lambda state: state.reachable or (state.status == DEAD and state.since > horizon),
-        ):
-            messages = self._queue.take(_FRAME_BUDGET - self._dead_notice_size(target))
-            if not target.reachable:
-                # The recently dead hear that they are dead, even when there is no other
-                # news: one that was merely cut off refutes and rejoins (memberlist only
-                # sends them the news it happens to have, which has often run out).
-                messages.insert(0, Dead(target.name, target.incarnation, self.name))
-            if messages:
-                self._network.send(target.address, messages)
-
-    def _dead_notice_size(self, target: MemberState) -> int:
-        if target.reachable:
-            return 0
-        return encoded_size(Dead(target.name, target.incarnation, self.name))
-
     def _random_members(
         self, count: int, accept: Callable[[MemberState], bool]
     ) -> list[MemberState]:
@@ -853,14 +807,6 @@ class Membership:
             if state is not None and accept(state):
                 chosen[name] = state
         return list(chosen.values())
-
-    # Sending ----------------------------------------------------------------------------
-
-    def _send(self, to: Endpoint, messages: list[Message]) -> None:
-        """One datagram: ``messages`` first, then as much news as fits."""
-        budget = _FRAME_BUDGET - sum(encoded_size(message) for message in messages)
-        messages.extend(self._queue.take(budget))
-        self._network.send(to, messages)
 
     def _drop(self, reason: str, **fields: object) -> None:
         self.drops[reason] += 1

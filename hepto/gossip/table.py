@@ -9,7 +9,7 @@ only its own changes over that shared start.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -38,6 +38,10 @@ class MemberState:
 
     def alive_message(self) -> Alive:
         return Alive(self.name, self.incarnation, self.address, self.role, self.proof)
+
+
+#: Up to ``count`` distinct random peers that the predicate accepts.
+RandomMembers = Callable[[int, Callable[[MemberState], bool]], list[MemberState]]
 
 
 class Snapshot:
