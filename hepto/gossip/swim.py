@@ -11,18 +11,15 @@ round robin; without an ack after the probe timeout it asks ``indirect_checks`` 
 to ping the target for it (they ack, or nack so that our Lifeguard knows they are fine)
 and tries a TCP ping in parallel; a target none of these confirms by the end of the
 interval is suspected.  A suspected member that hears of it refutes by raising its
-incarnation; one that cannot for the suspicion timeout is declared dead.
-The probes themselves (pings, ping-reqs, acks, nacks and the relays we run for
-others) are :class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the
-targets and decides what an unanswered probe means.
+incarnation; one that cannot for the suspicion timeout is declared dead.  The probes
+themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
+:class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the targets and decides
+what an unanswered probe means.
 
 Dissemination: membership news (alive, suspect, dead) and record digests are queued
-in a :class:`~hepto.gossip.broadcast.BroadcastQueue` and piggybacked on every datagram
-we send, plus gossip-only datagrams to ``gossip_nodes`` random peers each interval.
-Beyond memberlist, news of a member's fate does not wait for the next interval: it goes
-out in a round of its own as soon as it arrives, so that a death reaches a hundred
-members in a few network transits rather than in four or five gossip intervals.
-The spreading itself is :class:`~hepto.gossip.dissemination.Gossip`'s.
+in a :class:`~hepto.gossip.broadcast.BroadcastQueue`, which
+:class:`~hepto.gossip.dissemination.Gossip` piggybacks on every datagram we send and
+gossips to a few random peers every interval, and at once for news of a member's fate.
 
 Beyond memberlist, against false deaths on lossy links: a member probes a suspect
 itself shortly before declaring it dead (the last look), gives a suspect that answers

@@ -165,8 +165,13 @@ def _kind(value: object) -> str:
     return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
-def _string_pair(value: object, where: str) -> tuple[str, str]:
+def _pair(value: object, where: str) -> tuple[object, object]:
     first, second = _row(value, where, 2)
+    return first, second
+
+
+def _string_pair(value: object, where: str) -> tuple[str, str]:
+    first, second = _pair(value, where)
     return _string(first, f"{where}[0]"), _string(second, f"{where}[1]")
 
 
@@ -404,14 +409,9 @@ class DeskMemory:
                 lambda value, at: _map(value, at, _refused_answer),
             ),
             offers_seen=offers_seen,
-            announcements_seen={
-                name: (role, pem)
-                for name, (role, pem) in _map(
-                    field("announcements_seen"),
-                    f"{where}.announcements_seen",
-                    lambda value, at: _row(value, at, 2),
-                ).items()
-            },
+            announcements_seen=_map(
+                field("announcements_seen"), f"{where}.announcements_seen", _pair
+            ),
             refused_by_master=_map(
                 field("refused_by_master"), f"{where}.refused_by_master", _string_map
             ),
