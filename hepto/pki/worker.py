@@ -48,10 +48,10 @@ def handle(job: object) -> dict[str, Any]:
         parsed = Job.from_json(job)
     except MalformedMessage as problem:
         return JobFailed(FAILED, f"not a job: {problem}").to_json()
-    return do(parsed).to_json()
+    return do_job(parsed).to_json()
 
 
-def do(job: Job) -> Answer | JobFailed:
+def do_job(job: Job) -> Answer | JobFailed:
     """Do one batch with a fresh desk: what it did, or why it could not."""
     config = job.config
     try:
