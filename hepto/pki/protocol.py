@@ -27,14 +27,15 @@ The agent imports this module, so it imports no ``cryptography`` (``docs/memory.
 from __future__ import annotations
 
 import datetime
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import attrs
 
+from hepto.pki import fields
 from hepto.pki.errors import AuthorityError, WorkerError
+from hepto.pki.fields import MalformedMessage
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.specs import RECORD_KEY
 
@@ -43,148 +44,20 @@ AUTHORITY: Final = "authority"
 #: :attr:`JobFailed.kind` of anything else: the batch failed and is tried again.
 FAILED: Final = "failed"
 
-T = TypeVar("T")
 JSON = dict[str, Any]
 
 
-class MalformedMessage(ValueError):
-    """A job or answer that is not what this protocol says; the message says where."""
-
-
-# -- reading JSON, strictly ---------------------------------------------------------------
-
-
-def _object(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not an object")
-    return value
-
-
-def _field(data: Mapping[str, Any], key: str, where: str) -> object:
-    if key not in data:
-        raise MalformedMessage(f"{where} lacks {key!r}")
-    return data[key]
-
-
-def _string(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not a string")
-    return value
-
-
-def _integer(value: object, where: str) -> int:
-    # JSON has no booleans apart from integers in Python: True is no version.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not an integer")
-    return value
-
-
-def _number(value: object, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise MalformedMessage(f"{where} is out of range") from None
-    # Python's JSON reads NaN and Infinity, which no clock or timer can use.
-    if not math.isfinite(number):
-        raise MalformedMessage(f"{where} is {number}, not a finite number")
-    return number
-
-
-def _duration(value: object, where: str) -> datetime.timedelta:
-    try:
-        return datetime.timedelta(seconds=_number(value, where))
-    except OverflowError:
-        raise MalformedMessage(f"{where} is out of range") from None
-
-
-def _boolean(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not a boolean")
-    return value
-
-
-def _optional_string(value: object, where: str) -> str | None:
-    return None if value is None else _string(value, where)
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise MalformedMessage(f"{where} is {_kind(value)}, not a list")
-    return value
-
-
-def _strings(value: object, where: str) -> list[str]:
-    return [_string(item, f"{where}[{index}]") for index, item in enumerate(_list(value, where))]
-
-
-def _map(value: object, where: str, read: Callable[[object, str], T]) -> dict[str, T]:
-    """An object whose every value ``read`` accepts."""
-    return {key: read(item, f"{where}[{key!r}]") for key, item in _object(value, where).items()}
-
-
-def _row(value: object, where: str, length: int) -> list[Any]:
-    row = _list(value, where)
-    if len(row) != length:
-        raise MalformedMessage(f"{where} has {len(row)} items, not {length}")
-    return row
-
-
-def _hex(value: object, where: str) -> bytes | None:
-    text = _optional_string(value, where)
-    if text is None:
-        return None
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise MalformedMessage(f"{where} is not hexadecimal") from None
-
-
-def _instant(value: object, where: str) -> datetime.datetime:
-    text = _string(value, where)
-    try:
-        return datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise MalformedMessage(f"{where} is not an ISO 8601 time") from None
-
-
-_KINDS: Final = {
-    type(None): "null",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "a list",
-    dict: "an object",
-}
-
-
-def _kind(value: object) -> str:
-    """What JSON calls the type of ``value``."""
-    return _KINDS.get(type(value), f"a {type(value).__name__}")
-
-
-def _pair(value: object, where: str) -> tuple[object, object]:
-    first, second = _row(value, where, 2)
-    return first, second
-
-
-def _string_pair(value: object, where: str) -> tuple[str, str]:
-    first, second = _pair(value, where)
-    return _string(first, f"{where}[0]"), _string(second, f"{where}[1]")
-
-
 def _refusal_log(entries: object, evicted: object, where: str) -> RefusalLog:
-    for index, entry in enumerate(_list(entries, where)):
-        at = f"{where}[{index}]"
-        refusal = _object(entry, at)
+    """The refusals as :meth:`RefusalLog.as_json` wrote them, checked first."""
+    checked = fields.array(entries, where)
+    for index, entry in enumerate(checked):
+        refusal = fields.Fields(entry, f"{where}[{index}]")
         for key in ("member", "subject", "code", "reason"):
-            _string(_field(refusal, key, at), f"{at}.{key}")
-        _integer(_field(refusal, "count", at), f"{at}.count")
+            refusal.read(key, fields.string)
+        refusal.read("count", fields.integer)
         for key in ("first", "last"):
-            _instant(_field(refusal, key, at), f"{at}.{key}")
-    return RefusalLog.from_json(entries, _integer(evicted, f"{where}_evicted"))  # type: ignore[arg-type]
+            refusal.read(key, fields.instant)
+    return RefusalLog.from_json(checked, fields.integer(evicted, f"{where}_evicted"))
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -214,14 +87,14 @@ class DeskConfig:
 
     @classmethod
     def from_json(cls, data: object, where: str = "config") -> DeskConfig:
-        config = _object(data, where)
+        config = fields.Fields(data, where)
         return cls(
-            cluster=_string(_field(config, "cluster", where), f"{where}.cluster"),
-            name=_string(_field(config, "name", where), f"{where}.name"),
-            role=_string(_field(config, "role", where), f"{where}.role"),
-            node_dir=Path(_string(_field(config, "node_dir", where), f"{where}.node_dir")),
-            lifetime=_duration(_field(config, "lifetime", where), f"{where}.lifetime"),
-            identity=_hex(config.get("identity"), f"{where}.identity"),
+            cluster=config.read("cluster", fields.string),
+            name=config.read("name", fields.string),
+            role=config.read("role", fields.string),
+            node_dir=Path(config.read("node_dir", fields.string)),
+            lifetime=config.read("lifetime", fields.duration),
+            identity=fields.hex_bytes(config.get("identity"), config.at("identity")),
         )
 
 
@@ -252,12 +125,12 @@ class MemberEntry:
 
     @classmethod
     def from_json(cls, data: object, where: str) -> MemberEntry:
-        entry = _object(data, where)
+        entry = fields.Fields(data, where)
         return cls(
-            version=_integer(_field(entry, "version", where), f"{where}.version"),
+            version=entry.read("version", fields.integer),
             role=entry.get("role"),
             pki=entry.get(RECORD_KEY),
-            identity=_hex(entry.get("identity"), f"{where}.identity"),
+            identity=fields.hex_bytes(entry.get("identity"), entry.at("identity")),
         )
 
 
@@ -294,18 +167,18 @@ class Job:
 
     @classmethod
     def from_json(cls, data: object) -> Job:
-        job = _object(data, "the job")
-        start = _boolean(_field(job, "start", "the job"), "start")
-        memory = _field(job, "memory", "the job")
+        job = fields.Fields(data, "the job", prefix="")
+        start = job.read("start", fields.boolean)
+        memory = job.read("memory", fields.raw)
         if memory is None and not start:
             raise MalformedMessage("a batch other than the start needs the desk's memory")
         return cls(
-            config=DeskConfig.from_json(_field(job, "config", "the job")),
-            now=_number(_field(job, "now", "the job"), "now"),
+            config=job.read("config", DeskConfig.from_json),
+            now=job.read("now", fields.number),
             start=start,
             memory=None if memory is None else DeskMemory.from_json(memory),
-            renew=tuple(_strings(_field(job, "renew", "the job"), "renew")),
-            members=_map(_field(job, "members", "the job"), "members", _member_entry),
+            renew=tuple(job.read("renew", fields.strings)),
+            members=job.read("members", fields.each(_member_entry)),
         )
 
 
@@ -316,12 +189,8 @@ class Job:
 RefusedAnswer = dict[str, str | None]
 
 
-def _refused_answer(value: object, where: str) -> RefusedAnswer:
-    return _map(value, where, _optional_string)
-
-
-def _string_map(value: object, where: str) -> dict[str, str]:
-    return _map(value, where, _string)
+_refused_answer = fields.each(fields.optional_string)
+_string_map = fields.each(fields.string)
 
 
 @attrs.define
@@ -385,46 +254,39 @@ class DeskMemory:
 
     @classmethod
     def from_json(cls, data: object, where: str = "memory") -> DeskMemory:
-        memory = _object(data, where)
-
-        def field(key: str) -> object:
-            return _field(memory, key, where)
-
+        memory = fields.Fields(data, where)
         reviewed: dict[tuple[str, str], tuple[object, object]] = {}
-        for index, row in enumerate(_list(field("reviewed"), f"{where}.reviewed")):
-            at = f"{where}.reviewed[{index}]"
-            member, name, role, pem = _row(row, at, 4)
-            reviewed[_string(member, f"{at}[0]"), _string(name, f"{at}[1]")] = (role, pem)
+        for index, row in enumerate(memory.read("reviewed", fields.array)):
+            at = f"{memory.at('reviewed')}[{index}]"
+            member, name, role, pem = fields.row(row, at, 4)
+            reviewed[fields.string(member, f"{at}[0]"), fields.string(name, f"{at}[1]")] = (
+                role,
+                pem,
+            )
         offers_seen: dict[tuple[str, str], str] = {}
-        for index, row in enumerate(_list(field("offers_seen"), f"{where}.offers_seen")):
-            at = f"{where}.offers_seen[{index}]"
-            master, name, pem = (_string(item, at) for item in _row(row, at, 3))
+        for index, row in enumerate(memory.read("offers_seen", fields.array)):
+            at = f"{memory.at('offers_seen')}[{index}]"
+            master, name, pem = (fields.string(item, at) for item in fields.row(row, at, 3))
             offers_seen[master, name] = pem
         return cls(
             reviewed=reviewed,
-            signed=_map(field("signed"), f"{where}.signed", _string_map),
-            refused=_map(
-                field("refused"),
-                f"{where}.refused",
-                lambda value, at: _map(value, at, _refused_answer),
-            ),
+            signed=memory.read("signed", fields.each(_string_map)),
+            refused=memory.read("refused", fields.each(fields.each(_refused_answer))),
             offers_seen=offers_seen,
-            announcements_seen=_map(
-                field("announcements_seen"), f"{where}.announcements_seen", _pair
-            ),
-            refused_by_master=_map(
-                field("refused_by_master"), f"{where}.refused_by_master", _string_map
-            ),
-            versions=_map(field("versions"), f"{where}.versions", _integer),
-            waiting=set(_strings(field("waiting"), f"{where}.waiting")),
-            masters=set(_strings(field("masters"), f"{where}.masters")),
+            announcements_seen=memory.read("announcements_seen", fields.each(fields.pair)),
+            refused_by_master=memory.read("refused_by_master", fields.each(_string_map)),
+            versions=memory.read("versions", fields.each(fields.integer)),
+            waiting=set(memory.read("waiting", fields.strings)),
+            masters=set(memory.read("masters", fields.strings)),
             refusals=_refusal_log(
-                field("refusals"), field("refusals_evicted"), f"{where}.refusals"
+                memory.read("refusals", fields.raw),
+                memory.read("refusals_evicted", fields.raw),
+                memory.at("refusals"),
             ),
-            dropped=_map(field("dropped"), f"{where}.dropped", _integer),
-            requests=_map(field("requests"), f"{where}.requests", _string_pair),
-            ignored=_map(field("ignored"), f"{where}.ignored", _string),
-            installed=_map(field("installed"), f"{where}.installed", _string),
+            dropped=memory.read("dropped", fields.each(fields.integer)),
+            requests=memory.read("requests", fields.each(fields.string_pair)),
+            ignored=memory.read("ignored", fields.each(fields.string)),
+            installed=memory.read("installed", fields.each(fields.string)),
         )
 
 
@@ -454,26 +316,35 @@ class CertificateChange:
 
     @classmethod
     def from_json(cls, data: object, where: str) -> CertificateChange:
-        change = _object(data, where)
-        kubeconfig = _optional_string(_field(change, "kubeconfig", where), f"{where}.kubeconfig")
+        change = fields.Fields(data, where)
+        kubeconfig = change.read("kubeconfig", fields.optional_string)
         return cls(
-            name=_string(_field(change, "name", where), f"{where}.name"),
-            certificate=Path(_string(_field(change, "certificate", where), f"{where}.certificate")),
-            key=Path(_string(_field(change, "key", where), f"{where}.key")),
+            name=change.read("name", fields.string),
+            certificate=Path(change.read("certificate", fields.string)),
+            key=Path(change.read("key", fields.string)),
             kubeconfig=None if kubeconfig is None else Path(kubeconfig),
-            not_after=_instant(_field(change, "not_after", where), f"{where}.not_after"),
-            fingerprint=_string(_field(change, "fingerprint", where), f"{where}.fingerprint"),
+            not_after=change.read("not_after", fields.instant),
+            fingerprint=change.read("fingerprint", fields.string),
         )
+
+
+def _changes(value: object, where: str) -> tuple[CertificateChange, ...]:
+    return tuple(
+        CertificateChange.from_json(change, f"{where}[{index}]")
+        for index, change in enumerate(fields.array(value, where))
+    )
 
 
 def _status(value: object, where: str) -> dict[str, Any]:
     """``hepto status``'s view of the PKI: free-form, but for what the service reads."""
-    status = dict(_object(value, where))
-    certificates = _map(status.get("certificates", {}), f"{where}.certificates", _object)
+    status = dict(fields.mapping(value, where))
+    certificates = fields.each(fields.mapping)(
+        status.get("certificates", {}), f"{where}.certificates"
+    )
     for name, entry in certificates.items():
         if "not_after" in entry:
-            _instant(entry["not_after"], f"{where}.certificates[{name!r}].not_after")
-    _map(status.get("dropped", {}), f"{where}.dropped", _integer)
+            fields.instant(entry["not_after"], f"{where}.certificates[{name!r}].not_after")
+    fields.each(fields.integer)(status.get("dropped", {}), f"{where}.dropped")
     return status
 
 
@@ -517,24 +388,17 @@ class Answer:
 
     @classmethod
     def from_json(cls, data: object) -> Answer:
-        answer = _object(data, "the answer")
-
-        def field(key: str) -> object:
-            return _field(answer, key, "the answer")
-
+        answer = fields.Fields(data, "the answer", prefix="")
         return cls(
-            memory=DeskMemory.from_json(field("memory")),
-            section=field("section"),
-            changes=tuple(
-                CertificateChange.from_json(change, f"changes[{index}]")
-                for index, change in enumerate(_list(field("changes"), "changes"))
-            ),
-            installed=frozenset(_strings(field("installed"), "installed")),
-            renewals=_map(field("renewals"), "renewals", _number),
-            revisits=_map(field("revisits"), "revisits", _number),
-            marks=frozenset(_strings(field("marks"), "marks")),
-            masters=frozenset(_strings(field("masters"), "masters")),
-            status=_status(field("status"), "status"),
+            memory=answer.read("memory", DeskMemory.from_json),
+            section=answer.read("section", fields.raw),
+            changes=answer.read("changes", _changes),
+            installed=frozenset(answer.read("installed", fields.strings)),
+            renewals=answer.read("renewals", fields.each(fields.number)),
+            revisits=answer.read("revisits", fields.each(fields.number)),
+            marks=frozenset(answer.read("marks", fields.strings)),
+            masters=frozenset(answer.read("masters", fields.strings)),
+            status=answer.read("status", _status),
         )
 
 
@@ -557,10 +421,10 @@ class JobFailed:
 
     @classmethod
     def from_json(cls, data: object) -> JobFailed:
-        error = _object(_field(_object(data, "the answer"), "error", "the answer"), "error")
+        answer = fields.Fields(data, "the answer", prefix="")
+        error = answer.read("error", fields.Fields)
         return cls(
-            kind=_string(_field(error, "kind", "error"), "error.kind"),
-            message=_string(_field(error, "message", "error"), "error.message"),
+            kind=error.read("kind", fields.string), message=error.read("message", fields.string)
         )
 
 
