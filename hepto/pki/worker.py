@@ -62,6 +62,7 @@ def do_job(job: Job) -> Answer | JobFailed:
             config.node_dir,
             _utc(job.now),
             config.lifetime,
+            # An empty key is no identity: a proof could name no one with it.
             config.identity or None,
         )
         if job.start:
