@@ -43,7 +43,8 @@ from hepto.gossip.profile import LAN
 from hepto.gossip.proofs import PROOF_SIZE, Notary, statement
 from hepto.gossip.simulation import CLUSTER
 from hepto.gossip.simulation import identity_of as _identity_of
-from hepto.gossip.swim import Membership, MemberState
+from hepto.gossip.swim import Membership
+from hepto.gossip.table import MemberState
 from hepto.gossip.transport import recipient_of
 from hepto.state import ALIVE
 

@@ -67,8 +67,8 @@ _AGENT = textwrap.dedent(
     answers = []
 
     def batch():
-        job = node.pki._job(start=False, renew=[], members={})
-        done = node.pki.runner.run(job)
+        job = node.pki._job(start=False)
+        done = node.pki.runner.run(job.to_json())
         done.addCallback(answers.append)
         done.addBoth(lambda _: node.pki.stopService())
         done.addBoth(lambda _: reactor.stop())

@@ -37,15 +37,8 @@ from hepto.gossip.profile import LAN, WAN, Profile
 from hepto.gossip.proofs import Notary, statement
 from hepto.gossip.simulation import CLUSTER, identity_of
 from hepto.gossip.suspicion import MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
-from hepto.gossip.swim import (
-    INCARNATION_CEILING,
-    INCARNATION_SLACK,
-    LAST_LOOK_PROBES,
-    Membership,
-    MemberState,
-    ProbeOrder,
-    Snapshot,
-)
+from hepto.gossip.swim import INCARNATION_CEILING, INCARNATION_SLACK, LAST_LOOK_PROBES, Membership
+from hepto.gossip.table import MemberState, ProbeOrder, Snapshot
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 PEERS = ("b", "c", "d", "e")
@@ -918,8 +911,8 @@ class NewsRoundTests(MembershipTestCase):
 
     def just_after_a_tick(self, member: Membership) -> None:
         """Past a gossip tick by a news round's spacing: the next tick is far enough."""
-        assert member._gossip_call is not None
-        self.clock.advance(member._gossip_call.getTime() - self.clock.seconds())
+        assert member._gossip.next_tick is not None
+        self.clock.advance(member._gossip.next_tick - self.clock.seconds())
         self.clock.advance(LAN.news_round_spacing)
         self.network.sent.clear()
 
@@ -956,7 +949,7 @@ class NewsRoundTests(MembershipTestCase):
             member.receive(endpoint(3), [Suspect(name, 0, "p0")])
             self.clock.pump([0.01, 0.01])
         self.clock.pump([0.01] * 4)  # the next tick is still to come
-        self.assertGreater(member._gossip_call.getTime(), self.clock.seconds())  # type: ignore[union-attr]
+        self.assertGreater(member._gossip.next_tick, self.clock.seconds())  # type: ignore[arg-type]
         rounds = sorted(
             {
                 when

@@ -44,7 +44,7 @@ from hepto.gossip.streams import (
     StreamDecodeError,
     StreamPing,
 )
-from hepto.gossip.swim import MemberState
+from hepto.gossip.table import MemberState
 from hepto.gossip.transport import recipient_of
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 

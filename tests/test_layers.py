@@ -21,7 +21,8 @@ LAYERS = {
     "ground": {
         "plan", "config", "state", "errors", "files", "datadir", "unixpath", "watch",
         "once", "linux", "logs", "goarch", "programs", "interfaces", "https", "control",
-        "manhole", "supervisor", "gossip", "images",
+        "manhole", "supervisor", "gossip", "images", "backoff", "observers", "waiters",
+        "machine",
     },
     "reactions": {"pki", "mesh", "kube"},
     "composition": {"node", "cli"},

@@ -25,6 +25,7 @@ from hepto import plan
 from hepto.errors import StartupError
 from hepto.pki import ca, keys, policy, requests, signer, store
 from hepto.pki import desk as desk_module
+from hepto.pki import signing as signing_module
 from hepto.pki.errors import WorkerError
 from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBE_PROXY, KUBELET_CLIENT, KUBELET_SERVING
@@ -708,7 +709,7 @@ class BatchTests(ServiceTestCase):
 
 class BoundedRecordTests(ServiceTestCase):
     def test_answers_in_flight_are_bounded_and_everyone_is_served_in_turn(self) -> None:
-        self.patch(desk_module, "MAX_OUTSTANDING", 1)
+        self.patch(signing_module, "MAX_OUTSTANDING", 1)
         self.lab.join("master", "master")
         master = self.lab.services["master"]
         master.stopService()

@@ -43,7 +43,8 @@ from hepto.gossip.streams import (
     StreamMessage,
     StreamPing,
 )
-from hepto.gossip.swim import Membership, MemberState
+from hepto.gossip.swim import Membership
+from hepto.gossip.table import MemberState
 from hepto.gossip.transport import GossipTransport
 from hepto.interfaces import IF_INET6, public_address
 from hepto.state import ALIVE, DEAD, Change

@@ -8,7 +8,7 @@ uses it to measure them.
 Scale drives the design: ``task.Clock`` re-sorts its whole list on every ``callLater``,
 which at 10,000 members (each with a probe, a gossip and several ack timers pending)
 costs more than the protocol itself, so :class:`HeapClock` keeps a heap.  Members can
-start from one shared, converged :class:`~hepto.gossip.swim.Snapshot` instead of
+start from one shared, converged :class:`~hepto.gossip.table.Snapshot` instead of
 10,000 private copies of 10,000 states.
 """
 
@@ -38,7 +38,8 @@ from hepto.gossip.identity import Identity
 from hepto.gossip.messages import MAX_DATAGRAM, SEALING_OVERHEAD, Message, Ping
 from hepto.gossip.profile import LAN, Profile
 from hepto.gossip.proofs import Notary, Verdict
-from hepto.gossip.swim import Membership, MemberState, Snapshot
+from hepto.gossip.swim import Membership
+from hepto.gossip.table import MemberState, Snapshot
 from hepto.state import ALIVE, DEAD, SUSPECT
 
 PORT = 7946

@@ -11,14 +11,15 @@ round robin; without an ack after the probe timeout it asks ``indirect_checks`` 
 to ping the target for it (they ack, or nack so that our Lifeguard knows they are fine)
 and tries a TCP ping in parallel; a target none of these confirms by the end of the
 interval is suspected.  A suspected member that hears of it refutes by raising its
-incarnation; one that cannot for the suspicion timeout is declared dead.
+incarnation; one that cannot for the suspicion timeout is declared dead.  The probes
+themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
+:class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the targets and decides
+what an unanswered probe means.
 
 Dissemination: membership news (alive, suspect, dead) and record digests are queued
-in a :class:`~hepto.gossip.broadcast.BroadcastQueue` and piggybacked on every datagram
-we send, plus gossip-only datagrams to ``gossip_nodes`` random peers each interval.
-Beyond memberlist, news of a member's fate does not wait for the next interval: it goes
-out in a round of its own as soon as it arrives, so that a death reaches a hundred
-members in a few network transits rather than in four or five gossip intervals.
+in a :class:`~hepto.gossip.broadcast.BroadcastQueue`, which
+:class:`~hepto.gossip.dissemination.Gossip` piggybacks on every datagram we send and
+gossips to a few random peers every interval, and at once for news of a member's fate.
 
 Beyond memberlist, against false deaths on lossy links: a member probes a suspect
 itself shortly before declaring it dead (the last look), gives a suspect that answers
@@ -50,21 +51,19 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
-from hepto.gossip.codec import HEADER_SIZE, encoded_size
+from hepto.gossip.dissemination import Gossip
 from hepto.gossip.messages import (
-    MAX_PLAINTEXT,
     PROTOCOL_MESSAGES,
     Ack,
     Alive,
@@ -76,16 +75,16 @@ from hepto.gossip.messages import (
     PingReq,
     Suspect,
 )
+from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
 from hepto.gossip.suspicion import Suspicion
+from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, MemberTable, ProbeOrder, Snapshot
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 INCARNATION_CEILING: Final = 2**48
 INCARNATION_SLACK: Final = 1024
-#: Ping-req relays in flight at once: a flood of ping-reqs must not make us a reflector.
-MAX_RELAYS: Final = 256
 #: Seconds between two log lines about drops of the same reason.
 DROP_LOG_INTERVAL: Final = 60.0
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
@@ -99,30 +98,7 @@ LAST_LOOK_PROBES: Final = 3
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
 #: chance to miss (about N * exp(-2L * (1 - loss))).
 DIGEST_WEIGHT: Final = 2
-_SEQ_MODULO: Final = 2**32
-_FRAME_BUDGET: Final = MAX_PLAINTEXT - HEADER_SIZE
 _PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
-
-
-@attrs.frozen
-class MemberState:
-    """A member as this node sees it; ``since`` is the clock time of its last status change."""
-
-    name: str
-    address: Endpoint
-    role: str
-    incarnation: int
-    status: str
-    since: float
-    #: The proof of the Alive that made this state, as it came (b"" if none did).
-    proof: bytes = attrs.field(default=b"", repr=False)
-
-    @property
-    def reachable(self) -> bool:
-        return self.status in (ALIVE, SUSPECT)
-
-    def alive_message(self) -> Alive:
-        return Alive(self.name, self.incarnation, self.address, self.role, self.proof)
 
 
 class Network(Protocol):
@@ -138,186 +114,6 @@ class Network(Protocol):
 Observer = Callable[[MemberState | None, MemberState], None]
 DigestHandler = Callable[[MemberState, str, int], None]
 ReapHandler = Callable[[MemberState], None]
-
-
-class Snapshot:
-    """Members known at start, shared read-only by any number of :class:`Membership`.
-
-    The simulator starts thousands of members from one converged view; each keeps only
-    its own changes on top of it instead of a full copy.
-    """
-
-    def __init__(self, states: Sequence[MemberState]) -> None:
-        self.by_name: Mapping[str, MemberState] = {state.name: state for state in states}
-        self.by_address: Mapping[Endpoint, str] = {state.address: state.name for state in states}
-        self.names: Sequence[str] = tuple(self.by_name)
-        self.positions: Mapping[str, int] = {name: index for index, name in enumerate(self.names)}
-        self.departed: Sequence[tuple[str, float]] = tuple(
-            (state.name, state.since) for state in states if not state.reachable
-        )
-
-
-_EMPTY: Final = Snapshot(())
-
-
-class MemberTable:
-    """Members by name and by address: a :class:`Snapshot` plus our changes over it."""
-
-    def __init__(self, base: Snapshot) -> None:
-        self._base = base
-        self._changed: dict[str, MemberState | None] = {}
-        self._addresses: dict[Endpoint, str] = {}
-        self._size = len(base.by_name)
-
-    def __len__(self) -> int:
-        return self._size
-
-    def get(self, name: str) -> MemberState | None:
-        changed = self._changed
-        if name in changed:
-            return changed[name]
-        return self._base.by_name.get(name)
-
-    def at(self, address: Endpoint) -> MemberState | None:
-        name = self._addresses.get(address) or self._base.by_address.get(address)
-        state = None if name is None else self.get(name)
-        return state if state is not None and state.address == address else None
-
-    def set(self, state: MemberState) -> None:
-        if self.get(state.name) is None:
-            self._size += 1
-        self._changed[state.name] = state
-        self._addresses[state.address] = state.name
-
-    def remove(self, name: str) -> None:
-        if self.get(name) is not None:
-            self._size -= 1
-            self._changed[name] = None
-
-    def __iter__(self) -> Iterator[MemberState]:
-        for state in self._changed.values():
-            if state is not None:
-                yield state
-        for name, state in self._base.by_name.items():
-            if name not in self._changed:
-                yield state
-
-
-class ProbeOrder:
-    """Randomized round robin over names: every round visits each name once.
-
-    Drawing each next name uniformly from those not yet visited this round is an
-    incremental Fisher-Yates shuffle: a fresh random order per round for one swap per
-    draw.  A name added mid-round lands somewhere in the unvisited rest, as memberlist's
-    insertion at a random offset.  The order is a shared start sequence plus the
-    entries we moved, so that adding, removing and drawing are O(1) and thousands of
-    simulated members share one start order.
-    """
-
-    def __init__(
-        self,
-        rng: random.Random,
-        base: Sequence[str] = (),
-        base_positions: Mapping[str, int] | None = None,
-    ) -> None:
-        self._rng = rng
-        self._base = base
-        self._base_positions = base_positions or {}
-        # Names whose place differs from the start order, both ways round.
-        self._slots: dict[int, str] = {}
-        self._where: dict[str, int] = {}
-        self._length = len(base)
-        self._next = 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._index(name) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        return (self._at(index) for index in range(self._length))
-
-    def _at(self, index: int) -> str:
-        name = self._slots.get(index)
-        return self._base[index] if name is None else name
-
-    def _put(self, index: int, name: str) -> None:
-        self._slots[index] = name
-        self._where[name] = index
-
-    def _index(self, name: str) -> int | None:
-        index = self._where.get(name)
-        if index is None:
-            index = self._base_positions.get(name)
-            if index is None or index >= self._length or self._at(index) != name:
-                return None
-        return index
-
-    def add(self, name: str) -> None:
-        if name not in self:
-            self._put(self._length, name)
-            self._length += 1
-
-    def remove(self, name: str) -> None:
-        index = self._index(name)
-        if index is None:
-            return
-        if index < self._next:
-            # Keep the visited prefix contiguous: its last entry takes the freed place.
-            self._next -= 1
-            self._put(index, self._at(self._next))
-            index = self._next
-        self._length -= 1
-        if index != self._length:
-            self._put(index, self._at(self._length))
-        self._slots.pop(self._length, None)
-        self._where.pop(name, None)
-
-    def draw(self) -> str | None:
-        """The next name of this round (a new round starts once all were visited)."""
-        if not self._length:
-            return None
-        if self._next >= self._length:
-            self._next = 0
-        index = self._rng.randrange(self._next, self._length)
-        chosen = self._at(index)
-        if index != self._next:
-            self._put(index, self._at(self._next))
-            self._put(self._next, chosen)
-        self._next += 1
-        return chosen
-
-    def sample(self) -> str | None:
-        """A uniformly random name."""
-        return self._at(self._rng.randrange(self._length)) if self._length else None
-
-
-@attrs.define(eq=False)
-class _Probe:
-    target: MemberState
-    seq: int
-    timer: IDelayedCall | None = None
-    helpers: frozenset[str] = frozenset()
-    nacks: set[str] = attrs.field(factory=set)
-    stream: Deferred[bool] | None = None
-
-    @property
-    def indirect(self) -> bool:
-        return self.timer is None
-
-
-@attrs.define(eq=False)
-class _Relay:
-    requester: Endpoint
-    #: The requester's sequence number, which our ack or nack must carry back.
-    seq: int
-    target: str
-    #: Ours, on the ping we send the target.
-    local_seq: int
-    #: When to nack, and when to stop listening for the target's ack.
-    timer: IDelayedCall | None = None
-    expiry: IDelayedCall | None = None
 
 
 class Membership:
@@ -351,27 +147,43 @@ class Membership:
         self._clock = clock
         self._network = network
         self._rng = rng
-        base = snapshot or _EMPTY
+        base = snapshot or EMPTY_SNAPSHOT
         self._table = MemberTable(base)
         self._order = ProbeOrder(rng, base.names, base.positions)
         self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._table)))
+        self._departed: dict[str, float] = dict(base.departed)
+        self._gossip = Gossip(
+            name,
+            clock,
+            profile,
+            self._queue,
+            send=network.send,
+            random_members=self._random_members,
+            departed=self._departed,
+        )
         self._awareness = Awareness(profile.awareness_max_multiplier)
         self._suspicions: dict[str, Suspicion] = {}
         #: Suspects to probe before the round robin goes on.
         self._urgent: list[str] = []
         #: Suspects that answered a probe of ours during their suspicion.
         self._answering: set[str] = set()
-        self._departed: dict[str, float] = dict(base.departed)
-        self._waiting: dict[int, _Probe | _Relay] = {}
-        self._probe: _Probe | None = None
-        self._seq = rng.randrange(_SEQ_MODULO)
+        self._prober = Prober(
+            name,
+            clock,
+            profile,
+            self._awareness,
+            rng,
+            send=self._gossip.send,
+            ping_stream=network.ping_stream,
+            random_members=self._random_members,
+            drop=self._drop,
+            answered=self._probe_answered,
+            unanswered=self._probe_unanswered,
+        )
         self._observers: Observers[[MemberState | None, MemberState]] = Observers(
             "Membership observer", self.log
         )
         self._probe_call: IDelayedCall | None = None
-        self._gossip_call: IDelayedCall | None = None
-        self._news_call: IDelayedCall | None = None
-        self._last_round = -math.inf
         self._running = False
         self._catching_up = False
         #: Changes of our view so far, and whether the last merge brought any.
@@ -386,10 +198,10 @@ class Membership:
             Suspect: self._receive_suspect,
             Dead: self._receive_dead,
             Digest: self._receive_digest,
-            Ping: self._receive_ping,
-            PingReq: self._receive_ping_req,
-            Ack: self._receive_ack,
-            Nack: self._receive_nack,
+            Ping: self._prober.receive_ping,
+            PingReq: self._prober.receive_ping_req,
+            Ack: self._prober.receive_ack,
+            Nack: self._prober.receive_nack,
         }
         known = self._table.get(name)
         if known is not None:
@@ -490,25 +302,21 @@ class Membership:
         self._probe_call = self._clock.callLater(
             self._rng.uniform(0, self.profile.probe_interval), self._probe_tick
         )
-        self._gossip_call = self._clock.callLater(
-            self._rng.uniform(0, self.profile.gossip_interval), self._gossip_tick
-        )
+        self._gossip.start(self._rng.uniform(0, self.profile.gossip_interval))
 
     def stop(self) -> None:
         """Stop every timer; later datagrams are ignored."""
         self._running = False
-        for call in (self._probe_call, self._gossip_call, self._news_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._probe_call = self._gossip_call = self._news_call = None
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        self._probe_call = None
+        self._gossip.stop()
         for suspicion in self._suspicions.values():
             suspicion.cancel()
         self._suspicions.clear()
         self._urgent.clear()
         self._answering.clear()
-        for waiter in list(self._waiting.values()):
-            self._forget(waiter)
-        self._probe = None
+        self._prober.stop()
         if self._leaving is not None and not self._leaving.called:
             self._leaving.callback(None)
 
@@ -644,57 +452,6 @@ class Membership:
                 self.on_digest(holder, message.name, message.version)
             except Exception:
                 self.log.failure("Digest handler failed on {digest}", digest=message)
-
-    def _receive_ping(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Ping)
-        if message.target != self.name:
-            self._drop("ping for another member", target=message.target, sender=sender)
-            return
-        self._send(sender, [Ack(message.seq, self.name)])
-
-    def _receive_ping_req(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, PingReq)
-        if message.target == self.name:
-            self._drop("ping-req about ourselves", sender=sender)
-            return
-        if len(self._waiting) >= MAX_RELAYS:
-            self._drop("too many ping-req relays", sender=sender)
-            return
-        seq = self._next_seq()
-        relay = _Relay(sender, message.seq, message.target, seq)
-        self._waiting[seq] = relay
-        # Nack early enough to reach the requester before its probe ends, but keep
-        # listening a whole interval: a late ack still saves the target.
-        relay.timer = self._clock.callLater(self.profile.nack_timeout, self._nack, relay)
-        relay.expiry = self._clock.callLater(
-            self.profile.probe_interval, self._relay_expired, relay
-        )
-        self._send(message.target_address, [Ping(seq, message.target, self.name)])
-
-    def _receive_ack(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Ack)
-        waiter = self._waiting.get(message.seq)
-        if waiter is None:
-            # Late: the probe already ended.  Common under loss, not worth a drop.
-            return
-        if isinstance(waiter, _Relay):
-            if message.source != waiter.target:
-                self._drop("ack from the wrong member", source=message.source)
-                return
-            self._forget(waiter)
-            self._send(waiter.requester, [Ack(waiter.seq, waiter.target)])
-            return
-        if message.source != waiter.target.name:
-            self._drop("ack from the wrong member", source=message.source)
-            return
-        # A direct ack is evidence of our own good health; a relayed one is not.
-        self._probe_succeeded(waiter, 0 if waiter.indirect else -1)
-
-    def _receive_nack(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Nack)
-        waiter = self._waiting.get(message.seq)
-        if isinstance(waiter, _Probe) and message.source in waiter.helpers:
-            waiter.nacks.add(message.source)
 
     # Membership news --------------------------------------------------------------------
 
@@ -917,7 +674,7 @@ class Membership:
             if self._leaving is None and self._queue.get(self.name) is None:
                 self._broadcast_member(known.alive_message())
         elif sender is not None and known.status == ALIVE:
-            self._send(sender, [known.alive_message()])
+            self._gossip.send(sender, [known.alive_message()])
 
     def _refute(self, accused: int) -> None:
         own = self._own
@@ -933,7 +690,7 @@ class Membership:
         state = self._proven_own(incarnation, own.since)
         self._change(state)
         self._broadcast_member(state.alive_message())
-        self._gossip_news()
+        self._gossip.news()
 
     def _cancel_suspicion(self, name: str) -> None:
         suspicion = self._suspicions.get(name)
@@ -964,7 +721,7 @@ class Membership:
                 incarnation=new.incarnation,
             )
         if old is not None and old.status != new.status:
-            self._gossip_news()
+            self._gossip.news()
         self._observers.notify(old, new)
 
     def _broadcast_member(self, message: Alive | Suspect | Dead) -> None:
@@ -975,17 +732,12 @@ class Membership:
 
     # Probing ----------------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) % _SEQ_MODULO
-        return self._seq
-
     def _probe_tick(self) -> None:
-        if self._probe is not None:
-            self._probe_failed(self._probe)
+        self._prober.conclude()
         self._reap()
         target = self._next_target()
         if target is not None:
-            self._start_probe(target)
+            self._prober.probe(target)
         # Lifeguard: a member in poor health probes less often and waits longer.
         self._probe_call = self._clock.callLater(
             self._awareness.scale(self.profile.probe_interval), self._probe_tick
@@ -1003,96 +755,14 @@ class Membership:
                 return state
         return None
 
-    def _start_probe(self, target: MemberState) -> None:
-        seq = self._next_seq()
-        probe = _Probe(target, seq)
-        self._probe = probe
-        self._waiting[seq] = probe
-        messages: list[Message] = [Ping(seq, target.name, self.name)]
-        if target.status == SUSPECT:
-            # The buddy system: tell a suspect directly, so that it refutes at once.
-            messages.append(Suspect(target.name, target.incarnation, self.name))
-        probe.timer = self._clock.callLater(
-            self._awareness.scale(self.profile.probe_timeout), self._probe_indirectly, probe
-        )
-        self._send(target.address, messages)
+    def _probe_answered(self, target: MemberState) -> None:
+        # A suspect that answers is alive: if its suspicion runs out all the same, only its
+        # refutation went missing, and it gets another look (see _suspicion_expired).
+        if target.name in self._suspicions:
+            self._answering.add(target.name)
 
-    def _probe_indirectly(self, probe: _Probe) -> None:
-        probe.timer = None
-        target = probe.target
-        helpers = self._random_members(
-            self.profile.indirect_checks,
-            lambda state: state.status == ALIVE and state.name != target.name,
-        )
-        probe.helpers = frozenset(helper.name for helper in helpers)
-        request = PingReq(probe.seq, target.name, target.address, self.name)
-        for helper in helpers:
-            self._send(helper.address, [request])
-        # In parallel with the helpers, try TCP: it gets through where UDP is blocked.
-        stream = self._network.ping_stream(target.address, Ping(probe.seq, target.name, self.name))
-        probe.stream = stream
-        stream.addCallbacks(
-            self._stream_answered,
-            self._stream_failed,
-            callbackArgs=(probe,),
-            errbackArgs=(probe,),
-        )
-
-    def _stream_answered(self, acked: bool, probe: _Probe) -> None:
-        probe.stream = None
-        if acked and self._probe is probe:
-            self.log.warn(
-                "{member} answered over TCP but not over UDP: is UDP blocked on the way?",
-                member=probe.target.name,
-            )
-            self._probe_succeeded(probe, 0)
-
-    def _stream_failed(self, failure: Failure, probe: _Probe) -> None:
-        probe.stream = None
-        if not failure.check(CancelledError):
-            self.log.failure("TCP ping of {member} failed", failure, member=probe.target.name)
-
-    def _probe_succeeded(self, probe: _Probe, health_delta: int) -> None:
-        self._forget(probe)
-        self._probe = None
-        if probe.target.name in self._suspicions:
-            self._answering.add(probe.target.name)
-        self._awareness.apply(health_delta)
-
-    def _probe_failed(self, probe: _Probe) -> None:
-        self._forget(probe)
-        self._probe = None
-        # Lifeguard: every helper that did not even nack points at our own network.
-        if probe.helpers:
-            self._awareness.apply(len(probe.helpers) - len(probe.nacks))
-        else:
-            self._awareness.apply(1)
-        self._suspect(Suspect(probe.target.name, probe.target.incarnation, self.name))
-
-    def _nack(self, relay: _Relay) -> None:
-        relay.timer = None
-        self._send(relay.requester, [Nack(relay.seq, self.name)])
-
-    def _relay_expired(self, relay: _Relay) -> None:
-        relay.expiry = None
-        self._forget(relay)
-
-    def _forget(self, waiter: _Probe | _Relay) -> None:
-        """End a probe or relay: no more timers, no more interest in its acks."""
-        if isinstance(waiter, _Probe):
-            self._waiting.pop(waiter.seq, None)
-            if waiter.stream is not None:
-                stream, waiter.stream = waiter.stream, None
-                stream.cancel()
-        else:
-            self._waiting.pop(waiter.local_seq, None)
-            if waiter.expiry is not None and waiter.expiry.active():
-                waiter.expiry.cancel()
-            waiter.expiry = None
-        if waiter.timer is not None:
-            if waiter.timer.active():
-                waiter.timer.cancel()
-            waiter.timer = None
+    def _probe_unanswered(self, target: MemberState) -> None:
+        self._suspect(Suspect(target.name, target.incarnation, self.name))
 
     def _reap(self) -> None:
         if not self._departed:
@@ -1111,55 +781,6 @@ class Membership:
                     except Exception:
                         self.log.failure("Reap handler failed on {member}", member=name)
 
-    # Gossip -----------------------------------------------------------------------------
-
-    def _gossip_tick(self) -> None:
-        self._gossip_call = self._clock.callLater(self.profile.gossip_interval, self._gossip_tick)
-        self._gossip_round()
-
-    def _gossip_news(self) -> None:
-        """A round of gossip soon, for news of a member's fate: at once, unless the last
-        round was less than ``news_round_spacing`` ago (then when that has passed), and
-        not at all if the next tick comes first.  Called while a datagram is being
-        handled, the round waits for the end of it, so one round carries all its news."""
-        if not (self._running and self.profile.news_rounds):
-            return
-        if self._news_call is not None and self._news_call.active():
-            return
-        now = self._clock.seconds()
-        when = max(now, self._last_round + self.profile.news_round_spacing)
-        if self._gossip_call is not None and self._gossip_call.getTime() <= when:
-            return
-        self._news_call = self._clock.callLater(when - now, self._news_round)
-
-    def _news_round(self) -> None:
-        self._news_call = None
-        self._gossip_round()
-
-    def _gossip_round(self) -> None:
-        self._last_round = self._clock.seconds()
-        horizon = self._clock.seconds() - self.profile.gossip_to_the_dead
-        recently_dead = any(since > horizon for since in self._departed.values())
-        if not len(self._queue) and not recently_dead:
-            return
-        for target in self._random_members(
-            self.profile.gossip_nodes,
-            lambda state: state.reachable or (state.status == DEAD and state.since > horizon),
-        ):
-            messages = self._queue.take(_FRAME_BUDGET - self._dead_notice_size(target))
-            if not target.reachable:
-                # The recently dead hear that they are dead, even when there is no other
-                # news: one that was merely cut off refutes and rejoins (memberlist only
-                # sends them the news it happens to have, which has often run out).
-                messages.insert(0, Dead(target.name, target.incarnation, self.name))
-            if messages:
-                self._network.send(target.address, messages)
-
-    def _dead_notice_size(self, target: MemberState) -> int:
-        if target.reachable:
-            return 0
-        return encoded_size(Dead(target.name, target.incarnation, self.name))
-
     def _random_members(
         self, count: int, accept: Callable[[MemberState], bool]
     ) -> list[MemberState]:
@@ -1176,14 +797,6 @@ class Membership:
             if state is not None and accept(state):
                 chosen[name] = state
         return list(chosen.values())
-
-    # Sending ----------------------------------------------------------------------------
-
-    def _send(self, to: Endpoint, messages: list[Message]) -> None:
-        """One datagram: ``messages`` first, then as much news as fits."""
-        budget = _FRAME_BUDGET - sum(encoded_size(message) for message in messages)
-        messages.extend(self._queue.take(budget))
-        self._network.send(to, messages)
 
     def _drop(self, reason: str, **fields: object) -> None:
         self.drops[reason] += 1

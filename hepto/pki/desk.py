@@ -4,8 +4,9 @@ A :class:`Desk` is made for one batch of work and thrown away after it.  It is t
 service as it was when it ran in the agent, minus everything that waits: it starts (loads
 or makes the CAs and this member's keys, signs the master's own certificates), renews,
 and reviews the records of members that changed, and it says what it did.  Everything it
-must remember between batches is :meth:`Desk.memory`, JSON, which the resident service
-keeps and hands back with the next batch; files are reloaded from disk every time, and
+must remember between batches is :meth:`Desk.memory`, a
+:class:`~hepto.pki.protocol.DeskMemory`, which the resident service keeps and hands back
+with the next batch; files are reloaded from disk every time, and
 only a desk writes them, each atomically (:func:`hepto.files.write_atomically`).
 
 What a batch produces, besides files:
@@ -17,7 +18,10 @@ What a batch produces, besides files:
 - :attr:`Desk.marks`, members whose records deserve another review at once;
 - :meth:`Desk.status`, what ``hepto status`` shows.
 
-The record protocol itself is described in :mod:`hepto.pki.service`.
+On a master, the review of other members' requests is a
+:class:`~hepto.pki.signing.SigningDesk`'s; the desk keeps what serves the master itself
+(its CAs, its own certificates, signed locally).  The record protocol itself is
+described in :mod:`hepto.pki.service`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -35,10 +39,11 @@ from hepto import plan
 from hepto.pki import ca, keys, kubeconfig, mastership, policy, store
 from hepto.pki.errors import AuthorityError, Refused
 from hepto.pki.paths import KUBECONFIGS, Paths
+from hepto.pki.protocol import CertificateChange, DeskMemory, MemberEntry
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.signer import KeyLedger, Signer
+from hepto.pki.signing import SigningDesk
 from hepto.pki.specs import (
-    CERTIFICATES,
     LEAF_LIFETIME,
     RECORD_KEY,
     CertificateSpec,
@@ -47,17 +52,6 @@ from hepto.pki.specs import (
 )
 from hepto.pki.store import Slot
 from hepto.pki.trust import Trust
-
-#: More CSRs than any role needs: a record with more is refused whole.
-MAX_REQUESTS: Final = 8
-#: Members whose answers the master's record carries at once.  Each costs ~1.5 KiB, so
-#: this keeps the record near 300 KiB, well under gossip's 1 MiB limit, even when
-#: hundreds of nodes join together; the others wait their turn (``deferred_requests``).
-MAX_OUTSTANDING: Final = 200
-
-#: A member's entry in a batch: ``None`` when it left, else what the desk reads of its
-#: record: ``{"version": int, "role": ..., "pki": ...}``.
-MemberEntry = Mapping[str, Any] | None
 
 
 def foreign_pin(paths: Paths) -> AuthorityError:
@@ -107,76 +101,58 @@ class Desk:
         self._trust = Trust(self.paths.trusted_ca)
         self._signer: Signer | None = None
         self._authorities: ca.Authorities | None = None
-        # The master's desk: what it reviewed, signed and refused, per member.
-        self._reviewed: dict[tuple[str, str], tuple[object, object]] = {}
-        self._signed: dict[str, dict[str, str]] = {}
-        self._refused: dict[str, dict[str, dict[str, str | None]]] = {}
+        # The master's: its review of others' requests, and its answers in flight.
+        self._signing: SigningDesk | None = None
         # A member's view of what the master offers it.
         self._offers_seen: dict[tuple[str, str], str] = {}
         self._announcements_seen: dict[str, tuple[object, object]] = {}
         self._refused_by_master: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
-        self._waiting: set[str] = set()
         #: The members proven masters (hepto.pki.mastership), by their records.
         self.masters: set[str] = set()
         # What this batch did.
-        self.changes: list[dict[str, Any]] = []
+        self.changes: list[CertificateChange] = []
         self.renewals: dict[str, float] = {}
         self.revisits: dict[str, float] = {}
         self.marks: set[str] = set()
 
     # -- memory between batches -----------------------------------------------------------
 
-    def memory(self) -> dict[str, Any]:
-        """Everything the next batch must know that the files do not say, as JSON."""
-        return {
-            "reviewed": [[*key, *value] for key, value in self._reviewed.items()],
-            "signed": self._signed,
-            "refused": self._refused,
-            "offers_seen": [[*key, pem] for key, pem in self._offers_seen.items()],
-            "announcements_seen": {
-                name: list(value) for name, value in self._announcements_seen.items()
-            },
-            "refused_by_master": self._refused_by_master,
-            "versions": self._versions,
-            "waiting": sorted(self._waiting),
-            "masters": sorted(self.masters),
-            "refusals": self.refusals.as_json(),
-            "refusals_evicted": self.refusals.evicted,
-            "dropped": self.dropped,
-            # Each CSR published, with the key it is for: a new CSR for the same key
-            # would differ (ECDSA signatures are randomised) and be published anew.
-            "requests": {
-                name: [keys.fingerprint(slot.pending), slot.request]
+    def memory(self) -> DeskMemory:
+        """Everything the next batch must know that the files do not say."""
+        memory = DeskMemory(
+            offers_seen=self._offers_seen,
+            announcements_seen=self._announcements_seen,
+            refused_by_master=self._refused_by_master,
+            versions=self._versions,
+            masters=self.masters,
+            refusals=self.refusals,
+            dropped=self.dropped,
+            requests={
+                name: (keys.fingerprint(slot.pending), slot.request)
                 for name, slot in self._slots.items()
                 if slot.pending is not None and slot.request is not None
             },
-            "ignored": self._ignored,
-            # What the service knows installed, to notice what a failed batch installed.
-            "installed": {
+            ignored=self._ignored,
+            installed={
                 name: _certificate_fingerprint(slot.certificate)
                 for name, slot in self._slots.items()
                 if slot.certificate is not None
             },
-        }
+        )
+        if self._signing is not None:
+            self._signing.remember(memory)
+        return memory
 
-    def _restore(self, memory: Mapping[str, Any]) -> None:
-        self._reviewed = {
-            (member, name): (role, pem) for member, name, role, pem in memory["reviewed"]
-        }
-        self._signed = memory["signed"]
-        self._refused = memory["refused"]
-        self._offers_seen = {(master, name): pem for master, name, pem in memory["offers_seen"]}
-        self._announcements_seen = {
-            name: (role, pem) for name, (role, pem) in memory["announcements_seen"].items()
-        }
-        self._refused_by_master = memory["refused_by_master"]
-        self._versions = memory["versions"]
-        self._waiting = set(memory["waiting"])
-        self.masters = set(memory.get("masters", ()))
-        self.refusals = RefusalLog.from_json(memory["refusals"], memory["refusals_evicted"])
-        self.dropped = memory["dropped"]
-        self._ignored = memory["ignored"]
+    def _restore(self, memory: DeskMemory) -> None:
+        self._offers_seen = memory.offers_seen
+        self._announcements_seen = memory.announcements_seen
+        self._refused_by_master = memory.refused_by_master
+        self._versions = memory.versions
+        self.masters = memory.masters
+        self.refusals = memory.refusals
+        self.dropped = memory.dropped
+        self._ignored = memory.ignored
 
     # -- starting, and resuming -------------------------------------------------------------
 
@@ -206,14 +182,14 @@ class Desk:
             else:
                 self._schedule_renewal(slot)
 
-    def resume(self, memory: Mapping[str, Any]) -> None:
+    def resume(self, memory: DeskMemory) -> None:
         """Take up where the previous batch left: its memory, and the files."""
         self._restore(memory)
         self._trust = Trust.load(self.paths.trusted_ca)
         if self.is_master:
             authorities = ca.load_authorities(self.paths.authority_dir, self.now)
-            self._use_authorities(authorities)
-        requests = memory["requests"]
+            self._use_authorities(authorities, memory)
+        requests = memory.requests
         adopted: list[Slot] = []
         for spec in self.specs.values():
             slot = store.load_slot(self.paths, spec, report=False)
@@ -222,7 +198,7 @@ class Desk:
             ):
                 store.forget_installed(slot)
             if slot.certificate is not None and (
-                memory["installed"].get(spec.name) != _certificate_fingerprint(slot.certificate)
+                memory.installed.get(spec.name) != _certificate_fingerprint(slot.certificate)
             ):
                 adopted.append(slot)
             if slot.pending is not None:
@@ -250,12 +226,22 @@ class Desk:
             self._trust.pin(authorities.kubernetes.certificate)
         except Refused:
             raise foreign_pin(self.paths) from None
-        self._use_authorities(authorities)
+        self._use_authorities(authorities, DeskMemory())
 
-    def _use_authorities(self, authorities: ca.Authorities) -> None:
+    def _use_authorities(self, authorities: ca.Authorities, memory: DeskMemory) -> None:
+        """The master's CAs: to sign its own certificates, and others' (as remembered)."""
         self._authorities = authorities
         self._signer = Signer(
             self.cluster, authorities, KeyLedger.load(self.paths.ledger), self.lifetime
+        )
+        self._signing = SigningDesk(
+            self._signer,
+            self.now,
+            memory,
+            self.refusals,
+            refuse=self._refuse,
+            count=self._count,
+            mark=self._mark,
         )
 
     # -- own certificates ----------------------------------------------------------------
@@ -322,14 +308,14 @@ class Desk:
         kubeconfig_path = self._write_kubeconfig(slot)
         self._schedule_renewal(slot)
         self.changes.append(
-            {
-                "name": slot.name,
-                "certificate": str(self.paths.certificate(slot.name)),
-                "key": str(self.paths.key(slot.name)),
-                "kubeconfig": None if kubeconfig_path is None else str(kubeconfig_path),
-                "not_after": certificate.not_valid_after_utc.isoformat(),
-                "fingerprint": keys.fingerprint(key),
-            }
+            CertificateChange(
+                name=slot.name,
+                certificate=self.paths.certificate(slot.name),
+                key=self.paths.key(slot.name),
+                kubeconfig=kubeconfig_path,
+                not_after=certificate.not_valid_after_utc,
+                fingerprint=keys.fingerprint(key),
+            )
         )
 
     def _write_kubeconfig(self, slot: Slot) -> Path | None:
@@ -392,15 +378,12 @@ class Desk:
             "refusals_evicted": self.refusals.evicted,
             "dropped": dict(self.dropped),
         }
-        if self._authorities is not None:
+        if self._authorities is not None and self._signing is not None:
             result["authorities"] = {
                 authority.name: ca.describe(authority.certificate)
                 for authority in self._authorities
             }
-            result["outstanding"] = {
-                member: sorted(names) for member, names in sorted(self._signed.items())
-            }
-            result["waiting"] = sorted(self._waiting)
+            result.update(self._signing.status())
         else:
             result["refused_by_master"] = dict(self._refused_by_master)
         return result
@@ -423,18 +406,13 @@ class Desk:
                 section[mastership.PROOF_KEY] = mastership.prove(
                     self._authorities.kubernetes.key, self.cluster, self.member, self.identity
                 )
-            if self._signed:
-                section["signed"] = {member: dict(names) for member, names in self._signed.items()}
-            if self._refused:
-                section["refused"] = {
-                    member: {name: dict(entry) for name, entry in names.items()}
-                    for member, names in self._refused.items()
-                }
+            if self._signing is not None:
+                section.update(self._signing.section())
         return section or None
 
     # -- following the state ---------------------------------------------------------------
 
-    def review(self, members: Mapping[str, MemberEntry]) -> None:
+    def review(self, members: Mapping[str, MemberEntry | None]) -> None:
         """Review the records of members that changed (``None``: the member left)."""
         for name in sorted(members):
             entry = members[name]
@@ -447,8 +425,8 @@ class Desk:
                 # A bug met with one member's record must not stop the others'.
                 self._count("review_failures")
                 self.log.failure("Reviewing the record of {member} failed", member=name)
-        if self._signer is not None:
-            self._signer.ledger.save()
+        if self._signing is not None:
+            self._signing.save()
 
     def _mark(self, name: str) -> None:
         self.marks.add(name)
@@ -456,15 +434,12 @@ class Desk:
     def _forget(self, name: str) -> None:
         """A member left: drop what was in flight for it (its ledger entries stay)."""
         self._versions.pop(name, None)
-        self._waiting.discard(name)
-        if self._signed.pop(name, None) is not None:
-            self._wake_waiting()
-        self._refused.pop(name, None)
+        if self._signing is not None:
+            self._signing.forget(name)
         self._announcements_seen.pop(name, None)
         self.masters.discard(name)
-        for table in (self._reviewed, self._offers_seen):
-            for key in [key for key in table if key[0] == name]:
-                del table[key]
+        for key in [key for key in self._offers_seen if key[0] == name]:
+            del self._offers_seen[key]
 
     def _count(self, what: str) -> None:
         self.dropped[what] = self.dropped.get(what, 0) + 1
@@ -479,8 +454,8 @@ class Desk:
                 reason=refused.reason,
             )
 
-    def _review_member(self, name: str, entry: Mapping[str, Any]) -> None:
-        version = entry["version"]
+    def _review_member(self, name: str, entry: MemberEntry) -> None:
+        version = entry.version
         last = self._versions.get(name)
         if last is not None and version < last:
             self._count(policy.STALE_RECORD)
@@ -492,7 +467,7 @@ class Desk:
             )
             return
         self._versions[name] = version
-        section = entry.get(RECORD_KEY)
+        section = entry.pki
         if section is not None and not isinstance(section, Mapping):
             self._refuse(
                 name,
@@ -501,11 +476,11 @@ class Desk:
             )
             section = None
         section = section or {}
-        role = entry.get("role")
+        role = entry.role
         self._review_announcement(name, role, section)
-        self._review_mastership(name, role, section, entry.get("identity"))
-        if self._signer is not None:
-            self._review_requests(name, role, section)
+        self._review_mastership(name, role, section, entry.identity)
+        if self._signing is not None:
+            self._signing.review(name, role, section)
         else:
             self._review_offers(name, role, section)
 
@@ -529,18 +504,18 @@ class Desk:
             )
 
     def _review_mastership(
-        self, name: str, role: object, section: Mapping[str, Any], identity: object
+        self, name: str, role: object, section: Mapping[str, Any], identity: bytes | None
     ) -> None:
         """A member is a master for us once the pinned CA's key says so, for its identity."""
         proven = False
         # A record without identity is an in-memory one of the tests: nothing to judge.
         if is_master_role(role) and self._trust.certificate is not None and identity:
-            proven = isinstance(identity, str) and mastership.verify(
+            proven = mastership.verify(
                 self._trust.certificate.public_key(),  # type: ignore[arg-type]
                 section.get(mastership.PROOF_KEY),
                 self.cluster,
                 name,
-                bytes.fromhex(identity),
+                identity,
             )
             if not proven:
                 self._refuse(
@@ -558,62 +533,6 @@ class Desk:
             self.masters.add(name)
         else:
             self.masters.discard(name)
-
-    # -- the master's desk -----------------------------------------------------------------
-
-    def _review_requests(self, member: str, role: object, section: Mapping[str, Any]) -> None:
-        assert self._signer is not None
-        requests = section.get("csr") or {}
-        if not isinstance(requests, Mapping) or len(requests) > MAX_REQUESTS:
-            what = "not a mapping" if not isinstance(requests, Mapping) else "too many"
-            self._refuse(member, "csr", Refused(policy.MALFORMED, f"its CSR list is {what}"))
-            requests = {}
-        if requests and member not in self._signed and len(self._signed) >= MAX_OUTSTANDING:
-            if member not in self._waiting:
-                self._waiting.add(member)
-                self._count("deferred_requests")
-            return
-        self._waiting.discard(member)
-        for name, pem in requests.items():
-            if self._reviewed.get((member, name)) == (role, pem):
-                continue
-            self._reviewed[member, name] = (role, pem)
-            try:
-                certificate = self._signer.sign_remote(member, role, name, pem, self.now)
-            except Refused as refused:
-                self._refuse(member, policy.shorten(name, 40), refused)
-                self._signed.get(member, {}).pop(name, None)
-                # Answers go back only under names a member could legitimately use.
-                if name in CERTIFICATES:
-                    self._refused.setdefault(member, {})[name] = {
-                        "code": refused.code,
-                        "reason": refused.reason,
-                        "key": _request_key(pem),
-                    }
-                continue
-            self.refusals.clear(member, name)
-            self._refused.get(member, {}).pop(name, None)
-            self._signed.setdefault(member, {})[name] = store.certificate_pem(certificate)
-            self.log.info(
-                "Signed {certificate} for {member} ({subject}) until {not_after}",
-                certificate=name,
-                member=member,
-                subject=certificate.subject.rfc4514_string(),
-                not_after=certificate.not_valid_after_utc.isoformat(),
-            )
-        # A request withdrawn means installed (or given up): its answer leaves the record.
-        for table in (self._signed, self._refused):
-            answers = table.get(member, {})
-            for name in [name for name in answers if name not in requests]:
-                del answers[name]
-            if not answers and table.pop(member, None) is not None and table is self._signed:
-                self._wake_waiting()
-        for key in [key for key in self._reviewed if key[0] == member and key[1] not in requests]:
-            del self._reviewed[key]
-
-    def _wake_waiting(self) -> None:
-        for name in sorted(self._waiting)[: MAX_OUTSTANDING - len(self._signed)]:
-            self._mark(name)
 
     # -- a member receiving -----------------------------------------------------------------
 
@@ -695,11 +614,3 @@ def _mapping_for(table: object, member: str) -> Mapping[str, Any]:
         return {}
     entry = table.get(member)
     return entry if isinstance(entry, Mapping) else {}
-
-
-def _request_key(pem: object) -> str | None:
-    """The fingerprint of a CSR's key, if it can be read at all."""
-    try:
-        return keys.fingerprint(policy.parse_csr(pem).public_key())  # type: ignore[arg-type]
-    except (Refused, TypeError, ValueError):
-        return None

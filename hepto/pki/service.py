@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
@@ -50,6 +49,16 @@ from hepto.observers import Observers
 from hepto.pki.client import WorkerClient
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.paths import Paths
+from hepto.pki.protocol import (
+    Answer,
+    CertificateChange,
+    DeskConfig,
+    DeskMemory,
+    Job,
+    MalformedMessage,
+    MemberEntry,
+    read_answer,
+)
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.specs import (
     LEAF_LIFETIME,
@@ -67,70 +76,7 @@ __all__ = ["RECORD_KEY", "CertificateChange", "PKIService", "Runner"]
 RETRY: Final = BackoffPolicy(initial=1.0, maximum=60.0)
 
 
-@attrs.frozen
-class CertificateChange:
-    """A certificate (and its key, and kubeconfig if any) was installed or replaced."""
-
-    name: str
-    certificate: Path
-    key: Path
-    kubeconfig: Path | None
-    not_after: datetime.datetime
-    fingerprint: str
-
-    @classmethod
-    def from_json(cls, change: Mapping[str, Any]) -> CertificateChange:
-        kubeconfig = change["kubeconfig"]
-        return cls(
-            name=change["name"],
-            certificate=Path(change["certificate"]),
-            key=Path(change["key"]),
-            kubeconfig=None if kubeconfig is None else Path(kubeconfig),
-            not_after=datetime.datetime.fromisoformat(change["not_after"]),
-            fingerprint=change["fingerprint"],
-        )
-
-
 CertificateListener = Callable[[CertificateChange], None]
-
-
-@attrs.frozen
-class Answer:
-    """What the desk did in one batch, read from the worker's answer."""
-
-    memory: dict[str, Any]
-    status: dict[str, Any]
-    refusals: RefusalLog
-    section: object
-    changes: list[CertificateChange]
-    installed: frozenset[str]
-    renewals: dict[str, float]
-    revisits: dict[str, float]
-    marks: list[str]
-    #: The members the cluster CA proves masters (hepto.pki.mastership).
-    masters: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_json(cls, answer: Mapping[str, Any]) -> Answer:
-        """Raises :class:`AuthorityError` or :class:`WorkerError` for an answer that is an
-        error, and :class:`WorkerError` for one that is not an answer at all."""
-        _raise_for(answer)
-        try:
-            status = dict(answer["status"])
-            return cls(
-                memory=dict(answer["memory"]),
-                status=status,
-                refusals=RefusalLog.from_json(status["refusals"], status["refusals_evicted"]),
-                section=answer["section"],
-                changes=[CertificateChange.from_json(change) for change in answer["changes"]],
-                installed=frozenset(answer["installed"]),
-                renewals={str(name): float(when) for name, when in answer["renewals"].items()},
-                revisits={str(name): float(when) for name, when in answer["revisits"].items()},
-                marks=[str(name) for name in answer["marks"]],
-                masters=frozenset(str(name) for name in answer.get("masters", ())),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as problem:
-            raise WorkerError(f"the PKI worker's answer is malformed ({problem!r})") from None
 
 
 class Runner(Protocol):
@@ -143,36 +89,7 @@ class Runner(Protocol):
     def stop(self) -> defer.Deferred[None]: ...
 
 
-def _config_json(
-    cluster: str,
-    name: str,
-    role: str,
-    node_dir: Path,
-    lifetime: datetime.timedelta,
-    identity: bytes | None,
-) -> dict[str, Any]:
-    return {
-        "cluster": cluster,
-        "name": name,
-        "role": role,
-        "node_dir": str(node_dir),
-        "lifetime": lifetime.total_seconds(),
-        "identity": None if identity is None else identity.hex(),
-    }
-
-
 _log = Logger(namespace="hepto.pki")
-
-
-def _raise_for(answer: Mapping[str, Any]) -> None:
-    problem = answer.get("error")
-    if problem is None:
-        return
-    if not isinstance(problem, Mapping):
-        raise WorkerError(f"the PKI worker failed: {problem!r}")
-    if problem.get("kind") == "authority":
-        raise AuthorityError(str(problem.get("message")))
-    raise WorkerError(f"the PKI worker failed: {problem.get('message')}")
 
 
 def emit_events(answer: Mapping[str, Any]) -> None:
@@ -242,7 +159,7 @@ class PKIService(Service):
         self.is_master = is_master_role(role)
         self.refusals = RefusalLog()
         # What the desk must remember between batches, and its last status.
-        self._memory: dict[str, Any] | None = None
+        self._memory: DeskMemory | None = None
         self._status: dict[str, Any] = {}
         self._installed: set[str] = set()
         self._counted: dict[str, int] = {}
@@ -353,9 +270,9 @@ class PKIService(Service):
         :class:`~hepto.errors.StartupError` when the worker cannot do the batch.
         """
         try:
-            answer = self.runner.run_now(self._job(start=True, renew=[], members={}))
+            answer = self.runner.run_now(self._job(start=True).to_json())
             emit_events(answer)
-            started = Answer.from_json(answer)
+            started = _read(answer)
         except WorkerError as error:
             raise StartupError(f"the PKI cannot start: {error}") from None
         self._started += 1
@@ -390,22 +307,23 @@ class PKIService(Service):
     def _now(self) -> datetime.datetime:
         return _utc(self.clock.seconds())
 
-    def _job(self, start: bool, renew: list[str], members: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "config": _config_json(
-                self.cluster,
-                self.member,
-                self.role,
-                self.paths.node_dir,
-                self.lifetime,
-                self.identity,
-            ),
-            "now": self.clock.seconds(),
-            "memory": None if start else self._memory,
-            "start": start,
-            "renew": renew,
-            "members": members,
-        }
+    def _job(
+        self,
+        start: bool,
+        renew: list[str] | None = None,
+        members: Mapping[str, MemberEntry | None] | None = None,
+    ) -> Job:
+        config = DeskConfig(
+            self.cluster, self.member, self.role, self.paths.node_dir, self.lifetime, self.identity
+        )
+        return Job(
+            config,
+            now=self.clock.seconds(),
+            start=start,
+            memory=None if start else self._memory,
+            renew=tuple(renew or ()),
+            members=dict(members or {}),
+        )
 
     def _mark(self, name: str, force: bool = False) -> None:
         if name == self.state.name:
@@ -425,20 +343,19 @@ class PKIService(Service):
         if self._busy or not self.running:
             return
         members = self.state.members()
-        entries: dict[str, Any] = {}
+        entries: dict[str, MemberEntry | None] = {}
         for name in sorted(self._dirty):
             member = members.get(name)
-            entry: dict[str, Any] | None = None
+            entry: MemberEntry | None = None
             if member is not None and member.status != LEFT:
                 if member.record is None:
                     continue
-                identity = member.record.identity
-                entry = {
-                    "version": member.record.version,
-                    "role": member.record.get("role"),
-                    "identity": None if identity is None else identity.hex(),
-                    RECORD_KEY: member.record.get(RECORD_KEY),
-                }
+                entry = MemberEntry(
+                    version=member.record.version,
+                    role=member.record.get("role"),
+                    pki=member.record.get(RECORD_KEY),
+                    identity=member.record.identity,
+                )
             if name in self._forced or self._reviewed.get(name, _UNSEEN) != _reviewed(entry):
                 entries[name] = entry
         renew = sorted(self._renewals_due)
@@ -447,7 +364,8 @@ class PKIService(Service):
             return
         self._busy = True
         work = (self._started, renew, entries)
-        self.runner.run(self._job(start=False, renew=renew, members=entries)).addCallbacks(
+        job = self._job(start=False, renew=renew, members=entries)
+        self.runner.run(job.to_json()).addCallbacks(
             self._answered, self._failed, callbackArgs=work, errbackArgs=work
         )
 
@@ -456,7 +374,7 @@ class PKIService(Service):
     ) -> None:
         emit_events(answer)
         try:
-            done = Answer.from_json(answer)
+            done = _read(answer)
         except (AuthorityError, WorkerError):
             self._failed(Failure(), started, renew, members)
             return
@@ -562,6 +480,14 @@ class PKIService(Service):
 _UNSEEN: Final = object()
 
 
-def _reviewed(entry: Mapping[str, Any] | None) -> object:
+def _reviewed(entry: MemberEntry | None) -> object:
     """What the desk reads of a member's record entry: its role and PKI section."""
-    return None if entry is None else (entry["role"], entry[RECORD_KEY])
+    return None if entry is None else entry.reviewed()
+
+
+def _read(answer: Mapping[str, Any]) -> Answer:
+    """The worker's answer; :class:`WorkerError` if it is no answer at all."""
+    try:
+        return read_answer(answer)
+    except MalformedMessage as problem:
+        raise WorkerError(f"the PKI worker's answer is malformed: {problem}") from None

@@ -8,17 +8,10 @@ fresh :class:`~hepto.pki.desk.Desk`, and writes one answer per line on its stand
 output.  It exits when its input closes, or after ``--idle`` seconds without a job, so
 that a burst of joins costs one process start and an idle cluster none.
 
-A job::
-
-    {"config": {"cluster", "name", "role", "node_dir", "lifetime"},
-     "now": <POSIX seconds>, "memory": <the previous answer's, or null>,
-     "start": bool, "renew": [certificate, ...],
-     "members": {name: null (left) | {"version", "role", "pki"}}}
-
-Its answer: ``memory``, ``section``, ``changes``, ``installed``, ``renewals``, ``revisits``,
-``marks``, ``status`` (see :mod:`hepto.pki.desk`) and ``log``, the log events of the job,
-which the agent emits as its own; or ``{"error": {"kind", "message"}, "log"}``, where
-``kind`` is ``authority`` (an :class:`~hepto.pki.errors.AuthorityError`) or ``failed``.
+Jobs and answers are :mod:`hepto.pki.protocol`'s; each answer also carries ``log``,
+the log events of its job, which the agent emits as its own.  A line that is no job
+(no JSON, or a field out of place) gets a ``failed`` answer saying so, and the worker
+reads on.
 
 Whatever else the worker's code prints goes to its standard error, which the agent
 logs: its standard output carries answers only.
@@ -33,8 +26,7 @@ import os
 import select
 import sys
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import attrs
@@ -43,48 +35,59 @@ from zope.interface import implementer
 
 from hepto.pki.desk import Desk
 from hepto.pki.errors import AuthorityError
+from hepto.pki.protocol import AUTHORITY, FAILED, Answer, Job, JobFailed, MalformedMessage
 
 
 def _utc(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
 
 
-def handle(job: Mapping[str, Any]) -> dict[str, Any]:
-    """Do one job; the answer, never an exception."""
+def handle(job: object) -> dict[str, Any]:
+    """Do one job, as JSON; the answer, as JSON, never an exception."""
     try:
-        config = job["config"]
-        now = _utc(job["now"])
+        parsed = Job.from_json(job)
+    except MalformedMessage as problem:
+        return JobFailed(FAILED, f"not a job: {problem}").to_json()
+    return do_job(parsed).to_json()
+
+
+def do_job(job: Job) -> Answer | JobFailed:
+    """Do one batch with a fresh desk: what it did, or why it could not."""
+    config = job.config
+    try:
         desk = Desk(
-            config["cluster"],
-            config["name"],
-            config["role"],
-            Path(config["node_dir"]),
-            now,
-            datetime.timedelta(seconds=config["lifetime"]),
-            bytes.fromhex(config["identity"]) if config.get("identity") else None,
+            config.cluster,
+            config.name,
+            config.role,
+            config.node_dir,
+            _utc(job.now),
+            config.lifetime,
+            # An empty key is no identity: a proof could name no one with it.
+            config.identity or None,
         )
-        if job["start"]:
+        if job.start:
             desk.start()
         else:
-            desk.resume(job["memory"])
-        for name in job["renew"]:
+            assert job.memory is not None, "Job.from_json lets no resumption without memory"
+            desk.resume(job.memory)
+        for name in job.renew:
             desk.renew(name)
-        desk.review(job["members"])
+        desk.review(job.members)
     except AuthorityError as error:
-        return {"error": {"kind": "authority", "message": str(error)}}
+        return JobFailed(AUTHORITY, str(error))
     except Exception:
-        return {"error": {"kind": "failed", "message": traceback.format_exc()}}
-    return {
-        "memory": desk.memory(),
-        "section": desk.section(),
-        "changes": desk.changes,
-        "installed": desk.installed(),
-        "renewals": desk.renewals,
-        "revisits": desk.revisits,
-        "marks": sorted(desk.marks),
-        "masters": sorted(desk.masters),
-        "status": desk.status(),
-    }
+        return JobFailed(FAILED, traceback.format_exc())
+    return Answer(
+        memory=desk.memory(),
+        section=desk.section(),
+        changes=tuple(desk.changes),
+        installed=frozenset(desk.installed()),
+        renewals=desk.renewals,
+        revisits=desk.revisits,
+        marks=frozenset(desk.marks),
+        masters=frozenset(desk.masters),
+        status=desk.status(),
+    )
 
 
 def event_as_json(event: LogEvent) -> dict[str, Any]:
@@ -146,9 +149,10 @@ def serve(lines: Iterable[bytes], answers: IO[str], events: list[LogEvent]) -> N
     for line in lines:
         try:
             job = json.loads(line)
+        except ValueError as error:
+            answer = JobFailed(FAILED, f"not a job: {error}").to_json()
+        else:
             answer = handle(job)
-        except (ValueError, KeyError, TypeError) as error:
-            answer = {"error": {"kind": "failed", "message": f"not a job: {error}"}}
         answer["log"] = [event_as_json(event) for event in events]
         events.clear()
         answers.write(json.dumps(answer) + "\n")
