@@ -567,14 +567,21 @@ class Membership:
         )
         return False
 
-    def _suspect(self, message: Suspect, sender: Endpoint | None = None) -> None:
+    def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
+        """The member that ``message`` accuses, if the accusation is worth weighing."""
         known = self._table.get(message.name)
         if known is None:
-            return
+            return None
         if message.incarnation < known.incarnation:
             self._stale_accusation(known, sender)
-            return
+            return None
         if not self._plausible(message.name, message.incarnation, known.incarnation, False):
+            return None
+        return known
+
+    def _suspect(self, message: Suspect, sender: Endpoint | None = None) -> None:
+        known = self._accused(message, sender)
+        if known is None:
             return
         suspicion = self._suspicions.get(message.name)
         if suspicion is not None:
@@ -639,13 +646,8 @@ class Membership:
         self._dead(Dead(name, known.incarnation, self.name))
 
     def _dead(self, message: Dead, sender: Endpoint | None = None) -> None:
-        known = self._table.get(message.name)
+        known = self._accused(message, sender)
         if known is None:
-            return
-        if message.incarnation < known.incarnation:
-            self._stale_accusation(known, sender)
-            return
-        if not self._plausible(message.name, message.incarnation, known.incarnation, False):
             return
         self._cancel_suspicion(message.name)
         if not known.reachable:
