@@ -63,6 +63,7 @@ from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
 from hepto.gossip.dissemination import Gossip
+from hepto.gossip.droplog import DropLog
 from hepto.gossip.messages import (
     PROTOCOL_MESSAGES,
     Ack,
@@ -85,8 +86,6 @@ from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 INCARNATION_CEILING: Final = 2**48
 INCARNATION_SLACK: Final = 1024
-#: Seconds between two log lines about drops of the same reason.
-DROP_LOG_INTERVAL: Final = 60.0
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
 PUSH_PULL_SCALE_THRESHOLD: Final = 32
 #: Probe intervals before its deadline at which a member probes a suspect itself: up to
@@ -142,8 +141,9 @@ class Membership:
         self.notary = notary
         self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
+        self._drop = DropLog(clock, self.log)
         #: Dropped input by reason; never reset.
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = self._drop.counts
         self._clock = clock
         self._network = network
         self._rng = rng
@@ -190,7 +190,6 @@ class Membership:
         self._changes = 0
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
-        self._drop_logged: dict[str, float] = {}
         #: Members whose state came from an Alive that no pinned identity could check.
         self._unproven: set[str] = set()
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
@@ -799,16 +798,3 @@ class Membership:
             if state is not None and accept(state):
                 chosen[name] = state
         return list(chosen.values())
-
-    def _drop(self, reason: str, **fields: object) -> None:
-        self.drops[reason] += 1
-        now = self._clock.seconds()
-        last = self._drop_logged.get(reason)
-        if last is None or now - last >= DROP_LOG_INTERVAL:
-            self._drop_logged[reason] = now
-            self.log.warn(
-                "Dropped gossip: {reason} ({count} so far) {fields}",
-                reason=reason,
-                count=self.drops[reason],
-                fields=fields,
-            )
