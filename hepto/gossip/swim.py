@@ -28,22 +28,11 @@ and tells the recently dead that they are thought dead even when there is no oth
 news.  ``docs/gossip.rst`` explains each rule and its figures.
 
 Beyond memberlist, against a key holder (every host holds the cluster key): an Alive
-carries its member's signature (:mod:`hepto.gossip.proofs`), checked against the
-identity pinned to the name.  A forged one is dropped; a proven one is the member's own
-word, so it may move the member to a new address.  Before any identity is pinned to a
-name (its record never seen) an Alive is taken on trust, as memberlist takes them all,
-and checked as soon as one is: if it was forged, the member is suspected, so that the
-real one refutes with an Alive only it can sign.
-
-Incarnation sanity (an absurd number must not evict a member for ever):
-
-* an incarnation above :data:`INCARNATION_CEILING` (2**48) is never legitimate — a
-  member refuting once a second would need nine million years — and is dropped;
-* news about a known member whose incarnation jumps more than :data:`INCARNATION_SLACK`
-  above the one we hold is dropped, unless it is an Alive that the member sent us itself
-  (a member that lost its persisted incarnation catches up that way);
-* a member always refutes with max(own, accused) + 1, which the rules above keep far
-  from any overflow.
+carries its member's signature, and news with an absurd incarnation is dropped; which
+news deserves belief is :class:`~hepto.gossip.trust.Trust`'s to say.  An Alive taken on
+trust before an identity was pinned to its name is checked as soon as one is: if it was
+forged, the member is suspected, so that the real one refutes with an Alive only it can
+sign.
 """
 
 from __future__ import annotations
@@ -78,14 +67,13 @@ from hepto.gossip.messages import (
 )
 from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
-from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
+from hepto.gossip.proofs import Notary, Verdict
 from hepto.gossip.suspicion import Suspicion
 from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, MemberTable, ProbeOrder, Snapshot
+from hepto.gossip.trust import Trust
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
-INCARNATION_CEILING: Final = 2**48
-INCARNATION_SLACK: Final = 1024
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
 PUSH_PULL_SCALE_THRESHOLD: Final = 32
 #: Probe intervals before its deadline at which a member probes a suspect itself: up to
@@ -138,12 +126,12 @@ class Membership:
         self.address = address
         self.role = role
         self.profile = profile
-        self.notary = notary
         self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
         self._drop = DropLog(clock, self.log)
         #: Dropped input by reason; never reset.
         self.drops: Counter[str] = self._drop.counts
+        self._trust = Trust(notary, self._drop)
         self._clock = clock
         self._network = network
         self._rng = rng
@@ -190,8 +178,6 @@ class Membership:
         self._changes = 0
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
-        #: Members whose state came from an Alive that no pinned identity could check.
-        self._unproven: set[str] = set()
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
             Alive: self._receive_alive,
             Suspect: self._receive_suspect,
@@ -214,6 +200,15 @@ class Membership:
     @property
     def incarnation(self) -> int:
         return self._own.incarnation
+
+    @property
+    def notary(self) -> Notary:
+        """Signs our own Alives; checks everyone else's, for our :class:`Trust`."""
+        return self._trust.notary
+
+    @notary.setter
+    def notary(self, notary: Notary) -> None:
+        self._trust.notary = notary
 
     @property
     def health(self) -> int:
@@ -399,17 +394,7 @@ class Membership:
         not there (the forger made it up) is declared dead in time.
         """
         known = self._table.get(name)
-        if name not in self._unproven or known is None:
-            return
-        if known.status != ALIVE:
-            # Already accused: its next Alive is news, and checked as such.
-            self._unproven.discard(name)
-            return
-        verdict = self._verdict(known.alive_message())
-        if verdict is Verdict.UNKNOWN:
-            return
-        self._unproven.discard(name)
-        if verdict is Verdict.PROVEN:
+        if known is None or not self._trust.forged_on_trust(known):
             return
         self.log.warn(
             "Member {member} was taken to be at {address} (incarnation {incarnation}) on "
@@ -454,25 +439,16 @@ class Membership:
 
     # Membership news --------------------------------------------------------------------
 
-    def _plausible(self, name: str, incarnation: int, known: int, direct: bool) -> bool:
-        if incarnation > INCARNATION_CEILING:
-            self._drop("absurd incarnation", member=name, incarnation=incarnation)
-            return False
-        if incarnation > known + INCARNATION_SLACK and not direct:
-            self._drop("incarnation jump", member=name, incarnation=incarnation, known=known)
-            return False
-        return True
-
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
         known = self._table.get(message.name)
         if known is None:
-            verdict = self._verdict(message)
+            verdict = self._trust.verdict(message)
             if verdict is Verdict.FORGED:
                 return
-            if not self._plausible(message.name, message.incarnation, 0, True):
+            if not self._trust.plausible(message.name, message.incarnation, 0, True):
                 return
-            self._note_unproven(message.name, verdict)
+            self._trust.believed(message.name, verdict)
             self._order.add(message.name)
             self._broadcast_member(message)
             self._change(
@@ -493,22 +469,24 @@ class Membership:
             if (
                 (message.incarnation > known.incarnation or message.role != known.role)
                 and self._leaving is None
-                and self._same_address(message, known)
-                and self._plausible(message.name, message.incarnation, known.incarnation, False)
+                and self._trust.same_address(message, known)
+                and self._trust.plausible(
+                    message.name, message.incarnation, known.incarnation, False
+                )
             ):
                 self._refute(message.incarnation)
             return
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
             return
-        verdict = self._verdict(message)
-        if verdict is Verdict.FORGED or not self._same_address(message, known, verdict):
+        verdict = self._trust.verdict(message)
+        if verdict is Verdict.FORGED or not self._trust.same_address(message, known, verdict):
             return
         # The member's own word may jump ahead (it lost its saved incarnation).
         direct = verdict is Verdict.PROVEN or sender == message.address
-        if not self._plausible(message.name, message.incarnation, known.incarnation, direct):
+        if not self._trust.plausible(message.name, message.incarnation, known.incarnation, direct):
             return
-        self._note_unproven(message.name, verdict)
+        self._trust.believed(message.name, verdict)
         self._cancel_suspicion(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
@@ -524,48 +502,6 @@ class Membership:
             )
         )
 
-    def _verdict(self, message: Alive) -> Verdict:
-        """Whose word ``message`` is; a forged one is dropped (and counted) here."""
-        if len(message.proof) != PROOF_SIZE:
-            verdict = Verdict.FORGED
-        else:
-            verdict = self.notary.check(
-                message.name, message.incarnation, message.address, message.role, message.proof
-            )
-        if verdict is Verdict.FORGED:
-            self._drop(
-                "forged alive",
-                member=message.name,
-                incarnation=message.incarnation,
-                address=message.address,
-            )
-        return verdict
-
-    def _note_unproven(self, name: str, verdict: Verdict) -> None:
-        if verdict is Verdict.UNKNOWN:
-            self._unproven.add(name)
-        else:
-            self._unproven.discard(name)
-
-    def _same_address(
-        self, message: Alive, known: MemberState, verdict: Verdict = Verdict.UNKNOWN
-    ) -> bool:
-        """As memberlist: a live member keeps its address; another process claiming its
-        name elsewhere must wait until it is dead or left.  Unless the member itself
-        says it moved (a proven Alive): a restart at a new address must not wait for
-        the old one's death."""
-        if message.address == known.address or not known.reachable:
-            return True
-        if verdict is Verdict.PROVEN:
-            return True
-        self._drop(
-            "address conflict",
-            member=message.name,
-            known=known.address,
-            claimed=message.address,
-        )
-        return False
-
     def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
         """The member that ``message`` accuses, if the accusation is worth weighing."""
         known = self._table.get(message.name)
@@ -574,7 +510,7 @@ class Membership:
         if message.incarnation < known.incarnation:
             self._stale_accusation(known, sender)
             return None
-        if not self._plausible(message.name, message.incarnation, known.incarnation, False):
+        if not self._trust.plausible(message.name, message.incarnation, known.incarnation, False):
             return None
         return known
 
@@ -775,7 +711,7 @@ class Membership:
                 state = self._table.get(name)
                 self._table.remove(name)
                 self._order.remove(name)
-                self._unproven.discard(name)
+                self._trust.forget(name)
                 if state is not None and self.on_reap is not None:
                     try:
                         self.on_reap(state)
