@@ -36,8 +36,8 @@ from hepto.gossip.messages import (
 from hepto.gossip.profile import LAN, WAN, Profile
 from hepto.gossip.proofs import Notary, statement
 from hepto.gossip.simulation import CLUSTER, identity_of
-from hepto.gossip.suspicion import MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
-from hepto.gossip.swim import LAST_LOOK_PROBES, Membership
+from hepto.gossip.suspicion import LAST_LOOK_PROBES, MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
+from hepto.gossip.swim import Membership
 from hepto.gossip.table import MemberState, ProbeOrder, Snapshot
 from hepto.gossip.trust import INCARNATION_CEILING, INCARNATION_SLACK
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT

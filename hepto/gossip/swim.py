@@ -13,8 +13,9 @@ and tries a TCP ping in parallel; a target none of these confirms by the end of 
 interval is suspected.  A suspected member that hears of it refutes by raising its
 incarnation; one that cannot for the suspicion timeout is declared dead.  The probes
 themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
-:class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the targets and decides
-what an unanswered probe means.
+:class:`~hepto.gossip.probe.Prober`'s, the suspicion timers
+:class:`~hepto.gossip.suspicion.Suspicions`'; :class:`Membership` picks the targets,
+decides what an unanswered probe means, and declares the dead.
 
 Dissemination: membership news (alive, suspect, dead) and record digests are queued
 in a :class:`~hepto.gossip.broadcast.BroadcastQueue`, which
@@ -68,7 +69,7 @@ from hepto.gossip.messages import (
 from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import Notary, Verdict
-from hepto.gossip.suspicion import Suspicion
+from hepto.gossip.suspicion import Suspicions
 from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, MemberTable, ProbeOrder, Snapshot
 from hepto.gossip.trust import Trust
 from hepto.observers import Observers
@@ -76,10 +77,6 @@ from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 #: Beyond this many members the push/pull interval stretches, as in memberlist.
 PUSH_PULL_SCALE_THRESHOLD: Final = 32
-#: Probe intervals before its deadline at which a member probes a suspect itself: up to
-#: one to reach the next probe tick, one for the probe, and one to spare so that the
-#: probe's outcome is in before the deadline.
-LAST_LOOK_PROBES: Final = 3
 #: Digests are sent this many times the retransmit limit: they are small (18 bytes
 #: with an 8-character name) and rare (a record changes when a certificate or key does),
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
@@ -150,11 +147,13 @@ class Membership:
             departed=self._departed,
         )
         self._awareness = Awareness(profile.awareness_max_multiplier)
-        self._suspicions: dict[str, Suspicion] = {}
-        #: Suspects to probe before the round robin goes on.
-        self._urgent: list[str] = []
-        #: Suspects that answered a probe of ours during their suspicion.
-        self._answering: set[str] = set()
+        self._suspicions = Suspicions(
+            clock,
+            profile,
+            self._awareness,
+            member=self._table.get,
+            timed_out=self._suspicion_timed_out,
+        )
         self._prober = Prober(
             name,
             clock,
@@ -165,7 +164,7 @@ class Membership:
             ping_stream=network.ping_stream,
             random_members=self._random_members,
             drop=self._drop,
-            answered=self._probe_answered,
+            answered=self._suspicions.answered,
             unanswered=self._probe_unanswered,
         )
         self._observers: Observers[[MemberState | None, MemberState]] = Observers(
@@ -305,11 +304,7 @@ class Membership:
             self._probe_call.cancel()
         self._probe_call = None
         self._gossip.stop()
-        for suspicion in self._suspicions.values():
-            suspicion.cancel()
-        self._suspicions.clear()
-        self._urgent.clear()
-        self._answering.clear()
+        self._suspicions.stop()
         self._prober.stop()
         if self._leaving is not None and not self._leaving.called:
             self._leaving.callback(None)
@@ -487,7 +482,7 @@ class Membership:
         if not self._trust.plausible(message.name, message.incarnation, known.incarnation, direct):
             return
         self._trust.believed(message.name, verdict)
-        self._cancel_suspicion(message.name)
+        self._suspicions.cancel(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
         self._change(
@@ -537,54 +532,23 @@ class Membership:
         # N counts the members that could confirm: the dead we keep for an hour (so that
         # partitions heal) must not stretch detection, as memberlist, which forgets them
         # after gossip_to_the_dead, does not let them either.
-        members = self.live_size
-        # Expect confirmations from the accusers we would hear within the timeout; too
-        # small a cluster to provide them gets the shortest timeout straight away.
-        expected = self.profile.suspicion_mult - 2
-        if members - 2 < expected:
-            expected = 0
-        shortest, longest = self.profile.suspicion_timeouts(members)
-        self._suspicions[message.name] = Suspicion(
-            self._clock,
-            message.source,
-            expected,
-            shortest,
-            longest,
-            lambda confirmations: self._suspicion_expired(message.name, now, confirmations),
-            lambda: self._urgent.append(message.name),
-            self._last_look_lead(),
-        )
+        self._suspicions.start(message.name, message.source, now, self.live_size)
 
-    def _suspicion_expired(self, name: str, since: float, confirmations: int) -> None:
-        known = self._table.get(name)
-        if known is None or known.status != SUSPECT or known.since != since:
-            self._forget_suspicion(name)
-            return
-        suspicion = self._suspicions.get(name)
-        if (
-            name in self._answering
-            and suspicion is not None
-            and suspicion.postpone(self._last_look_lead())
-        ):
-            # It answered our probe, so it is alive; only its refutation went missing.
-            self._answering.discard(name)
-            self._urgent.append(name)
-            return
-        self._forget_suspicion(name)
+    def _suspicion_timed_out(self, suspect: MemberState, confirmations: int) -> None:
         self.log.info(
             "Member {member} declared dead after {seconds:.1f}s of suspicion "
             "({confirmations} confirmations)",
-            member=name,
-            seconds=self._clock.seconds() - since,
+            member=suspect.name,
+            seconds=self._clock.seconds() - suspect.since,
             confirmations=confirmations,
         )
-        self._dead(Dead(name, known.incarnation, self.name))
+        self._dead(Dead(suspect.name, suspect.incarnation, self.name))
 
     def _dead(self, message: Dead, sender: Endpoint | None = None) -> None:
         known = self._accused(message, sender)
         if known is None:
             return
-        self._cancel_suspicion(message.name)
+        self._suspicions.cancel(message.name)
         if not known.reachable:
             return
         if message.name == self.name:
@@ -629,19 +593,6 @@ class Membership:
         self._broadcast_member(state.alive_message())
         self._gossip.news()
 
-    def _cancel_suspicion(self, name: str) -> None:
-        suspicion = self._suspicions.get(name)
-        if suspicion is not None:
-            suspicion.cancel()
-        self._forget_suspicion(name)
-
-    def _forget_suspicion(self, name: str) -> None:
-        self._suspicions.pop(name, None)
-        self._answering.discard(name)
-
-    def _last_look_lead(self) -> float:
-        return LAST_LOOK_PROBES * self._awareness.scale(self.profile.probe_interval)
-
     def _change(self, new: MemberState) -> None:
         self._changes += 1
         old = self._table.get(new.name)
@@ -681,22 +632,15 @@ class Membership:
         )
 
     def _next_target(self) -> MemberState | None:
-        while self._urgent:
-            state = self._table.get(self._urgent.pop(0))
-            if state is not None and state.status == SUSPECT:
-                return state
+        suspect = self._suspicions.next_look()
+        if suspect is not None:
+            return suspect
         for _ in range(len(self._order)):
             name = self._order.draw()
             state = None if name is None else self._table.get(name)
             if state is not None and state.reachable:
                 return state
         return None
-
-    def _probe_answered(self, target: MemberState) -> None:
-        # A suspect that answers is alive: if its suspicion runs out all the same, only its
-        # refutation went missing, and it gets another look (see _suspicion_expired).
-        if target.name in self._suspicions:
-            self._answering.add(target.name)
 
     def _probe_unanswered(self, target: MemberState) -> None:
         self._suspect(Suspect(target.name, target.incarnation, self.name))
