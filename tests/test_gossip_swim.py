@@ -729,7 +729,7 @@ class ReapTests(MembershipTestCase):
         self.clock.pump([0.5] * 6)
         self.assertIsNone(member.member("b"))
         self.assertEqual([(gone.name, gone.status) for gone in reaped], [("b", DEAD)])
-        self.assertNotIn("b", member._order)
+        self.assertNotIn("b", member._roster.order)
         # Forgotten means forgotten: it can come back, as new.
         member.receive(endpoint(2), [alive("b", 0, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), ALIVE)
@@ -1099,9 +1099,9 @@ class ProbeOrderTests(SynchronousTestCase):
         ]
         for member in members:
             self.assertEqual(len(member.members()), 100)
-            self.assertEqual(len(member._order), 99)
-            self.assertNotIn(member.name, member._order)
-            self.assertEqual(member._table._changed.keys(), {member.name})
+            self.assertEqual(len(member._roster.order), 99)
+            self.assertNotIn(member.name, member._roster.order)
+            self.assertEqual(member._roster.table._changed.keys(), {member.name})
 
 
 class LoopbackNetwork(DatagramProtocol):

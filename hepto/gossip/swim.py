@@ -70,7 +70,7 @@ from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
 from hepto.gossip.proofs import Notary, Verdict
 from hepto.gossip.suspicion import Suspicions
-from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, MemberTable, ProbeOrder, Snapshot
+from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, Roster, Snapshot
 from hepto.gossip.trust import Trust
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
@@ -132,26 +132,23 @@ class Membership:
         self._clock = clock
         self._network = network
         self._rng = rng
-        base = snapshot or EMPTY_SNAPSHOT
-        self._table = MemberTable(base)
-        self._order = ProbeOrder(rng, base.names, base.positions)
-        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._table)))
-        self._departed: dict[str, float] = dict(base.departed)
+        self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
+        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._roster)))
         self._gossip = Gossip(
             name,
             clock,
             profile,
             self._queue,
             send=network.send,
-            random_members=self._random_members,
-            departed=self._departed,
+            random_members=self._roster.random_members,
+            departed=self._roster.departed,
         )
         self._awareness = Awareness(profile.awareness_max_multiplier)
         self._suspicions = Suspicions(
             clock,
             profile,
             self._awareness,
-            member=self._table.get,
+            member=self._roster.get,
             timed_out=self._suspicion_timed_out,
         )
         self._prober = Prober(
@@ -162,7 +159,7 @@ class Membership:
             rng,
             send=self._gossip.send,
             ping_stream=network.ping_stream,
-            random_members=self._random_members,
+            random_members=self._roster.random_members,
             drop=self._drop,
             answered=self._suspicions.answered,
             unanswered=self._probe_unanswered,
@@ -187,12 +184,10 @@ class Membership:
             Ack: self._prober.receive_ack,
             Nack: self._prober.receive_nack,
         }
-        known = self._table.get(name)
+        known = self._roster.get(name)
         if known is not None:
             incarnation = max(incarnation, known.incarnation)
-        self._table.set(self._proven_own(incarnation, clock.seconds()))
-        self._departed.pop(name, None)
-        self._order.remove(name)
+        self._roster.record(self._proven_own(incarnation, clock.seconds()))
 
     # Reading --------------------------------------------------------------------------
 
@@ -220,31 +215,31 @@ class Membership:
 
     @property
     def _own(self) -> MemberState:
-        own = self._table.get(self.name)
+        own = self._roster.get(self.name)
         assert own is not None
         return own
 
     def members(self) -> Mapping[str, MemberState]:
         """Every known member, this one included, by name."""
-        return {state.name: state for state in self._table}
+        return {state.name: state for state in self._roster}
 
     @property
     def size(self) -> int:
         """Members known, this one and the dead included: the N of the formulas."""
-        return len(self._table)
+        return len(self._roster)
 
     @property
     def live_size(self) -> int:
         """Members alive or suspected, this one included: the N of the suspicion timeout."""
-        return len(self._table) - len(self._departed)
+        return self._roster.live
 
     def member(self, name: str) -> MemberState | None:
         """How we see ``name``, if we know it at all."""
-        return self._table.get(name)
+        return self._roster.get(name)
 
     def local_state(self) -> list[MemberState]:
         """What a TCP push/pull or join sends: everything we know, the dead included."""
-        return list(self._table)
+        return list(self._roster)
 
     def queued(self) -> int:
         """Broadcasts waiting to be gossiped."""
@@ -261,7 +256,7 @@ class Membership:
         members that joined at the same time as us were neither in our anchor's state
         nor, since few knew us yet, in the gossip that reached us.
         """
-        members = len(self._table)
+        members = len(self._roster)
         if self._merge_found_news:
             return self.profile.gossip_interval * self.profile.retransmit_limit(members)
         interval = self.profile.push_pull_interval
@@ -275,7 +270,7 @@ class Membership:
         the two sides of a healed partition find each other again (Serf's reconnect)
         once gossip to the dead has stopped."""
         return next(
-            iter(self._random_members(1, lambda state: state.status != LEFT)),
+            iter(self._roster.random_members(1, lambda state: state.status != LEFT)),
             None,
         )
 
@@ -326,7 +321,7 @@ class Membership:
             Dead(self.name, own.incarnation, self.name),
             on_done=lambda: self._left("gossiped"),
         )
-        if not any(state.reachable for state in self._table if state.name != self.name):
+        if not any(state.reachable for state in self._roster if state.name != self.name):
             self._left("alone")
         return leaving
 
@@ -363,7 +358,7 @@ class Membership:
         re-broadcast what it learns: that is old news to everyone else, and a thousand
         joiners each re-gossiping a thousand members doubled the cost of a join storm.
         """
-        self._catching_up = len(self._table) == 1
+        self._catching_up = len(self._roster) == 1
         changes, before = self._changes, self.incarnation
         try:
             for remote in states:
@@ -388,7 +383,7 @@ class Membership:
         refutes with an Alive only it can sign, at its own address; a member that is
         not there (the forger made it up) is declared dead in time.
         """
-        known = self._table.get(name)
+        known = self._roster.get(name)
         if known is None or not self._trust.forged_on_trust(known):
             return
         self.log.warn(
@@ -422,7 +417,7 @@ class Membership:
 
     def _receive_digest(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Digest)
-        holder = self._table.at(sender)
+        holder = self._roster.at(sender)
         if holder is None:
             self._drop("digest from an unknown sender", sender=sender)
             return
@@ -436,7 +431,7 @@ class Membership:
 
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
-        known = self._table.get(message.name)
+        known = self._roster.get(message.name)
         if known is None:
             verdict = self._trust.verdict(message)
             if verdict is Verdict.FORGED:
@@ -444,7 +439,6 @@ class Membership:
             if not self._trust.plausible(message.name, message.incarnation, 0, True):
                 return
             self._trust.believed(message.name, verdict)
-            self._order.add(message.name)
             self._broadcast_member(message)
             self._change(
                 MemberState(
@@ -499,7 +493,7 @@ class Membership:
 
     def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
         """The member that ``message`` accuses, if the accusation is worth weighing."""
-        known = self._table.get(message.name)
+        known = self._roster.get(message.name)
         if known is None:
             return None
         if message.incarnation < known.incarnation:
@@ -595,12 +589,7 @@ class Membership:
 
     def _change(self, new: MemberState) -> None:
         self._changes += 1
-        old = self._table.get(new.name)
-        self._table.set(new)
-        if new.reachable:
-            self._departed.pop(new.name, None)
-        elif (old is None or old.reachable) and new.name != self.name:
-            self._departed[new.name] = new.since
+        old = self._roster.record(new)
         if old is None or old.status != new.status:
             self.log.debug(
                 "Member {member} is {status} (incarnation {incarnation})",
@@ -635,46 +624,18 @@ class Membership:
         suspect = self._suspicions.next_look()
         if suspect is not None:
             return suspect
-        for _ in range(len(self._order)):
-            name = self._order.draw()
-            state = None if name is None else self._table.get(name)
-            if state is not None and state.reachable:
-                return state
-        return None
+        return self._roster.next_in_turn()
 
     def _probe_unanswered(self, target: MemberState) -> None:
         self._suspect(Suspect(target.name, target.incarnation, self.name))
 
     def _reap(self) -> None:
-        if not self._departed:
-            return
         horizon = self._clock.seconds() - self.profile.reap_after
-        for name, since in list(self._departed.items()):
-            if since <= horizon:
-                del self._departed[name]
-                state = self._table.get(name)
-                self._table.remove(name)
-                self._order.remove(name)
-                self._trust.forget(name)
-                if state is not None and self.on_reap is not None:
-                    try:
-                        self.on_reap(state)
-                    except Exception:
-                        self.log.failure("Reap handler failed on {member}", member=name)
-
-    def _random_members(
-        self, count: int, accept: Callable[[MemberState], bool]
-    ) -> list[MemberState]:
-        """Up to ``count`` distinct random peers that ``accept`` takes (memberlist's
-        kRandomNodes: a bounded number of random draws, not a scan)."""
-        chosen: dict[str, MemberState] = {}
-        for _ in range(3 * len(self._order)):
-            if len(chosen) >= count:
-                break
-            name = self._order.sample()
-            if name is None or name in chosen:
-                continue
-            state = self._table.get(name)
-            if state is not None and accept(state):
-                chosen[name] = state
-        return list(chosen.values())
+        for name in self._roster.departed_before(horizon):
+            state = self._roster.forget(name)
+            self._trust.forget(name)
+            if state is not None and self.on_reap is not None:
+                try:
+                    self.on_reap(state)
+                except Exception:
+                    self.log.failure("Reap handler failed on {member}", member=name)
