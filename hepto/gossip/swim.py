@@ -38,7 +38,6 @@ sign.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -75,8 +74,6 @@ from hepto.gossip.trust import Trust
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
-#: Beyond this many members the push/pull interval stretches, as in memberlist.
-PUSH_PULL_SCALE_THRESHOLD: Final = 32
 #: Digests are sent this many times the retransmit limit: they are small (18 bytes
 #: with an 8-character name) and rare (a record changes when a certificate or key does),
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
@@ -246,9 +243,8 @@ class Membership:
         return len(self._queue)
 
     def push_pull_interval(self) -> float:
-        """Seconds until the next TCP push/pull: memberlist's interval, stretched beyond
-        32 members (by 1 + ceil(log2(N / 32))) so that the cluster's total push/pull
-        traffic grows like N log N rather than N squared.
+        """Seconds until the next TCP push/pull: memberlist's interval, stretched in
+        large clusters (:meth:`Profile.scaled_push_pull_interval`).
 
         While push/pull keeps finding news (the last merge changed our view: we are
         joining, others are, or a partition just healed), the next one comes as soon
@@ -259,10 +255,7 @@ class Membership:
         members = len(self._roster)
         if self._merge_found_news:
             return self.profile.gossip_interval * self.profile.retransmit_limit(members)
-        interval = self.profile.push_pull_interval
-        if members <= PUSH_PULL_SCALE_THRESHOLD:
-            return interval
-        return interval * (1 + math.ceil(math.log2(members / PUSH_PULL_SCALE_THRESHOLD)))
+        return self.profile.scaled_push_pull_interval(members)
 
     def push_pull_target(self) -> MemberState | None:
         """Whom the next periodic push/pull should be with: a random live member or,
