@@ -1,6 +1,6 @@
 """The members one node knows of, and the order in which it probes them.
 
-Kept apart from :mod:`hepto.gossip.swim` because both are plain data structures with no
+Kept apart from :mod:`hepto.gossip.swim` because these are plain data structures with no
 protocol in them, and because the simulator shares one :class:`Snapshot` between
 thousands of members: each member's :class:`MemberTable` and :class:`ProbeOrder` hold
 only its own changes over that shared start.  A :class:`Roster` keeps the two, and the
