@@ -433,17 +433,7 @@ class Membership:
                 return
             self._trust.believed(message.name, verdict)
             self._broadcast_member(message)
-            self._change(
-                MemberState(
-                    message.name,
-                    message.address,
-                    message.role,
-                    message.incarnation,
-                    ALIVE,
-                    self._clock.seconds(),
-                    message.proof,
-                )
-            )
+            self._change(MemberState.from_alive(message, self._clock.seconds()))
             return
         if message.name == self.name:
             # Someone speaks of us with news we did not make (an old instance of us, or a
@@ -472,17 +462,7 @@ class Membership:
         self._suspicions.cancel(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
-        self._change(
-            MemberState(
-                message.name,
-                message.address,
-                message.role,
-                message.incarnation,
-                ALIVE,
-                since,
-                message.proof,
-            )
-        )
+        self._change(MemberState.from_alive(message, since))
 
     def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
         """The member that ``message`` accuses, if the accusation is worth weighing."""

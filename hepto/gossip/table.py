@@ -33,6 +33,19 @@ class MemberState:
     #: The proof of the Alive that made this state, as it came (b"" if none did).
     proof: bytes = attrs.field(default=b"", repr=False)
 
+    @classmethod
+    def from_alive(cls, message: Alive, since: float) -> MemberState:
+        """The member as ``message`` says it is, alive since ``since``."""
+        return cls(
+            message.name,
+            message.address,
+            message.role,
+            message.incarnation,
+            ALIVE,
+            since,
+            message.proof,
+        )
+
     @property
     def reachable(self) -> bool:
         return self.status in (ALIVE, SUSPECT)
