@@ -157,6 +157,7 @@ class Suspicions:
         self._answering: set[str] = set()
 
     def get(self, name: str) -> Suspicion | None:
+        """The suspicion of ``name``, if we hold one."""
         return self._suspicions.get(name)
 
     def __getitem__(self, name: str) -> Suspicion:
@@ -190,7 +191,8 @@ class Suspicions:
             self._answering.add(target.name)
 
     def next_look(self) -> MemberState | None:
-        """The next suspect due its last look, if any, to probe out of turn."""
+        """The next suspect due its last look, to probe out of turn; those that refuted
+        or died in the meantime need no look."""
         while self._urgent:
             state = self._member(self._urgent.pop(0))
             if state is not None and state.status == SUSPECT:
@@ -198,7 +200,7 @@ class Suspicions:
         return None
 
     def cancel(self, name: str) -> None:
-        """The suspicion of ``name`` is over (refuted, or the suspect declared dead)."""
+        """The suspicion of ``name`` is over: it refuted, or it is dead or left."""
         suspicion = self._suspicions.get(name)
         if suspicion is not None:
             suspicion.cancel()
@@ -213,6 +215,7 @@ class Suspicions:
         self._answering.clear()
 
     def _expired(self, name: str, since: float, confirmations: int) -> None:
+        """The suspicion of ``name``, suspected since ``since``, ran out."""
         known = self._member(name)
         if known is None or known.status != SUSPECT or known.since != since:
             self._forget(name)
@@ -235,4 +238,5 @@ class Suspicions:
         self._answering.discard(name)
 
     def _last_look_lead(self) -> float:
+        # Our probes slow down with our health (Lifeguard): so must the last look's lead.
         return LAST_LOOK_PROBES * self._awareness.scale(self._profile.probe_interval)

@@ -29,8 +29,8 @@ and tells the recently dead that they are thought dead even when there is no oth
 news.  ``docs/gossip.rst`` explains each rule and its figures.
 
 Beyond memberlist, against a key holder (every host holds the cluster key): an Alive
-carries its member's signature, and news with an absurd incarnation is dropped; which
-news deserves belief is :class:`~hepto.gossip.trust.Trust`'s to say.  An Alive taken on
+carries its member's signature.  :class:`~hepto.gossip.trust.Trust` checks it, and the
+incarnation of every piece of news, before anything is believed.  An Alive taken on
 trust before an identity was pinned to its name is checked as soon as one is: if it was
 forged, the member is suspected, so that the real one refutes with an Alive only it can
 sign.

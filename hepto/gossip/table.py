@@ -213,11 +213,12 @@ class ProbeOrder:
 
 
 class Roster:
-    """Whom one member knows, in which order it probes them, and since when those no
-    longer reachable departed, kept in step: every member but ourselves takes its turn
-    in the :class:`ProbeOrder` until it is reaped, and the departed are the unreachable.
+    """Whom one member knows, kept in step: the :class:`MemberTable`, the
+    :class:`ProbeOrder` of its peers, and when each member no longer reachable departed.
 
-    Reads go to the :class:`MemberTable`; every change goes through :meth:`record`.
+    Every member but ourselves takes its turn in the probe order until it is reaped, and
+    the departed are exactly the unreachable (ourselves apart).  Reads go to the table;
+    every change of a member's state goes through :meth:`record`.
     """
 
     def __init__(self, own: str, rng: random.Random, base: Snapshot) -> None:
@@ -273,7 +274,8 @@ class Roster:
         return state
 
     def next_in_turn(self) -> MemberState | None:
-        """The next reachable member of the round robin, if any."""
+        """The next reachable member of the round robin, if any (the dead keep their
+        place until they are reaped, but get no turn)."""
         for _ in range(len(self.order)):
             name = self.order.draw()
             state = None if name is None else self.table.get(name)
