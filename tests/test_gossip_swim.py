@@ -36,9 +36,10 @@ from hepto.gossip.messages import (
 from hepto.gossip.profile import LAN, WAN, Profile
 from hepto.gossip.proofs import Notary, statement
 from hepto.gossip.simulation import CLUSTER, identity_of
-from hepto.gossip.suspicion import MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
-from hepto.gossip.swim import INCARNATION_CEILING, INCARNATION_SLACK, LAST_LOOK_PROBES, Membership
+from hepto.gossip.suspicion import LAST_LOOK_PROBES, MAX_POSTPONEMENTS, Suspicion, suspicion_timeout
+from hepto.gossip.swim import Membership
 from hepto.gossip.table import MemberState, ProbeOrder, Snapshot
+from hepto.gossip.trust import INCARNATION_CEILING, INCARNATION_SLACK
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
 PEERS = ("b", "c", "d", "e")
@@ -728,7 +729,7 @@ class ReapTests(MembershipTestCase):
         self.clock.pump([0.5] * 6)
         self.assertIsNone(member.member("b"))
         self.assertEqual([(gone.name, gone.status) for gone in reaped], [("b", DEAD)])
-        self.assertNotIn("b", member._order)
+        self.assertNotIn("b", member._roster.order)
         # Forgotten means forgotten: it can come back, as new.
         member.receive(endpoint(2), [alive("b", 0, endpoint(2), "node")])
         self.assertEqual(self.status(member, "b"), ALIVE)
@@ -1098,9 +1099,9 @@ class ProbeOrderTests(SynchronousTestCase):
         ]
         for member in members:
             self.assertEqual(len(member.members()), 100)
-            self.assertEqual(len(member._order), 99)
-            self.assertNotIn(member.name, member._order)
-            self.assertEqual(member._table._changed.keys(), {member.name})
+            self.assertEqual(len(member._roster.order), 99)
+            self.assertNotIn(member.name, member._roster.order)
+            self.assertEqual(member._roster.table._changed.keys(), {member.name})
 
 
 class LoopbackNetwork(DatagramProtocol):

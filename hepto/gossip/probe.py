@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
+from hepto.gossip.droplog import Drop
 from hepto.gossip.messages import Ack, Message, Nack, Ping, PingReq, Suspect
 from hepto.gossip.profile import Profile
 from hepto.gossip.table import MemberState, RandomMembers
@@ -32,12 +33,6 @@ from hepto.state import ALIVE, SUSPECT
 #: Ping-req relays in flight at once: a flood of ping-reqs must not make us a reflector.
 MAX_RELAYS: Final = 256
 _SEQ_MODULO: Final = 2**32
-
-
-class Drop(Protocol):
-    """Count (and log, now and then) input dropped for ``reason``."""
-
-    def __call__(self, reason: str, **fields: object) -> None: ...
 
 
 @attrs.define(eq=False)

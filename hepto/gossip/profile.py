@@ -13,6 +13,8 @@ from typing import Final
 import attrs
 
 NACK_FRACTION: Final = 0.8
+#: Beyond this many members the push/pull interval stretches, as in memberlist.
+PUSH_PULL_SCALE_THRESHOLD: Final = 32
 #: Rounds of news (see ``Profile.news_rounds``) are at least this share of a gossip
 #: interval apart, so that a burst of news costs a few more rounds, not one per item.
 NEWS_ROUND_FRACTION: Final = 0.25
@@ -84,6 +86,15 @@ class Profile:
         scale = max(1.0, math.log10(max(1, members)))
         shortest = self.suspicion_mult * scale * self.probe_interval
         return shortest, shortest * self.suspicion_max_timeout_mult
+
+    def scaled_push_pull_interval(self, members: int) -> float:
+        """Seconds between two push/pulls in a cluster of ``members``: memberlist's
+        interval, stretched beyond 32 members (by 1 + ceil(log2(N / 32))) so that the
+        cluster's total push/pull traffic grows like N log N rather than N squared."""
+        if members <= PUSH_PULL_SCALE_THRESHOLD:
+            return self.push_pull_interval
+        scale = 1 + math.ceil(math.log2(members / PUSH_PULL_SCALE_THRESHOLD))
+        return self.push_pull_interval * scale
 
 
 #: Data centre or one region: memberlist's DefaultLANConfig.

@@ -10,15 +10,29 @@ so that the member can probe the suspect itself before declaring it dead.  Confi
 only count accusers, and on a lossy network they may all predate a refutation we missed.
 A suspect that answers that probe is evidently alive: :meth:`Suspicion.postpone` gives
 it a few more looks for its refutation to get through.
+
+:class:`Suspicions` holds one member's suspicions of the others: it times each for the
+cluster's size, hands the suspects due a last look to the member's next probe, and tells
+the member of those whose time ran out, for it to declare them dead.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Final
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from hepto.gossip.awareness import Awareness
+from hepto.gossip.profile import Profile
+from hepto.gossip.table import MemberState
+from hepto.state import SUSPECT
+
+#: Probe intervals before its deadline at which a member probes a suspect itself: up to
+#: one to reach the next probe tick, one for the probe, and one to spare so that the
+#: probe's outcome is in before the deadline.
+LAST_LOOK_PROBES: Final = 3
 #: How many times a suspect that answers our probes (but whose refutation keeps getting
 #: lost) gets another look before it is declared dead anyway.
 MAX_POSTPONEMENTS = 3
@@ -111,3 +125,118 @@ class Suspicion:
         if self._look is not None and self._look.active():
             self._look.cancel()
         self._on_timeout(self.confirmations)
+
+
+class Suspicions:
+    """One member's suspicions of the others, by name.
+
+    ``member(name)`` is how the member sees ``name`` now: a suspicion whose suspect has
+    since refuted, died or been suspected anew is over.  ``timed_out(suspect,
+    confirmations)`` is told of a suspect still suspected when its time ran out, for the
+    member to declare it dead.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        profile: Profile,
+        awareness: Awareness,
+        *,
+        member: Callable[[str], MemberState | None],
+        timed_out: Callable[[MemberState, int], None],
+    ) -> None:
+        self._clock = clock
+        self._profile = profile
+        self._awareness = awareness
+        self._member = member
+        self._timed_out = timed_out
+        self._suspicions: dict[str, Suspicion] = {}
+        #: Suspects to probe before the round robin goes on.
+        self._urgent: list[str] = []
+        #: Suspects that answered a probe of ours during their suspicion.
+        self._answering: set[str] = set()
+
+    def get(self, name: str) -> Suspicion | None:
+        """The suspicion of ``name``, if we hold one."""
+        return self._suspicions.get(name)
+
+    def __getitem__(self, name: str) -> Suspicion:
+        return self._suspicions[name]
+
+    def start(self, name: str, accuser: str, since: float, members: int) -> None:
+        """Suspect ``name``, suspected since ``since`` on ``accuser``'s word; ``members``
+        is how many members could confirm the suspicion."""
+        # Expect confirmations from the accusers we would hear within the timeout; too
+        # small a cluster to provide them gets the shortest timeout straight away.
+        expected = self._profile.suspicion_mult - 2
+        if members - 2 < expected:
+            expected = 0
+        shortest, longest = self._profile.suspicion_timeouts(members)
+        self._suspicions[name] = Suspicion(
+            self._clock,
+            accuser,
+            expected,
+            shortest,
+            longest,
+            lambda confirmations: self._expired(name, since, confirmations),
+            lambda: self._urgent.append(name),
+            self._last_look_lead(),
+        )
+
+    def answered(self, target: MemberState) -> None:
+        """``target`` answered a probe of ours."""
+        # A suspect that answers is alive: if its suspicion runs out all the same, only its
+        # refutation went missing, and it gets another look (see _expired).
+        if target.name in self._suspicions:
+            self._answering.add(target.name)
+
+    def next_look(self) -> MemberState | None:
+        """The next suspect due its last look, to probe out of turn; those that refuted
+        or died in the meantime need no look."""
+        while self._urgent:
+            state = self._member(self._urgent.pop(0))
+            if state is not None and state.status == SUSPECT:
+                return state
+        return None
+
+    def cancel(self, name: str) -> None:
+        """The suspicion of ``name`` is over: it refuted, or it is dead or left."""
+        suspicion = self._suspicions.get(name)
+        if suspicion is not None:
+            suspicion.cancel()
+        self._forget(name)
+
+    def stop(self) -> None:
+        """Drop every suspicion, silently."""
+        for suspicion in self._suspicions.values():
+            suspicion.cancel()
+        self._suspicions.clear()
+        self._urgent.clear()
+        self._answering.clear()
+
+    def _expired(self, name: str, since: float, confirmations: int) -> None:
+        """The suspicion of ``name``, suspected since ``since``, ran out."""
+        known = self._member(name)
+        if known is None or known.status != SUSPECT or known.since != since:
+            self._forget(name)
+            return
+        suspicion = self._suspicions.get(name)
+        if (
+            name in self._answering
+            and suspicion is not None
+            and suspicion.postpone(self._last_look_lead())
+        ):
+            # It answered our probe, so it is alive; only its refutation went missing.
+            self._answering.discard(name)
+            self._urgent.append(name)
+            return
+        self._forget(name)
+        self._timed_out(known, confirmations)
+
+    def _forget(self, name: str) -> None:
+        self._suspicions.pop(name, None)
+        self._answering.discard(name)
+
+    def _last_look_lead(self) -> float:
+        # Our probes slow down with our health (Lifeguard): so must the last look's lead.
+        return LAST_LOOK_PROBES * self._awareness.scale(self._profile.probe_interval)

@@ -13,8 +13,9 @@ and tries a TCP ping in parallel; a target none of these confirms by the end of 
 interval is suspected.  A suspected member that hears of it refutes by raising its
 incarnation; one that cannot for the suspicion timeout is declared dead.  The probes
 themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
-:class:`~hepto.gossip.probe.Prober`'s; :class:`Membership` picks the targets and decides
-what an unanswered probe means.
+:class:`~hepto.gossip.probe.Prober`'s, the suspicion timers
+:class:`~hepto.gossip.suspicion.Suspicions`'; :class:`Membership` picks the targets,
+decides what an unanswered probe means, and declares the dead.
 
 Dissemination: membership news (alive, suspect, dead) and record digests are queued
 in a :class:`~hepto.gossip.broadcast.BroadcastQueue`, which
@@ -28,27 +29,15 @@ and tells the recently dead that they are thought dead even when there is no oth
 news.  ``docs/gossip.rst`` explains each rule and its figures.
 
 Beyond memberlist, against a key holder (every host holds the cluster key): an Alive
-carries its member's signature (:mod:`hepto.gossip.proofs`), checked against the
-identity pinned to the name.  A forged one is dropped; a proven one is the member's own
-word, so it may move the member to a new address.  Before any identity is pinned to a
-name (its record never seen) an Alive is taken on trust, as memberlist takes them all,
-and checked as soon as one is: if it was forged, the member is suspected, so that the
-real one refutes with an Alive only it can sign.
-
-Incarnation sanity (an absurd number must not evict a member for ever):
-
-* an incarnation above :data:`INCARNATION_CEILING` (2**48) is never legitimate — a
-  member refuting once a second would need nine million years — and is dropped;
-* news about a known member whose incarnation jumps more than :data:`INCARNATION_SLACK`
-  above the one we hold is dropped, unless it is an Alive that the member sent us itself
-  (a member that lost its persisted incarnation catches up that way);
-* a member always refutes with max(own, accused) + 1, which the rules above keep far
-  from any overflow.
+carries its member's signature.  :class:`~hepto.gossip.trust.Trust` checks it, and the
+incarnation of every piece of news, before anything is believed.  An Alive taken on
+trust before an identity was pinned to its name is checked as soon as one is: if it was
+forged, the member is suspected, so that the real one refutes with an Alive only it can
+sign.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +52,7 @@ from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
 from hepto.gossip.dissemination import Gossip
+from hepto.gossip.droplog import DropLog
 from hepto.gossip.messages import (
     PROTOCOL_MESSAGES,
     Ack,
@@ -77,22 +67,13 @@ from hepto.gossip.messages import (
 )
 from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
-from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
-from hepto.gossip.suspicion import Suspicion
-from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, MemberTable, ProbeOrder, Snapshot
+from hepto.gossip.proofs import Notary, Verdict
+from hepto.gossip.suspicion import Suspicions
+from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, Roster, Snapshot
+from hepto.gossip.trust import Trust
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
-INCARNATION_CEILING: Final = 2**48
-INCARNATION_SLACK: Final = 1024
-#: Seconds between two log lines about drops of the same reason.
-DROP_LOG_INTERVAL: Final = 60.0
-#: Beyond this many members the push/pull interval stretches, as in memberlist.
-PUSH_PULL_SCALE_THRESHOLD: Final = 32
-#: Probe intervals before its deadline at which a member probes a suspect itself: up to
-#: one to reach the next probe tick, one for the probe, and one to spare so that the
-#: probe's outcome is in before the deadline.
-LAST_LOOK_PROBES: Final = 3
 #: Digests are sent this many times the retransmit limit: they are small (18 bytes
 #: with an 8-character name) and rare (a record changes when a certificate or key does),
 #: and a member that misses one waits for a push/pull; doubling the sends squares the
@@ -139,34 +120,34 @@ class Membership:
         self.address = address
         self.role = role
         self.profile = profile
-        self.notary = notary
         self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
+        self._drop = DropLog(clock, self.log)
         #: Dropped input by reason; never reset.
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = self._drop.counts
+        self._trust = Trust(notary, self._drop)
         self._clock = clock
         self._network = network
         self._rng = rng
-        base = snapshot or EMPTY_SNAPSHOT
-        self._table = MemberTable(base)
-        self._order = ProbeOrder(rng, base.names, base.positions)
-        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._table)))
-        self._departed: dict[str, float] = dict(base.departed)
+        self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
+        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._roster)))
         self._gossip = Gossip(
             name,
             clock,
             profile,
             self._queue,
             send=network.send,
-            random_members=self._random_members,
-            departed=self._departed,
+            random_members=self._roster.random_members,
+            departed=self._roster.departed,
         )
         self._awareness = Awareness(profile.awareness_max_multiplier)
-        self._suspicions: dict[str, Suspicion] = {}
-        #: Suspects to probe before the round robin goes on.
-        self._urgent: list[str] = []
-        #: Suspects that answered a probe of ours during their suspicion.
-        self._answering: set[str] = set()
+        self._suspicions = Suspicions(
+            clock,
+            profile,
+            self._awareness,
+            member=self._roster.get,
+            timed_out=self._suspicion_timed_out,
+        )
         self._prober = Prober(
             name,
             clock,
@@ -175,9 +156,9 @@ class Membership:
             rng,
             send=self._gossip.send,
             ping_stream=network.ping_stream,
-            random_members=self._random_members,
+            random_members=self._roster.random_members,
             drop=self._drop,
-            answered=self._probe_answered,
+            answered=self._suspicions.answered,
             unanswered=self._probe_unanswered,
         )
         self._observers: Observers[[MemberState | None, MemberState]] = Observers(
@@ -190,9 +171,6 @@ class Membership:
         self._changes = 0
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
-        self._drop_logged: dict[str, float] = {}
-        #: Members whose state came from an Alive that no pinned identity could check.
-        self._unproven: set[str] = set()
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
             Alive: self._receive_alive,
             Suspect: self._receive_suspect,
@@ -203,18 +181,25 @@ class Membership:
             Ack: self._prober.receive_ack,
             Nack: self._prober.receive_nack,
         }
-        known = self._table.get(name)
+        known = self._roster.get(name)
         if known is not None:
             incarnation = max(incarnation, known.incarnation)
-        self._table.set(self._proven_own(incarnation, clock.seconds()))
-        self._departed.pop(name, None)
-        self._order.remove(name)
+        self._roster.record(self._proven_own(incarnation, clock.seconds()))
 
     # Reading --------------------------------------------------------------------------
 
     @property
     def incarnation(self) -> int:
         return self._own.incarnation
+
+    @property
+    def notary(self) -> Notary:
+        """Signs our own Alives; checks everyone else's, for our :class:`Trust`."""
+        return self._trust.notary
+
+    @notary.setter
+    def notary(self, notary: Notary) -> None:
+        self._trust.notary = notary
 
     @property
     def health(self) -> int:
@@ -227,40 +212,39 @@ class Membership:
 
     @property
     def _own(self) -> MemberState:
-        own = self._table.get(self.name)
+        own = self._roster.get(self.name)
         assert own is not None
         return own
 
     def members(self) -> Mapping[str, MemberState]:
         """Every known member, this one included, by name."""
-        return {state.name: state for state in self._table}
+        return {state.name: state for state in self._roster}
 
     @property
     def size(self) -> int:
         """Members known, this one and the dead included: the N of the formulas."""
-        return len(self._table)
+        return len(self._roster)
 
     @property
     def live_size(self) -> int:
         """Members alive or suspected, this one included: the N of the suspicion timeout."""
-        return len(self._table) - len(self._departed)
+        return self._roster.live
 
     def member(self, name: str) -> MemberState | None:
         """How we see ``name``, if we know it at all."""
-        return self._table.get(name)
+        return self._roster.get(name)
 
     def local_state(self) -> list[MemberState]:
         """What a TCP push/pull or join sends: everything we know, the dead included."""
-        return list(self._table)
+        return list(self._roster)
 
     def queued(self) -> int:
         """Broadcasts waiting to be gossiped."""
         return len(self._queue)
 
     def push_pull_interval(self) -> float:
-        """Seconds until the next TCP push/pull: memberlist's interval, stretched beyond
-        32 members (by 1 + ceil(log2(N / 32))) so that the cluster's total push/pull
-        traffic grows like N log N rather than N squared.
+        """Seconds until the next TCP push/pull: memberlist's interval, stretched in
+        large clusters (:meth:`Profile.scaled_push_pull_interval`).
 
         While push/pull keeps finding news (the last merge changed our view: we are
         joining, others are, or a partition just healed), the next one comes as soon
@@ -268,13 +252,10 @@ class Membership:
         members that joined at the same time as us were neither in our anchor's state
         nor, since few knew us yet, in the gossip that reached us.
         """
-        members = len(self._table)
+        members = len(self._roster)
         if self._merge_found_news:
             return self.profile.gossip_interval * self.profile.retransmit_limit(members)
-        interval = self.profile.push_pull_interval
-        if members <= PUSH_PULL_SCALE_THRESHOLD:
-            return interval
-        return interval * (1 + math.ceil(math.log2(members / PUSH_PULL_SCALE_THRESHOLD)))
+        return self.profile.scaled_push_pull_interval(members)
 
     def push_pull_target(self) -> MemberState | None:
         """Whom the next periodic push/pull should be with: a random live member or,
@@ -282,7 +263,7 @@ class Membership:
         the two sides of a healed partition find each other again (Serf's reconnect)
         once gossip to the dead has stopped."""
         return next(
-            iter(self._random_members(1, lambda state: state.status != LEFT)),
+            iter(self._roster.random_members(1, lambda state: state.status != LEFT)),
             None,
         )
 
@@ -311,11 +292,7 @@ class Membership:
             self._probe_call.cancel()
         self._probe_call = None
         self._gossip.stop()
-        for suspicion in self._suspicions.values():
-            suspicion.cancel()
-        self._suspicions.clear()
-        self._urgent.clear()
-        self._answering.clear()
+        self._suspicions.stop()
         self._prober.stop()
         if self._leaving is not None and not self._leaving.called:
             self._leaving.callback(None)
@@ -337,7 +314,7 @@ class Membership:
             Dead(self.name, own.incarnation, self.name),
             on_done=lambda: self._left("gossiped"),
         )
-        if not any(state.reachable for state in self._table if state.name != self.name):
+        if not any(state.reachable for state in self._roster if state.name != self.name):
             self._left("alone")
         return leaving
 
@@ -374,7 +351,7 @@ class Membership:
         re-broadcast what it learns: that is old news to everyone else, and a thousand
         joiners each re-gossiping a thousand members doubled the cost of a join storm.
         """
-        self._catching_up = len(self._table) == 1
+        self._catching_up = len(self._roster) == 1
         changes, before = self._changes, self.incarnation
         try:
             for remote in states:
@@ -399,18 +376,8 @@ class Membership:
         refutes with an Alive only it can sign, at its own address; a member that is
         not there (the forger made it up) is declared dead in time.
         """
-        known = self._table.get(name)
-        if name not in self._unproven or known is None:
-            return
-        if known.status != ALIVE:
-            # Already accused: its next Alive is news, and checked as such.
-            self._unproven.discard(name)
-            return
-        verdict = self._verdict(known.alive_message())
-        if verdict is Verdict.UNKNOWN:
-            return
-        self._unproven.discard(name)
-        if verdict is Verdict.PROVEN:
+        known = self._roster.get(name)
+        if known is None or not self._trust.forged_on_trust(known):
             return
         self.log.warn(
             "Member {member} was taken to be at {address} (incarnation {incarnation}) on "
@@ -443,7 +410,7 @@ class Membership:
 
     def _receive_digest(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Digest)
-        holder = self._table.at(sender)
+        holder = self._roster.at(sender)
         if holder is None:
             self._drop("digest from an unknown sender", sender=sender)
             return
@@ -455,38 +422,18 @@ class Membership:
 
     # Membership news --------------------------------------------------------------------
 
-    def _plausible(self, name: str, incarnation: int, known: int, direct: bool) -> bool:
-        if incarnation > INCARNATION_CEILING:
-            self._drop("absurd incarnation", member=name, incarnation=incarnation)
-            return False
-        if incarnation > known + INCARNATION_SLACK and not direct:
-            self._drop("incarnation jump", member=name, incarnation=incarnation, known=known)
-            return False
-        return True
-
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
-        known = self._table.get(message.name)
+        known = self._roster.get(message.name)
         if known is None:
-            verdict = self._verdict(message)
+            verdict = self._trust.verdict(message)
             if verdict is Verdict.FORGED:
                 return
-            if not self._plausible(message.name, message.incarnation, 0, True):
+            if not self._trust.plausible(message.name, message.incarnation, 0, True):
                 return
-            self._note_unproven(message.name, verdict)
-            self._order.add(message.name)
+            self._trust.believed(message.name, verdict)
             self._broadcast_member(message)
-            self._change(
-                MemberState(
-                    message.name,
-                    message.address,
-                    message.role,
-                    message.incarnation,
-                    ALIVE,
-                    self._clock.seconds(),
-                    message.proof,
-                )
-            )
+            self._change(MemberState.from_alive(message, self._clock.seconds()))
             return
         if message.name == self.name:
             # Someone speaks of us with news we did not make (an old instance of us, or a
@@ -494,88 +441,38 @@ class Membership:
             if (
                 (message.incarnation > known.incarnation or message.role != known.role)
                 and self._leaving is None
-                and self._same_address(message, known)
-                and self._plausible(message.name, message.incarnation, known.incarnation, False)
+                and self._trust.same_address(message, known)
+                and self._trust.plausible(
+                    message.name, message.incarnation, known.incarnation, False
+                )
             ):
                 self._refute(message.incarnation)
             return
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
             return
-        verdict = self._verdict(message)
-        if verdict is Verdict.FORGED or not self._same_address(message, known, verdict):
+        verdict = self._trust.verdict(message)
+        if verdict is Verdict.FORGED or not self._trust.same_address(message, known, verdict):
             return
         # The member's own word may jump ahead (it lost its saved incarnation).
         direct = verdict is Verdict.PROVEN or sender == message.address
-        if not self._plausible(message.name, message.incarnation, known.incarnation, direct):
+        if not self._trust.plausible(message.name, message.incarnation, known.incarnation, direct):
             return
-        self._note_unproven(message.name, verdict)
-        self._cancel_suspicion(message.name)
+        self._trust.believed(message.name, verdict)
+        self._suspicions.cancel(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
-        self._change(
-            MemberState(
-                message.name,
-                message.address,
-                message.role,
-                message.incarnation,
-                ALIVE,
-                since,
-                message.proof,
-            )
-        )
-
-    def _verdict(self, message: Alive) -> Verdict:
-        """Whose word ``message`` is; a forged one is dropped (and counted) here."""
-        if len(message.proof) != PROOF_SIZE:
-            verdict = Verdict.FORGED
-        else:
-            verdict = self.notary.check(
-                message.name, message.incarnation, message.address, message.role, message.proof
-            )
-        if verdict is Verdict.FORGED:
-            self._drop(
-                "forged alive",
-                member=message.name,
-                incarnation=message.incarnation,
-                address=message.address,
-            )
-        return verdict
-
-    def _note_unproven(self, name: str, verdict: Verdict) -> None:
-        if verdict is Verdict.UNKNOWN:
-            self._unproven.add(name)
-        else:
-            self._unproven.discard(name)
-
-    def _same_address(
-        self, message: Alive, known: MemberState, verdict: Verdict = Verdict.UNKNOWN
-    ) -> bool:
-        """As memberlist: a live member keeps its address; another process claiming its
-        name elsewhere must wait until it is dead or left.  Unless the member itself
-        says it moved (a proven Alive): a restart at a new address must not wait for
-        the old one's death."""
-        if message.address == known.address or not known.reachable:
-            return True
-        if verdict is Verdict.PROVEN:
-            return True
-        self._drop(
-            "address conflict",
-            member=message.name,
-            known=known.address,
-            claimed=message.address,
-        )
-        return False
+        self._change(MemberState.from_alive(message, since))
 
     def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
         """The member that ``message`` accuses, if the accusation is worth weighing."""
-        known = self._table.get(message.name)
+        known = self._roster.get(message.name)
         if known is None:
             return None
         if message.incarnation < known.incarnation:
             self._stale_accusation(known, sender)
             return None
-        if not self._plausible(message.name, message.incarnation, known.incarnation, False):
+        if not self._trust.plausible(message.name, message.incarnation, known.incarnation, False):
             return None
         return known
 
@@ -602,54 +499,23 @@ class Membership:
         # N counts the members that could confirm: the dead we keep for an hour (so that
         # partitions heal) must not stretch detection, as memberlist, which forgets them
         # after gossip_to_the_dead, does not let them either.
-        members = self.live_size
-        # Expect confirmations from the accusers we would hear within the timeout; too
-        # small a cluster to provide them gets the shortest timeout straight away.
-        expected = self.profile.suspicion_mult - 2
-        if members - 2 < expected:
-            expected = 0
-        shortest, longest = self.profile.suspicion_timeouts(members)
-        self._suspicions[message.name] = Suspicion(
-            self._clock,
-            message.source,
-            expected,
-            shortest,
-            longest,
-            lambda confirmations: self._suspicion_expired(message.name, now, confirmations),
-            lambda: self._urgent.append(message.name),
-            self._last_look_lead(),
-        )
+        self._suspicions.start(message.name, message.source, now, self.live_size)
 
-    def _suspicion_expired(self, name: str, since: float, confirmations: int) -> None:
-        known = self._table.get(name)
-        if known is None or known.status != SUSPECT or known.since != since:
-            self._forget_suspicion(name)
-            return
-        suspicion = self._suspicions.get(name)
-        if (
-            name in self._answering
-            and suspicion is not None
-            and suspicion.postpone(self._last_look_lead())
-        ):
-            # It answered our probe, so it is alive; only its refutation went missing.
-            self._answering.discard(name)
-            self._urgent.append(name)
-            return
-        self._forget_suspicion(name)
+    def _suspicion_timed_out(self, suspect: MemberState, confirmations: int) -> None:
         self.log.info(
             "Member {member} declared dead after {seconds:.1f}s of suspicion "
             "({confirmations} confirmations)",
-            member=name,
-            seconds=self._clock.seconds() - since,
+            member=suspect.name,
+            seconds=self._clock.seconds() - suspect.since,
             confirmations=confirmations,
         )
-        self._dead(Dead(name, known.incarnation, self.name))
+        self._dead(Dead(suspect.name, suspect.incarnation, self.name))
 
     def _dead(self, message: Dead, sender: Endpoint | None = None) -> None:
         known = self._accused(message, sender)
         if known is None:
             return
-        self._cancel_suspicion(message.name)
+        self._suspicions.cancel(message.name)
         if not known.reachable:
             return
         if message.name == self.name:
@@ -694,27 +560,9 @@ class Membership:
         self._broadcast_member(state.alive_message())
         self._gossip.news()
 
-    def _cancel_suspicion(self, name: str) -> None:
-        suspicion = self._suspicions.get(name)
-        if suspicion is not None:
-            suspicion.cancel()
-        self._forget_suspicion(name)
-
-    def _forget_suspicion(self, name: str) -> None:
-        self._suspicions.pop(name, None)
-        self._answering.discard(name)
-
-    def _last_look_lead(self) -> float:
-        return LAST_LOOK_PROBES * self._awareness.scale(self.profile.probe_interval)
-
     def _change(self, new: MemberState) -> None:
         self._changes += 1
-        old = self._table.get(new.name)
-        self._table.set(new)
-        if new.reachable:
-            self._departed.pop(new.name, None)
-        elif (old is None or old.reachable) and new.name != self.name:
-            self._departed[new.name] = new.since
+        old = self._roster.record(new)
         if old is None or old.status != new.status:
             self.log.debug(
                 "Member {member} is {status} (incarnation {incarnation})",
@@ -746,69 +594,21 @@ class Membership:
         )
 
     def _next_target(self) -> MemberState | None:
-        while self._urgent:
-            state = self._table.get(self._urgent.pop(0))
-            if state is not None and state.status == SUSPECT:
-                return state
-        for _ in range(len(self._order)):
-            name = self._order.draw()
-            state = None if name is None else self._table.get(name)
-            if state is not None and state.reachable:
-                return state
-        return None
-
-    def _probe_answered(self, target: MemberState) -> None:
-        # A suspect that answers is alive: if its suspicion runs out all the same, only its
-        # refutation went missing, and it gets another look (see _suspicion_expired).
-        if target.name in self._suspicions:
-            self._answering.add(target.name)
+        suspect = self._suspicions.next_look()
+        if suspect is not None:
+            return suspect
+        return self._roster.next_in_turn()
 
     def _probe_unanswered(self, target: MemberState) -> None:
         self._suspect(Suspect(target.name, target.incarnation, self.name))
 
     def _reap(self) -> None:
-        if not self._departed:
-            return
         horizon = self._clock.seconds() - self.profile.reap_after
-        for name, since in list(self._departed.items()):
-            if since <= horizon:
-                del self._departed[name]
-                state = self._table.get(name)
-                self._table.remove(name)
-                self._order.remove(name)
-                self._unproven.discard(name)
-                if state is not None and self.on_reap is not None:
-                    try:
-                        self.on_reap(state)
-                    except Exception:
-                        self.log.failure("Reap handler failed on {member}", member=name)
-
-    def _random_members(
-        self, count: int, accept: Callable[[MemberState], bool]
-    ) -> list[MemberState]:
-        """Up to ``count`` distinct random peers that ``accept`` takes (memberlist's
-        kRandomNodes: a bounded number of random draws, not a scan)."""
-        chosen: dict[str, MemberState] = {}
-        for _ in range(3 * len(self._order)):
-            if len(chosen) >= count:
-                break
-            name = self._order.sample()
-            if name is None or name in chosen:
-                continue
-            state = self._table.get(name)
-            if state is not None and accept(state):
-                chosen[name] = state
-        return list(chosen.values())
-
-    def _drop(self, reason: str, **fields: object) -> None:
-        self.drops[reason] += 1
-        now = self._clock.seconds()
-        last = self._drop_logged.get(reason)
-        if last is None or now - last >= DROP_LOG_INTERVAL:
-            self._drop_logged[reason] = now
-            self.log.warn(
-                "Dropped gossip: {reason} ({count} so far) {fields}",
-                reason=reason,
-                count=self.drops[reason],
-                fields=fields,
-            )
+        for name in self._roster.departed_before(horizon):
+            state = self._roster.forget(name)
+            self._trust.forget(name)
+            if state is not None and self.on_reap is not None:
+                try:
+                    self.on_reap(state)
+                except Exception:
+                    self.log.failure("Reap handler failed on {member}", member=name)

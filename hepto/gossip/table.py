@@ -1,9 +1,10 @@
 """The members one node knows of, and the order in which it probes them.
 
-Kept apart from :mod:`hepto.gossip.swim` because both are plain data structures with no
+Kept apart from :mod:`hepto.gossip.swim` because these are plain data structures with no
 protocol in them, and because the simulator shares one :class:`Snapshot` between
 thousands of members: each member's :class:`MemberTable` and :class:`ProbeOrder` hold
-only its own changes over that shared start.
+only its own changes over that shared start.  A :class:`Roster` keeps the two, and the
+list of the departed, in step for one member.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ class MemberState:
     since: float
     #: The proof of the Alive that made this state, as it came (b"" if none did).
     proof: bytes = attrs.field(default=b"", repr=False)
+
+    @classmethod
+    def from_alive(cls, message: Alive, since: float) -> MemberState:
+        """The member as ``message`` says it is, alive since ``since``."""
+        return cls(
+            message.name,
+            message.address,
+            message.role,
+            message.incarnation,
+            ALIVE,
+            since,
+            message.proof,
+        )
 
     @property
     def reachable(self) -> bool:
@@ -196,3 +210,92 @@ class ProbeOrder:
     def sample(self) -> str | None:
         """A uniformly random name."""
         return self._at(self._rng.randrange(self._length)) if self._length else None
+
+
+class Roster:
+    """Whom one member knows, kept in step: the :class:`MemberTable`, the
+    :class:`ProbeOrder` of its peers, and when each member no longer reachable departed.
+
+    Every member but ourselves takes its turn in the probe order until it is reaped, and
+    the departed are exactly the unreachable (ourselves apart).  Reads go to the table;
+    every change of a member's state goes through :meth:`record`.
+    """
+
+    def __init__(self, own: str, rng: random.Random, base: Snapshot) -> None:
+        self.table = MemberTable(base)
+        self.order = ProbeOrder(rng, base.names, base.positions)
+        #: When each member we remember dead or left departed: the recently departed
+        #: still hear gossip, the long departed are reaped.
+        self.departed: dict[str, float] = dict(base.departed)
+        self._own = own
+        # We are no peer of ours, even in a snapshot taken by someone else.
+        self.departed.pop(own, None)
+        self.order.remove(own)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __iter__(self) -> Iterator[MemberState]:
+        return iter(self.table)
+
+    def get(self, name: str) -> MemberState | None:
+        return self.table.get(name)
+
+    def at(self, address: Endpoint) -> MemberState | None:
+        return self.table.at(address)
+
+    @property
+    def live(self) -> int:
+        """Members alive or suspected, ourselves included."""
+        return len(self.table) - len(self.departed)
+
+    def record(self, new: MemberState) -> MemberState | None:
+        """Take ``new`` as how we see its member; returns how we saw it before."""
+        old = self.table.get(new.name)
+        if old is None and new.name != self._own:
+            self.order.add(new.name)
+        self.table.set(new)
+        if new.reachable:
+            self.departed.pop(new.name, None)
+        elif (old is None or old.reachable) and new.name != self._own:
+            self.departed[new.name] = new.since
+        return old
+
+    def departed_before(self, horizon: float) -> list[str]:
+        """Who departed at ``horizon`` or before."""
+        return [name for name, since in self.departed.items() if since <= horizon]
+
+    def forget(self, name: str) -> MemberState | None:
+        """Forget ``name``, a departed member, altogether; returns how we last saw it."""
+        del self.departed[name]
+        state = self.table.get(name)
+        self.table.remove(name)
+        self.order.remove(name)
+        return state
+
+    def next_in_turn(self) -> MemberState | None:
+        """The next reachable member of the round robin, if any (the dead keep their
+        place until they are reaped, but get no turn)."""
+        for _ in range(len(self.order)):
+            name = self.order.draw()
+            state = None if name is None else self.table.get(name)
+            if state is not None and state.reachable:
+                return state
+        return None
+
+    def random_members(
+        self, count: int, accept: Callable[[MemberState], bool]
+    ) -> list[MemberState]:
+        """Up to ``count`` distinct random peers that ``accept`` takes (memberlist's
+        kRandomNodes: a bounded number of random draws, not a scan)."""
+        chosen: dict[str, MemberState] = {}
+        for _ in range(3 * len(self.order)):
+            if len(chosen) >= count:
+                break
+            name = self.order.sample()
+            if name is None or name in chosen:
+                continue
+            state = self.table.get(name)
+            if state is not None and accept(state):
+                chosen[name] = state
+        return list(chosen.values())
