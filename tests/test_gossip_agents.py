@@ -254,14 +254,28 @@ class InsiderTests(AgentsTestCase):
                 datagram = keyring.seal_datagram(payload, recipient_of(recipient))
                 sender.sendto(datagram, (str(host.address), GOSSIP_PORT))
 
-    def test_a_forged_death_and_alive_elsewhere_move_no_one(self) -> None:
-        names = ["b1", "b2", "b3"]
+    def members_and_an_insider(self, names: list[str]) -> tuple[list[Host], Host]:
+        """Agents ``names``, all seeing each other alive, and a host for the insider."""
         hosts = [self.lab.add_host(name) for name in names]
         insider = self.lab.add_host("insider")
         self.start(hosts[0])
         for host in hosts[1:]:
             self.start(host, anchor=hosts[0])
         self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        return hosts, insider
+
+    def wait_refused(self, observers: Iterable[str]) -> None:
+        """Until each of ``observers`` has counted a forged Alive."""
+        for observer in observers:
+            wait_until(
+                partial(self.dropped, observer, "forged alive"),
+                30,
+                0.2,
+                f"{observer} to refuse the forged Alive",
+            )
+
+    def test_a_forged_death_and_alive_elsewhere_move_no_one(self) -> None:
+        hosts, insider = self.members_and_an_insider(["b1", "b2", "b3"])
         victim = hosts[1]
         where = f"[{victim.address}]:{GOSSIP_PORT}"
         incarnation = self.view("b1")["b2"]["incarnation"]
@@ -274,13 +288,7 @@ class InsiderTests(AgentsTestCase):
             [Dead("b2", incarnation, "b3")],
             [self.forged_alive("b2", incarnation + 2, fake)],
         )
-        for observer in ("b1", "b3"):
-            wait_until(
-                partial(self.dropped, observer, "forged alive"),
-                30,
-                0.2,
-                f"{observer} to refuse the forged Alive",
-            )
+        self.wait_refused(["b1", "b3"])
         # Not for a moment elsewhere (SWIM alone would move it back in time: the
         # victim refutes what it hears of itself, at its own address).
         holds_for(
@@ -306,26 +314,14 @@ class InsiderTests(AgentsTestCase):
     def test_a_forged_alive_brings_no_dead_member_back(self) -> None:
         """The Alive that SWIM alone would take: the member's own address, a higher
         incarnation, for a member that is gone."""
-        names = ["c1", "c2", "c3"]
-        hosts = [self.lab.add_host(name) for name in names]
-        insider = self.lab.add_host("insider")
-        self.start(hosts[0])
-        for host in hosts[1:]:
-            self.start(host, anchor=hosts[0])
-        self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        hosts, insider = self.members_and_an_insider(["c1", "c2", "c3"])
         victim = hosts[1]
         incarnation = self.view("c1")["c2"]["incarnation"]
         self.agents["c2"].kill()
         self.wait_all_see(["c1", "c3"], ["c2"], "dead", DEATH_TIMEOUT)
         where = Endpoint(victim.address, GOSSIP_PORT)
         self.forge(insider, [hosts[0], hosts[2]], [self.forged_alive("c2", incarnation + 5, where)])
-        for observer in ("c1", "c3"):
-            wait_until(
-                partial(self.dropped, observer, "forged alive"),
-                30,
-                0.2,
-                f"{observer} to refuse the forged Alive",
-            )
+        self.wait_refused(["c1", "c3"])
         holds_for(
             lambda: self.all_see(["c1", "c3"], ["c2"], "dead"),
             5,
