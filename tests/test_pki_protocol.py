@@ -338,8 +338,11 @@ class FuzzTests(SynchronousTestCase):
             job = Job.from_json(_replaced(a_job().to_json(), path, value))
         except MalformedMessage:
             return
-        # What reads back writes as JSON again, as the service sends it.
-        json.dumps(job.to_json())
+        # What reads back writes as JSON again, as the service sends it, and reads the same.
+        text = json.dumps(job.to_json(), sort_keys=True)
+        self.assertEqual(
+            json.dumps(Job.from_json(json.loads(text)).to_json(), sort_keys=True), text
+        )
 
     @settings(max_examples=500, deadline=None)
     @given(st.sampled_from(ANSWER_PATHS), json_values)
@@ -348,4 +351,6 @@ class FuzzTests(SynchronousTestCase):
             answer = read_answer(_replaced(an_answer().to_json(), path, value))
         except (MalformedMessage, AuthorityError, WorkerError):
             return
-        json.dumps(answer.to_json())
+        text = json.dumps(answer.to_json(), sort_keys=True)
+        again = read_answer(json.loads(text)).to_json()
+        self.assertEqual(json.dumps(again, sort_keys=True), text)
