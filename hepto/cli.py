@@ -153,7 +153,7 @@ def _peer_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_status(status: dict[str, Any]) -> str:
     """What an operator reads: tables of members, certificates and peers, then the rest."""
-    shown = {"members", "pki", "mesh", "kube"}
+    shown = {"members", "pki", "mesh", "kube", "container"}
     parts = [render_table(status.get("members", []), MEMBER_COLUMNS)]
     summary = {
         key: value
@@ -200,10 +200,51 @@ def render_status(status: dict[str, Any]) -> str:
             f"pods {runtime.get('pod_prefix') or 'not yet'}, "
             f"oom_score_adj lowered: {runtime.get('oom_score_adj_lowered')}"
         )
+    if isinstance(status.get("container"), dict):
+        parts.append(render_container(status["container"]))
     for key, value in status.items():
         if key not in shown and key not in summary and key not in ("drops", "traffic", "conflicts"):
             parts.append(f"{key}: {json.dumps(value, sort_keys=True)}")
     return "\n\n".join(parts)
+
+
+def container_status(node_dir: Path) -> dict[str, Any] | None:
+    """The node's container as its outer process recorded it, with its memory use now.
+
+    Read here, on the host: the agent inside sees neither the host's side of its link
+    nor its container's cgroup from above.
+    """
+    from hepto.cgroups import cgroup_hierarchies
+    from hepto.container.plan import STATUS_FILE
+
+    try:
+        record: dict[str, Any] = json.loads((node_dir / "container" / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    record["memory_bytes"] = None
+    cgroup = str(record.get("cgroup", "")).lstrip("/")
+    for hierarchy in cgroup_hierarchies(Path("/proc/self/mountinfo").read_text()):
+        if hierarchy.version == 1 and "memory" not in hierarchy.controllers:
+            continue
+        name = "memory.usage_in_bytes" if hierarchy.version == 1 else "memory.current"
+        try:
+            record["memory_bytes"] = int((hierarchy.path / cgroup / name).read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    return record
+
+
+def render_container(container: dict[str, Any]) -> str:
+    memory = container.get("memory_bytes")
+    link = container.get("host_link")
+    return (
+        f"container: {container.get('mode')} for {container.get('address')} on "
+        f"{container.get('interface')}"
+        + (f" (host link {link})" if link else "")
+        + f", cgroup {container.get('cgroup')}, memory "
+        + (f"{memory / 2**20:.1f} MiB" if isinstance(memory, int) else "unknown")
+    )
 
 
 MEMBER_COLUMNS = ["name", "role", "address", "state", "incarnation", "version"]
@@ -291,4 +332,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> None:
         except ControlError as error:
             print(f"hepto: status: {error}", file=sys.stderr)
             raise SystemExit(1) from None
+        container = container_status(command.socket.parent)
+        if container is not None:
+            status["container"] = container
         print(json.dumps(status, indent=2) if command["json"] else render_status(status), file=out)

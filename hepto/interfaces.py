@@ -23,7 +23,7 @@ reading process), which needs no socket and shows every flag the rule looks at.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +53,8 @@ class InterfaceAddress:
     interface: str
     scope: int
     flags: int
+    #: The prefix the address was given with (a /64 from router advertisements).
+    prefix_length: int = 128
 
     @property
     def reliable(self) -> bool:
@@ -67,10 +69,14 @@ def parse_if_inet6(text: str) -> list[InterfaceAddress]:
         fields = line.split()
         if len(fields) != 6:
             continue
-        address, _index, _prefix, scope, flags, interface = fields
+        address, _index, prefix, scope, flags, interface = fields
         found.append(
             InterfaceAddress(
-                ipaddress.IPv6Address(int(address, 16)), interface, int(scope, 16), int(flags, 16)
+                ipaddress.IPv6Address(int(address, 16)),
+                interface,
+                int(scope, 16),
+                int(flags, 16),
+                int(prefix, 16),
             )
         )
     return found
@@ -86,10 +92,26 @@ def choose_public(
     return min(reliable, default=None)
 
 
-def public_address(interface: str, if_inet6: Path = IF_INET6) -> ipaddress.IPv6Address | None:
-    """The public address of ``interface`` by the module's rule; None while it has none."""
+def read_addresses(if_inet6: Path = IF_INET6) -> list[InterfaceAddress]:
+    """Every IPv6 address of this network namespace."""
     try:
         text = if_inet6.read_text()
     except FileNotFoundError:
-        return None  # A kernel booted with ipv6.disable=1: no address, ever.
-    return choose_public(parse_if_inet6(text), interface)
+        return []  # A kernel booted with ipv6.disable=1: no address, ever.
+    return parse_if_inet6(text)
+
+
+def public_interface(
+    addresses: Sequence[InterfaceAddress], interface: str
+) -> ipaddress.IPv6Interface | None:
+    """The public address of ``interface`` with the prefix it was given with."""
+    chosen = choose_public(addresses, interface)
+    for entry in addresses:
+        if entry.address == chosen and entry.interface == interface:
+            return ipaddress.IPv6Interface(f"{chosen}/{entry.prefix_length}")
+    return None
+
+
+def public_address(interface: str, if_inet6: Path = IF_INET6) -> ipaddress.IPv6Address | None:
+    """The public address of ``interface`` by the module's rule; None while it has none."""
+    return choose_public(read_addresses(if_inet6), interface)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
 from hepto import config
 from hepto.config import ConfigError, NodeConfig, env_name
+
+if TYPE_CHECKING:
+    from hepto.container.plan import ContainerPlan
 
 _REPEATABLE = ("anchor", "dns")
 _TRUE = ("1", "true", "yes", "on")
@@ -159,6 +165,7 @@ class Options(usage.Options):
         for option in _REPEATABLE:
             self[option] = []
         self.config: NodeConfig | None = None
+        self.container: ContainerPlan | None = None
 
     def opt_anchor(self, value: str) -> None:
         """An IPv6 address, or [address]:port, of a member to join through (repeatable)
@@ -172,6 +179,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self.config = options_to_config(self)
+        self.container = container_plan(self.config) if self.config.contain else None
 
 
 def options_to_config(options: usage.Options, environ: dict[str, str] | None = None) -> NodeConfig:
@@ -191,11 +199,6 @@ def options_to_config(options: usage.Options, environ: dict[str, str] | None = N
     }
     try:
         node_config = config.parse_node_config(raw, lists, switches)
-        if node_config.contain:
-            raise ConfigError(
-                "no-contain",
-                "self-containerization is not available yet: run with --no-contain",
-            )
         from hepto.kube.service import check_programs
 
         check_programs(node_config)
@@ -204,8 +207,63 @@ def options_to_config(options: usage.Options, environ: dict[str, str] | None = N
     return node_config
 
 
+def container_plan(node: NodeConfig) -> ContainerPlan:
+    """The node's container on this host, checked before anything is made."""
+    import hepto
+    from hepto.container.host import read_facts
+    from hepto.container.plan import ContainerError, make_plan
+    from hepto.kube.layout import RUN_DIR
+
+    try:
+        return make_plan(
+            read_facts(node.iface),
+            cluster=node.cluster,
+            name=node.name,
+            iface=node.iface,
+            ip=node.ip,
+            gw=node.gw,
+            dns=node.dns,
+            node_dir=node.node_dir,
+            # What the agent reads and runs, should it live in /tmp or /run.
+            kept=(
+                node.data_dir,
+                *([node.bin_dir] if node.bin_dir else []),
+                Path(sys.prefix),
+                Path(hepto.__file__).parent.parent,
+                RUN_DIR,
+            ),
+            routes=(node.plan.apiserver_address,) if node.is_master else (),
+        )
+    except ContainerError as error:
+        raise usage.UsageError(str(error)) from None
+
+
+def run_contained(options: Options) -> NoReturn:
+    """Become the outer process of the node's container (:mod:`hepto.container.outer`)."""
+    from hepto.container.plan import ContainerError, agent_argv
+
+    assert options.container is not None and options.config is not None
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent["nodaemon"]:
+        raise usage.UsageError(
+            "a contained node stays in the foreground: twistd -n hepto (or --no-contain)"
+        )
+    try:
+        argv = agent_argv([sys.executable, *sys.argv], options.container.iface)
+    except ContainerError as error:
+        raise usage.UsageError(str(error)) from None
+    plan = attrs.evolve(options.container, agent_argv=argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Before twistd writes a pid file or starts logging: the outer process owns the output.
+    os.execv(sys.executable, [sys.executable, "-m", "hepto.container", plan.to_json()])
+
+
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
     from hepto.node import NodeService
+
+    if options.container is not None:
+        run_contained(options)
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor

@@ -2,7 +2,8 @@
 
 :class:`ClusterTestCase` puts a master, its nodes and an "outside" host (not a member:
 the rest of the world) in network namespaces on one bridge; each agent is
-``twistd -n hepto --no-contain`` in its host's namespace, with the bundle.
+``twistd -n hepto --no-contain`` in its host's namespace (or contained, with
+``CONTAINED``), with the bundle.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class ClusterTestCase(SynchronousTestCase):
     #: The name of the lab (a prefix of its namespaces and links).
     LAB = "hc"
     NODES = 2
+    #: Whether agents run contained (the default of ``twistd hepto``) on ``eth0``, or
+    #: ``--no-contain`` on the host's own address.
+    CONTAINED = False
 
     def setUp(self) -> None:
         why = missing_requirements("wireguard-go", "setpriv", "runc")
@@ -137,9 +141,12 @@ class ClusterTestCase(SynchronousTestCase):
         self.agents: dict[str, Agent] = {}
 
     def start(self, host: Host, *argv: str) -> Agent:
+        where = (
+            ["--iface", "eth0"] if self.CONTAINED else ["--no-contain", "--ip", str(host.interface)]
+        )
         agent = Agent.start(
-            ["--cluster", self.cluster, "--name", host.name, "--key", KEY, "--no-contain",
-             "--ip", str(host.interface), "--bin-dir", str(BIN_DIR), *argv],
+            ["--cluster", self.cluster, "--name", host.name, "--key", KEY, *where,
+             "--bin-dir", str(BIN_DIR), *argv],
             self.data_dir,
             prefix=host.command([]),
         )  # fmt: skip
@@ -157,9 +164,11 @@ class ClusterTestCase(SynchronousTestCase):
         Always, and in the foreground: the guard of an agent just killed may still be at
         it when the lab kills what is left in the namespaces, cgroups unremoved.
         """
-        script = self.data_dir / self.cluster / name / "runtime" / "sweeper.sh"
-        if script.exists():
-            subprocess.run(["sh", str(script), "sweep"], capture_output=True, check=False)
+        node_dir = self.data_dir / self.cluster / name
+        # A contained node's container first: its guard may be killed with the lab.
+        for script in (node_dir / "container" / "cleanup.sh", node_dir / "runtime" / "sweeper.sh"):
+            if script.exists():
+                subprocess.run(["sh", str(script), "sweep"], capture_output=True, check=False)
 
     def run_dir(self, name: str) -> Path:
         """Where node ``name`` keeps its sockets and runtime state."""

@@ -18,7 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 import netlab
 from hepto.config import NodeConfig, parse_node_config
 from hepto.gossip.service import GossipError, gossip_endpoint
-from hepto.interfaces import InterfaceAddress, choose_public, parse_if_inet6, public_address
+from hepto.interfaces import (
+    InterfaceAddress,
+    choose_public,
+    parse_if_inet6,
+    public_address,
+    public_interface,
+)
 from hepto.mesh.service import find_underlay
 from hepto.mesh.testing import FakeRtNetlink
 
@@ -58,9 +64,17 @@ def node_config(data_dir: Path, **raw: str) -> NodeConfig:
 class RuleTests(SynchronousTestCase):
     def test_the_table_parses(self) -> None:
         entries = {entry.address: entry for entry in parse_if_inet6(RECORDED)}
-        self.assertEqual(entries[TEMPORARY], InterfaceAddress(TEMPORARY, "eth0", 0x00, 0x01))
+        self.assertEqual(entries[TEMPORARY], InterfaceAddress(TEMPORARY, "eth0", 0x00, 0x01, 64))
         self.assertEqual(entries[DEPRECATED].flags, 0xA2)
         self.assertEqual(entries[ipaddress.IPv6Address("fe80::148d:4fff:feba:6aa0")].scope, 0x20)
+
+    def test_the_public_address_with_its_prefix(self) -> None:
+        # A container's address is made in the host's prefix (hepto.container.plan).
+        self.assertEqual(
+            public_interface(parse_if_inet6(RECORDED), "eth0"),
+            ipaddress.IPv6Interface(f"{SLAAC}/64"),
+        )
+        self.assertIsNone(public_interface(parse_if_inet6(RECORDED), "eth2"))
 
     def test_only_stable_global_addresses_are_reliable(self) -> None:
         reliable = {entry.address for entry in parse_if_inet6(RECORDED) if entry.reliable}
@@ -88,7 +102,7 @@ class RuleTests(SynchronousTestCase):
     def test_lines_of_another_shape_are_skipped(self) -> None:
         self.assertEqual(
             parse_if_inet6("garbage\n\n" + RECORDED.splitlines()[1]),
-            [InterfaceAddress(TEMPORARY, "eth0", 0, 1)],
+            [InterfaceAddress(TEMPORARY, "eth0", 0, 1, 64)],
         )
 
 

@@ -12,8 +12,9 @@ from pathlib import Path, PurePosixPath
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from hepto import cgroups
+from hepto.cgroups import Hierarchy, Mount
 from hepto.kube import host
-from hepto.kube.host import Hierarchy, Mount
 
 # This machine's layout: every v1 controller apart, a named systemd one, cgroup2 beside.
 HYBRID_CGROUP = """\
@@ -39,7 +40,7 @@ ROOT = Path("/sys/fs/cgroup")
 class PlanningTests(SynchronousTestCase):
     def test_hierarchies_from_mountinfo(self) -> None:
         self.assertEqual(
-            host.cgroup_hierarchies(HYBRID_MOUNTINFO),
+            cgroups.cgroup_hierarchies(HYBRID_MOUNTINFO),
             [
                 Hierarchy(ROOT / "cpu", 1, ("cpu",)),
                 Hierarchy(ROOT / "cpuset", 1, ("cpuset",)),
@@ -51,11 +52,11 @@ class PlanningTests(SynchronousTestCase):
 
     def test_escaped_mount_points(self) -> None:
         line = "50 31 0:40 / /srv/with\\040space rw - cgroup cgroup rw,pids\n"
-        [hierarchy] = host.cgroup_hierarchies(line)
+        [hierarchy] = cgroups.cgroup_hierarchies(line)
         self.assertEqual(hierarchy.path, Path("/srv/with space"))
 
     def test_mounts_for_a_namespace_without_cgroups(self) -> None:
-        plan = host.plan_cgroup_mounts(HYBRID_CGROUP)
+        plan = cgroups.plan_cgroup_mounts(HYBRID_CGROUP)
         self.assertEqual(plan[0], Mount("tmpfs", ROOT, "tmpfs", "mode=755"))
         self.assertIn(Mount("cgroup", ROOT / "systemd", "cgroup", "none,name=systemd"), plan)
         self.assertIn(Mount("cgroup", ROOT / "memory", "cgroup", "memory"), plan)
@@ -63,23 +64,23 @@ class PlanningTests(SynchronousTestCase):
         self.assertEqual(len(plan), 7)
 
     def test_combined_controllers_mount_together(self) -> None:
-        plan = host.plan_cgroup_mounts("2:cpu,cpuacct:/\n")
+        plan = cgroups.plan_cgroup_mounts("2:cpu,cpuacct:/\n")
         self.assertEqual(plan[1], Mount("cgroup", ROOT / "cpu,cpuacct", "cgroup", "cpu,cpuacct"))
 
     def test_cgroup_v2_alone(self) -> None:
         self.assertEqual(
-            host.plan_cgroup_mounts("0::/user.slice\n"), [Mount("cgroup2", ROOT, "cgroup2")]
+            cgroups.plan_cgroup_mounts("0::/user.slice\n"), [Mount("cgroup2", ROOT, "cgroup2")]
         )
 
     def test_the_freezer_tracks_processes(self) -> None:
-        hierarchies = host.cgroup_hierarchies(HYBRID_MOUNTINFO)
+        hierarchies = cgroups.cgroup_hierarchies(HYBRID_MOUNTINFO)
         self.assertEqual(host.tracking_hierarchy(hierarchies).path, ROOT / "freezer")
         without = [h for h in hierarchies if not h.is_freezer]
         self.assertEqual(host.tracking_hierarchy(without).path, ROOT / "unified")
         self.assertRaises(host.HostError, host.tracking_hierarchy, [])
 
     def test_directories(self) -> None:
-        hierarchies = host.cgroup_hierarchies(HYBRID_MOUNTINFO)[:2]
+        hierarchies = cgroups.cgroup_hierarchies(HYBRID_MOUNTINFO)[:2]
         self.assertEqual(
             host.cgroup_directories(hierarchies, PurePosixPath("/hepto/c/n")),
             [ROOT / "cpu/hepto/c/n", ROOT / "cpuset/hepto/c/n"],
@@ -108,7 +109,7 @@ class CgroupTreeTests(SynchronousTestCase):
         def mkdir_like_a_cgroup(path: Path, *args: object, **kwargs: object) -> None:
             real_mkdir(path)
             if str(path).startswith(str(cpuset.path)):
-                for name in host.CPUSET_FILES:
+                for name in cgroups.CPUSET_FILES:
                     (path / name).write_text("\n")
 
         setup = host.HostSetup(root / "sysctl", (PurePosixPath("/hepto/c/n/runtime"),))

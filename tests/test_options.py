@@ -238,12 +238,33 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertRefused(self.minimal("--manhole", "somewhere"), "manhole", "'unix', a port")
 
-    def test_contained_mode_not_yet_available(self) -> None:
+    def test_contained_nodes_check_the_host(self) -> None:
+        contained = ["--cluster", "c", "--key", KEY, "--name", "n"]
+        self.assertRefused([*contained, "--iface", "nosuch0"], "iface", "no interface 'nosuch0'")
         self.assertRefused(
-            ["--cluster", "c", "--key", KEY, "--name", "n", "--iface", "eth0"],
-            "no-contain",
-            "not available yet",
+            [*contained, "--iface", "lo"], "iface", "lo has no usable global IPv6 address"
         )
+        if os.geteuid() == 0:
+            self.patch(os, "geteuid", lambda: 1000)
+            self.assertRefused([*contained, "--iface", "lo"], "no-contain", "as root")
+
+    def test_a_contained_node_plans_its_container(self) -> None:
+        options = Options()
+        options.parseOptions(
+            ["--data-dir", self.data_dir, "--bin-dir", str(self.bin_dir), "--cluster", "c",
+             "--key", KEY, "--name", "n", "--iface", "lo", "--ip", "2001:db8::7/64"]
+        )  # fmt: skip
+        assert options.container is not None
+        self.assertEqual(str(options.container.address), "2001:db8::7/64")
+        self.assertEqual(options.container.node_dir, Path(self.data_dir) / "c" / "n")
+        self.assertIn(Path(self.data_dir), options.container.kept)
+        self.assertIsNone(self.options_without_container().container)
+
+    def options_without_container(self) -> Options:
+        options = Options()
+        options.parseOptions(["--data-dir", self.data_dir, "--bin-dir", str(self.bin_dir),
+                              *self.minimal()])  # fmt: skip
+        return options
 
 
 class CommandLineTests(SynchronousTestCase):

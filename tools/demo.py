@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--cluster", default="demo")
     parser.add_argument("--bin-dir", required=True, help="upstream programs (tools/build-bundle)")
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
+    parser.add_argument(
+        "--no-contain", action="store_true", help="agents in their hosts' namespaces"
+    )
     args = parser.parse_args()
     if why := missing_requirements():
         sys.exit(f"demo: {why}")
@@ -101,6 +104,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="hepto-demo-"))
     lab = Lab("hd")
     agents: dict[str, Agent] = {}
+    anchor = ""
     try:
         master = lab.add_host("master")
         names = ["master"] + [f"node{i}" for i in range(1, args.nodes + 1)]
@@ -110,22 +114,34 @@ def main() -> None:
             write_busybox_archive(images / "busybox.tar")
         for name in names:
             host = master if name == "master" else lab.add_host(name)
+            where = (
+                ["--no-contain", "--ip", str(host.interface)]
+                if args.no_contain
+                else ["--iface", "eth0"]
+            )
             argv = [
-                "--cluster", args.cluster, "--key", KEY, "--name", name, "--no-contain",
-                "--ip", str(host.interface), "--bin-dir", args.bin_dir,
-                "--role", "master" if name == "master" else "node",
+                "--cluster", args.cluster, "--key", KEY, "--name", name, *where,
+                "--bin-dir", args.bin_dir, "--role", "master" if name == "master" else "node",
             ]  # fmt: skip
             if name != "master":
-                argv += ["--anchor", str(master.address)]
+                argv += ["--anchor", anchor]
             agents[name] = Agent.start(argv, data_dir, prefix=host.command([]))
-            print(f"demo: started {name} in namespace {host.netns} at {host.address}")
+            address = host.address
+            if not args.no_contain:
+                # A contained agent has its own address on its host's link.
+                record = data_dir / args.cluster / name / "container" / "container.json"
+                wait_until(record.exists, 60, what=f"{name}'s container")
+                address = json.loads(record.read_text())["address"]
+            if name == "master":
+                anchor = str(address)
+            print(f"demo: started {name} in namespace {host.netns} at {address}")
         for name, agent in agents.items():
             wait_until(partial(agent.logged, f"hepto node {name} running"), 120, what=name)
         print(f"demo: {len(agents)} agents running; data and logs in {data_dir}")
         kubeconfig = data_dir / args.cluster / "master" / "kubeconfig"
-        node = lab.hosts[-1]
+        # The master's host routes the apiserver's address to its container.
         kubectl = [
-            *node.command([]),
+            *master.command([]),
             str(Path(args.bin_dir) / "kubectl"),
             "--kubeconfig",
             str(kubeconfig),
@@ -141,7 +157,7 @@ def main() -> None:
             return answer.stdout.strip() == "ok"
 
         wait_until(ready, 300, 0.5, "the apiserver")
-        print(f"demo: the apiserver answers /readyz ok, asked from {node.name} through the mesh")
+        print("demo: the apiserver answers /readyz ok, asked from the master's host")
 
         def all_ready() -> bool:
             ready = '{.status.conditions[?(@.type=="Ready")].status}'
