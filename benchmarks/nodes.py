@@ -2,7 +2,8 @@
 
 A master (``--role master``) starts in a network namespace of its own and, once its
 components are ready, is left alone for ``--quiet`` seconds. Then, ``--runs`` times, a
-node agent (``--role node --no-contain``, the bundle's programs) starts in a fresh
+node agent (``--role node --no-contain``, or contained with ``--contain yes``, or each
+in turn with ``--contain both``; the bundle's programs) starts in a fresh
 namespace under a new name, so that each run is a fresh registration, with the busybox
 image of ``tests/images.py`` in its images folder. The harness polls the apiserver with
 the bundle's kubectl and the master's admin kubeconfig every ``--poll`` seconds, as
@@ -116,6 +117,14 @@ class Run:
     #: CPU seconds the harness's kubectl calls spent while polling (two shared cores).
     poll_cpu: float
     exit_code: int
+    #: Contained (the default of ``twistd hepto``) or ``--no-contain``.
+    contained: bool = False
+    #: KiB resident (Rss) and proportional (Pss) of the outer process and of the
+    #: container's PID 1 once the node is Ready, contained runs only.
+    outer_rss: int | None = None
+    outer_pss: int | None = None
+    init_rss: int | None = None
+    init_pss: int | None = None
 
     @property
     def apply_to_running(self) -> float:
@@ -171,10 +180,11 @@ class Bench:
         self.archive = data_dir / "busybox.tar"
         self.agents: dict[str, Agent] = {}
 
-    def start(self, host: Host, *argv: str) -> Agent:
+    def start(self, host: Host, *argv: str, contained: bool = False) -> Agent:
+        where = ["--iface", "eth0"] if contained else ["--no-contain", "--ip", str(host.interface)]
         agent = Agent.start(
-            ["--cluster", CLUSTER, "--name", host.name, "--key", KEY, "--no-contain",
-             "--ip", str(host.interface), "--bin-dir", str(self.bin_dir), *argv],
+            ["--cluster", CLUSTER, "--name", host.name, "--key", KEY, *where,
+             "--bin-dir", str(self.bin_dir), *argv],
             self.data_dir,
             prefix=host.command([]),
         )  # fmt: skip
@@ -194,7 +204,7 @@ class Bench:
         wait_until(self.kubectl.answers, timeout, 0.5, "the apiserver answering kubectl")
         print(f"master ready after {time.monotonic() - began:.1f} s", flush=True)
 
-    def run(self, name: str, timeout: float) -> Run:
+    def run(self, name: str, timeout: float, contained: bool = False) -> Run:
         host = self.lab.add_host(name)
         images = self.data_dir / CLUSTER / name / "images"
         images.mkdir(parents=True)
@@ -203,7 +213,10 @@ class Bench:
         node_exists = ready = applied = running = None
         began_wall = time.time()
         watch = Stopwatch()
-        agent = self.start(host, "--role", "node", "--anchor", str(self.master_host.address))
+        agent = self.start(
+            host, "--role", "node", "--anchor", str(self.master_host.address), contained=contained
+        )
+        memory: dict[str, int | None] = {}
         while running is None or ready is None:
             _check_alive(agent)
             if watch.elapsed() > timeout:
@@ -214,6 +227,8 @@ class Bench:
                     node_exists = at
                 if status == "True":
                     ready = at
+                    if contained:
+                        memory = container_memory(agent, self.data_dir / CLUSTER / name)
             if applied is None:
                 if (ready if self.apply_when == "ready" else node_exists) is not None:
                     self.kubectl.apply(busybox_pod(pod, name))
@@ -243,6 +258,8 @@ class Bench:
             poll_seconds=watch.asking / max(watch.calls, 1),
             poll_cpu=poll_cpu,
             exit_code=exit_code,
+            contained=contained,
+            **memory,
         )
 
     def close(self) -> None:
@@ -253,9 +270,10 @@ class Bench:
             except subprocess.TimeoutExpired:
                 agent.kill()
         for name in self.agents:
-            script = self.data_dir / CLUSTER / name / "runtime" / "sweeper.sh"
-            if script.exists():
-                subprocess.run(["sh", str(script), "sweep"], capture_output=True)
+            for script in ("container/cleanup.sh", "runtime/sweeper.sh"):
+                path = self.data_dir / CLUSTER / name / script
+                if path.exists():
+                    subprocess.run(["sh", str(path), "sweep"], capture_output=True)
         self.lab.close()
 
 
@@ -268,6 +286,33 @@ def stop(agent: Agent, timeout: float = 120) -> int:
     if agent.process.poll() is None:
         agent.process.send_signal(signal.SIGTERM)
     return agent.process.wait(timeout=timeout)
+
+
+def _memory(pid: int) -> tuple[int | None, int | None]:
+    """KiB resident and proportional (shared pages divided among their users) of ``pid``."""
+    found: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                found[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return found.get("Rss"), found.get("Pss")
+
+
+def container_memory(agent: Agent, node_dir: Path) -> dict[str, int | None]:
+    """The outer process's memory (the agent's process: it became the outer one) and
+    that of the container's PID 1 (its pid on the host is in the container's record)."""
+    outer_rss, outer_pss = _memory(agent.process.pid)
+    record = json.loads((node_dir / "container" / "container.json").read_text())
+    init_rss, init_pss = _memory(int(record["pid"]))
+    return {
+        "outer_rss": outer_rss,
+        "outer_pss": outer_pss,
+        "init_rss": init_rss,
+        "init_pss": init_pss,
+    }
 
 
 def _check_alive(agent: Agent) -> None:
@@ -321,6 +366,20 @@ def _median_line(label: str, values: Sequence[float]) -> str:
 
 
 def report(runs: Sequence[Run], apply_when: str) -> None:
+    for contained in (False, True):
+        chosen = [run for run in runs if run.contained == contained]
+        if chosen:
+            print("\n" + ("contained" if contained else "--no-contain") + " nodes:", end="")
+            report_mode(chosen, apply_when)
+    memory = [run for run in runs if run.outer_rss is not None]
+    if memory:
+        print("Contained nodes' own processes once Ready, KiB, medians (samples):")
+        for label in ("outer_rss", "outer_pss", "init_rss", "init_pss"):
+            values = [getattr(run, label) for run in memory]
+            print(f"  {label:10s} {statistics.median(values):8.0f}   {values}")
+
+
+def report_mode(runs: Sequence[Run], apply_when: str) -> None:
     when = "is Ready" if apply_when == "ready" else "exists"
     print(f"\n{len(runs)} runs, pod applied once the Node {when}; medians (samples):")
     print(_median_line("agent start to Node exists", [r.node_exists for r in runs]))
@@ -359,6 +418,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take")
     parser.add_argument("--bin-dir", type=Path, default=BUNDLE_BIN_DIR, help="the bundle")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument(
+        "--contain",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="nodes --no-contain, contained, or both in turn (side by side, same master)",
+    )
     return parser.parse_args(argv)
 
 
@@ -379,14 +444,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         bench.start_master(args.timeout)
         print(f"master quiet for {args.quiet:g} s", flush=True)
         time.sleep(args.quiet)
-        for index in range(1, args.runs + 1):
-            run = bench.run(f"node{index}", args.timeout)
+        modes = {"no": [False], "yes": [True], "both": [False, True]}[args.contain]
+        for index in range(1, args.runs * len(modes) + 1):
+            contained = modes[(index - 1) % len(modes)]
+            run = bench.run(f"node{index}", args.timeout, contained)
             runs.append(run)
             steps = ", ".join(
                 f"{label} {value:.1f}" for label, value in run.steps.items() if value is not None
             )
             print(
-                f"{run.name}: exists {run.node_exists:.1f} s, Ready {run.ready:.1f} s, "
+                f"{run.name}{' (contained)' if contained else ''}: "
+                f"exists {run.node_exists:.1f} s, Ready {run.ready:.1f} s, "
                 f"applied {run.applied:.1f} s, Running {run.running:.1f} s "
                 f"(apply to Running {run.apply_to_running:.1f} s), exit {run.exit_code}; "
                 f"logged: {steps}; load {os.getloadavg()[0]:.2f}",
