@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -91,6 +92,8 @@ class ContainedClusterTests(ClusterTestCase):
         print(f"\nfigure: contained agents' start to both nodes Ready: {took:.1f} s")
 
         host_pid_namespace = os.readlink("/proc/self/ns/pid")
+        marker = Path(tempfile.mkdtemp(prefix="hepto-host-only-"))
+        self.addCleanup(marker.rmdir)
         for host in (self.master, *self.nodes):
             record = self.record(host.name)
             self.assertEqual(record["mode"], "veth")  # this kernel has no ipvlan
@@ -113,6 +116,13 @@ class ContainedClusterTests(ClusterTestCase):
                 except OSError:
                     continue
                 self.assertNotEqual(namespace, host_pid_namespace, processes[pid])
+            # Its resolv.conf from --dns (the default here), its host name, its own /tmp.
+            [pid] = [pid for pid, comm in processes.items() if comm == wanted]
+            root = Path(f"/proc/{pid}/root")
+            self.assertIn("nameserver 2606:4700:4700::1111", (root / "etc/resolv.conf").read_text())
+            uts = subprocess.run(["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True)
+            self.assertEqual(uts.stdout.decode().strip(), host.name)
+            self.assertFalse((root / marker.relative_to("/")).exists())
 
         for host in self.nodes:
             node = json.loads(self.kubectl("get", "node", host.name, "-o", "json"))

@@ -24,9 +24,9 @@ from pathlib import PurePosixPath
 from typing import Final
 
 from hepto import cgroups, linux
-from hepto.files import write_atomically
 from hepto.container import cleanup, host, inside
 from hepto.container.plan import ContainerError, ContainerPlan, choose_mode
+from hepto.files import write_atomically
 
 RELAYED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
