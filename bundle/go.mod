@@ -10,7 +10,10 @@ godebug default=go1.26
 
 require (
 	github.com/containerd/containerd/v2 v2.4.2 // containerd RELEASES.md: Kubernetes 1.37 needs 2.4.0+ or 2.3.0+
+	github.com/spf13/cobra v1.10.2 // etcdutl's root command (tools/main.go), as etcdutl v3.7.0 requires it
 	go.etcd.io/etcd/etcdctl/v3 v3.7.0 // same release as the server
+	go.etcd.io/etcd/etcdutl/v3 v3.7.0 // snapshot restore: etcdctl lost it in 3.6 (docs/backup.rst)
+	go.etcd.io/etcd/pkg/v3 v3.7.0 // cobrautl, for etcdutl's exit as upstream's
 	go.etcd.io/etcd/server/v3 v3.7.0 // etcd Kubernetes v1.37.2 tests with (build/dependencies.yaml), = its etcd client
 	k8s.io/client-go v0.37.2 // staging module: version set by the replace below
 	k8s.io/component-base v0.37.2 // staging module: version set by the replace below
@@ -182,7 +185,6 @@ require (
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/smallstep/pkcs7 v0.2.1 // indirect
 	github.com/soheilhy/cmux v0.1.5 // indirect
-	github.com/spf13/cobra v1.10.2 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/stefanberger/go-pkcs11uri v0.0.0-20230803200340-78284954bff6 // indirect
 	github.com/tchap/go-patricia/v2 v2.3.3 // indirect
@@ -198,7 +200,6 @@ require (
 	go.etcd.io/etcd/api/v3 v3.7.0 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.7.0 // indirect
 	go.etcd.io/etcd/client/v3 v3.7.0 // indirect
-	go.etcd.io/etcd/pkg/v3 v3.7.0 // indirect
 	go.etcd.io/raft/v3 v3.7.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/github.com/emicklei/go-restful/otelrestful v0.69.0 // indirect

@@ -3,7 +3,7 @@
 // kube-controller-manager, kube-scheduler, kube-proxy, kubelet and
 // containerd.
 // Each program is the vanilla upstream entry point, linked from the module
-// versions pinned in go.mod. The client tools kubectl, etcdctl and ctr are
+// versions pinned in go.mod. The client tools kubectl, etcdctl, etcdutl and ctr are
 // the multi-call binary hepto-tools (./tools), and containerd-shim-runc-v2 and
 // pause binaries of their own (./containerd-shim-runc-v2, ./pause), all from
 // the same module set; coredns from a module of its own (./coredns). See
@@ -41,6 +41,7 @@ var bundle = multicall.Binary{
 	Siblings: map[string]string{
 		"kubectl":                 "hepto-tools",
 		"etcdctl":                 "hepto-tools",
+		"etcdutl":                 "hepto-tools",
 		"ctr":                     "hepto-tools",
 		"containerd-shim-runc-v2": "containerd-shim-runc-v2",
 		"pause":                   "pause",

@@ -30,7 +30,7 @@ BUNDLED = (
     "kubelet",
 )
 #: Programs linked into hepto-tools, each a symlink to it.
-TOOLS = ("ctr", "etcdctl", "kubectl")
+TOOLS = ("ctr", "etcdctl", "etcdutl", "kubectl")
 #: Binaries of their own beside them.
 SEPARATE = ("containerd-shim-runc-v2", "coredns", "pause")
 
@@ -71,6 +71,7 @@ class BundleTests(SynchronousTestCase):
         calls = {
             "kubectl": (("version", "--client"), "Client Version: v"),
             "etcdctl": (("version",), "etcdctl version: "),
+            "etcdutl": (("version",), "etcdutl version: 3.7.0"),
             "ctr": (("--version",), "ctr github.com/containerd/"),
         }
         for tool, (arguments, expected) in calls.items():
@@ -102,6 +103,7 @@ class BundleTests(SynchronousTestCase):
             "k8s.io/kubectl/pkg/cmd",
             "k8s.io/kubectl/pkg/cmd/options",
             "go.etcd.io/etcd/etcdctl/v3/ctlv3/command",
+            "go.etcd.io/etcd/etcdutl/v3/etcdutl",
             "github.com/containerd/containerd/v2/cmd/ctr/app",
         ):
             self.assertNotIn(package, initialised)

@@ -80,9 +80,14 @@ OUT_OF_ORDER: Final = "out-of-order"
 MISDIRECTED: Final = "misdirected"
 
 
-def derive_key(cluster_key: bytes) -> bytes:
-    """The AEAD key of one cluster key: a personalised BLAKE2b of it."""
-    return hashlib.blake2b(cluster_key, digest_size=32, person=_KEY_PERSON).digest()
+def derive_key(cluster_key: bytes, person: bytes = _KEY_PERSON) -> bytes:
+    """The AEAD key of one cluster key for one purpose: a personalised BLAKE2b of it.
+
+    ``person`` (at most 16 bytes) names the purpose: gossip's by default; backups
+    (``hepto.backup.sealing``) derive theirs with a person of their own, so that no
+    key serves two purposes.
+    """
+    return hashlib.blake2b(cluster_key, digest_size=32, person=person).digest()
 
 
 def associated_data(cluster: str, context: bytes) -> bytes:
