@@ -64,6 +64,76 @@ class StatusOptions(_AgentOptions):
     optFlags: list[list[Any]] = [["json", None, "Print one JSON object."]]
 
 
+class _KeyOptions(_AgentOptions):
+    """A master's node and the cluster key that seals (or opens) its backups."""
+
+    optParameters: list[list[Any]] = [
+        *_AgentOptions.optParameters,
+        ["key", None, None, f"Cluster key, or keyring (the first seals) [{env_name('key')}]."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        self.cluster = config.parse_cluster(self.value("cluster"))
+        self.name = config.parse_name(self.value("name"))
+        self.data_dir = Path(self.value("data-dir") or config.DEFAULT_DATA_DIR).absolute()
+        self.keyring = config.parse_keyring(self.value("key"))
+
+
+class BackupOptions(_KeyOptions):
+    synopsis = "--cluster NAME --name NAME [--key HEX] [--data-dir DIR] --out FILE"
+    longdesc = (
+        "Back up a running master: an etcd snapshot, its CAs and keys, its identity, in "
+        "one file sealed with a key derived from the cluster key (docs/backup.rst). "
+        "Prints the file's size and the time taken."
+    )
+    optParameters: list[list[Any]] = [
+        *_KeyOptions.optParameters,
+        ["out", "o", None, "The backup file to write (replaced atomically)."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["out"]:
+            raise usage.UsageError("missing --out FILE: where to write the backup")
+        self.out = Path(self["out"])
+
+
+class RestoreOptions(_KeyOptions):
+    synopsis = (
+        "--cluster NAME --name NAME [--key HEX] [--data-dir DIR] [--bin-dir DIR] "
+        "(FILE | --from FILE)"
+    )
+    longdesc = (
+        "Rebuild a master's directory from a backup, on this host or another: the file is "
+        "checked whole first, the master's directory must be absent or empty, and nothing "
+        "is written unless everything succeeds. Then start the master as before "
+        "(twistd hepto --role master ...)."
+    )
+    optParameters: list[list[Any]] = [
+        *_KeyOptions.optParameters,
+        ["from", None, None, "The backup file (or give it as the argument)."],
+        [
+            "bin-dir",
+            None,
+            None,
+            f"Where etcdutl is looked for before PATH [{env_name('bin-dir')}].",
+        ],
+    ]
+
+    def parseArgs(self, *files: str) -> None:
+        self.files = files
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        given = [*self.files, *([self["from"]] if self["from"] else [])]
+        if len(given) != 1:
+            raise usage.UsageError("name one backup FILE (as the argument or --from)")
+        self.file = Path(given[0])
+        bin_dir = self.value("bin-dir")
+        self.bin_dir = Path(bin_dir).absolute() if bin_dir else None
+
+
 class ImportOptions(_AgentOptions):
     longdesc = (
         "Import image archives (docker save or OCI, tar or tar.gz) into the containerd of a "
@@ -100,11 +170,15 @@ class Options(usage.Options):
         ["info", None, InfoOptions, "Print the addressing plan of a cluster and node."],
         ["status", None, StatusOptions, "Print how a running node sees the cluster."],
         ["images", None, ImagesOptions, "Import container images into a running node."],
+        ["backup", None, BackupOptions, "Back up a running master into one sealed file."],
+        ["restore", None, RestoreOptions, "Rebuild a master's directory from a backup."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("missing command: info, status or images (see hepto --help)")
+            raise usage.UsageError(
+                "missing command: info, status, images, backup or restore (see hepto --help)"
+            )
 
 
 def render_info(info: dict[str, Any]) -> str:
@@ -153,7 +227,7 @@ def _peer_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_status(status: dict[str, Any]) -> str:
     """What an operator reads: tables of members, certificates and peers, then the rest."""
-    shown = {"members", "pki", "mesh", "kube", "container"}
+    shown = {"members", "pki", "mesh", "kube", "container", "backup"}
     parts = [render_table(status.get("members", []), MEMBER_COLUMNS)]
     summary = {
         key: value
@@ -200,6 +274,8 @@ def render_status(status: dict[str, Any]) -> str:
             f"pods {runtime.get('pod_prefix') or 'not yet'}, "
             f"oom_score_adj lowered: {runtime.get('oom_score_adj_lowered')}"
         )
+    if isinstance(status.get("backup"), dict):
+        parts.append(render_backup(status["backup"]))
     if isinstance(status.get("container"), dict):
         parts.append(render_container(status["container"]))
     for key, value in status.items():
@@ -233,6 +309,23 @@ def container_status(node_dir: Path) -> dict[str, Any] | None:
         except (OSError, ValueError):
             continue
     return record
+
+
+def render_backup(backup: dict[str, Any]) -> str:
+    """``backup: last <time> (<size>) <path>, next <time>, <n> kept``, then any failure."""
+    last = backup.get("last")
+    if isinstance(last, dict):
+        size = last.get("size")
+        text = f"last {last.get('created')} ({_size(size) if isinstance(size, int) else '?'})"
+        text += f" {last.get('path')}"
+    else:
+        text = "none yet"
+    text += f", next {backup.get('next') or 'not scheduled'}, {backup.get('kept', 0)} kept"
+    if backup.get("running"):
+        text += ", one under way"
+    if backup.get("last_error"):
+        text += f"; last attempt failed: {backup['last_error']}"
+    return f"backup: {text}"
 
 
 def render_container(container: dict[str, Any]) -> str:
@@ -308,6 +401,57 @@ def import_images(command: ImportOptions, out: TextIO) -> None:
             print(f"{image.name} {image.digest}", file=out, flush=True)
 
 
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def backup(command: BackupOptions, out: TextIO) -> None:
+    from hepto.backup.sealing import BackupError
+    from hepto.backup.take import take_backup
+
+    try:
+        taken = take_backup(
+            command.socket.parent, command.cluster, command.name, command.keyring[0], command.out
+        )
+    except BackupError as error:
+        print(f"hepto: backup: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(
+        f"{taken.path}: {taken.size} bytes ({_size(taken.size)}; etcd snapshot "
+        f"{_size(taken.snapshot_size)}) in {taken.seconds:.2f} s",
+        file=out,
+    )
+
+
+def restore(command: RestoreOptions, out: TextIO) -> None:
+    from hepto.backup.restore import restore as restore_backup
+    from hepto.backup.sealing import BackupError
+    from hepto.programs import MissingProgram, find_program
+
+    try:
+        etcdutl = find_program("etcdutl", command.bin_dir)
+        restored = restore_backup(
+            command.file,
+            command.cluster,
+            command.name,
+            command.keyring,
+            command.data_dir,
+            etcdutl,
+        )
+    except MissingProgram as error:
+        print(f"hepto: restore: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BackupError as error:
+        print(f"hepto: restore: {command.file}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(
+        f"{restored.node_dir}: restored the backup of {restored.created} (hepto "
+        f"{restored.hepto_version}, etcd snapshot {_size(restored.snapshot_size)}) in "
+        f"{restored.seconds:.2f} s; start the master there as before",
+        file=out,
+    )
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     options = Options()
@@ -317,6 +461,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> None:
         prefix = f"{_command_name(options)}: " if options.subCommand else ""
         _fail(f"{prefix}{error}")
     command = options.subOptions
+    if isinstance(command, BackupOptions):
+        backup(command, out)
+        return
+    if isinstance(command, RestoreOptions):
+        restore(command, out)
+        return
     if isinstance(command, ImagesOptions):
         assert isinstance(command.subOptions, ImportOptions)
         import_images(command.subOptions, out)

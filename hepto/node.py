@@ -14,6 +14,8 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from hepto import datadir
+from hepto.backup.service import BackupService, take_in_child
+from hepto.backup.store import DIRECTORY as BACKUPS
 from hepto.config import NodeConfig
 from hepto.control import SOCKET_NAME, ControlService
 from hepto.errors import StartupError
@@ -43,6 +45,7 @@ class NodeService(MultiService):
     pki: PKIService
     mesh: MeshService
     kube: KubeService
+    backup: BackupService | None = None
 
     def __init__(
         self,
@@ -92,12 +95,23 @@ class NodeService(MultiService):
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state
         )
+        if config.is_master:
+            self.backup = BackupService(
+                config.node_dir / BACKUPS,
+                take_in_child(
+                    reactor, config.node_dir, config.cluster, config.name, config.keyring
+                ),
+                reactor,
+            )
         self.control = self._control_socket()
         # Children start in this order and stop in the reverse one (stopService below):
         # the control socket answers until the end; gossip comes up before the services
-        # that read the cluster state, and leaves after them.
+        # that read the cluster state, and leaves after them; backups, which need etcd,
+        # come last and go first.
         for service in (self.control, self.gossip, self.pki, self.mesh, self.kube):
             service.setServiceParent(self)
+        if self.backup is not None:
+            self.backup.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service
 
@@ -111,6 +125,8 @@ class NodeService(MultiService):
             self.config.node_dir / SOCKET_NAME, self.gossip.status, self.reactor
         )
         control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
+        if self.backup is not None:
+            control.sections["backup"] = self.backup.status
         control.commands["publish"] = self.gossip.publish_command
         return control
 

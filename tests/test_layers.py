@@ -24,14 +24,14 @@ LAYERS = {
         "manhole", "supervisor", "gossip", "images", "backoff", "observers", "waiters",
         "machine", "cgroups", "container",
     },
-    "reactions": {"pki", "mesh", "kube"},
+    "reactions": {"pki", "mesh", "kube", "backup"},
     "composition": {"node", "cli"},
     "entry": {"tap"},
 }  # fmt: skip
 ORDER = list(LAYERS)
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 #: Which reactions may read which others' data modules (never their ``service``).
-READS = {"kube": {"pki", "mesh"}}
+READS = {"kube": {"pki", "mesh"}, "backup": {"pki", "kube"}}
 
 
 def imports(path: Path) -> Iterator[tuple[str, int]]:

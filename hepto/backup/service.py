@@ -1,0 +1,188 @@
+"""Periodic backups on every master: one every 12 hours, the last 5 kept.
+
+The agent stays lean: it only keeps the timer and the list of files.  Each backup is
+taken by a child, ``python -m hepto.backup.take`` (the code of ``hepto backup``), which
+holds the snapshot in memory for a few seconds and exits; the agent reads one JSON line
+from it.  Backups go to ``<node dir>/backups/<UTC time>.hepto-backup`` (0600, in a 0700
+directory); after each one, the oldest beyond ``keep`` are deleted.  The next backup is
+due ``interval`` after the newest one on disk, so a restarted master neither takes one
+at every start nor postpones it forever; a failure (etcd not up yet, a full disk) is
+logged and retried after 1, 2, 4 … up to 60 minutes.  ``hepto status`` shows the last
+backup, the next, and the last failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hepto.backoff import Backoff, BackoffPolicy
+from hepto.backup.sealing import BackupError
+from hepto.backup.store import backup_name, backups, taken_at, utc_iso
+from hepto.config import env_name
+
+DEFAULT_INTERVAL: Final = 12 * 3600.0
+DEFAULT_KEEP: Final = 5
+#: After a start with no recent backup: time for etcd to come up first.
+FIRST_DELAY: Final = 300.0
+RETRY: Final = BackoffPolicy(initial=60.0, factor=2.0, maximum=3600.0, stable_after=0.0)
+#: Takes a backup into the path given; fires with what ``hepto.backup.take`` printed.
+Take = Callable[[Path], "Deferred[dict[str, Any]]"]
+
+
+def take_in_child(
+    reactor: IReactorProcess, node_dir: Path, cluster: str, name: str, keyring: Sequence[bytes]
+) -> Take:
+    """Backups taken by ``python -m hepto.backup.take``, the key in its environment."""
+
+    def take(out: Path) -> Deferred[dict[str, Any]]:
+        done = getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "hepto.backup.take", str(node_dir), cluster, name, str(out)],
+            env={
+                env_name("key"): ",".join(key.hex() for key in keyring),
+                "PATH": os.environ.get("PATH", os.defpath),
+            },
+            reactor=reactor,
+        )
+
+        def read(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
+            stdout, stderr, code = result
+            if code != 0:
+                lines = stderr.decode(errors="replace").strip().splitlines()
+                raise BackupError(lines[-1] if lines else f"exited with status {code}")
+            answer: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+            return answer
+
+        return done.addCallback(read)
+
+    return take
+
+
+class BackupService(Service):
+    """Takes a backup every ``interval`` seconds into ``directory``, keeps ``keep``."""
+
+    name = "backup"
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: Path,
+        take: Take,
+        clock: IReactorTime,
+        interval: float = DEFAULT_INTERVAL,
+        keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self.directory = directory
+        self._take = take
+        self._clock = clock
+        self.interval = interval
+        self.keep = keep
+        self._backoff = Backoff(RETRY)
+        self._call: IDelayedCall | None = None
+        self._running: Deferred[dict[str, Any]] | None = None
+        self.last: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self.failures = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        existing = backups(self.directory)
+        if existing:
+            newest = existing[-1]
+            self.last = {"path": str(newest), "size": newest.stat().st_size}
+            self.last["created"] = utc_iso(taken_at(newest) or 0.0)
+            due = (taken_at(newest) or 0.0) + self.interval - self._clock.seconds()
+            self._schedule(max(due, FIRST_DELAY))
+        else:
+            self._schedule(self.interval)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self, delay: float) -> None:
+        self._call = self._clock.callLater(delay, self.take_now)
+
+    def take_now(self) -> Deferred[dict[str, Any]] | None:
+        """Take a backup now, unless one is under way; the timer then starts afresh."""
+        if self._running is not None:
+            return None
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        out = self.directory / backup_name(self._clock.seconds())
+        self.log.info("Taking a backup of the master into {path}", path=str(out))
+        running = self._running = self._take(out)
+        running.addCallbacks(self._taken, self._failed)
+        running.addBoth(self._done)
+        return running
+
+    def _taken(self, taken: dict[str, Any]) -> dict[str, Any]:
+        self.last = taken
+        self.last_error = None
+        self._backoff.reset()
+        self.log.info(
+            "Backup {path}: {size} bytes in {seconds} s", path=taken.get("path"),
+            size=taken.get("size"), seconds=taken.get("seconds"),
+        )  # fmt: skip
+        self._prune()
+        if self.running:
+            self._schedule(self.interval)
+        return taken
+
+    def _failed(self, failure: Failure) -> None:
+        self.failures += 1
+        self.last_error = str(failure.value)
+        delay = self._backoff.failed()
+        self.log.error(
+            "Backup failed ({failures} in a row): {error}; trying again in {delay:.0f} s",
+            failures=self._backoff.failures, error=self.last_error, delay=delay,
+        )  # fmt: skip
+        if self.running:
+            self._schedule(delay)
+
+    def _done(self, result: object) -> object:
+        self._running = None
+        return result
+
+    def _prune(self) -> None:
+        for old in backups(self.directory)[: -self.keep]:
+            try:
+                old.unlink()
+            except OSError as error:
+                self.log.warn("Cannot delete the old backup {path}: {error}", path=str(old),
+                              error=error.strerror)  # fmt: skip
+            else:
+                self.log.info("Deleted the old backup {path}", path=str(old))
+
+    def status(self) -> dict[str, Any]:
+        # The reactor's clock is the wall clock: the timer's time is a date.
+        next_at = None
+        if self._call is not None and self._call.active():
+            next_at = utc_iso(self._call.getTime())
+        return {
+            "directory": str(self.directory),
+            "interval": self.interval,
+            "keep": self.keep,
+            "last": self.last,
+            "next": next_at,
+            "running": self._running is not None,
+            "kept": len(backups(self.directory)),
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
