@@ -40,6 +40,9 @@ GOSSIP_PROFILES: Final = ("lan", "wan")
 POD_NETWORKS: Final = ("hepto", "none")
 DEFAULT_DATA_DIR: Final = "/var/lib/hepto"
 MIN_KEY_BYTES: Final = 24
+#: A master's periodic backups (docs/backup.rst): how often, and how many are kept.
+DEFAULT_BACKUP_INTERVAL_HOURS: Final = 12.0
+DEFAULT_BACKUP_KEEP: Final = 5
 ENV_PREFIX: Final = "HEPTO_"
 
 # A Kubernetes node name is a DNS-1123 subdomain.
@@ -115,6 +118,29 @@ def parse_keyring(text: str | None) -> tuple[bytes, ...]:
             )
         keys.append(key)
     return tuple(keys)
+
+
+def parse_backup_interval(text: str | None) -> float:
+    """Hours between a master's backups, as seconds; 0 turns them off."""
+    if not text:
+        return DEFAULT_BACKUP_INTERVAL_HOURS * 3600
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not 0 <= hours <= 24 * 366:
+        raise ConfigError(
+            "backup-interval", f"{text!r} is not a number of hours from 0 (no backups) to 8784"
+        )
+    return hours * 3600
+
+
+def parse_backup_keep(text: str | None) -> int:
+    if not text:
+        return DEFAULT_BACKUP_KEEP
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise ConfigError("backup-keep", f"{text!r} is not a number of backups from 1 to 1000")
+    return int(text)
 
 
 def parse_role(text: str | None) -> str:
@@ -259,6 +285,8 @@ class NodeConfig:
     contain: bool
     pod_network: str
     components: tuple[str, ...]
+    backup_interval: float = DEFAULT_BACKUP_INTERVAL_HOURS * 3600
+    backup_keep: int = DEFAULT_BACKUP_KEEP
 
     @property
     def plan(self) -> plan.Plan:
@@ -335,4 +363,6 @@ def parse_node_config(
         contain=contain,
         pod_network=pod_network,
         components=parse_components(raw.get("components"), role),
+        backup_interval=parse_backup_interval(raw.get("backup-interval")),
+        backup_keep=parse_backup_keep(raw.get("backup-keep")),
     )

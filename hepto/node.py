@@ -95,13 +95,15 @@ class NodeService(MultiService):
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state
         )
-        if config.is_master:
+        if config.is_master and config.backup_interval > 0:
             self.backup = BackupService(
                 config.node_dir / BACKUPS,
                 take_in_child(
                     reactor, config.node_dir, config.cluster, config.name, config.keyring
                 ),
                 reactor,
+                interval=config.backup_interval,
+                keep=config.backup_keep,
             )
         self.control = self._control_socket()
         # Children start in this order and stop in the reverse one (stopService below):

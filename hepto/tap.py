@@ -138,6 +138,25 @@ class Options(usage.Options):
             ),
         ],
         [
+            "backup-interval",
+            None,
+            None,
+            _doc(
+                "backup-interval",
+                "Hours between a master's backups into <node directory>/backups; 0 for "
+                f"none. Default: {config.DEFAULT_BACKUP_INTERVAL_HOURS:g}.",
+            ),
+        ],
+        [
+            "backup-keep",
+            None,
+            None,
+            _doc(
+                "backup-keep",
+                f"How many of those backups a master keeps. Default: {config.DEFAULT_BACKUP_KEEP}.",
+            ),
+        ],
+        [
             "components",
             None,
             None,

@@ -228,6 +228,19 @@ class ParseTests(SynchronousTestCase):
         self.assertRefused(self.minimal("--components", "kubelet,etcdd"), "components", "'etcdd'")
         self.assertRefused(self.minimal("--iface", "a/b"), "iface", "not a network interface name")
 
+    def test_backups(self) -> None:
+        node = self.parse(*self.minimal())
+        self.assertEqual((node.backup_interval, node.backup_keep), (12 * 3600.0, 5))
+        node = self.parse(*self.minimal("--backup-interval", "0.5", "--backup-keep", "10"))
+        self.assertEqual((node.backup_interval, node.backup_keep), (1800.0, 10))
+        self.assertEqual(self.parse(*self.minimal("--backup-interval", "0")).backup_interval, 0)
+        for interval in ("-1", "soon", "nan", "9000"):
+            self.assertRefused(
+                self.minimal("--backup-interval", interval), "backup-interval", "number of hours"
+            )
+        for keep in ("0", "-2", "many"):
+            self.assertRefused(self.minimal("--backup-keep", keep), "backup-keep", "from 1 to 1000")
+
     def test_manhole(self) -> None:
         node = self.parse(*self.minimal("--manhole", "2222", "--manhole-keys", "/k"))
         assert node.manhole is not None and node.manhole.endpoint is not None

@@ -30,10 +30,10 @@ from twisted.python.failure import Failure
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.backup.sealing import BackupError
 from hepto.backup.store import backup_name, backups, taken_at, utc_iso
-from hepto.config import env_name
+from hepto.config import DEFAULT_BACKUP_INTERVAL_HOURS, DEFAULT_BACKUP_KEEP, env_name
 
-DEFAULT_INTERVAL: Final = 12 * 3600.0
-DEFAULT_KEEP: Final = 5
+DEFAULT_INTERVAL: Final = DEFAULT_BACKUP_INTERVAL_HOURS * 3600
+DEFAULT_KEEP: Final = DEFAULT_BACKUP_KEEP
 #: After a start with no recent backup: time for etcd to come up first.
 FIRST_DELAY: Final = 300.0
 RETRY: Final = BackoffPolicy(initial=60.0, factor=2.0, maximum=3600.0, stable_after=0.0)
