@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import io
 import json
 import shutil
-import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,6 +18,7 @@ from hepto.backup.contents import MANIFEST_FORMAT, node_files, pack, unpack
 from hepto.backup.restore import read_backup, version_tuple
 from hepto.backup.sealing import BackupError, Header, open_sealed, read_header, seal
 from hepto.gossip.crypto import derive_key
+from test_images_inspect import tar, untar
 
 KEY = bytes.fromhex("5a" * 32)
 OTHER_KEY = bytes.fromhex("a5" * 32)
@@ -44,23 +46,27 @@ def packed(snapshot: bytes = b"etcd database" + bytes(32), version: str = "0.1.0
         return pack(manifest, master_files(), Path(db.name))
 
 
-def repacked(members: dict[str, bytes]) -> bytes:
+def repacked(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
     """A gzipped tar of exactly ``members``, as a forger (or a bug) would make it."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    return gzip.compress(tar(members, symlinks))
 
 
-def members_of(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        return {
-            member.name: archive.extractfile(member).read()  # type: ignore[union-attr]
-            for member in archive
-        }
+def edited(
+    manifest: Callable[[dict[str, Any]], object] = lambda manifest: None,
+    replaced: dict[str, bytes | None] | None = None,
+) -> bytes:
+    """A backup's archive with its manifest changed by ``manifest`` and some members
+    replaced (None: removed)."""
+    members = untar(gzip.decompress(packed()))
+    document = json.loads(members["manifest.json"])
+    manifest(document)
+    members["manifest.json"] = json.dumps(document).encode()
+    for name, content in (replaced or {}).items():
+        if content is None:
+            del members[name]
+        else:
+            members[name] = content
+    return repacked(members)
 
 
 class SealingTests(SynchronousTestCase):
@@ -123,55 +129,44 @@ class ContentsTests(SynchronousTestCase):
         self.assertEqual(opened.manifest["cluster"], "prod")
 
     def test_ledger_is_optional(self) -> None:
-        members = members_of(packed())
-        manifest = json.loads(members["manifest.json"])
-        del manifest["files"]["pki/signed-keys.json"]
-        del members["node/pki/signed-keys.json"]
-        members["manifest.json"] = json.dumps(manifest).encode()
-        self.assertNotIn("pki/signed-keys.json", unpack(repacked(members)).files)
+        archive = edited(
+            lambda manifest: manifest["files"].pop("pki/signed-keys.json"),
+            replaced={"node/pki/signed-keys.json": None},
+        )
+        self.assertNotIn("pki/signed-keys.json", unpack(archive).files)
 
     def test_damaged_member(self) -> None:
-        members = members_of(packed())
-        members["node/pki/ca/kubernetes.key"] = b"another key"
+        archive = edited(replaced={"node/pki/ca/kubernetes.key": b"another key"})
         with self.assertRaisesRegex(BackupError, "pki/ca/kubernetes.key does not match"):
-            unpack(repacked(members))
+            unpack(archive)
 
     def test_damaged_snapshot(self) -> None:
-        members = members_of(packed())
-        members["etcd.db"] = b"another database"
         with self.assertRaisesRegex(BackupError, "etcd snapshot does not match"):
-            unpack(repacked(members))
+            unpack(edited(replaced={"etcd.db": b"another database"}))
 
     def test_member_not_in_manifest(self) -> None:
-        members = members_of(packed())
+        members = untar(gzip.decompress(packed()))
         members["node/../../etc/passwd"] = b"root::0:0"
         with self.assertRaisesRegex(BackupError, "not in its manifest"):
             unpack(repacked(members))
 
     def test_missing_file(self) -> None:
-        members = members_of(packed())
-        manifest = json.loads(members["manifest.json"])
-        del manifest["files"]["identity.key"]
-        del members["node/identity.key"]
-        members["manifest.json"] = json.dumps(manifest).encode()
+        archive = edited(
+            lambda manifest: manifest["files"].pop("identity.key"),
+            replaced={"node/identity.key": None},
+        )
         with self.assertRaisesRegex(BackupError, "missing identity.key"):
-            unpack(repacked(members))
+            unpack(archive)
 
     def test_unsafe_mode(self) -> None:
-        members = members_of(packed())
-        manifest = json.loads(members["manifest.json"])
-        manifest["files"]["identity.key"]["mode"] = 0o4777
-        members["manifest.json"] = json.dumps(manifest).encode()
+        archive = edited(lambda manifest: manifest["files"]["identity.key"].update(mode=0o4777))
         with self.assertRaisesRegex(BackupError, "identity.key has mode"):
-            unpack(repacked(members))
+            unpack(archive)
 
     def test_newer_manifest(self) -> None:
-        members = members_of(packed())
-        manifest = json.loads(members["manifest.json"])
-        manifest["format"] = MANIFEST_FORMAT + 1
-        members["manifest.json"] = json.dumps(manifest).encode()
+        archive = edited(lambda manifest: manifest.update(format=MANIFEST_FORMAT + 1))
         with self.assertRaisesRegex(BackupError, "newer hepto"):
-            unpack(repacked(members))
+            unpack(archive)
 
     def test_not_an_archive(self) -> None:
         with self.assertRaisesRegex(BackupError, "archive cannot be read"):
@@ -182,14 +177,9 @@ class ContentsTests(SynchronousTestCase):
             unpack(repacked({"etcd.db": b"x"}))
 
     def test_links_refused(self) -> None:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            info = tarfile.TarInfo("node/identity.key")
-            info.type = tarfile.SYMTYPE
-            info.linkname = "/etc/shadow"
-            archive.addfile(info)
+        archive = repacked({}, {"node/identity.key": "/etc/shadow"})
         with self.assertRaisesRegex(BackupError, "is not a file"):
-            unpack(buffer.getvalue())
+            unpack(archive)
 
     def test_versions_compare_as_numbers(self) -> None:
         self.assertGreater(version_tuple("0.10.0"), version_tuple("0.9.1"))
