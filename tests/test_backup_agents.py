@@ -1,12 +1,14 @@
-"""A master backed up, killed, and restored on another host: the node follows it.
+"""A master backed up, killed, and restored on another host: the nodes follow it.
 
-Real agents in network namespaces (``--no-contain``): a master and a node; a ConfigMap,
-a Secret and a pod on the node; ``hepto backup`` on the master; the master killed and
-its directory deleted; ``hepto restore`` into the data directory of another host (its
-own namespace and address) and the master started there under the same name, with no
-anchor: it rejoins through the members its saved gossip state knows.  The objects are
-there, the node is Ready again with the certificates it had (not one file of its PKI
-changed), its pod kept running throughout, and a new pod is scheduled onto it.
+Real agents in network namespaces (``--no-contain``): a master and two nodes; a
+namespace, a ConfigMap, a Secret and a Deployment whose pods run on the nodes; the
+master's periodic backups (every few seconds here); ``hepto backup`` on the master; the
+master killed with everything of its host, and its directory deleted; ``hepto restore``
+into the data directory of another host (its own namespace and address) and the master
+started there under the same name, with no anchor: it rejoins through the members its
+saved gossip state knows.  The objects are there, the nodes are Ready again with the
+certificates they had (not one file of their PKI changed), the Deployment's pods kept
+running throughout, and a new pod is scheduled.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from agent import KEY, Agent, program
 from cluster import BIN_DIR, READY_TIMEOUT, ClusterTestCase, pod
 from images import write_busybox_archive
 from netlab import Host, wait_until
 
+NODE_NAMES = ("node1", "node2")
+
 
 class BackupRestoreTests(ClusterTestCase):
     LAB = "hb"
-    NODES = 1
+    NODES = 2
 
     def setUp(self) -> None:
         super().setUp()
@@ -64,13 +70,33 @@ class BackupRestoreTests(ClusterTestCase):
             env={k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")},
         )  # fmt: skip
 
-    def node_pki(self) -> dict[str, bytes]:
-        pki = self.data_dir / self.cluster / "node1" / "pki"
-        return {path.name: path.read_bytes() for path in sorted(pki.iterdir()) if path.is_file()}
+    def nodes_pki(self) -> dict[str, bytes]:
+        """Every file of every node's PKI: certificates, keys, kubeconfigs, the pinned CA."""
+        files: dict[str, bytes] = {}
+        for node in NODE_NAMES:
+            pki = self.data_dir / self.cluster / node / "pki"
+            files |= {f"{node}/{path.name}": path.read_bytes() for path in pki.iterdir()
+                      if path.is_file()}  # fmt: skip
+        return files
 
-    def lease_renewed_after(self, moment: float) -> bool:
+    def deployment_pods(self) -> dict[str, str]:
+        """The Deployment's running pods: name, node and when its container started."""
+        out = self.kubectl(
+            "get", "pods", "-n", "shop", "-l", "app=steady", "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} "
+            "{.status.containerStatuses[0].state.running.startedAt}{\"\\n\"}{end}",
+            check=False,
+        )  # fmt: skip
+        pods = {}
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 3:
+                pods[fields[0]] = f"{fields[1]} {fields[2]}"
+        return pods
+
+    def lease_renewed_after(self, node: str, moment: float) -> bool:
         renewed = self.kubectl(
-            "get", "lease", "-n", "kube-node-lease", "node1", "-o",
+            "get", "lease", "-n", "kube-node-lease", node, "-o",
             "jsonpath={.spec.renewTime}", check=False,
         )  # fmt: skip
         if not renewed:
@@ -79,19 +105,40 @@ class BackupRestoreTests(ClusterTestCase):
         return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) > moment
 
     def test_restore_on_another_host(self) -> None:
-        images = self.data_dir / self.cluster / "node1" / "images"
-        images.mkdir(parents=True)
-        write_busybox_archive(images / "busybox.tar")
-        master = self.start(self.master, "--role", "master")
-        self.start_node(self.nodes[0])
-        wait_until(lambda: self.node_ready("node1"), READY_TIMEOUT, 0.5, "node1 Ready")
+        for node in NODE_NAMES:
+            images = self.data_dir / self.cluster / node / "images"
+            images.mkdir(parents=True)
+            write_busybox_archive(images / "busybox.tar")
+        # A backup every 7.2 s: the periodic backups run for real, child and all.
+        master = self.start(self.master, "--role", "master", "--backup-interval", "0.002",
+                            "--backup-keep", "2")  # fmt: skip
+        for host in self.nodes:
+            self.start_node(host)
+        for name in NODE_NAMES:
+            wait_until(partial(self.node_ready, name), READY_TIMEOUT, 0.5, f"{name} Ready")
 
-        self.kubectl("create", "configmap", "kept", "--from-literal=colour=blue")
-        self.kubectl("create", "secret", "generic", "hidden", "--from-literal=word=swordfish")
-        self.kubectl("apply", "-f", "-", stdin=json.dumps(pod("steady", "node1")))
-        wait_until(lambda: self.pod_running("steady"), READY_TIMEOUT, 0.5, "steady Running")
-        started_at = self.pod_started_at("steady")
-        certificates = self.node_pki()
+        self.kubectl("create", "namespace", "shop")
+        self.kubectl("create", "-n", "shop", "configmap", "kept", "--from-literal=colour=blue")
+        self.kubectl("create", "-n", "shop", "secret", "generic", "hidden",
+                     "--from-literal=word=swordfish")  # fmt: skip
+        template = pod("steady", "any", labels={"app": "steady"})
+        del template["spec"]["nodeName"]
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "steady", "namespace": "shop"},
+            "spec": {
+                "replicas": 2, "selector": {"matchLabels": {"app": "steady"}},
+                "template": {"metadata": template["metadata"], "spec": template["spec"]},
+            },
+        }  # fmt: skip
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(deployment))
+        wait_until(lambda: len(self.deployment_pods()) == 2, READY_TIMEOUT, 0.5,
+                   "the Deployment's two pods Running")  # fmt: skip
+        pods = self.deployment_pods()
+        certificates = self.nodes_pki()
+        periodic = wait_until(lambda: self.backup_status(self.master, self.data_dir)["last"],
+                              120, 0.5, "a periodic backup")  # fmt: skip
+        self.assertTrue(Path(periodic["path"]).exists())
 
         backup = self.data_dir / "master.hepto-backup"
         done = self.hepto(
@@ -100,6 +147,7 @@ class BackupRestoreTests(ClusterTestCase):
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
         print(f"\nfigure: hepto backup: {done.stdout.strip()}")
+        self.assertLessEqual(len(list((self.master_dir / "backups").iterdir())), 2)
 
         # The old host is gone: every process of its namespace killed, its link down.
         master.kill()
@@ -131,33 +179,40 @@ class BackupRestoreTests(ClusterTestCase):
         self.addCleanup(restored.kill)
 
         wait_until(
-            lambda: self.kubectl("get", "configmap", "kept", "-o", "jsonpath={.data.colour}",
-                                 check=False) == "blue",
+            lambda: self.kubectl("get", "-n", "shop", "configmap", "kept", "-o",
+                                 "jsonpath={.data.colour}", check=False) == "blue",
             READY_TIMEOUT, 0.5, "the ConfigMap on the restored master",
         )  # fmt: skip
         print(f"figure: restored master's start to its apiserver serving the ConfigMap: "
               f"{time.monotonic() - started_monotonic:.1f} s")  # fmt: skip
-        word = self.kubectl("get", "secret", "hidden", "-o", "jsonpath={.data.word}")
+        word = self.kubectl("get", "-n", "shop", "secret", "hidden", "-o",
+                            "jsonpath={.data.word}")  # fmt: skip
         self.assertEqual(word, "c3dvcmRmaXNo")  # base64 of swordfish
-        wait_until(lambda: self.lease_renewed_after(started), READY_TIMEOUT, 1.0,
-                   "node1's kubelet renewing its lease with the restored master")  # fmt: skip
-        wait_until(lambda: self.node_ready("node1"), READY_TIMEOUT, 0.5, "node1 Ready again")
-        print(f"figure: restored master's start to node1 Ready with it: "
+        for name in NODE_NAMES:
+            wait_until(partial(self.lease_renewed_after, name, started), READY_TIMEOUT, 0.5,
+                       f"{name}'s kubelet renewing its lease with the restored master")  # fmt: skip
+            wait_until(partial(self.node_ready, name), READY_TIMEOUT, 0.5, f"{name} Ready again")
+        print(f"figure: restored master's start to both nodes Ready with it: "
               f"{time.monotonic() - started_monotonic:.1f} s")  # fmt: skip
 
-        self.assertEqual(self.node_pki(), certificates, "the node's PKI changed")
-        self.assertEqual(self.pod_started_at("steady"), started_at)
-        self.assertTrue(self.pod_running("steady"))
-        fresh = pod("fresh", "node1")
+        self.assertEqual(self.nodes_pki(), certificates, "a node's PKI changed")
+        self.assertEqual(self.deployment_pods(), pods, "the Deployment's pods changed")
+        fresh = pod("fresh", "any")
         del fresh["spec"]["nodeName"]  # through the restored scheduler
         self.kubectl("apply", "-f", "-", stdin=json.dumps(fresh))
         wait_until(lambda: self.pod_running("fresh"), READY_TIMEOUT, 0.5, "fresh Running")
-        self.assertEqual(
-            self.kubectl("get", "pod", "fresh", "-o", "jsonpath={.spec.nodeName}"), "node1"
-        )
+        self.assertIn(self.kubectl("get", "pod", "fresh", "-o", "jsonpath={.spec.nodeName}"),
+                      ("node1", "node2"))  # fmt: skip
+        self.assertEqual(self.deployment_pods(), pods, "the Deployment's pods changed")
+        # The restored master backs up too (the default: its first in 12 hours).
+        self.assertIsNone(self.backup_status(self.elsewhere, self.new_data_dir)["last"])
+
+    def backup_status(self, host: Host, data_dir: Path) -> dict[str, Any]:
         status = self.hepto(
-            self.elsewhere, "status", "--cluster", self.cluster, "--name", "master",
-            "--data-dir", str(self.new_data_dir), "--json",
+            host, "status", "--cluster", self.cluster, "--name", "master",
+            "--data-dir", str(data_dir), "--json",
         )  # fmt: skip
-        self.assertEqual(status.returncode, 0, status.stderr)
-        self.assertIn("backup", json.loads(status.stdout))
+        if status.returncode != 0:
+            return {"last": None}
+        backup: dict[str, Any] = json.loads(status.stdout).get("backup", {"last": None})
+        return backup
