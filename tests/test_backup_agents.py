@@ -30,6 +30,9 @@ from images import write_busybox_archive
 from netlab import Host, wait_until
 
 NODE_NAMES = ("node1", "node2")
+#: ConfigMaps of 2 KiB to add before the backup, for the figures of docs/backup.rst
+#: (``HEPTO_BACKUP_CONFIGMAPS=10000``); none by default.
+CONFIGMAPS = int(os.environ.get("HEPTO_BACKUP_CONFIGMAPS", "0"))
 
 
 class BackupRestoreTests(ClusterTestCase):
@@ -119,6 +122,8 @@ class BackupRestoreTests(ClusterTestCase):
 
         self.kubectl("create", "namespace", "shop")
         self.kubectl("create", "-n", "shop", "configmap", "kept", "--from-literal=colour=blue")
+        if CONFIGMAPS:
+            self.add_configmaps(CONFIGMAPS)
         self.kubectl("create", "-n", "shop", "secret", "generic", "hidden",
                      "--from-literal=word=swordfish")  # fmt: skip
         template = pod("steady", "any", labels={"app": "steady"})
@@ -188,6 +193,9 @@ class BackupRestoreTests(ClusterTestCase):
         word = self.kubectl("get", "-n", "shop", "secret", "hidden", "-o",
                             "jsonpath={.data.word}")  # fmt: skip
         self.assertEqual(word, "c3dvcmRmaXNo")  # base64 of swordfish
+        if CONFIGMAPS:
+            names = self.kubectl("get", "configmaps", "-n", "bulk", "-o", "name").splitlines()
+            self.assertEqual(len(names), CONFIGMAPS + 1)  # kube-root-ca.crt too
         for name in NODE_NAMES:
             wait_until(partial(self.lease_renewed_after, name, started), READY_TIMEOUT, 0.5,
                        f"{name}'s kubelet renewing its lease with the restored master")  # fmt: skip
@@ -206,6 +214,24 @@ class BackupRestoreTests(ClusterTestCase):
         self.assertEqual(self.deployment_pods(), pods, "the Deployment's pods changed")
         # The restored master backs up too (the default: its first in 12 hours).
         self.assertIsNone(self.backup_status(self.elsewhere, self.new_data_dir)["last"])
+
+    def add_configmaps(self, count: int) -> None:
+        self.kubectl("create", "namespace", "bulk")
+        started = time.monotonic()
+        for first in range(0, count, 1000):
+            batch = {
+                "apiVersion": "v1", "kind": "List",
+                "items": [
+                    {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": f"bulk-{index}", "namespace": "bulk"},
+                     "data": {"payload": f"{index:08d}" * 256}}
+                    for index in range(first, min(first + 1000, count))
+                ],
+            }  # fmt: skip
+            self.kubectl("create", "-f", "-", "-o", "name", stdin=json.dumps(batch))
+        print(
+            f"\nfigure: {count} ConfigMaps of 2 KiB created in {time.monotonic() - started:.0f} s"
+        )
 
     def backup_status(self, host: Host, data_dir: Path) -> dict[str, Any]:
         status = self.hepto(

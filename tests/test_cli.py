@@ -71,7 +71,15 @@ class InfoTests(SynchronousTestCase):
             (("frobnicate",), "hepto: Unknown command: frobnicate"),
             ((), "hepto: missing command"),
             (("status", "--cluster", "c"), "hepto: status: --name: missing"),
-        ]
+            (("backup", "--cluster", "c", "--name", "m", "--key", "00" * 32),
+             "hepto: backup: missing --out FILE"),
+            (("backup", "--cluster", "c", "--name", "m", "--out", "f"),
+             "hepto: backup: --key: missing"),
+            (("restore", "--cluster", "c", "--name", "m", "--key", "00" * 32),
+             "hepto: restore: name one backup FILE"),
+            (("restore", "--cluster", "c", "--name", "m", "--key", "00" * 32, "a", "--from", "b"),
+             "hepto: restore: name one backup FILE"),
+        ]  # fmt: skip
         for argv, expected in cases:
             result = hepto(*argv)
             self.assertEqual(result.returncode, 2, argv)
@@ -87,6 +95,23 @@ class InfoTests(SynchronousTestCase):
 
 
 class RenderTests(SynchronousTestCase):
+    def test_backup(self) -> None:
+        text = cli.render_status(
+            {"members": [],
+             "backup": {"last": {"created": "2026-01-02T03:04:05Z", "size": 3 * 2**20,
+                                 "path": "/d/20260102T030405Z.hepto-backup"},
+                        "next": "2026-01-02T15:04:05Z", "kept": 5, "running": False,
+                        "last_error": "cannot take etcd's snapshot"}}
+        )  # fmt: skip
+        self.assertIn(
+            "backup: last 2026-01-02T03:04:05Z (3.0 MiB) /d/20260102T030405Z.hepto-backup, next "
+            "2026-01-02T15:04:05Z, 5 kept; last attempt failed: cannot take etcd's snapshot",
+            text,
+        )
+        self.assertNotIn('"backup"', text)
+        none = cli.render_status({"members": [], "backup": {"next": None, "kept": 0}})
+        self.assertIn("backup: none yet, next not scheduled, 0 kept", none)
+
     def test_status_table(self) -> None:
         text = cli.render_status(
             {

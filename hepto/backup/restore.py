@@ -113,14 +113,17 @@ def restore(
     check_empty(node_dir)
     _header, contents = read_backup(path, cluster, name, keyring)
     parent = node_dir.parent
+    made: list[Path] = []  # the directories above it made here, removed on failure
     try:
         datadir.check_ancestors(datadir.deepest_existing(parent))
         for directory in reversed([parent, *parent.parents]):
             if not os.path.lexists(directory):
                 datadir.make_directory(directory, datadir.PARENT_MODE)
+                made.append(directory)
     except datadir.UnsafePath as error:
         raise BackupError(f"--data-dir: {error}") from None
     except OSError as error:
+        _remove_empty(made)
         raise BackupError(f"--data-dir: cannot create {error.filename}: {error.strerror}") from None
     aside = parent / f".{name}.restoring"
     shutil.rmtree(aside, ignore_errors=True)  # what an interrupted restore left
@@ -135,6 +138,7 @@ def restore(
         _fsync_directory(parent)
     except BaseException:
         shutil.rmtree(aside, ignore_errors=True)
+        _remove_empty(made)
         raise
     return Restored(
         node_dir=str(node_dir),
@@ -143,6 +147,15 @@ def restore(
         snapshot_size=len(contents.snapshot),
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories made, deepest first, as long as they are empty."""
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _write_files(node_dir: Path, contents: Contents) -> None:
