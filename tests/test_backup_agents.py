@@ -13,6 +13,7 @@ running throughout, and a new pod is scheduled.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import json
 import os
@@ -67,8 +68,10 @@ class BackupRestoreTests(ClusterTestCase):
         return done.stdout.strip()
 
     def hepto(self, host: Host, *argv: str) -> subprocess.CompletedProcess[str]:
+        # GNU time says how much memory the command took, for the figures.
+        timed = ["/usr/bin/time", "-f", "maxrss %M KiB"] if Path("/usr/bin/time").exists() else []
         return subprocess.run(
-            host.command([program("hepto"), *argv]),
+            host.command([*timed, program("hepto"), *argv]),
             capture_output=True, text=True, timeout=600,
             env={k: v for k, v in os.environ.items() if not k.startswith("HEPTO_")},
         )  # fmt: skip
@@ -151,7 +154,7 @@ class BackupRestoreTests(ClusterTestCase):
             "--key", KEY, "--data-dir", str(self.data_dir), "--out", str(backup),
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
-        print(f"\nfigure: hepto backup: {done.stdout.strip()}")
+        print(f"\nfigure: hepto backup: {done.stdout.strip()}, {done.stderr.strip()}")
         self.assertLessEqual(len(list((self.master_dir / "backups").iterdir())), 2)
 
         # The old host is gone: every process of its namespace killed, its link down.
@@ -167,7 +170,7 @@ class BackupRestoreTests(ClusterTestCase):
             str(backup),
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
-        print(f"figure: hepto restore: {done.stdout.strip()} "
+        print(f"figure: hepto restore: {done.stdout.strip()}, {done.stderr.strip()} "
               f"(command: {time.monotonic() - restore_started:.2f} s)")  # fmt: skip
 
         self.master_host = self.elsewhere
@@ -224,7 +227,7 @@ class BackupRestoreTests(ClusterTestCase):
                 "items": [
                     {"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": f"bulk-{index}", "namespace": "bulk"},
-                     "data": {"payload": f"{index:08d}" * 256}}
+                     "data": {"payload": base64.b64encode(os.urandom(1536)).decode()}}
                     for index in range(first, min(first + 1000, count))
                 ],
             }  # fmt: skip
