@@ -64,32 +64,17 @@ class StatusOptions(_AgentOptions):
     optFlags: list[list[Any]] = [["json", None, "Print one JSON object."]]
 
 
-class _KeyOptions(_AgentOptions):
-    """A master's node and the cluster key that seals (or opens) its backups."""
-
-    optParameters: list[list[Any]] = [
-        *_AgentOptions.optParameters,
-        ["key", None, None, f"Cluster key, or keyring (the first seals) [{env_name('key')}]."],
-    ]
-
-    def postOptions(self) -> None:
-        super().postOptions()
-        self.cluster = config.parse_cluster(self.value("cluster"))
-        self.name = config.parse_name(self.value("name"))
-        self.data_dir = Path(self.value("data-dir") or config.DEFAULT_DATA_DIR).absolute()
-        self.keyring = config.parse_keyring(self.value("key"))
-
-
-class BackupOptions(_KeyOptions):
-    synopsis = "--cluster NAME --name NAME [--key HEX] [--data-dir DIR] --out FILE"
+class BackupOptions(_AgentOptions):
+    synopsis = "--cluster NAME --name NAME [--data-dir DIR] --out FILE"
     longdesc = (
-        "Back up a running master: an etcd snapshot, its CAs and keys, its identity, in "
-        "one file sealed with a key derived from the cluster key (docs/backup.rst). "
-        "Prints the file's size and the time taken."
+        "Back up a running master now: its agent takes an etcd snapshot and gathers its CAs, "
+        "keys and identity into one file sealed with a key derived from the cluster key, "
+        "kept with its periodic backups and copied to FILE (docs/backup.rst). Prints the "
+        "file's size and the time taken."
     )
     optParameters: list[list[Any]] = [
-        *_KeyOptions.optParameters,
-        ["out", "o", None, "The backup file to write (replaced atomically)."],
+        *_AgentOptions.optParameters,
+        ["out", "o", None, "Where to copy the backup (replaced atomically)."],
     ]
 
     def postOptions(self) -> None:
@@ -99,7 +84,7 @@ class BackupOptions(_KeyOptions):
         self.out = Path(self["out"])
 
 
-class RestoreOptions(_KeyOptions):
+class RestoreOptions(_AgentOptions):
     synopsis = (
         "--cluster NAME --name NAME [--key HEX] [--data-dir DIR] [--bin-dir DIR] "
         "(FILE | --from FILE)"
@@ -111,7 +96,8 @@ class RestoreOptions(_KeyOptions):
         "(twistd hepto --role master ...)."
     )
     optParameters: list[list[Any]] = [
-        *_KeyOptions.optParameters,
+        *_AgentOptions.optParameters,
+        ["key", None, None, f"Cluster key, or keyring (any opens) [{env_name('key')}]."],
         ["from", None, None, "The backup file (or give it as the argument)."],
         [
             "bin-dir",
@@ -126,6 +112,10 @@ class RestoreOptions(_KeyOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        self.cluster = config.parse_cluster(self.value("cluster"))
+        self.name = config.parse_name(self.value("name"))
+        self.data_dir = Path(self.value("data-dir") or config.DEFAULT_DATA_DIR).absolute()
+        self.keyring = config.parse_keyring(self.value("key"))
         given = [*self.files, *([self["from"]] if self["from"] else [])]
         if len(given) != 1:
             raise usage.UsageError("name one backup FILE (as the argument or --from)")
@@ -405,20 +395,37 @@ def _size(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
+#: A backup of a large etcd takes seconds; the agent answers once it is written.
+BACKUP_TIMEOUT = 900.0
+
+
 def backup(command: BackupOptions, out: TextIO) -> None:
-    from hepto.backup.sealing import BackupError
-    from hepto.backup.take import take_backup
+    """Ask the master's agent for a backup now, then copy it where the operator said."""
+    from hepto.control import ControlError, query
+    from hepto.files import write_atomically
+
+    def failed(message: str) -> NoReturn:
+        print(f"hepto: backup: {message}", file=sys.stderr)
+        raise SystemExit(1)
 
     try:
-        taken = take_backup(
-            command.socket.parent, command.cluster, command.name, command.keyring[0], command.out
-        )
-    except BackupError as error:
-        print(f"hepto: backup: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        taken = query(command.socket, "backup", timeout=BACKUP_TIMEOUT)
+    except ControlError as error:
+        if "unknown command 'backup'" in str(error):
+            failed("this node's agent takes no backups: it is no master")
+        failed(str(error))
+    kept = Path(str(taken.get("path")))
+    try:
+        if kept != command.out:
+            write_atomically(command.out, kept.read_bytes(), 0o600)
+    except OSError as error:
+        failed(f"cannot copy {kept} to {command.out}: {error.strerror}")
+    size = int(taken.get("size", 0))
     print(
-        f"{taken.path}: {taken.size} bytes ({_size(taken.size)}; etcd snapshot "
-        f"{_size(taken.snapshot_size)}) in {taken.seconds:.2f} s",
+        f"{command.out}: {size} bytes ({_size(size)}; etcd snapshot "
+        f"{_size(int(taken.get('snapshot_size', 0)))}) in {taken.get('seconds')} s, "
+        f"{_size(int(taken.get('peak_rss_kib', 0)) * 1024)} of memory at most; also kept as "
+        f"{kept}",
         file=out,
     )
 

@@ -11,14 +11,15 @@ import json
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorUNIX
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 from hepto.unixpath import ShortPath
 
@@ -28,7 +29,9 @@ MAX_LINE: Final = 64 * 1024
 MAX_RESPONSE: Final = 64 * 1024 * 1024
 
 Section = Callable[[], Mapping[str, Any]]
-Command = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+#: A command answers at once, or later (a Deferred: ``hepto backup`` waits for one).
+Answer = Mapping[str, Any] | Deferred[Mapping[str, Any]]
+Command = Callable[[Mapping[str, Any]], Answer]
 
 
 class ControlError(Exception):
@@ -55,13 +58,19 @@ class _ControlProtocol(LineOnlyReceiver):
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             self._reply({"error": 'a request is an object like {"command": "status"}'})
             return
-        self._reply(self.service.answer(request))
+        answer = self.service.answer(request)
+        if isinstance(answer, Deferred):
+            answer.addCallback(self._reply)
+        else:
+            self._reply(answer)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._reply({"error": f"request longer than {MAX_LINE} bytes"})
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _reply(self, response: Mapping[str, Any]) -> None:
+        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # the client left before a late answer came
         text = json.dumps(response, separators=(",", ":"), default=str)
         self.sendLine(text.encode("utf-8"))
 
@@ -81,7 +90,8 @@ class ControlService(Service):
 
     Other services add theirs with ``sections["mesh"] = callable`` (a JSON-able mapping):
     a section that raises is reported as ``{"error": ...}`` and spoils nothing else.
-    More commands are added with ``commands["name"] = callable(request) -> response``.
+    More commands are added with ``commands["name"] = callable(request) -> response``, or a
+    Deferred of the response for a command that takes time.
     """
 
     log = Logger(namespace="hepto.control")
@@ -96,18 +106,27 @@ class ControlService(Service):
         self._bound: ShortPath | None = None
         self.setName("control")
 
-    def answer(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+    def answer(self, request: Mapping[str, Any]) -> Answer:
+        """The command's answer, or a Deferred of it; never an exception, never a failure."""
         command = request["command"]
         handler = self.commands.get(command)
         if handler is None:
             return {"error": f"unknown command {command!r}; known: {', '.join(self.commands)}"}
-        try:
-            return handler(request)
-        except RequestError as error:
-            return {"error": str(error)}
-        except Exception as error:
-            self.log.failure("The control command {command} failed", command=command)
-            return {"error": f"{command} failed: {error!r}"}
+        # maybeDeferred flattens a Deferred answer into the one it returns.
+        answered = cast("Deferred[Mapping[str, Any]]", maybeDeferred(handler, request))
+        answered.addErrback(self._refused, command)
+        if answered.called:
+            # Answered at once: no Deferred for the common case (status).
+            result: list[Mapping[str, Any]] = []
+            answered.addCallback(result.append)
+            return result[0]
+        return answered
+
+    def _refused(self, failure: Failure, command: str) -> Mapping[str, Any]:
+        if failure.check(RequestError):
+            return {"error": str(failure.value)}
+        self.log.failure("The control command {command} failed", failure, command=command)
+        return {"error": f"{command} failed: {failure.value!r}"}
 
     def status(self) -> dict[str, Any]:
         result = dict(self.core())

@@ -95,7 +95,7 @@ class NodeService(MultiService):
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state
         )
-        if config.is_master and config.backup_interval > 0:
+        if config.is_master:
             self.backup = BackupService(
                 config.node_dir / BACKUPS,
                 take_in_child(
@@ -129,6 +129,7 @@ class NodeService(MultiService):
         control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
         if self.backup is not None:
             control.sections["backup"] = self.backup.status
+            control.commands["backup"] = self.backup.backup_command
         control.commands["publish"] = self.gossip.publish_command
         return control
 

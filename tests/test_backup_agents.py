@@ -151,7 +151,7 @@ class BackupRestoreTests(ClusterTestCase):
         backup = self.data_dir / "master.hepto-backup"
         done = self.hepto(
             self.master, "backup", "--cluster", self.cluster, "--name", "master",
-            "--key", KEY, "--data-dir", str(self.data_dir), "--out", str(backup),
+            "--data-dir", str(self.data_dir), "--out", str(backup),
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
         print(f"\nfigure: hepto backup: {done.stdout.strip()}, {done.stderr.strip()}")

@@ -10,11 +10,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hepto.backup.sealing import BackupError
 from hepto.backup.service import DEFAULT_INTERVAL, FIRST_DELAY, BackupService, take_in_child
 from hepto.backup.store import backup_name, backups, taken_at, utc_iso
+from hepto.control import RequestError
 
 #: 2026-01-02T03:04:05Z
 START = 1767323045.0
@@ -123,6 +125,38 @@ class BackupServiceTests(SynchronousTestCase):
         self.assertIsNone(service.take_now())
         self.assertTrue(service.status()["running"])
         self.assertEqual(len(self.take.asked), 1)
+
+    def test_backup_command(self) -> None:
+        service = self.service()
+        answered: list[Any] = []
+        service.backup_command({"command": "backup"}).addCallback(answered.append)
+        self.assertRaisesRegex(RequestError, "under way", service.backup_command, {})
+        out = self.take.succeed()
+        self.assertEqual(answered, [{"path": str(out), "size": 6, "seconds": 0.1}])
+        # Taken now, the next periodic one is an interval later.
+        self.clock.advance(DEFAULT_INTERVAL - 1)
+        self.assertEqual(len(self.take.asked), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.take.asked), 2)
+
+    def test_backup_command_failing(self) -> None:
+        service = self.service()
+        refused: list[Failure] = []
+        service.backup_command({"command": "backup"}).addErrback(refused.append)
+        self.take.fail("cannot take etcd's snapshot: connection refused")
+        [failure] = refused
+        self.assertIsInstance(failure.value, RequestError)
+        self.assertIn("connection refused", str(failure.value))
+        self.assertEqual(service.status()["failures"], 1)
+
+    def test_no_periodic_backups(self) -> None:
+        service = self.service(interval=0.0)
+        self.clock.advance(365 * 86400)
+        self.assertEqual(self.take.asked, [])
+        self.assertIsNone(service.status()["next"])
+        service.backup_command({"command": "backup"})
+        self.take.succeed()
+        self.assertIsNone(service.status()["next"])
 
     def test_stop_cancels_the_timer(self) -> None:
         service = self.service(interval=60.0)

@@ -71,10 +71,8 @@ class InfoTests(SynchronousTestCase):
             (("frobnicate",), "hepto: Unknown command: frobnicate"),
             ((), "hepto: missing command"),
             (("status", "--cluster", "c"), "hepto: status: --name: missing"),
-            (("backup", "--cluster", "c", "--name", "m", "--key", "00" * 32),
-             "hepto: backup: missing --out FILE"),
-            (("backup", "--cluster", "c", "--name", "m", "--out", "f"),
-             "hepto: backup: --key: missing"),
+            (("backup", "--cluster", "c", "--name", "m"), "hepto: backup: missing --out FILE"),
+            (("restore", "--cluster", "c", "--name", "m", "f"), "hepto: restore: --key: missing"),
             (("restore", "--cluster", "c", "--name", "m", "--key", "00" * 32),
              "hepto: restore: name one backup FILE"),
             (("restore", "--cluster", "c", "--name", "m", "--key", "00" * 32, "a", "--from", "b"),
@@ -86,6 +84,12 @@ class InfoTests(SynchronousTestCase):
             self.assertEqual(result.stdout, "")
             self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
             self.assertTrue(result.stderr.startswith(expected), result.stderr)
+
+    def test_backup_without_agent(self) -> None:
+        result = hepto("backup", "--cluster", "c", "--name", "n", "--data-dir", tempfile.mkdtemp(),
+                       "--out", "/nonexistent/backup")  # fmt: skip
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("hepto: backup: no hepto agent is running for this node", result.stderr)
 
     def test_status_without_agent(self) -> None:
         result = hepto("status", "--cluster", "c", "--name", "n", "--data-dir", tempfile.mkdtemp())

@@ -8,7 +8,9 @@ directory); after each one, the oldest beyond ``keep`` are deleted.  The next ba
 due ``interval`` after the newest one on disk, so a restarted master neither takes one
 at every start nor postpones it forever; a failure (etcd not up yet, a full disk) is
 logged and retried after 1, 2, 4 … up to 60 minutes.  ``hepto status`` shows the last
-backup, the next, and the last failure.
+backup, the next, and the last failure.  ``hepto backup`` asks for one now through the
+control socket (``backup_command``): the agent holds the cluster key and runs etcd in
+its own network namespace, contained or not, so the command needs neither.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -31,6 +33,7 @@ from hepto.backoff import Backoff, BackoffPolicy
 from hepto.backup.sealing import BackupError
 from hepto.backup.store import backup_name, backups, taken_at, utc_iso
 from hepto.config import DEFAULT_BACKUP_INTERVAL_HOURS, DEFAULT_BACKUP_KEEP, env_name
+from hepto.control import RequestError
 
 DEFAULT_INTERVAL: Final = DEFAULT_BACKUP_INTERVAL_HOURS * 3600
 DEFAULT_KEEP: Final = DEFAULT_BACKUP_KEEP
@@ -100,12 +103,14 @@ class BackupService(Service):
         super().startService()
         self.directory.mkdir(mode=0o700, exist_ok=True)
         existing = backups(self.directory)
-        if existing:
-            newest = existing[-1]
-            self.last = {"path": str(newest), "size": newest.stat().st_size}
-            self.last["created"] = utc_iso(taken_at(newest) or 0.0)
-            due = (taken_at(newest) or 0.0) + self.interval - self._clock.seconds()
-            self._schedule(max(due, FIRST_DELAY))
+        newest_at = taken_at(existing[-1]) if existing else None
+        if existing and newest_at is not None:
+            self.last = {
+                "path": str(existing[-1]),
+                "size": existing[-1].stat().st_size,
+                "created": utc_iso(newest_at),
+            }
+            self._schedule(max(newest_at + self.interval - self._clock.seconds(), FIRST_DELAY))
         else:
             self._schedule(self.interval)
 
@@ -116,10 +121,21 @@ class BackupService(Service):
         self._call = None
 
     def _schedule(self, delay: float) -> None:
-        self._call = self._clock.callLater(delay, self.take_now)
+        """The next backup in ``delay`` seconds; never with an interval of 0 (none)."""
+        if self.interval > 0 and self.running:
+            self._call = self._clock.callLater(delay, self._due)
+
+    def _due(self) -> None:
+        self._call = None
+        taking = self.take_now()
+        if taking is not None:
+            taking.addErrback(lambda failure: None)  # logged and counted by _failed
 
     def take_now(self) -> Deferred[dict[str, Any]] | None:
-        """Take a backup now, unless one is under way; the timer then starts afresh."""
+        """Take a backup now, unless one is under way; the timer then starts afresh.
+
+        The Deferred fires with what the child printed, or fails with its error.
+        """
         if self._running is not None:
             return None
         if self._call is not None and self._call.active():
@@ -128,9 +144,21 @@ class BackupService(Service):
         out = self.directory / backup_name(self._clock.seconds())
         self.log.info("Taking a backup of the master into {path}", path=str(out))
         running = self._running = self._take(out)
-        running.addCallbacks(self._taken, self._failed)
         running.addBoth(self._done)
+        running.addCallbacks(self._taken, self._failed)
         return running
+
+    def backup_command(self, request: Mapping[str, Any]) -> Deferred[Mapping[str, Any]]:
+        """``{"command": "backup"}``, for ``hepto backup``: one now, answered once written."""
+        taking = self.take_now()
+        if taking is None:
+            raise RequestError("a backup is under way: ask again once it is done")
+
+        def refused(failure: Failure) -> NoReturn:
+            failure.trap(BackupError)
+            raise RequestError(str(failure.value))
+
+        return taking.addErrback(refused)
 
     def _taken(self, taken: dict[str, Any]) -> dict[str, Any]:
         self.last = taken
@@ -141,11 +169,10 @@ class BackupService(Service):
             size=taken.get("size"), seconds=taken.get("seconds"),
         )  # fmt: skip
         self._prune()
-        if self.running:
-            self._schedule(self.interval)
+        self._schedule(self.interval)
         return taken
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure) -> Failure:
         self.failures += 1
         self.last_error = str(failure.value)
         delay = self._backoff.failed()
@@ -153,8 +180,8 @@ class BackupService(Service):
             "Backup failed ({failures} in a row): {error}; trying again in {delay:.0f} s",
             failures=self._backoff.failures, error=self.last_error, delay=delay,
         )  # fmt: skip
-        if self.running:
-            self._schedule(delay)
+        self._schedule(delay)
+        return failure
 
     def _done(self, result: object) -> object:
         self._running = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -133,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (BackupError, config.ConfigError) as error:
         print(f"hepto backup: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(json.dumps(taken.as_dict()), flush=True)
+    # What the agent spared itself by running this in a child: shown by hepto backup.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({**taken.as_dict(), "peak_rss_kib": peak}), flush=True)
 
 
 if __name__ == "__main__":
