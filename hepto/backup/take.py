@@ -93,10 +93,9 @@ def take_backup(
     started = time.monotonic()
     created = clock()
     files = read_node_files(node_dir)
-    directory = out.parent if str(out.parent) else Path(".")
     try:
         with tempfile.NamedTemporaryFile(
-            dir=directory, prefix=f".{out.name}.", suffix=".etcd"
+            dir=out.parent, prefix=f".{out.name}.", suffix=".etcd"
         ) as db:
             snapshot = save_snapshot(origin or etcd_origin(node_dir), db)
             db.flush()
