@@ -178,9 +178,8 @@ class BackupRestoreTests(ClusterTestCase):
         started = time.time()
         started_monotonic = time.monotonic()
         restored = Agent.start(
-            ["--cluster", self.cluster, "--name", "master", "--key", KEY, "--no-contain",
-             "--ip", str(self.elsewhere.interface), "--bin-dir", str(BIN_DIR),
-             "--role", "master"],
+            ["--cluster", self.cluster, "--name", "master", "--key", KEY,
+             *self.where(self.elsewhere), "--bin-dir", str(BIN_DIR), "--role", "master"],
             self.new_data_dir,
             prefix=self.elsewhere.command([]),
         )  # fmt: skip
@@ -218,6 +217,12 @@ class BackupRestoreTests(ClusterTestCase):
         # The restored master backs up too (the default: its first in 12 hours).
         self.assertIsNone(self.backup_status(self.elsewhere, self.new_data_dir)["last"])
 
+    def where(self, host: Host) -> list[str]:
+        """How an agent of this test case runs on ``host``: contained or not."""
+        if self.CONTAINED:
+            return ["--iface", "eth0"]
+        return ["--no-contain", "--ip", str(host.interface)]
+
     def add_configmaps(self, count: int) -> None:
         self.kubectl("create", "namespace", "bulk")
         started = time.monotonic()
@@ -245,3 +250,17 @@ class BackupRestoreTests(ClusterTestCase):
             return {"last": None}
         backup: dict[str, Any] = json.loads(status.stdout).get("backup", {"last": None})
         return backup
+
+
+class ContainedBackupRestoreTests(BackupRestoreTests):
+    """The same, every agent contained (the default of ``twistd hepto``): ``hepto backup``
+    from the host reaches the etcd of a master whose loopback is its container's."""
+
+    CONTAINED = True
+
+    def start_node(self, host: Host) -> Agent:
+        # Members meet at the master's container's address, not its host's.
+        record = self.data_dir / self.cluster / "master" / "container" / "container.json"
+        wait_until(record.exists, 60, 0.2, "the master's container")
+        address = json.loads(record.read_text())["address"]
+        return self.start(host, "--role", "node", "--anchor", address)
