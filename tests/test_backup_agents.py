@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent import KEY, Agent, program
 from cluster import BIN_DIR, READY_TIMEOUT, ClusterTestCase, pod
 from images import write_busybox_archive
@@ -110,6 +112,8 @@ class BackupRestoreTests(ClusterTestCase):
         stamp = renewed.split(".")[0].rstrip("Z")
         return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) > moment
 
+    # Two nodes and a master from nothing, then a restore: minutes on a loaded machine.
+    @pytest.mark.timeout(1200)
     def test_restore_on_another_host(self) -> None:
         for node in NODE_NAMES:
             images = self.data_dir / self.cluster / node / "images"
