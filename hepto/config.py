@@ -33,6 +33,8 @@ NODE_COMPONENTS: Final = COMPONENTS[5:]
 #: Cloudflare's public resolvers, as the original hepto: reachable over IPv6 from anywhere.
 DEFAULT_DNS: Final = ("2606:4700:4700::1111", "2606:4700:4700::1001")
 DEFAULT_PORT: Final = 7946
+#: Prometheus metrics, on loopback: beside gossip's port (docs/metrics.rst).
+DEFAULT_METRICS_PORT: Final = 7947
 #: memberlist's LAN and WAN timings; docs/gossip.rst gives each value's rationale.
 GOSSIP_PROFILES: Final = ("lan", "wan")
 #: hepto's own pod network (bridge, routes over the mesh, NAT66, kube-proxy), or none:
@@ -237,6 +239,24 @@ def parse_manhole(text: str | None, keys: str | None, node_dir: Path) -> Manhole
     return ManholeConfig(None, endpoint, authorized)
 
 
+def parse_metrics(text: str | None) -> Endpoint | None:
+    """``none``, a port (on ``::1``), or ``[addr]:port``; by default ``[::1]:7947``."""
+    loopback = ipaddress.IPv6Address("::1")
+    if not text:
+        return Endpoint(loopback, DEFAULT_METRICS_PORT)
+    if text == "none":
+        return None
+    if text.isdigit():
+        return Endpoint(loopback, parse_port("metrics", text))
+    try:
+        endpoint = parse_endpoint("metrics", text, 0)
+    except ConfigError:
+        raise ConfigError("metrics", f"{text!r} is not 'none', a port or [address]:port") from None
+    if endpoint.port == 0:
+        raise ConfigError("metrics", f"{text!r} lacks a port")
+    return endpoint
+
+
 @attrs.frozen
 class NodeConfig:
     """Everything a node needs to start, validated."""
@@ -259,6 +279,8 @@ class NodeConfig:
     contain: bool
     pod_network: str
     components: tuple[str, ...]
+    #: Where Prometheus scrapes the agent; None: nowhere.
+    metrics: Endpoint | None = Endpoint(ipaddress.IPv6Address("::1"), DEFAULT_METRICS_PORT)
 
     @property
     def plan(self) -> plan.Plan:
@@ -335,4 +357,5 @@ def parse_node_config(
         contain=contain,
         pod_network=pod_network,
         components=parse_components(raw.get("components"), role),
+        metrics=parse_metrics(raw.get("metrics")),
     )

@@ -22,6 +22,10 @@ from hepto.gossip.service import GossipService
 from hepto.kube.service import KubeService
 from hepto.logs import json_lines_observer
 from hepto.mesh.service import MeshService, mesh_service
+from hepto.metrics.exposition import render
+from hepto.metrics.families import status_families
+from hepto.metrics.http import MetricsService
+from hepto.metrics.process import process_families
 from hepto.pki.service import PKIService
 
 
@@ -43,6 +47,7 @@ class NodeService(MultiService):
     pki: PKIService
     mesh: MeshService
     kube: KubeService
+    metrics: MetricsService | None = None
 
     def __init__(
         self,
@@ -94,9 +99,15 @@ class NodeService(MultiService):
         )
         self.control = self._control_socket()
         # Children start in this order and stop in the reverse one (stopService below):
-        # the control socket answers until the end; gossip comes up before the services
-        # that read the cluster state, and leaves after them.
-        for service in (self.control, self.gossip, self.pki, self.mesh, self.kube):
+        # the control socket and the metrics answer until the end; gossip comes up
+        # before the services that read the cluster state, and leaves after them.
+        self.control.setServiceParent(self)
+        if config.metrics is not None:
+            self.metrics = MetricsService(
+                reactor, str(config.metrics.host), config.metrics.port, self._scrape
+            )
+            self.metrics.setServiceParent(self)
+        for service in (self.gossip, self.pki, self.mesh, self.kube):
             service.setServiceParent(self)
         if config.manhole is not None:
             from hepto.manhole import manhole_service
@@ -107,12 +118,20 @@ class NodeService(MultiService):
 
     def _control_socket(self) -> ControlService:
         """``hepto status``: gossip's view at the top, every other service's in its section."""
-        control = ControlService(
-            self.config.node_dir / SOCKET_NAME, self.gossip.status, self.reactor
-        )
+        control = ControlService(self.config.node_dir / SOCKET_NAME, self._core, self.reactor)
         control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
         control.commands["publish"] = self.gossip.publish_command
         return control
+
+    def _core(self) -> dict[str, Any]:
+        return {
+            **self.gossip.status(),
+            "metrics_url": None if self.metrics is None else self.metrics.url,
+        }
+
+    def _scrape(self) -> bytes:
+        """One scrape: the status's figures (one source for both), the process's own."""
+        return render([*status_families(self.control.status()), *process_families()])
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd asks the Application for an ILogObserver before its --logfile default;

@@ -476,6 +476,11 @@ class GossipService(Service):
             "members": self.store.status(),
             "drops": dict(sorted(drops.items())),
             "conflicts": self.store.conflicts(),
+            "swim": {
+                "entered": dict(sorted(self.membership.entered.items())),
+                "refutations": self.membership.refutations,
+            },
+            "fetches": dict(sorted(self.store.fetched.items())),
             "traffic": {
                 "datagrams_sent": self.transport.sent,
                 "datagrams_received": self.transport.received,

@@ -169,6 +169,10 @@ class Membership:
         self._catching_up = False
         #: Changes of our view so far, and whether the last merge brought any.
         self._changes = 0
+        #: Members seen entering each state (``suspect``, ``dead``...), and our own
+        #: refutations, since start; never reset (the metrics' counters).
+        self.entered: Counter[str] = Counter()
+        self.refutations = 0
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
@@ -555,6 +559,7 @@ class Membership:
             accused=accused,
             incarnation=incarnation,
         )
+        self.refutations += 1
         state = self._proven_own(incarnation, own.since)
         self._change(state)
         self._broadcast_member(state.alive_message())
@@ -564,6 +569,7 @@ class Membership:
         self._changes += 1
         old = self._roster.record(new)
         if old is None or old.status != new.status:
+            self.entered[new.status] += 1
             self.log.debug(
                 "Member {member} is {status} (incarnation {incarnation})",
                 member=new.name,
