@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from hepto import datadir
+from hepto import datadir, notify
 from hepto.config import NodeConfig
 from hepto.control import SOCKET_NAME, ControlService
 from hepto.errors import StartupError
@@ -61,6 +61,7 @@ class NodeService(MultiService):
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self._prepared = False
+        self._readiness: Deferred[None] | None = None
         self.setName("node")
 
     def privilegedStartService(self) -> None:
@@ -163,6 +164,36 @@ class NodeService(MultiService):
                 signal.signal(number, self._stop_on_signal)
         # Logged once signals stop the node cleanly: tests and tools wait for it.
         self.log.info("hepto node {name} running", name=self.config.name)
+        self._readiness = Deferred.fromCoroutine(self._until_ready())
+        self._readiness.addErrback(self._readiness_failed)
+
+    async def _until_ready(self) -> None:
+        """Tell systemd READY=1 once the node's services are up, and meanwhile what the
+        node waits for (``systemctl status`` shows it): docs/systemd.rst."""
+        self._notify("STATUS=joining the cluster")
+        await self.gossip.when_joined()
+        self._notify("STATUS=waiting for this node's certificates")
+        await self.pki.when_installed(self.pki.specs)
+        self._notify("STATUS=waiting for the mesh addresses")
+        await self.mesh.when_addresses_ready()
+        components = ", ".join(component.name for component in self.kube.components)
+        if components:
+            self._notify(f"STATUS=waiting for {components} to be ready")
+        await self.kube.supervisor.when_ready()
+        self.log.info("hepto node {name} ready", name=self.config.name)
+        self._notify("READY=1\nSTATUS=running")
+
+    def _readiness_failed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):  # stopped before ready: nothing to say
+            self.log.failure("Waiting for the node to be ready failed", failure)
+
+    def _notify(self, message: str) -> None:
+        try:
+            notify.send(message)
+        except OSError as error:
+            self.log.warn(
+                "Cannot notify systemd ({message!r}): {error}", message=message, error=error
+            )
 
     def _stop_on_signal(self, number: int, frame: object) -> None:
         self.log.info("Received {signal}, stopping", signal=signal.Signals(number).name)
@@ -186,6 +217,10 @@ class NodeService(MultiService):
         while the mesh still carries their addresses, and the gossip leave comes last.
         """
         self.log.info("hepto node {name} stopping", name=self.config.name)
+        self._notify("STOPPING=1\nSTATUS=stopping")
+        readiness, self._readiness = self._readiness, None
+        if readiness is not None:
+            readiness.cancel()
         Service.stopService(self)
         for child in reversed(list(self)):
             try:
