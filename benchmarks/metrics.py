@@ -14,17 +14,26 @@ Parts (``--parts``, default both):
     ``--members`` members (each with a record and a mesh peer) made ``--scrapes`` times:
     what a scrape adds to the status at that size.
 
+``members``
+    ``--members`` real idle agents (100 by default, started ten at a time) that all see
+    each other; then one of them is scraped ``--scrapes`` times, its CPU over the
+    scrapes less its idle CPU over as long just before: the cost of a scrape at that
+    size, status included.
+
 Run as root from the repository::
 
     .venv/bin/python benchmarks/metrics.py                 # ~3 minutes
     .venv/bin/python benchmarks/metrics.py --parts scrape --members 100
+    .venv/bin/python benchmarks/metrics.py --parts members   # ~10 minutes, 100 agents
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from functools import partial
@@ -35,6 +44,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from agent import KEY, Agent  # noqa: E402
+from hepto.control import ControlError, query  # noqa: E402
 from hepto.metrics.exposition import render  # noqa: E402
 from hepto.metrics.families import status_families  # noqa: E402
 from netlab import Host, Lab, wait_until  # noqa: E402
@@ -145,6 +155,75 @@ def families_cost(members: int, scrapes: int) -> None:
     )
 
 
+def members_part(lab: Lab, count: int, scrapes: int, converge: float) -> None:
+    hosts: list[Host] = []
+    agents: list[Agent] = []
+    try:
+        for first in range(0, count, 10):
+            batch = []
+            for index in range(first, min(first + 10, count)):
+                host = lab.add_host(f"m{index}")
+                # Two anchors, as memory.py's members: joins do not all queue at one.
+                anchors = {hosts[0].address, hosts[index // 2].address} if hosts else set()
+                extra = [item for a in sorted(anchors) for item in ("--anchor", str(a))]
+                agent = Agent.start(
+                    ["--cluster", "ho", "--name", host.name, "--key", KEY, "--no-contain",
+                     "--ip", str(host.interface), "--components", "none", *extra],
+                    prefix=host.command([]),
+                )  # fmt: skip
+                hosts.append(host)
+                agents.append(agent)
+                batch.append((host, agent))
+            # Ten at a time: a hundred Python starts at once would starve two cores.
+            for host, agent in batch:
+                wait_until(
+                    partial(agent.logged, f"hepto node {host.name} running"), 600, 0.5, host.name
+                )
+            print(f"  {len(agents)} running", flush=True)
+        first_agent = agents[0]
+        sockets = [
+            a.data_dir / "ho" / h.name / "control.sock" for h, a in zip(hosts, agents, strict=True)
+        ]
+
+        def alive(socket: Path) -> int:
+            try:
+                status = query(socket, timeout=10)
+            except ControlError:
+                return 0
+            return sum(1 for member in status["members"] if member["state"] == "alive")
+
+        began = time.monotonic()
+        wait_until(lambda: all(alive(s) == count for s in sockets), converge, 5, "convergence")
+        print(f"  all see {count} alive after {time.monotonic() - began:.0f} s", flush=True)
+        time.sleep(10)
+        pid = first_agent.process.pid
+        url = "http://[::1]:7947/metrics"
+        started, before = time.monotonic(), cpu_seconds(pid)
+        hosts[0].run(["curl", "-sSfg", "-o", "/dev/null", *[url] * scrapes])
+        took, spent = time.monotonic() - started, cpu_seconds(pid) - before
+        time.sleep(1)
+        idle_began, idle_before = time.monotonic(), cpu_seconds(pid)
+        time.sleep(max(took, 5.0))
+        idle_rate = (cpu_seconds(pid) - idle_before) / (time.monotonic() - idle_began)
+        size = len(hosts[0].run(["curl", "-sSfg", url]).stdout)
+        per_scrape = (spent - idle_rate * took) / scrapes
+        print(
+            f"agent among {count} members: {per_scrape * 1000:.2f} ms of CPU per scrape "
+            f"({scrapes} scrapes in {took:.1f} s, {spent * 1000:.0f} ms of CPU, less "
+            f"{idle_rate * took * 1000:.0f} ms idle), {size} bytes each",
+            flush=True,
+        )
+    finally:
+        for agent in agents:
+            if agent.process.poll() is None:
+                os.killpg(agent.process.pid, signal.SIGTERM)
+        for agent in agents:
+            try:
+                agent.stop(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="memory,scrape")
@@ -152,6 +231,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0)
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--members", type=int, default=100)
+    parser.add_argument("--converge", type=float, default=900.0)
     args = parser.parse_args()
     parts = args.parts.split(",")
     lab = Lab("ho")
@@ -161,6 +241,8 @@ def main() -> None:
         if "scrape" in parts:
             agent_scrapes(lab, args.scrapes)
             families_cost(args.members, args.scrapes)
+        if "members" in parts:
+            members_part(lab, args.members, args.scrapes, args.converge)
     finally:
         lab.close()
 

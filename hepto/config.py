@@ -223,15 +223,7 @@ def parse_manhole(text: str | None, keys: str | None, node_dir: Path) -> Manhole
     authorized = Path(keys) if keys else node_dir / "authorized_keys"
     if text == "unix":
         return ManholeConfig(node_dir / "manhole.sock", None, authorized)
-    if text.isdigit():
-        endpoint = Endpoint(ipaddress.IPv6Address("::1"), parse_port("manhole", text))
-    else:
-        try:
-            endpoint = parse_endpoint("manhole", text, 0)
-        except ConfigError:
-            raise ConfigError("manhole", f"{text!r} is not 'unix', a port or [::1]:port") from None
-        if endpoint.port == 0:
-            raise ConfigError("manhole", f"{text!r} lacks a port")
+    endpoint = parse_listening("manhole", text, "'unix', a port or [::1]:port")
     if not endpoint.host.is_loopback:
         raise ConfigError(
             "manhole", f"refusing to listen on {endpoint.host}: only loopback or 'unix'"
@@ -239,22 +231,26 @@ def parse_manhole(text: str | None, keys: str | None, node_dir: Path) -> Manhole
     return ManholeConfig(None, endpoint, authorized)
 
 
+def parse_listening(option: str, text: str, expected: str) -> Endpoint:
+    """Where a local service listens: a port (on ``::1``) or ``[address]:port``."""
+    if text.isdigit():
+        return Endpoint(ipaddress.IPv6Address("::1"), parse_port(option, text))
+    try:
+        endpoint = parse_endpoint(option, text, 0)
+    except ConfigError:
+        raise ConfigError(option, f"{text!r} is not {expected}") from None
+    if endpoint.port == 0:
+        raise ConfigError(option, f"{text!r} lacks a port")
+    return endpoint
+
+
 def parse_metrics(text: str | None) -> Endpoint | None:
     """``none``, a port (on ``::1``), or ``[addr]:port``; by default ``[::1]:7947``."""
-    loopback = ipaddress.IPv6Address("::1")
     if not text:
-        return Endpoint(loopback, DEFAULT_METRICS_PORT)
+        return Endpoint(ipaddress.IPv6Address("::1"), DEFAULT_METRICS_PORT)
     if text == "none":
         return None
-    if text.isdigit():
-        return Endpoint(loopback, parse_port("metrics", text))
-    try:
-        endpoint = parse_endpoint("metrics", text, 0)
-    except ConfigError:
-        raise ConfigError("metrics", f"{text!r} is not 'none', a port or [address]:port") from None
-    if endpoint.port == 0:
-        raise ConfigError("metrics", f"{text!r} lacks a port")
-    return endpoint
+    return parse_listening("metrics", text, "'none', a port or [address]:port")
 
 
 @attrs.frozen

@@ -22,8 +22,6 @@ KINDS: Final = ("counter", "gauge")
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-Labels = tuple[tuple[str, str], ...]
-
 
 def _check_metric(metric: Metric, attribute: object, name: str) -> None:
     if not _NAME.fullmatch(name):
@@ -47,26 +45,39 @@ class Metric:
 
     def __call__(self, samples: Iterable[tuple[Mapping[str, str], float]] | float) -> Family:
         if isinstance(samples, (int, float)):
-            return Family(self, (((), samples),))
+            return Family(self, (("", samples),))
         return Family(self, tuple((_labels(labels), value) for labels, value in samples))
 
 
 @attrs.frozen
 class Family:
-    """One metric's samples in one scrape."""
+    """One metric's samples in one scrape: each its labels as written (``{a="b"}``, or
+    nothing), and its value."""
 
     metric: Metric
-    samples: tuple[tuple[Labels, float], ...]
+    samples: tuple[tuple[str, float], ...]
 
 
-def _labels(labels: Mapping[str, str]) -> Labels:
+#: Label names already checked: the few the code uses, each checked once.
+_CHECKED: set[str] = set()
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    """``{name="value",...}``, values escaped; once per sample, so kept short."""
+    if not labels:
+        return ""
     for name in labels:
-        if not _LABEL.fullmatch(name) or name.startswith("__"):
-            raise ValueError(f"{name!r} is not a Prometheus label name")
-    return tuple((name, str(value)) for name, value in labels.items())
+        if name not in _CHECKED:
+            if not _LABEL.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"{name!r} is not a Prometheus label name")
+            _CHECKED.add(name)
+    text = ",".join(f'{name}="{escape_label_value(str(value))}"' for name, value in labels.items())
+    return "{" + text + "}"
 
 
 def escape_label_value(value: str) -> str:
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value  # nearly always: names, reasons, states
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -77,6 +88,8 @@ def escape_help(text: str) -> str:
 def format_value(value: float) -> str:
     """Integers as integers, floats as Python's shortest repr, and Go's spellings of
     the infinities and NaN."""
+    if type(value) is int:  # the most frequent: counts
+        return str(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
@@ -95,11 +108,7 @@ def render(families: Iterable[Family]) -> bytes:
         metric = family.metric
         lines.append(f"# HELP {metric.name} {escape_help(metric.help)}")
         lines.append(f"# TYPE {metric.name} {metric.kind}")
-        for labels, value in family.samples:
-            if labels:
-                text = ",".join(f'{key}="{escape_label_value(val)}"' for key, val in labels)
-                lines.append(f"{metric.name}{{{text}}} {format_value(value)}")
-            else:
-                lines.append(f"{metric.name} {format_value(value)}")
+        name = metric.name
+        lines.extend(f"{name}{labels} {format_value(value)}" for labels, value in family.samples)
     lines.append("")
     return "\n".join(lines).encode("utf-8")

@@ -8,6 +8,7 @@ could not make (``{"error": ...}``) yields no families; the others are still ser
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -243,7 +244,10 @@ def _by(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], flo
     return [({label: key}, value) for key, value in sorted(counts.items())]
 
 
+@functools.lru_cache(maxsize=1024)
 def _epoch(text: str | None) -> float:
+    """Seconds since the epoch of an ISO 8601 time; cached, since the same handshake
+    times and expiry dates come back at every scrape."""
     if not text:
         return 0
     moment = datetime.datetime.fromisoformat(text)
