@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent import KEY, Agent, program
-from cluster import CGROUP_ROOT, READY_TIMEOUT, ClusterTestCase, node_processes, pod
+from cluster import CGROUP_ROOT, ClusterTestCase, node_processes, pod
 from images import BUSYBOX_IMAGE, write_busybox_archive
 from netlab import Host, wait_until
 
@@ -83,14 +84,13 @@ class ContainedClusterTests(ClusterTestCase):
         self.start(self.master, "--role", "master")
         for host in self.nodes:
             self.start_node(host)
-        for host in self.nodes:
-            wait_until(
-                partial(self.node_ready, host.name), READY_TIMEOUT, 0.5, f"{host.name} Ready"
-            )
+        self.wait_ready(self.nodes)
         took = time.monotonic() - started
         print(f"\nfigure: contained agents' start to both nodes Ready: {took:.1f} s")
 
         host_pid_namespace = os.readlink("/proc/self/ns/pid")
+        marker = Path(tempfile.mkdtemp(prefix="hepto-host-only-"))
+        self.addCleanup(marker.rmdir)
         for host in (self.master, *self.nodes):
             record = self.record(host.name)
             self.assertEqual(record["mode"], "veth")  # this kernel has no ipvlan
@@ -113,6 +113,13 @@ class ContainedClusterTests(ClusterTestCase):
                 except OSError:
                     continue
                 self.assertNotEqual(namespace, host_pid_namespace, processes[pid])
+            # Its resolv.conf from --dns (the default here), its host name, its own /tmp.
+            [pid] = [pid for pid, comm in processes.items() if comm == wanted]
+            root = Path(f"/proc/{pid}/root")
+            self.assertIn("nameserver 2606:4700:4700::1111", (root / "etc/resolv.conf").read_text())
+            uts = subprocess.run(["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True)
+            self.assertEqual(uts.stdout.decode().strip(), host.name)
+            self.assertFalse((root / marker.relative_to("/")).exists())
 
         for host in self.nodes:
             node = json.loads(self.kubectl("get", "node", host.name, "-o", "json"))

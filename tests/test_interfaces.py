@@ -25,8 +25,8 @@ from hepto.interfaces import (
     public_address,
     public_interface,
 )
-from hepto.mesh.service import find_underlay
 from hepto.mesh.testing import FakeRtNetlink
+from hepto.mesh.underlay import find_underlay
 
 #: Recorded in a namespace whose eth0 got a router advertisement with use_tempaddr=2
 #: (the first two lines: temporary, then its stable SLAAC address), then holds a

@@ -31,7 +31,8 @@ from hepto import plan
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
 from hepto.mesh.rtnetlink import RtNetlink
-from hepto.mesh.service import MeshService, MeshSettings, Underlay
+from hepto.mesh.service import MeshService, MeshSettings
+from hepto.mesh.underlay import Underlay
 from hepto.mesh.userspace import UserspaceBackend
 from hepto.state import ALIVE, DEAD, MemoryCluster
 

@@ -19,23 +19,19 @@ from hepto.machine import IllegalTransition
 from hepto.mesh.backend import AddPeer, BackendUnavailable, RemovePeer, UpdatePeer
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
+from hepto.mesh.passes import PASSES, Passes, PassInput
 from hepto.mesh.reconcile import Desired, host_network
 from hepto.mesh.service import (
-    PASSES,
     PHASES,
     RESYNC_INTERVAL,
-    UNDERLAY_RETRY,
     MeshService,
     MeshSettings,
-    Passes,
-    PassInput,
     Phase,
     PhaseInput,
-    Underlay,
-    find_underlay,
     mesh_service,
 )
 from hepto.mesh.testing import FakeRtNetlink, RecordingBackend
+from hepto.mesh.underlay import UNDERLAY_RETRY, Underlay, find_underlay
 from hepto.mesh.userspace import UserspaceBackend
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, MemoryCluster, MemoryState
 

@@ -15,6 +15,7 @@ megabytes resident while the node runs.  In order, it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -42,6 +43,25 @@ class Outer:
         self.script = plan.files / "cleanup.sh"
         self.guard: subprocess.Popen[bytes] | None = None
         self.relay: notify.Relay | None = None
+        self.lock: int | None = None
+
+    def take_lock(self) -> None:
+        """One container per node on a host: a second would sweep the first away.
+
+        The lock is held by this process and the container's PID 1 (a fork, which
+        shares it), so it is free again once both are gone, whichever way they go.
+        """
+        plan = self.plan
+        plan.files.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.lock = os.open(plan.files / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock)
+            self.lock = None
+            raise ContainerError(
+                "name", f"{plan.name} of cluster {plan.cluster} already runs on this host"
+            ) from None
 
     def sweep(self) -> None:
         if self.script.exists():
@@ -54,7 +74,7 @@ class Outer:
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
         hierarchies = cgroups.mount_hierarchies()
-        plan.files.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.take_lock()
         self.sweep()  # what a killed predecessor left
         trial = "hq" + plan.host_link[2:]
         mode = choose_mode(plan, host.has_ipvlan(plan.iface, trial))
@@ -150,6 +170,8 @@ class Outer:
         if self.relay is not None:
             self.relay.close()
             self.relay = None
+        if self.lock is None:
+            return  # another's container, or none made
         self.sweep()
         self.plan.record.unlink(missing_ok=True)
         if self.guard is not None:

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import attrs
 
+from hepto.config import ConfigError
+
 #: The two ways the container gets its address on the host's link (docs/container.rst).
 IPVLAN: Final = "ipvlan"
 VETH: Final = "veth"
@@ -34,16 +36,12 @@ RELAY_DIR: Final = Path("/run/hepto")
 CGROUP_PARENT: Final = "/hepto"
 
 
-class ContainerError(Exception):
-    """The container cannot be made; ``option`` names what to change, or the cause."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(option, message)
-        self.option = option
-        self.message = message
+class ContainerError(ConfigError):
+    """The container cannot be made; ``option`` names what to change, or is empty when
+    the cause is none of the operator's options."""
 
     def __str__(self) -> str:
-        return f"--{self.option}: {self.message}" if self.option else self.message
+        return super().__str__() if self.option else self.message
 
 
 @attrs.frozen

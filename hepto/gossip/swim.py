@@ -17,8 +17,9 @@ themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
 :class:`~hepto.gossip.suspicion.Suspicions`'; :class:`Membership` picks the targets,
 decides what an unanswered probe means, and declares the dead.
 
-Dissemination: membership news (alive, suspect, dead) and record digests are queued
-in a :class:`~hepto.gossip.broadcast.BroadcastQueue`, which
+Dissemination: membership news (alive, suspect, dead) and record digests (sent and
+heard by :class:`~hepto.gossip.digests.Digests`) are queued in a
+:class:`~hepto.gossip.broadcast.BroadcastQueue`, which
 :class:`~hepto.gossip.dissemination.Gossip` piggybacks on every datagram we send and
 gossips to a few random peers every interval, and at once for news of a member's fate.
 
@@ -51,6 +52,7 @@ from twisted.logger import Logger
 from hepto.config import Endpoint
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
+from hepto.gossip.digests import DigestHandler, Digests
 from hepto.gossip.dissemination import Gossip
 from hepto.gossip.droplog import DropLog
 from hepto.gossip.messages import (
@@ -67,18 +69,13 @@ from hepto.gossip.messages import (
 )
 from hepto.gossip.probe import Prober
 from hepto.gossip.profile import Profile
-from hepto.gossip.proofs import Notary, Verdict
+from hepto.gossip.proofs import Notary
 from hepto.gossip.suspicion import Suspicions
 from hepto.gossip.table import EMPTY_SNAPSHOT, MemberState, Roster, Snapshot
 from hepto.gossip.trust import Trust
 from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT
 
-#: Digests are sent this many times the retransmit limit: they are small (18 bytes
-#: with an 8-character name) and rare (a record changes when a certificate or key does),
-#: and a member that misses one waits for a push/pull; doubling the sends squares the
-#: chance to miss (about N * exp(-2L * (1 - loss))).
-DIGEST_WEIGHT: Final = 2
 _PROTOCOL: Final = frozenset(PROTOCOL_MESSAGES)
 
 
@@ -93,7 +90,6 @@ class Network(Protocol):
 
 
 Observer = Callable[[MemberState | None, MemberState], None]
-DigestHandler = Callable[[MemberState, str, int], None]
 ReapHandler = Callable[[MemberState], None]
 
 
@@ -120,7 +116,6 @@ class Membership:
         self.address = address
         self.role = role
         self.profile = profile
-        self.on_digest: DigestHandler | None = None
         self.on_reap: ReapHandler | None = None
         self._drop = DropLog(clock, self.log)
         #: Dropped input by reason; never reset.
@@ -131,6 +126,7 @@ class Membership:
         self._rng = rng
         self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
         self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._roster)))
+        self._digests = Digests(name, self._queue, self._roster.at, self._drop, self.log)
         self._gossip = Gossip(
             name,
             clock,
@@ -179,7 +175,7 @@ class Membership:
             Alive: self._receive_alive,
             Suspect: self._receive_suspect,
             Dead: self._receive_dead,
-            Digest: self._receive_digest,
+            Digest: self._digests.receive,
             Ping: self._prober.receive_ping,
             PingReq: self._prober.receive_ping_req,
             Ack: self._prober.receive_ack,
@@ -394,11 +390,16 @@ class Membership:
 
     def broadcast_digest(self, name: str, version: int) -> None:
         """Tell everyone that we hold record ``name`` at ``version``."""
-        key = ("digest", name)
-        queued = self._queue.get(key)
-        if isinstance(queued, Digest) and queued.version >= version:
-            return
-        self._queue.put(key, Digest(name, version), weight=DIGEST_WEIGHT)
+        self._digests.broadcast(name, version)
+
+    @property
+    def on_digest(self) -> DigestHandler | None:
+        """Told of each record digest another member sends: the record store's."""
+        return self._digests.handler
+
+    @on_digest.setter
+    def on_digest(self, handler: DigestHandler | None) -> None:
+        self._digests.handler = handler
 
     def _receive_alive(self, sender: Endpoint, message: Message) -> None:
         assert isinstance(message, Alive)
@@ -412,32 +413,15 @@ class Membership:
         assert isinstance(message, Dead)
         self._dead(message, sender)
 
-    def _receive_digest(self, sender: Endpoint, message: Message) -> None:
-        assert isinstance(message, Digest)
-        holder = self._roster.at(sender)
-        if holder is None:
-            self._drop("digest from an unknown sender", sender=sender)
-            return
-        if self.on_digest is not None and holder.name != self.name:
-            try:
-                self.on_digest(holder, message.name, message.version)
-            except Exception:
-                self.log.failure("Digest handler failed on {digest}", digest=message)
-
     # Membership news --------------------------------------------------------------------
 
     def _alive(self, message: Alive, sender: Endpoint | None) -> None:
         """``sender`` is where the datagram came from (None for merged state)."""
         known = self._roster.get(message.name)
         if known is None:
-            verdict = self._trust.verdict(message)
-            if verdict is Verdict.FORGED:
-                return
-            if not self._trust.plausible(message.name, message.incarnation, 0, True):
-                return
-            self._trust.believed(message.name, verdict)
-            self._broadcast_member(message)
-            self._change(MemberState.from_alive(message, self._clock.seconds()))
+            if self._trust.believe_alive(message, None, sender):
+                self._broadcast_member(message)
+                self._change(MemberState.from_alive(message, self._clock.seconds()))
             return
         if message.name == self.name:
             # Someone speaks of us with news we did not make (an old instance of us, or a
@@ -455,14 +439,8 @@ class Membership:
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
             return
-        verdict = self._trust.verdict(message)
-        if verdict is Verdict.FORGED or not self._trust.same_address(message, known, verdict):
+        if not self._trust.believe_alive(message, known, sender):
             return
-        # The member's own word may jump ahead (it lost its saved incarnation).
-        direct = verdict is Verdict.PROVEN or sender == message.address
-        if not self._trust.plausible(message.name, message.incarnation, known.incarnation, direct):
-            return
-        self._trust.believed(message.name, verdict)
         self._suspicions.cancel(message.name)
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()

@@ -28,6 +28,7 @@ from typing import Final
 
 import attrs
 
+from hepto.config import Endpoint
 from hepto.gossip.droplog import Drop
 from hepto.gossip.messages import Alive
 from hepto.gossip.proofs import PROOF_SIZE, Notary, Verdict
@@ -97,6 +98,29 @@ class Trust:
             claimed=message.address,
         )
         return False
+
+    def believe_alive(
+        self, message: Alive, known: MemberState | None, sender: Endpoint | None
+    ) -> bool:
+        """Whether ``message``, news of another member than ourselves, deserves belief:
+        not forged, at the member's address, at a sane incarnation.  ``known`` is how we
+        hold the member (None: new to us), ``sender`` where the datagram came from (None
+        for merged state)."""
+        verdict = self.verdict(message)
+        if verdict is Verdict.FORGED:
+            return False
+        if known is None:
+            # A member new to us may start at any sane incarnation.
+            plausible = self.plausible(message.name, message.incarnation, 0, True)
+        elif not self.same_address(message, known, verdict):
+            return False
+        else:
+            # The member's own word may jump ahead (it lost its saved incarnation).
+            direct = verdict is Verdict.PROVEN or sender == message.address
+            plausible = self.plausible(message.name, message.incarnation, known.incarnation, direct)
+        if plausible:
+            self.believed(message.name, verdict)
+        return plausible
 
     def believed(self, name: str, verdict: Verdict) -> None:
         """``name``'s state now comes from an Alive of this ``verdict``: one that nothing

@@ -8,6 +8,8 @@
 - :mod:`~hepto.mesh.userspace` and :mod:`~hepto.mesh.uapi`: wireguard-go, supervised,
   and its configuration protocol;
 - :mod:`~hepto.mesh.links`: the interface's MTU, addresses and routes over rtnetlink;
+- :mod:`~hepto.mesh.underlay`: where peers reach this node, and that link's MTU;
+- :mod:`~hepto.mesh.passes`: when reconcile passes run (never two at once);
 - :mod:`~hepto.mesh.service`: :class:`~hepto.mesh.service.MeshService`, tying them to
   the cluster state;
 - :mod:`~hepto.mesh.testing`: fakes for tests.

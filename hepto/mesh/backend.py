@@ -57,6 +57,17 @@ class RemovePeer:
 PeerChange = AddPeer | UpdatePeer | RemovePeer
 
 
+def describe(change: PeerChange) -> str:
+    """``change`` as the mesh logs it once applied."""
+    if isinstance(change, RemovePeer):
+        return f"removed peer {change.name or '?'} ({change.public_key})"
+    spec: PeerSpec = change.spec
+    verb = "added" if isinstance(change, AddPeer) else "updated"
+    where = f" at {spec.endpoint}" if isinstance(change, AddPeer) or change.endpoint else ""
+    allowed = ", ".join(sorted(str(network) for network in spec.allowed_ips))
+    return f"{verb} peer {spec.name} ({spec.public_key}){where} allowing {allowed}"
+
+
 @attrs.frozen
 class PeerStatus:
     """A peer as the device has it."""

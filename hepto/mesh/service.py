@@ -1,14 +1,14 @@
 """MeshService: keeps this node's WireGuard device equal to the cluster's membership.
 
 On start it takes the node's key pair (its identity's: :mod:`hepto.mesh.keys`), finds
-the underlay (the public address peers reach it on, and that link's MTU), brings up a
-backend (the kernel's WireGuard if it has one, else wireguard-go), and publishes
-``wireguard`` in its record.
+the underlay (the public address peers reach it on, and that link's MTU:
+:mod:`hepto.mesh.underlay`), brings up a backend (the kernel's WireGuard if it has one,
+else wireguard-go), and publishes ``wireguard`` in its record.
 Then every state change asks for a reconcile pass.  Passes never overlap, a burst of
-changes makes one pass, and a pass whose desired mesh equals the last one applied does
-no I/O at all.  Forced passes (after wireguard-go came back, and every
-``resync_interval`` to refresh the status and undo hand edits) read the device and
-still change only what differs.
+changes makes one pass (:mod:`hepto.mesh.passes`), and a pass whose desired mesh equals
+the last one applied does no I/O at all.  Forced passes (after wireguard-go came back,
+and every ``resync_interval`` to refresh the status and undo hand edits) read the
+device and still change only what differs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 import attrs
@@ -34,21 +33,12 @@ from twisted.python.failure import Failure
 
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
-from hepto.interfaces import IF_INET6, public_address
 from hepto.machine import Transitions
-from hepto.mesh import links as netlink
 from hepto.mesh import record
-from hepto.mesh.backend import (
-    AddPeer,
-    Backend,
-    BackendUnavailable,
-    DeviceStatus,
-    PeerChange,
-    PeerSpec,
-    RemovePeer,
-)
+from hepto.mesh.backend import Backend, BackendUnavailable, DeviceStatus, describe
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import LinkMissing, Links
+from hepto.mesh.passes import PassScheduler
 from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
     Desired,
@@ -59,8 +49,9 @@ from hepto.mesh.reconcile import (
     own_addresses,
     plan_peer_changes,
 )
-from hepto.mesh.rtnetlink import Netlink, RtNetlink
+from hepto.mesh.rtnetlink import RtNetlink
 from hepto.mesh.uapi import UAPIProtocolError
+from hepto.mesh.underlay import Underlay, find_underlay, wait_for_underlay
 from hepto.once import Once
 from hepto.state import Change, ClusterState
 
@@ -75,11 +66,6 @@ DEFAULT_LISTEN_PORT: Final = 51820
 RESYNC_INTERVAL: Final = 10.0
 #: Seconds before retrying a failed pass, doubling up to the resync interval.
 RETRY_DELAY: Final = 1.0
-#: Seconds between looks for the underlay address while it is missing (router
-#: advertisements not in yet): nothing notifies us of a new address.
-UNDERLAY_RETRY: Final = 5.0
-#: Assumed when the underlay's MTU cannot be read: Ethernet's.
-DEFAULT_UNDERLAY_MTU: Final = 1500
 
 
 #: What a pass may meet while wireguard-go restarts: logged without a traceback.
@@ -113,24 +99,6 @@ class PhaseInput(enum.Enum):
     WANTED = "pass wanted"
 
 
-class Passes(enum.Enum):
-    """Where the reconcile passes are: they never overlap, and a burst makes one."""
-
-    IDLE = "idle"
-    #: One is timed for the next reactor turn, to which later wishes add nothing.
-    TIMED = "timed"
-    RUNNING = "running"
-    #: One runs, and another was wanted since: it is timed once this one ends.
-    AGAIN = "running, then again"
-
-
-class PassInput(enum.Enum):
-    WANTED = "wanted"
-    TURN = "turn"
-    DONE = "done"
-    STOP = "stop"
-
-
 @attrs.frozen
 class MeshSettings:
     cluster: str
@@ -140,24 +108,6 @@ class MeshSettings:
     listen_port: int = DEFAULT_LISTEN_PORT
     keepalive: int = DEFAULT_KEEPALIVE
     resync_interval: float = RESYNC_INTERVAL
-
-
-@attrs.frozen
-class Underlay:
-    """Where peers reach this node, and the MTU of the link that gets them there."""
-
-    address: ipaddress.IPv6Address
-    mtu: int
-
-
-def describe(change: PeerChange) -> str:
-    if isinstance(change, RemovePeer):
-        return f"removed peer {change.name or '?'} ({change.public_key})"
-    spec: PeerSpec = change.spec
-    verb = "added" if isinstance(change, AddPeer) else "updated"
-    where = f" at {spec.endpoint}" if isinstance(change, AddPeer) or change.endpoint else ""
-    allowed = ", ".join(sorted(str(network) for network in spec.allowed_ips))
-    return f"{verb} peer {spec.name} ({spec.public_key}){where} allowing {allowed}"
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -181,8 +131,8 @@ class MasterSource(Protocol):
 class MeshService(Service):
     """The WireGuard mesh of one node; its name is ``mesh``.
 
-    Its phase and its reconcile passes are two transition tables, :data:`PHASES` and
-    :data:`PASSES`, below the class.
+    Its phase is a transition table, :data:`PHASES`, below the class; a
+    :class:`~hepto.mesh.passes.PassScheduler` times its reconcile passes.
     """
 
     name = "mesh"
@@ -213,7 +163,7 @@ class MeshService(Service):
         self.underlay: Underlay | None = None
         self.backend: Backend | None = None
         self._phase = Phase.STOPPED
-        self._passes = Passes.IDLE
+        self._passes = PassScheduler(reactor, self._run)
         self.error: str | None = None
         #: Counted reasons for leaving a member (or part of its record) out of the mesh.
         self.drops: collections.Counter[str] = collections.Counter()
@@ -228,7 +178,6 @@ class MeshService(Service):
         self._starting: Deferred[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._resync: task.LoopingCall | None = None
-        self._turn: IDelayedCall | None = None
         self._retry: IDelayedCall | None = None
         # A failed pass is retried sooner than the next resync, and never later.
         retries = BackoffPolicy(RETRY_DELAY, maximum=max(RETRY_DELAY, settings.resync_interval))
@@ -285,7 +234,7 @@ class MeshService(Service):
 
     async def _bring_up(self) -> None:
         self.keys = self._make_keys()
-        self.underlay = await self._wait_for_underlay()
+        self.underlay = await wait_for_underlay(self._find_underlay, self.reactor, self.log)
         self.backend = await self._bring_up_backend()
 
     def _start_answered(self, result: object, starting: Deferred[None]) -> None:
@@ -314,21 +263,6 @@ class MeshService(Service):
         self._resync.clock = self.reactor
         self._resync.start(self.settings.resync_interval, now=False)
         self._wanted(force=True)
-
-    async def _wait_for_underlay(self) -> Underlay:
-        told = False
-        while True:
-            found = self._find_underlay()
-            if found is not None:
-                return found
-            if not told:
-                self.log.warn(
-                    "No public IPv6 address for the mesh endpoint yet; "
-                    "looking again every {delay} s",
-                    delay=UNDERLAY_RETRY,
-                )
-                told = True
-            await task.deferLater(self.reactor, UNDERLAY_RETRY)
 
     async def _bring_up_backend(self) -> Backend:
         reasons = []
@@ -364,7 +298,7 @@ class MeshService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._phase_input(PhaseInput.STOP)
-        self._pass_input(PassInput.STOP)
+        self._passes.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -426,26 +360,12 @@ class MeshService(Service):
         self._phase_input(PhaseInput.WANTED)
 
     def _ask_for_a_pass(self) -> None:
-        self._pass_input(PassInput.WANTED)
+        self._passes.want()
 
-    def _pass_input(self, input: PassInput) -> None:
-        self._passes, output = PASSES.step(self._passes, input)
-        output(self)
-
-    def _time_pass(self) -> None:
-        self._turn = self.reactor.callLater(0, self._pass_input, PassInput.TURN)
-
-    def _cancel_pass(self) -> None:
-        turn, self._turn = self._turn, None
-        if turn is not None and turn.active():
-            turn.cancel()
-
-    def _run(self) -> None:
-        self._turn = None
+    def _run(self) -> Deferred[None]:
         force, self._force = self._force, False
         running = Deferred.fromCoroutine(self._pass(force))
-        running.addCallbacks(self._passed, self._pass_failed)
-        running.addBoth(lambda _: self._pass_input(PassInput.DONE))
+        return running.addCallbacks(self._passed, self._pass_failed)
 
     def _passed(self, _: object) -> None:
         self._retries.reset()
@@ -615,56 +535,11 @@ PHASES: Final[Transitions[Phase, PhaseInput, Callable[..., None]]] = Transitions
         (Phase.FAILED,   PhaseInput.STOP,          Phase.STOPPED,   MeshService._nothing),
     ],
 )
-
-#: The reconcile passes of a running mesh.  A stop drops a pass timed or wanted next,
-#: but not the one running: it ends by itself (an answer of the device), and asks for no
-#: other.
-PASSES: Final[Transitions[Passes, PassInput, Callable[..., None]]] = Transitions.of(
-    "mesh passes",
-    [
-        # passes         input             next passes      output
-        (Passes.IDLE,    PassInput.WANTED, Passes.TIMED,    MeshService._time_pass),
-        (Passes.TIMED,   PassInput.WANTED, Passes.TIMED,    MeshService._nothing),
-        (Passes.TIMED,   PassInput.TURN,   Passes.RUNNING,  MeshService._run),
-        (Passes.RUNNING, PassInput.WANTED, Passes.AGAIN,    MeshService._nothing),
-        (Passes.RUNNING, PassInput.DONE,   Passes.IDLE,     MeshService._nothing),
-        (Passes.AGAIN,   PassInput.WANTED, Passes.AGAIN,    MeshService._nothing),
-        (Passes.AGAIN,   PassInput.DONE,   Passes.TIMED,    MeshService._time_pass),
-        (Passes.IDLE,    PassInput.STOP,   Passes.IDLE,     MeshService._nothing),
-        (Passes.TIMED,   PassInput.STOP,   Passes.IDLE,     MeshService._cancel_pass),
-        (Passes.RUNNING, PassInput.STOP,   Passes.RUNNING,  MeshService._nothing),
-        (Passes.AGAIN,   PassInput.STOP,   Passes.RUNNING,  MeshService._nothing),
-    ],
-)
 # fmt: on
 
 
 class MeshError(Exception):
     """The mesh cannot run; ``str()`` says why in one sentence."""
-
-
-def find_underlay(rt: Netlink, config: NodeConfig, if_inet6: Path = IF_INET6) -> Underlay | None:
-    """The node's public address (``--ip``, else ``--iface``'s, as gossip's) and MTU."""
-    if config.ip is not None:
-        address: ipaddress.IPv6Address | None = config.ip.ip
-        assert address is not None
-        interface = config.iface or netlink.interface_with(rt, address)
-    elif config.iface is not None:
-        address = public_address(config.iface, if_inet6)
-        interface = config.iface
-    else:
-        return None
-    if address is None:
-        return None
-    mtu = netlink.link_mtu(rt, interface) if interface else None
-    if mtu is None:
-        MeshService.log.warn(
-            "Cannot read the MTU of the link under {address}; assuming {mtu}",
-            address=str(address),
-            mtu=DEFAULT_UNDERLAY_MTU,
-        )
-        mtu = DEFAULT_UNDERLAY_MTU
-    return Underlay(address, mtu)
 
 
 def mesh_service(

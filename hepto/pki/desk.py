@@ -20,8 +20,9 @@ What a batch produces, besides files:
 
 On a master, the review of other members' requests is a
 :class:`~hepto.pki.signing.SigningDesk`'s; the desk keeps what serves the master itself
-(its CAs, its own certificates, signed locally).  The record protocol itself is
-described in :mod:`hepto.pki.service`.
+(its CAs, its own certificates, signed locally).  On any other member, the master's
+answers (certificates offered, refusals) are reviewed by :class:`~hepto.pki.offers.Offers`.
+The record protocol itself is described in :mod:`hepto.pki.service`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from twisted.logger import Logger
 from hepto import plan
 from hepto.pki import ca, keys, kubeconfig, mastership, policy, store
 from hepto.pki.errors import AuthorityError, Refused
+from hepto.pki.offers import Offers
 from hepto.pki.paths import KUBECONFIGS, Paths
 from hepto.pki.protocol import CertificateChange, DeskMemory, MemberEntry
 from hepto.pki.refusals import RefusalLog
@@ -103,10 +105,7 @@ class Desk:
         self._authorities: ca.Authorities | None = None
         # The master's: its review of others' requests, and its answers in flight.
         self._signing: SigningDesk | None = None
-        # A member's view of what the master offers it.
-        self._offers_seen: dict[tuple[str, str], str] = {}
         self._announcements_seen: dict[str, tuple[object, object]] = {}
-        self._refused_by_master: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
         #: The members proven masters (hepto.pki.mastership), by their records.
         self.masters: set[str] = set()
@@ -115,15 +114,15 @@ class Desk:
         self.renewals: dict[str, float] = {}
         self.revisits: dict[str, float] = {}
         self.marks: set[str] = set()
+        # A member's review of what the master answers it (a master's is never asked).
+        self._offers = self._make_offers(DeskMemory())
 
     # -- memory between batches -----------------------------------------------------------
 
     def memory(self) -> DeskMemory:
         """Everything the next batch must know that the files do not say."""
         memory = DeskMemory(
-            offers_seen=self._offers_seen,
             announcements_seen=self._announcements_seen,
-            refused_by_master=self._refused_by_master,
             versions=self._versions,
             masters=self.masters,
             refusals=self.refusals,
@@ -140,19 +139,34 @@ class Desk:
                 if slot.certificate is not None
             },
         )
+        self._offers.remember(memory)
         if self._signing is not None:
             self._signing.remember(memory)
         return memory
 
     def _restore(self, memory: DeskMemory) -> None:
-        self._offers_seen = memory.offers_seen
         self._announcements_seen = memory.announcements_seen
-        self._refused_by_master = memory.refused_by_master
         self._versions = memory.versions
         self.masters = memory.masters
         self.refusals = memory.refusals
         self.dropped = memory.dropped
         self._ignored = memory.ignored
+        self._offers = self._make_offers(memory)
+
+    def _make_offers(self, memory: DeskMemory) -> Offers:
+        return Offers(
+            self.member,
+            self.paths,
+            self.now,
+            self._slots,
+            self.refusals,
+            refuse=self._refuse,
+            count=self._count,
+            install=self._install,
+            revisit=self._revisit,
+            seen=memory.offers_seen,
+            refused_by_master=memory.refused_by_master,
+        )
 
     # -- starting, and resuming -------------------------------------------------------------
 
@@ -385,7 +399,7 @@ class Desk:
             }
             result.update(self._signing.status())
         else:
-            result["refused_by_master"] = dict(self._refused_by_master)
+            result["refused_by_master"] = dict(self._offers.refused_by_master)
         return result
 
     # -- the record ----------------------------------------------------------------------
@@ -438,8 +452,7 @@ class Desk:
             self._signing.forget(name)
         self._announcements_seen.pop(name, None)
         self.masters.discard(name)
-        for key in [key for key in self._offers_seen if key[0] == name]:
-            del self._offers_seen[key]
+        self._offers.forget(name)
 
     def _count(self, what: str) -> None:
         self.dropped[what] = self.dropped.get(what, 0) + 1
@@ -482,7 +495,7 @@ class Desk:
         if self._signing is not None:
             self._signing.review(name, role, section)
         else:
-            self._review_offers(name, role, section)
+            self._offers.review(name, role, section, self._trust)
 
     def _review_announcement(self, name: str, role: object, section: Mapping[str, Any]) -> None:
         pem = section.get("ca")
@@ -534,83 +547,6 @@ class Desk:
         else:
             self.masters.discard(name)
 
-    # -- a member receiving -----------------------------------------------------------------
-
-    def _review_offers(self, master: str, role: object, section: Mapping[str, Any]) -> None:
-        trusted = self._trust.pem
-        if trusted is None or not is_master_role(role) or section.get("ca") != trusted:
-            return
-        refusals = _mapping_for(section.get("refused"), self.member)
-        self._refused_by_master = {
-            str(name): {
-                "code": policy.shorten(entry.get("code"), 32),
-                "reason": policy.shorten(entry.get("reason"), 200),
-            }
-            for name, entry in refusals.items()
-            if isinstance(entry, Mapping)
-        }
-        for name, entry in refusals.items():
-            slot = self._slots.get(name)
-            if (
-                isinstance(entry, Mapping)
-                and entry.get("code") == policy.RETIRED_KEY
-                and slot is not None
-                and slot.pending is not None
-                and entry.get("key") == keys.fingerprint(slot.pending)
-            ):
-                # The master will never sign this key again (an old backup?): start over.
-                self.log.warn(
-                    "The master refuses the key of {certificate} as retired; making a new one",
-                    certificate=name,
-                )
-                store.drop_pending(self.paths, slot)
-                store.prepare_request(self.paths, slot)
-        for name, pem in _mapping_for(section.get("signed"), self.member).items():
-            if self._offers_seen.get((master, name)) == pem:
-                continue
-            slot = self._slots.get(name)
-            if slot is None or slot.pending is None:
-                self._offers_seen[master, name] = pem
-                continue
-            self._consider_offer(master, slot, pem)
-
-    def _consider_offer(self, master: str, slot: Slot, pem: object) -> None:
-        assert slot.pending is not None and self._trust.certificate is not None
-        try:
-            certificate = policy.parse_certificate(pem)
-        except Refused as refused:
-            self._offers_seen[master, slot.name] = str(pem)
-            self._refuse(master, slot.name, refused)
-            return
-        try:
-            policy.check_issued(
-                certificate, slot.spec, slot.pending, self._trust.certificate, self.now
-            )
-        except Refused as refused:
-            if refused.code == policy.KEY_MISMATCH:
-                # An answer to an earlier request of ours, still in the master's record.
-                self._offers_seen[master, slot.name] = str(pem)
-                self._count("offers_for_other_keys")
-                return
-            if refused.code == policy.VALIDITY and certificate.not_valid_before_utc > self.now:
-                # Our clock is behind the master's: look again when it becomes valid.
-                self._revisit(master, certificate.not_valid_before_utc)
-            else:
-                self._offers_seen[master, slot.name] = str(pem)
-            self._refuse(master, slot.name, refused)
-            return
-        self._offers_seen[master, slot.name] = str(pem)
-        self.refusals.clear(master, slot.name)
-        self._install(slot, slot.pending, certificate)
-
     def _revisit(self, member: str, when: datetime.datetime) -> None:
         """Look at ``member``'s record again a second after ``when`` (or from now)."""
         self.revisits[member] = max(when, self.now).timestamp() + 1
-
-
-def _mapping_for(table: object, member: str) -> Mapping[str, Any]:
-    """``table[member]`` when both levels are mappings, else nothing."""
-    if not isinstance(table, Mapping):
-        return {}
-    entry = table.get(member)
-    return entry if isinstance(entry, Mapping) else {}
