@@ -8,6 +8,7 @@ Kubernetes components: it joins alone, makes its own certificates and mesh) with
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -20,6 +21,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent, lone_host, program
 from hepto import notify
+from hepto.control import query
+from hepto.programs import BUNDLE_BIN_DIR
+
+BIN_DIR = Path(os.environ.get("HEPTO_TEST_BIN_DIR", BUNDLE_BIN_DIR))
 
 
 def receiver(testcase: SynchronousTestCase, address: str) -> socket.socket:
@@ -101,6 +106,44 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(agent.stop(), 0)
         listening.settimeout(0)  # sent before the agent exited, or never
         self.assertEqual(listening.recv(4096), b"STOPPING=1\nSTATUS=stopping")
+
+
+class MasterReadinessTests(SynchronousTestCase):
+    def test_ready_once_the_control_plane_is(self) -> None:
+        """A master with its components: READY=1 only once every one passes its probe."""
+        if not (BIN_DIR / "kube-apiserver").exists():
+            self.skipTest(f"needs the bundle in {BIN_DIR} (tools/build-bundle)")
+        host = lone_host(self, "ho")
+        directory = Path(tempfile.mkdtemp(prefix="ho-notify-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = str(directory / "notify")
+        listening = receiver(self, path)
+        listening.settimeout(300)  # a cold apiserver on two contended cores
+        agent = Agent.start(
+            ["--cluster", "ho", "--name", "m1", "--key", KEY, "--role", "master",
+             "--no-contain", "--ip", str(host.interface), "--bin-dir", str(BIN_DIR)],
+            data_dir=directory,
+            prefix=host.command([]),
+            env={"NOTIFY_SOCKET": path},
+        )  # fmt: skip
+        self.addCleanup(agent.kill)
+        told: list[str] = []
+        while not told or not told[-1].startswith("READY=1"):
+            told.append(listening.recv(4096).decode())
+        components = query(directory / "ho" / "m1" / "control.sock")["kube"]["components"]
+        self.assertEqual(
+            {c["name"]: c["ready"] for c in components},
+            dict.fromkeys(
+                ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns"],
+                True,
+            ),
+        )
+        self.assertEqual(
+            told[-2],
+            "STATUS=waiting for etcd, kube-apiserver, kube-controller-manager, "
+            "kube-scheduler, coredns to be ready",
+        )
+        self.assertEqual(agent.stop(), 0)
 
 
 class ContainedAgentTests(SynchronousTestCase):
