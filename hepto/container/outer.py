@@ -24,7 +24,7 @@ import sys
 from pathlib import PurePosixPath
 from typing import Final
 
-from hepto import cgroups, linux
+from hepto import cgroups, linux, notify
 from hepto.container import cleanup, host, inside
 from hepto.container.plan import ContainerError, ContainerPlan, choose_mode
 from hepto.files import write_atomically
@@ -42,6 +42,7 @@ class Outer:
         self.plan = plan
         self.script = plan.files / "cleanup.sh"
         self.guard: subprocess.Popen[bytes] | None = None
+        self.relay: notify.Relay | None = None
         self.lock: int | None = None
 
     def take_lock(self) -> None:
@@ -97,7 +98,20 @@ class Outer:
         for path in plan.kept:
             if path.parts[:2] == ("/", "run"):
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.relay_notifications()
         return mode, hierarchies
+
+    def relay_notifications(self) -> None:
+        """Under systemd (``Type=notify``), the agent's notifications go through us: this
+        process is the unit's main one, and the agent cannot reach systemd's socket."""
+        target = os.environ.get(notify.VARIABLE)
+        if not target:
+            return
+        relay = self.plan.notify_relay
+        relay.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.relay = notify.Relay(relay, target)
+        self.relay.start()
+        os.environ[notify.VARIABLE] = str(relay)  # what the container inherits
 
     def run(self) -> int:
         plan = self.plan
@@ -153,6 +167,9 @@ class Outer:
         write_atomically(plan.record, json.dumps(record) + "\n", mode=0o644)
 
     def finish(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         if self.lock is None:
             return  # another's container, or none made
         self.sweep()

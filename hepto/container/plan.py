@@ -30,6 +30,8 @@ HOST_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::1")
 CONTAINER_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::2")
 #: The container as its outer process records it for ``hepto status``, in its files.
 STATUS_FILE: Final = "container.json"
+#: The outer process's relay of systemd notifications lives here (docs/systemd.rst).
+RELAY_DIR: Final = Path("/run/hepto")
 #: The cgroup of every container, ``/hepto/<cluster>/<name>`` below it.
 CGROUP_PARENT: Final = "/hepto"
 
@@ -95,6 +97,13 @@ class ContainerPlan:
     @property
     def record(self) -> Path:
         return self.files / STATUS_FILE
+
+    @property
+    def notify_relay(self) -> Path:
+        """Where the outer process takes the agent's notifications for systemd: in
+        ``/run/hepto`` (kept in the container: ``hepto.tap`` keeps it for the runtime),
+        whatever the length of the node's directory a short ``sun_path``."""
+        return RELAY_DIR / f"{self.host_link}.notify"
 
     def to_json(self) -> str:
         return json.dumps(
