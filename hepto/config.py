@@ -33,6 +33,8 @@ NODE_COMPONENTS: Final = COMPONENTS[5:]
 #: Cloudflare's public resolvers, as the original hepto: reachable over IPv6 from anywhere.
 DEFAULT_DNS: Final = ("2606:4700:4700::1111", "2606:4700:4700::1001")
 DEFAULT_PORT: Final = 7946
+#: Prometheus metrics, on loopback: beside gossip's port (docs/metrics.rst).
+DEFAULT_METRICS_PORT: Final = 7947
 #: memberlist's LAN and WAN timings; docs/gossip.rst gives each value's rationale.
 GOSSIP_PROFILES: Final = ("lan", "wan")
 #: hepto's own pod network (bridge, routes over the mesh, NAT66, kube-proxy), or none:
@@ -247,20 +249,34 @@ def parse_manhole(text: str | None, keys: str | None, node_dir: Path) -> Manhole
     authorized = Path(keys) if keys else node_dir / "authorized_keys"
     if text == "unix":
         return ManholeConfig(node_dir / "manhole.sock", None, authorized)
-    if text.isdigit():
-        endpoint = Endpoint(ipaddress.IPv6Address("::1"), parse_port("manhole", text))
-    else:
-        try:
-            endpoint = parse_endpoint("manhole", text, 0)
-        except ConfigError:
-            raise ConfigError("manhole", f"{text!r} is not 'unix', a port or [::1]:port") from None
-        if endpoint.port == 0:
-            raise ConfigError("manhole", f"{text!r} lacks a port")
+    endpoint = parse_listening("manhole", text, "'unix', a port or [::1]:port")
     if not endpoint.host.is_loopback:
         raise ConfigError(
             "manhole", f"refusing to listen on {endpoint.host}: only loopback or 'unix'"
         )
     return ManholeConfig(None, endpoint, authorized)
+
+
+def parse_listening(option: str, text: str, expected: str) -> Endpoint:
+    """Where a local service listens: a port (on ``::1``) or ``[address]:port``."""
+    if text.isdigit():
+        return Endpoint(ipaddress.IPv6Address("::1"), parse_port(option, text))
+    try:
+        endpoint = parse_endpoint(option, text, 0)
+    except ConfigError:
+        raise ConfigError(option, f"{text!r} is not {expected}") from None
+    if endpoint.port == 0:
+        raise ConfigError(option, f"{text!r} lacks a port")
+    return endpoint
+
+
+def parse_metrics(text: str | None) -> Endpoint | None:
+    """``none``, a port (on ``::1``), or ``[addr]:port``; by default ``[::1]:7947``."""
+    if not text:
+        return Endpoint(ipaddress.IPv6Address("::1"), DEFAULT_METRICS_PORT)
+    if text == "none":
+        return None
+    return parse_listening("metrics", text, "'none', a port or [address]:port")
 
 
 @attrs.frozen
@@ -287,6 +303,8 @@ class NodeConfig:
     components: tuple[str, ...]
     backup_interval: float = DEFAULT_BACKUP_INTERVAL_HOURS * 3600
     backup_keep: int = DEFAULT_BACKUP_KEEP
+    #: Where Prometheus scrapes the agent; None: nowhere.
+    metrics: Endpoint | None = Endpoint(ipaddress.IPv6Address("::1"), DEFAULT_METRICS_PORT)
 
     @property
     def plan(self) -> plan.Plan:
@@ -365,4 +383,5 @@ def parse_node_config(
         components=parse_components(raw.get("components"), role),
         backup_interval=parse_backup_interval(raw.get("backup-interval")),
         backup_keep=parse_backup_keep(raw.get("backup-keep")),
+        metrics=parse_metrics(raw.get("metrics")),
     )

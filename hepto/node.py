@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from hepto import datadir
+from hepto import datadir, notify
 from hepto.backup.service import BackupService, take_in_child
 from hepto.backup.store import DIRECTORY as BACKUPS
 from hepto.config import NodeConfig
@@ -24,6 +24,10 @@ from hepto.gossip.service import GossipService
 from hepto.kube.service import KubeService
 from hepto.logs import json_lines_observer
 from hepto.mesh.service import MeshService, mesh_service
+from hepto.metrics.exposition import render
+from hepto.metrics.families import status_families
+from hepto.metrics.http import MetricsService
+from hepto.metrics.process import process_families
 from hepto.pki.service import PKIService
 
 
@@ -46,6 +50,7 @@ class NodeService(MultiService):
     mesh: MeshService
     kube: KubeService
     backup: BackupService | None = None
+    metrics: MetricsService | None = None
 
     def __init__(
         self,
@@ -59,6 +64,7 @@ class NodeService(MultiService):
         self.reactor = reactor
         self._exit_cleanly_on_signals = exit_cleanly_on_signals
         self._prepared = False
+        self._readiness: Deferred[None] | None = None
         self.setName("node")
 
     def privilegedStartService(self) -> None:
@@ -107,10 +113,16 @@ class NodeService(MultiService):
             )
         self.control = self._control_socket()
         # Children start in this order and stop in the reverse one (stopService below):
-        # the control socket answers until the end; gossip comes up before the services
-        # that read the cluster state, and leaves after them; backups, which need etcd,
-        # come last and go first.
-        for service in (self.control, self.gossip, self.pki, self.mesh, self.kube):
+        # the control socket and the metrics answer until the end; gossip comes up
+        # before the services that read the cluster state, and leaves after them;
+        # backups, which need etcd, come last and go first.
+        self.control.setServiceParent(self)
+        if config.metrics is not None:
+            self.metrics = MetricsService(
+                reactor, str(config.metrics.host), config.metrics.port, self._scrape
+            )
+            self.metrics.setServiceParent(self)
+        for service in (self.gossip, self.pki, self.mesh, self.kube):
             service.setServiceParent(self)
         if self.backup is not None:
             self.backup.setServiceParent(self)
@@ -123,15 +135,23 @@ class NodeService(MultiService):
 
     def _control_socket(self) -> ControlService:
         """``hepto status``: gossip's view at the top, every other service's in its section."""
-        control = ControlService(
-            self.config.node_dir / SOCKET_NAME, self.gossip.status, self.reactor
-        )
+        control = ControlService(self.config.node_dir / SOCKET_NAME, self._core, self.reactor)
         control.sections.update(pki=self.pki.status, mesh=self.mesh.status, kube=self.kube.status)
         if self.backup is not None:
             control.sections["backup"] = self.backup.status
             control.commands["backup"] = self.backup.backup_command
         control.commands["publish"] = self.gossip.publish_command
         return control
+
+    def _core(self) -> dict[str, Any]:
+        return {
+            **self.gossip.status(),
+            "metrics_url": None if self.metrics is None else self.metrics.url,
+        }
+
+    def _scrape(self) -> bytes:
+        """One scrape: the status's figures (one source for both), the process's own."""
+        return render([*status_families(self.control.status()), *process_families()])
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd asks the Application for an ILogObserver before its --logfile default;
@@ -163,6 +183,36 @@ class NodeService(MultiService):
                 signal.signal(number, self._stop_on_signal)
         # Logged once signals stop the node cleanly: tests and tools wait for it.
         self.log.info("hepto node {name} running", name=self.config.name)
+        self._readiness = Deferred.fromCoroutine(self._until_ready())
+        self._readiness.addErrback(self._readiness_failed)
+
+    async def _until_ready(self) -> None:
+        """Tell systemd READY=1 once the node's services are up, and meanwhile what the
+        node waits for (``systemctl status`` shows it): docs/systemd.rst."""
+        self._notify("STATUS=joining the cluster")
+        await self.gossip.when_joined()
+        self._notify("STATUS=waiting for this node's certificates")
+        await self.pki.when_installed(self.pki.specs)
+        self._notify("STATUS=waiting for the mesh addresses")
+        await self.mesh.when_addresses_ready()
+        components = ", ".join(component.name for component in self.kube.components)
+        if components:
+            self._notify(f"STATUS=waiting for {components} to be ready")
+        await self.kube.supervisor.when_ready()
+        self.log.info("hepto node {name} ready", name=self.config.name)
+        self._notify("READY=1\nSTATUS=running")
+
+    def _readiness_failed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):  # stopped before ready: nothing to say
+            self.log.failure("Waiting for the node to be ready failed", failure)
+
+    def _notify(self, message: str) -> None:
+        try:
+            notify.send(message)
+        except OSError as error:
+            self.log.warn(
+                "Cannot notify systemd ({message!r}): {error}", message=message, error=error
+            )
 
     def _stop_on_signal(self, number: int, frame: object) -> None:
         self.log.info("Received {signal}, stopping", signal=signal.Signals(number).name)
@@ -186,6 +236,10 @@ class NodeService(MultiService):
         while the mesh still carries their addresses, and the gossip leave comes last.
         """
         self.log.info("hepto node {name} stopping", name=self.config.name)
+        self._notify("STOPPING=1\nSTATUS=stopping")
+        readiness, self._readiness = self._readiness, None
+        if readiness is not None:
+            readiness.cancel()
         Service.stopService(self)
         for child in reversed(list(self)):
             try:

@@ -118,6 +118,16 @@ class Options(usage.Options):
             ),
         ],
         [
+            "metrics",
+            None,
+            None,
+            _doc(
+                "metrics",
+                "Where Prometheus scrapes the agent (/metrics): a loopback port, "
+                f"[ADDRESS]:PORT, or none. Default: [::1]:{config.DEFAULT_METRICS_PORT}.",
+            ),
+        ],
+        [
             "gossip-profile",
             None,
             None,

@@ -13,6 +13,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from agent import KEY, Agent
 from hepto.kube.layout import Layout
 from hepto.programs import BUNDLE_BIN_DIR
 from images import BUSYBOX_IMAGE
-from netlab import Host, Lab, missing_requirements
+from netlab import Host, Lab, missing_requirements, wait_until
 
 BIN_DIR = Path(os.environ.get("HEPTO_TEST_BIN_DIR", BUNDLE_BIN_DIR))
 #: Two contended cores running a master and two nodes.
@@ -200,6 +202,12 @@ class ClusterTestCase(SynchronousTestCase):
             'jsonpath={.status.conditions[?(@.type=="Ready")].status}', check=False,
         )  # fmt: skip
         return out == "True"
+
+    def wait_ready(self, hosts: Sequence[Host]) -> None:
+        for host in hosts:
+            wait_until(
+                partial(self.node_ready, host.name), READY_TIMEOUT, 0.5, f"{host.name} Ready"
+            )
 
     def pod_phase(self, name: str) -> str:
         return self.kubectl("get", "pod", name, "-o", "jsonpath={.status.phase}", check=False)

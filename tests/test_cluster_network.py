@@ -168,10 +168,7 @@ class ClusterNetworkTests(ClusterTestCase):
         self.start(self.master, "--role", "master", "--dns", str(self.outside.address))
         for host in self.nodes:
             self.start_node(host)
-        for host in self.nodes:
-            wait_until(
-                partial(self.node_ready, host.name), READY_TIMEOUT, 0.5, f"{host.name} Ready"
-            )
+        self.wait_ready(self.nodes)
         print(f"\nfigure: agents' start to three nodes Ready: {time.monotonic() - started:.1f} s")
 
         # Every pod reaches every other node's pod, over ICMPv6 and TCP.

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent import KEY, Agent, program
-from cluster import CGROUP_ROOT, READY_TIMEOUT, ClusterTestCase, node_processes, pod
+from cluster import CGROUP_ROOT, ClusterTestCase, node_processes, pod
 from images import BUSYBOX_IMAGE, write_busybox_archive
 from netlab import Host, wait_until
 
@@ -84,10 +84,7 @@ class ContainedClusterTests(ClusterTestCase):
         self.start(self.master, "--role", "master")
         for host in self.nodes:
             self.start_node(host)
-        for host in self.nodes:
-            wait_until(
-                partial(self.node_ready, host.name), READY_TIMEOUT, 0.5, f"{host.name} Ready"
-            )
+        self.wait_ready(self.nodes)
         took = time.monotonic() - started
         print(f"\nfigure: contained agents' start to both nodes Ready: {took:.1f} s")
 

@@ -4,6 +4,7 @@ agent's command line, the commands inside, the cleanup script; all pure."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto.container import cleanup, host
+from hepto.container.outer import Outer
 from hepto.container.plan import (
     IPVLAN,
     NAMESPACES,
@@ -211,3 +213,23 @@ class CleanupScriptTests(SynchronousTestCase):
         self.assertFalse(cgroup.exists())
         self.assertFalse((root / "freezer" / "hepto").exists())
         self.assertFalse(made.record.exists())
+
+
+class LockTests(SynchronousTestCase):
+    """One container per node and host: a second outer process refuses, touching nothing."""
+
+    def test_a_second_container_of_the_node_is_refused(self) -> None:
+        made = attrs.evolve(plan(), node_dir=Path(self.mktemp()))
+        first = Outer(made)
+        first.take_lock()
+        second = Outer(made)
+        with self.assertRaises(ContainerError) as caught:
+            second.take_lock()
+        self.assertEqual(str(caught.exception), "--name: n1 of cluster c already runs on this host")
+        second.finish()  # refused: nothing of the first's is swept
+        assert first.lock is not None
+        os.close(first.lock)
+        third = Outer(made)
+        third.take_lock()
+        assert third.lock is not None
+        os.close(third.lock)

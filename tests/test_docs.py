@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import docutils.core
@@ -47,3 +49,15 @@ class DocsTests(SynchronousTestCase):
         index = (ROOT / "docs" / "index.rst").read_text()
         for page in PAGES[1:]:
             self.assertIn(f"   {page.stem}\n", index, f"{page.name} is missing from docs/index.rst")
+
+    def test_the_site_builds_without_a_warning(self) -> None:
+        """What ``README.rst`` says to run, warnings as errors (a broken :doc: link too)."""
+        site = Path(self.mktemp())
+        done = subprocess.run(
+            [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+             str(ROOT / "docs"), str(site)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for page in PAGES[1:]:
+            self.assertTrue((site / f"{page.stem}.html").exists(), page.stem)

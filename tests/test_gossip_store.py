@@ -243,6 +243,7 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.drops.counts[records.BAD_RECORD], 1)
         self.assertEqual(self.fetcher.pending(), [])
         self.assertNotIn("bob", self.store.digests())
+        self.assertEqual(self.store.fetched, {"failed": 1, "missing": 1, "ok": 1})
         # A later digest starts over.
         self.membership.digest("carol", "bob", 5)
         self.assertEqual(self.fetcher.pending(), [(endpoint(3), "bob")])

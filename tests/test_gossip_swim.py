@@ -395,6 +395,9 @@ class SuspicionTests(MembershipTestCase):
         self.assertEqual(self.status(member, "c"), SUSPECT)
         self.clock.advance(0.2)
         self.assertEqual(self.status(member, "c"), DEAD)
+        # What the metrics count: one suspicion, one death, no refutation of ours.
+        self.assertEqual((member.entered["suspect"], member.entered["dead"]), (1, 1))
+        self.assertEqual(member.refutations, 0)
 
     def test_last_look(self) -> None:
         """Before declaring a suspect dead, we probe it ourselves, suspicion attached: a
@@ -451,6 +454,7 @@ class RefutationTests(MembershipTestCase):
         self.assertEqual(member.incarnation, 1)
         self.assertEqual(self.status(member, "a"), ALIVE)
         self.assertEqual(member.health, 1)
+        self.assertEqual((member.refutations, member.entered["suspect"]), (1, 0))
         member.receive(endpoint(2), [Ping(3, "a", "b")])
         self.assertIn(alive("a", 1, endpoint(1), "node"), self.network.sent[-1][2])
 

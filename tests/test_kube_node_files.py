@@ -210,9 +210,7 @@ class SweeperScriptTests(SynchronousTestCase):
             cleanup=("nft delete table ip6 hepto 2>/dev/null",),
         )
         self.assertIn("grace=3\n", text)
-        self.assertIn(
-            "for directory in /sys/fs/cgroup/cpu/hepto/c/node1 '/a b/hepto/c/node1'", text
-        )
+        self.assertIn("remove_cgroups /sys/fs/cgroup/cpu/hepto/c/node1 '/a b/hepto/c/node1'", text)
         self.assertIn("for procs in '/x y/cgroup.procs'", text)
         self.assertTrue(text.startswith("#!/bin/sh\n"))
         self.assertIn("    nft delete table ip6 hepto 2>/dev/null\n    true\n", text)

@@ -22,7 +22,7 @@ LAYERS = {
         "plan", "config", "state", "errors", "files", "datadir", "unixpath", "watch",
         "once", "linux", "logs", "goarch", "programs", "interfaces", "https", "control",
         "manhole", "supervisor", "gossip", "images", "backoff", "observers", "waiters",
-        "machine", "cgroups", "container",
+        "machine", "cgroups", "container", "shellguard", "metrics", "notify",
     },
     "reactions": {"pki", "mesh", "kube", "backup"},
     "composition": {"node", "cli"},

@@ -331,8 +331,10 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(h.backend.device.peers, {})
         self.assertTrue(any("retrying in 1.0 s" in formatEvent(e) for e in events))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(h.service.status()["pass_failures"], 1)
         h.clock.advance(1)
         self.assertEqual(h.peer_names(), {"a"})
+        self.assertEqual(h.service.status()["pass_failures"], 1)
 
     def test_backend_down_is_a_warning_and_a_retry(self) -> None:
         h = self.h

@@ -62,6 +62,10 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(status["pki"]["role"], "node")
         self.assertIn("phase", status["mesh"])
         self.assertEqual(status["kube"]["components"], [])
+        self.assertEqual(status["metrics_url"], "http://[::1]:7947/metrics")
+        scrape = self.host.run(["curl", "-sSf", status["metrics_url"]]).stdout
+        self.assertIn('hepto_info{cluster="c",name="n1",role="node"} 1\n', scrape)
+        self.assertIn('hepto_gossip_members{state="alive"} 1\n', scrape)
         published = query(socket, "publish", key="x-note", value="hello")
         self.assertEqual(published["name"], "n1")
         self.assertEqual(agent.stop(), 0)
@@ -91,7 +95,8 @@ class PreparationTests(SynchronousTestCase):
         self.assertEqual(node_dir.stat().st_mode & 0o777, 0o700)
         self.assertTrue((node_dir / "identity.key").exists())
         self.assertEqual(
-            [service.name for service in node], ["control", "gossip", "pki", "mesh", "kube"]
+            [service.name for service in node],
+            ["control", "metrics", "gossip", "pki", "mesh", "kube"],
         )
 
     def test_data_dir_unusable(self) -> None:
@@ -143,10 +148,20 @@ class StartupErrorTests(SynchronousTestCase):
         wait_until(partial(first.logged, "hepto node n1 running"), 60, what="start")
         second = self.run_agent(
             self.temporary_directory(),
-            *node_argv(host),
+            *node_argv(host, "--metrics", "none"),
             prefix=host.command([]),
         )
         self.assertOneLineError(second, "Address already in use")
+        # Gossip's port free, the metrics' taken: the option is named.
+        third = self.run_agent(
+            self.temporary_directory(),
+            *node_argv(host, "--port", "7950"),
+            prefix=host.command([]),
+        )
+        self.assertOneLineError(
+            third,
+            "hepto: --metrics: cannot listen on [::1]:7947: [Errno 98] Address already in use",
+        )
 
     def test_damaged_identity(self) -> None:
         data_dir = self.temporary_directory()

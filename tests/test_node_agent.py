@@ -53,10 +53,7 @@ class NodeAgentTests(ClusterTestCase):
         self.start(self.master, "--role", "master")
         for host in self.nodes:
             self.start_node(host)
-        for host in self.nodes:
-            wait_until(
-                partial(self.node_ready, host.name), READY_TIMEOUT, 0.5, f"{host.name} Ready"
-            )
+        self.wait_ready(self.nodes)
         print(f"\nfigure: agents' start to both nodes Ready: {time.monotonic() - started:.1f} s")
 
         # Unix sockets know no network namespace: any shell of the host will do.

@@ -330,8 +330,10 @@ class RenewalTests(ServiceTestCase):
         self.lab.advance(until_renewal - 3600)
         self.assertEqual(changes, [])
         self.assertEqual(master_changes, [])
+        renewals = node.status()["renewals"]
         self.lab.advance(7200)
         self.assertEqual(sorted(change.name for change in changes), sorted(NODE_CERTIFICATES))
+        self.assertEqual(node.status()["renewals"] - renewals, len(NODE_CERTIFICATES))
         second = x509.load_pem_x509_certificate(node.paths.certificate(KUBELET_CLIENT).read_bytes())
         second_key = keys.read_private_key(node.paths.key(KUBELET_CLIENT))
         self.assertNotEqual(first.serial_number, second.serial_number)
@@ -817,6 +819,7 @@ class WorkerFailureTests(ServiceTestCase):
         self.lab.advance(2)  # the second, two seconds later, succeeds
         self.assertHolds("node-a")
         self.assertEqual(node.status()["dropped"]["worker_failures"], 2)
+        self.assertEqual(node.status()["worker"]["failures"], 2)
 
     def test_a_malformed_answer_is_a_failed_batch(self) -> None:
         self.lab.join("master", "master")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -88,6 +89,26 @@ def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> N
     print(run("exec", first, "--", "ping", "-c", "2", str(outside)))
 
 
+#: Seconds between "still waiting" lines while the demo waits.
+HEARTBEAT = 15
+
+
+def wait_for(what: str, predicate: Callable[[], object], timeout: float) -> None:
+    """Say what the demo waits for, then again every HEARTBEAT s, until it comes."""
+    print(f"demo: waiting for {what} (at most {timeout:.0f} s)", flush=True)
+    started = time.monotonic()
+    beat = started + HEARTBEAT
+
+    def check() -> object:
+        nonlocal beat
+        if time.monotonic() >= beat:
+            print(f"demo: still waiting for {what}, {time.monotonic() - started:.0f} s", flush=True)
+            beat += HEARTBEAT
+        return predicate()
+
+    wait_until(check, timeout, 0.5, what)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=2, help="nodes besides the master")
@@ -130,13 +151,15 @@ def main() -> None:
             if not args.no_contain:
                 # A contained agent has its own address on its host's link.
                 record = data_dir / args.cluster / name / "container" / "container.json"
-                wait_until(record.exists, 60, what=f"{name}'s container")
+                wait_for(f"{name}'s container", record.exists, 60)
                 address = json.loads(record.read_text())["address"]
             if name == "master":
                 anchor = str(address)
             print(f"demo: started {name} in namespace {host.netns} at {address}")
         for name, agent in agents.items():
-            wait_until(partial(agent.logged, f"hepto node {name} running"), 120, what=name)
+            wait_for(
+                f"{name}'s agent to run", partial(agent.logged, f"hepto node {name} running"), 120
+            )
         print(f"demo: {len(agents)} agents running; data and logs in {data_dir}")
         kubeconfig = data_dir / args.cluster / "master" / "kubeconfig"
         # The master's host routes the apiserver's address to its container.
@@ -156,7 +179,7 @@ def main() -> None:
             )
             return answer.stdout.strip() == "ok"
 
-        wait_until(ready, 300, 0.5, "the apiserver")
+        wait_for("the apiserver to answer /readyz (etcd, then kube-apiserver)", ready, 300)
         print("demo: the apiserver answers /readyz ok, asked from the master's host")
 
         def all_ready() -> bool:
@@ -174,7 +197,7 @@ def main() -> None:
             )
             return answer.stdout.split() == ["True"] * args.nodes
 
-        wait_until(all_ready, 300, 0.5, "every node Ready")
+        wait_for("every node Ready (containerd, kubelet, registration)", all_ready, 300)
         print(f"demo: {args.nodes} nodes Ready")
         subprocess.run([*kubectl, "get", "nodes", "-o", "wide"])
         for name in names[1:]:
@@ -189,7 +212,7 @@ def main() -> None:
             )
             return answer.stdout.split() == ["Running"] * args.nodes
 
-        wait_until(all_running, 120, 0.5, "every pod Running")
+        wait_for("every pod Running (image import, sandbox, network)", all_running, 120)
         subprocess.run([*kubectl, "get", "pods", "-o", "wide"])
         subprocess.run([*kubectl, "logs", f"hello-{names[-1]}"])
         show_the_network(kubectl, names[1:], master.address)

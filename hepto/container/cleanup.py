@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from hepto import shellguard
 from hepto.container.plan import ContainerPlan
 
 #: Tenths of a second the sweep waits for the container's processes before SIGKILL.
@@ -38,7 +39,7 @@ _SCRIPT = """\
 #   guard   wait; on SIGTERM, SIGINT or SIGHUP, sweep
 set -u
 tracked={tracked}
-
+{functions}
 pids() {{ find "$tracked" -name cgroup.procs -exec cat {{}} + 2>/dev/null; }}
 
 sweep() {{
@@ -57,21 +58,10 @@ sweep() {{
     ip link delete {host_link} 2>/dev/null
     ip -6 neighbour delete proxy {address} dev {iface} 2>/dev/null
 {routes}
-    for cgroup in {cgroups}; do
-        [ -d "$cgroup" ] || continue
-        find "$cgroup" -depth -type d -exec rmdir {{}} + 2>/dev/null
-        # The cluster's level and hepto's too, once no other container uses them.
-        parent=$(dirname "$cgroup")
-        rmdir "$parent" "$(dirname "$parent")" 2>/dev/null
-    done
-    return 0
+    remove_cgroups {cgroups}
 }}
 
 finish() {{
-    # The kernel may send the parent-death signal once per thread of the dying outer
-    # process: the repeats must not cut the sweep short.
-    trap "" TERM INT HUP
-    [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
     sweep
     exit 0
 }}
@@ -83,14 +73,7 @@ sweep)
     ;;
 guard)
     trap '' PIPE
-    sleeper=
-    trap finish TERM INT HUP
-    while :; do
-        # A sleep that dies with the guard, should the guard be killed outright.
-        setpriv --pdeathsig KILL sleep 3600 &
-        sleeper=$!
-        wait "$sleeper"
-    done
+    guard_forever finish
     ;;
 *) echo "usage: $0 sweep|guard" >&2; exit 2 ;;
 esac
@@ -110,5 +93,6 @@ def script(plan: ContainerPlan, cgroup_dirs: Sequence[Path], tracked: Path) -> s
         address=plan.address.ip,
         iface=shlex.quote(plan.iface),
         routes=routes or "    :",
+        functions=shellguard.FUNCTIONS,
         cgroups=" ".join(shlex.quote(str(directory)) for directory in cgroup_dirs),
     )

@@ -15,6 +15,7 @@ megabytes resident while the node runs.  In order, it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import sys
 from pathlib import PurePosixPath
 from typing import Final
 
-from hepto import cgroups, linux
+from hepto import cgroups, linux, notify
 from hepto.container import cleanup, host, inside
 from hepto.container.plan import ContainerError, ContainerPlan, choose_mode
 from hepto.files import write_atomically
@@ -41,6 +42,26 @@ class Outer:
         self.plan = plan
         self.script = plan.files / "cleanup.sh"
         self.guard: subprocess.Popen[bytes] | None = None
+        self.relay: notify.Relay | None = None
+        self.lock: int | None = None
+
+    def take_lock(self) -> None:
+        """One container per node on a host: a second would sweep the first away.
+
+        The lock is held by this process and the container's PID 1 (a fork, which
+        shares it), so it is free again once both are gone, whichever way they go.
+        """
+        plan = self.plan
+        plan.files.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.lock = os.open(plan.files / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock)
+            self.lock = None
+            raise ContainerError(
+                "name", f"{plan.name} of cluster {plan.cluster} already runs on this host"
+            ) from None
 
     def sweep(self) -> None:
         if self.script.exists():
@@ -53,7 +74,7 @@ class Outer:
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
         hierarchies = cgroups.mount_hierarchies()
-        plan.files.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.take_lock()
         self.sweep()  # what a killed predecessor left
         trial = "hq" + plan.host_link[2:]
         mode = choose_mode(plan, host.has_ipvlan(plan.iface, trial))
@@ -77,7 +98,20 @@ class Outer:
         for path in plan.kept:
             if path.parts[:2] == ("/", "run"):
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.relay_notifications()
         return mode, hierarchies
+
+    def relay_notifications(self) -> None:
+        """Under systemd (``Type=notify``), the agent's notifications go through us: this
+        process is the unit's main one, and the agent cannot reach systemd's socket."""
+        target = os.environ.get(notify.VARIABLE)
+        if not target:
+            return
+        relay = self.plan.notify_relay
+        relay.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.relay = notify.Relay(relay, target)
+        self.relay.start()
+        os.environ[notify.VARIABLE] = str(relay)  # what the container inherits
 
     def run(self) -> int:
         plan = self.plan
@@ -133,6 +167,11 @@ class Outer:
         write_atomically(plan.record, json.dumps(record) + "\n", mode=0o644)
 
     def finish(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        if self.lock is None:
+            return  # another's container, or none made
         self.sweep()
         self.plan.record.unlink(missing_ok=True)
         if self.guard is not None:

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import attrs
 
+from hepto.config import ConfigError
+
 #: The two ways the container gets its address on the host's link (docs/container.rst).
 IPVLAN: Final = "ipvlan"
 VETH: Final = "veth"
@@ -28,20 +30,18 @@ HOST_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::1")
 CONTAINER_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::2")
 #: The container as its outer process records it for ``hepto status``, in its files.
 STATUS_FILE: Final = "container.json"
+#: The outer process's relay of systemd notifications lives here (docs/systemd.rst).
+RELAY_DIR: Final = Path("/run/hepto")
 #: The cgroup of every container, ``/hepto/<cluster>/<name>`` below it.
 CGROUP_PARENT: Final = "/hepto"
 
 
-class ContainerError(Exception):
-    """The container cannot be made; ``option`` names what to change, or the cause."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(option, message)
-        self.option = option
-        self.message = message
+class ContainerError(ConfigError):
+    """The container cannot be made; ``option`` names what to change, or is empty when
+    the cause is none of the operator's options."""
 
     def __str__(self) -> str:
-        return f"--{self.option}: {self.message}" if self.option else self.message
+        return super().__str__() if self.option else self.message
 
 
 @attrs.frozen
@@ -97,6 +97,13 @@ class ContainerPlan:
     @property
     def record(self) -> Path:
         return self.files / STATUS_FILE
+
+    @property
+    def notify_relay(self) -> Path:
+        """Where the outer process takes the agent's notifications for systemd: in
+        ``/run/hepto`` (kept in the container: ``hepto.tap`` keeps it for the runtime),
+        whatever the length of the node's directory a short ``sun_path``."""
+        return RELAY_DIR / f"{self.host_link}.notify"
 
     def to_json(self) -> str:
         return json.dumps(

@@ -47,6 +47,7 @@ from hepto.gossip.swim import Membership
 from hepto.gossip.table import MemberState
 from hepto.gossip.transport import GossipTransport
 from hepto.interfaces import IF_INET6, public_address
+from hepto.once import Once
 from hepto.state import ALIVE, DEAD, Change
 
 #: Retries of a join nobody answered, from one second doubling up to a minute: a cluster
@@ -138,6 +139,7 @@ class GossipService(Service):
         self.transport.responder = self
         self.membership.on_reap = self._reaped
         self.joined = False
+        self._joined_once: Once[None] = Once()
         self._join_retries = Backoff(JOIN_RETRY)
         self._timers: dict[str, IDelayedCall] = {}
         self._saved_incarnation = saved.incarnation
@@ -270,9 +272,14 @@ class GossipService(Service):
         )
         self._schedule("join", delay, self._join)
 
+    def when_joined(self) -> Deferred[None]:
+        """Fires once this member has joined its cluster (at once if it has)."""
+        return self._joined_once.when()
+
     def _joined(self, how: str) -> None:
         if not self.joined:
             self.joined = True
+            self._joined_once.fire(None)
             self._join_retries.reset()
             self.log.info(
                 "Joined the cluster {cluster} ({how})", cluster=self.config.cluster, how=how
@@ -476,6 +483,11 @@ class GossipService(Service):
             "members": self.store.status(),
             "drops": dict(sorted(drops.items())),
             "conflicts": self.store.conflicts(),
+            "swim": {
+                "entered": dict(sorted(self.membership.entered.items())),
+                "refutations": self.membership.refutations,
+            },
+            "fetches": dict(sorted(self.store.fetched.items())),
             "traffic": {
                 "datagrams_sent": self.transport.sent,
                 "datagrams_received": self.transport.received,

@@ -10,7 +10,7 @@ and only then shows it to subscribers.  Versions never go backwards.
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
@@ -115,6 +115,9 @@ class RecordStore:
     #: hundred connections at once would help neither it nor the members it asks.
     max_fetches: int = 16
     _running: int = 0
+    #: Record fetches finished, by result (``ok``, ``missing``: the holder had none,
+    #: ``failed``); never reset.
+    fetched: Counter[str] = attrs.field(factory=Counter)
     _queued: deque[str] = attrs.field(factory=deque)
     _conflicts: dict[tuple[str, tuple[str, ...]], Conflict] = attrs.field(factory=dict)
     _mesh_owners: dict[ipaddress.IPv6Address, str] = attrs.field(factory=dict)
@@ -333,6 +336,7 @@ class RecordStore:
     def _fetched(self, blob: bytes | None, name: str, pending: _Fetch, holder: Endpoint) -> None:
         pending.running = False
         self._running -= 1
+        self.fetched["ok" if blob is not None else "missing"] += 1
         if blob is not None:
             self.accept(blob, holder, expected=name)
         self._fetch_done(name, pending)
@@ -340,6 +344,7 @@ class RecordStore:
     def _fetch_failed(self, failure: Failure, name: str, pending: _Fetch, holder: Endpoint) -> None:
         pending.running = False
         self._running -= 1
+        self.fetched["failed"] += 1
         self._log.info(
             "Fetching the record of {member} from {holder} failed: {error}",
             member=name,

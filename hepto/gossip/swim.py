@@ -165,6 +165,10 @@ class Membership:
         self._catching_up = False
         #: Changes of our view so far, and whether the last merge brought any.
         self._changes = 0
+        #: Members seen entering each state (``suspect``, ``dead``...), and our own
+        #: refutations, since start; never reset (the metrics' counters).
+        self.entered: Counter[str] = Counter()
+        self.refutations = 0
         self._merge_found_news = False
         self._leaving: Deferred[None] | None = None
         self._handlers: dict[type, Callable[[Endpoint, Message], None]] = {
@@ -533,6 +537,7 @@ class Membership:
             accused=accused,
             incarnation=incarnation,
         )
+        self.refutations += 1
         state = self._proven_own(incarnation, own.since)
         self._change(state)
         self._broadcast_member(state.alive_message())
@@ -542,6 +547,7 @@ class Membership:
         self._changes += 1
         old = self._roster.record(new)
         if old is None or old.status != new.status:
+            self.entered[new.status] += 1
             self.log.debug(
                 "Member {member} is {status} (incarnation {incarnation})",
                 member=new.name,

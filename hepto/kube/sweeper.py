@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from hepto import shellguard
 from hepto.kube.component import Component, Context, StartedReadiness
 from hepto.kube.layout import Layout
 
@@ -50,6 +51,7 @@ _SCRIPT = """\
 #   enter PROGRAM ARGS...    join the runtime's cgroups, then run PROGRAM
 set -u
 tracked={tracked}
+{functions}
 grace={grace}
 
 pids() {{ find "$1" -name cgroup.procs -exec cat {{}} + 2>/dev/null; }}
@@ -92,14 +94,7 @@ sweep() {{
     stop "$tracked/{pods}" "$grace"
     stop "$tracked" 1
     {cleanup}
-    for directory in {directories}; do
-        [ -d "$directory" ] || continue
-        find "$directory" -depth -type d -exec rmdir {{}} + 2>/dev/null
-        # The cluster's and hepto's own level too, once no other node uses them.
-        parent=$(dirname "$directory")
-        rmdir "$parent" "$(dirname "$parent")" 2>/dev/null
-    done
-    return 0
+    remove_cgroups {directories}
 }}
 
 # The node's sockets and runtime state, once nothing of the node runs: first what is
@@ -121,8 +116,6 @@ forget_run_dir() {{
 
 # The guard's end.
 finish() {{
-    trap "" TERM INT HUP
-    [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
     sweep
     forget_run_dir
     exit 0
@@ -140,20 +133,7 @@ sweep)
 guard)
     # The agent reads our output; once it is dead, writing must not kill us mid-sweep.
     trap '' PIPE
-    sleeper=
-    # The kernel may send the parent-death signal once per thread of the dying agent:
-    # ignore the repeats, or the second would kill the guard in the middle of its sweep.
-    trap finish TERM INT HUP
-    while :; do
-        # A sleep that dies with the guard, should the guard be killed outright.
-        if command -v setpriv > /dev/null; then
-            setpriv --pdeathsig KILL sleep 3600 &
-        else
-            sleep 3600 &
-        fi
-        sleeper=$!
-        wait "$sleeper"
-    done
+    guard_forever finish
     ;;
 enter)
     shift
@@ -206,6 +186,7 @@ def script(
         runtime_procs=words(runtime_procs),
         cleanup="\n    ".join([*cleanup, "true"]),
         run_dir=shlex.quote(str(run_dir)) if run_dir is not None else "/nonexistent",
+        functions=shellguard.FUNCTIONS,
     )
 
 

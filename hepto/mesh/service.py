@@ -168,6 +168,8 @@ class MeshService(Service):
         #: Counted reasons for leaving a member (or part of its record) out of the mesh.
         self.drops: collections.Counter[str] = collections.Counter()
         self.passes = 0
+        #: Passes that failed (and were retried); never reset.
+        self.pass_failures = 0
         self.device_reads = 0
         self._problems: frozenset[Problem] = frozenset()
         self._device: DeviceStatus | None = None
@@ -371,6 +373,7 @@ class MeshService(Service):
     def _pass_failed(self, reason: Failure) -> None:
         if not self.running:
             return
+        self.pass_failures += 1
         self._applied = None
         delay = self._retries.failed()
         self._retry = self.reactor.callLater(delay, self._retry_now)
@@ -507,6 +510,8 @@ class MeshService(Service):
                 for problem in sorted(self._problems, key=lambda p: (p.member, p.reason))
             ],
             "drops": dict(self.drops),
+            "passes": self.passes,
+            "pass_failures": self.pass_failures,
         }
 
 

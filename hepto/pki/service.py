@@ -163,6 +163,10 @@ class PKIService(Service):
         self._status: dict[str, Any] = {}
         self._installed: set[str] = set()
         self._counted: dict[str, int] = {}
+        #: Batches the worker answered (the one at start too), and renewals done in
+        #: them; never reset (the metrics' counters).
+        self.batches = 0
+        self.renewals = 0
         # Work waiting for the next batch, and the batch in flight.
         self._dirty: set[str] = set()
         # Members to review even if their record did not change (a timer, the desk).
@@ -259,6 +263,11 @@ class PKIService(Service):
                 not_after = datetime.datetime.fromisoformat(entry["not_after"])
                 entry["state"] = "valid" if not_after > now else "expired"
         status["dropped"] = self.dropped
+        status["worker"] = {
+            "batches": self.batches,
+            "failures": self._counted.get("worker_failures", 0),
+        }
+        status["renewals"] = self.renewals
         return status
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -276,6 +285,7 @@ class PKIService(Service):
         except WorkerError as error:
             raise StartupError(f"the PKI cannot start: {error}") from None
         self._started += 1
+        self.batches += 1
         self._busy = False
         self._reviewed.clear()
         self._retries.reset()
@@ -381,6 +391,8 @@ class PKIService(Service):
         if started != self._started:
             return  # Stopped since, and maybe started anew: an answer for nobody.
         self._busy = False
+        self.batches += 1
+        self.renewals += len(renew)
         if not self.running:
             return
         self._retries.reset()
