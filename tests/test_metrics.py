@@ -68,6 +68,8 @@ STATUS: dict[str, Any] = {
         "renewals": 2,
     },
     "kube": {"components": [{"name": "etcd", "state": "running", "ready": True, "restarts": 1}]},
+    "backup": {"last": {"created": "2026-01-02T03:04:05Z", "size": 4096}, "failures": 2,
+               "next": None, "kept": 1, "running": False, "last_error": None},
 }  # fmt: skip
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -149,9 +151,17 @@ class FamiliesTests(SynchronousTestCase):
             'hepto_component_state{component="etcd",state="backoff"}': 0,
             'hepto_component_ready{component="etcd"}': 1,
             'hepto_component_restarts_total{component="etcd"}': 1,
+            "hepto_backup_last_success_timestamp_seconds": 1767323045,
+            "hepto_backup_last_size_bytes": 4096,
+            "hepto_backup_failures_total": 2,
         }
         self.assertEqual({key: found.get(key) for key in expected}, expected)
         self.assertNotIn('certificate="pending"', scrape_text(STATUS))
+        # A master with no backup yet; a node has no backup section, hence no families.
+        first = samples(scrape_text({**STATUS, "backup": {**STATUS["backup"], "last": None}}))
+        self.assertEqual(first["hepto_backup_last_success_timestamp_seconds"], 0)
+        node = {key: value for key, value in STATUS.items() if key != "backup"}
+        self.assertNotIn("hepto_backup_", scrape_text(node))
 
     def test_failed_section(self) -> None:
         """A section the status could not make, or a malformed one, is left out alone."""

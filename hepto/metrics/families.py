@@ -127,6 +127,18 @@ COMPONENT_READY: Final = Metric(
 COMPONENT_RESTARTS: Final = Metric(
     "hepto_component_restarts_total", "counter", "Restarts of a supervised component."
 )
+# A master's backups
+BACKUP_LAST: Final = Metric(
+    "hepto_backup_last_success_timestamp_seconds",
+    "gauge",
+    "When the master's newest backup was taken, since the epoch (0: none yet).",
+)
+BACKUP_SIZE: Final = Metric(
+    "hepto_backup_last_size_bytes", "gauge", "Size of the master's newest backup file."
+)
+BACKUP_FAILURES: Final = Metric(
+    "hepto_backup_failures_total", "counter", "Backups that failed (and were retried)."
+)
 METRICS: Final = tuple(value for value in list(globals().values()) if isinstance(value, Metric))
 
 
@@ -240,6 +252,13 @@ def _kube(status: Status) -> Iterator[Family]:
     )
 
 
+def _backup(status: Status) -> Iterator[Family]:
+    last = status["last"] or {}
+    yield BACKUP_LAST(_epoch(last.get("created")))
+    yield BACKUP_SIZE(last.get("size") or 0)
+    yield BACKUP_FAILURES(status["failures"])
+
+
 def _by(label: str, counts: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
     return [({label: key}, value) for key, value in sorted(counts.items())]
 
@@ -261,4 +280,5 @@ _SECTIONS: Final[tuple[tuple[str | None, Callable[[Status], Iterator[Family]]], 
     ("mesh", _mesh),
     ("pki", _pki),
     ("kube", _kube),
+    ("backup", _backup),
 )
