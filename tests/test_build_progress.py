@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "build-bundle"
 PROGRAMS = (
     "etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet "
-    "containerd kubectl etcdctl ctr containerd-shim-runc-v2 pause coredns"
+    "containerd kubectl etcdctl etcdutl ctr containerd-shim-runc-v2 pause coredns"
 )
 FAKE_GO = f"""#!/bin/sh
 case "$1" in
