@@ -113,3 +113,18 @@ def lone_host(testcase: Any, prefix: str) -> Any:
     lab = Lab(prefix)
     testcase.addCleanup(lab.close)
     return lab.add_host("h")
+
+
+def agents_lab(testcase: Any, prefix: str, *programs: str) -> tuple[Any, Path]:
+    """A lab of hosts for agents, and a directory for their data, both gone after the
+    test; skips the test where the machine lacks what it needs."""
+    from netlab import Lab, missing_requirements
+
+    why = missing_requirements(*programs)
+    if why:
+        testcase.skipTest(why)
+    lab = Lab(prefix)
+    testcase.addCleanup(lab.close)
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    testcase.addCleanup(shutil.rmtree, root, True)
+    return lab, root

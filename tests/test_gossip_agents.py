@@ -6,10 +6,8 @@ source) and its JSON log; nothing reaches into a process.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -18,9 +16,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from agent import KEY, Agent
+from agent import KEY, Agent, agents_lab
 from hepto.config import DEFAULT_PORT as GOSSIP_PORT
 from hepto.config import Endpoint
 from hepto.control import ControlError, query
@@ -30,7 +28,7 @@ from hepto.gossip.identity import Identity
 from hepto.gossip.messages import Alive, Dead
 from hepto.gossip.proofs import Notary
 from hepto.gossip.transport import recipient_of
-from netlab import Host, Lab, holds_for, missing_requirements, netns_socket, wait_until
+from netlab import Host, holds_for, netns_socket, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +42,7 @@ DEATH_TIMEOUT = 120.0
 
 class AgentsTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        why = missing_requirements("nft")
-        if why:
-            raise SkipTest(why)
-        self.lab = Lab("hg")
-        self.addCleanup(self.lab.close)
-        self.root = Path(tempfile.mkdtemp(prefix="hg-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
+        self.lab, self.root = agents_lab(self, "hg", "nft")
         self.agents: dict[str, Agent] = {}
         self.hosts: dict[str, Host] = {}
 

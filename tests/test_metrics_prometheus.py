@@ -13,18 +13,15 @@ that agent's target goes down.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from agent import KEY, Agent
+from agent import KEY, Agent, agents_lab
 from hepto.control import ControlError, query
-from netlab import Host, Lab, missing_requirements, wait_until
+from netlab import Host, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +36,7 @@ DEATH_TIMEOUT = 90.0
 
 class PrometheusTests(SynchronousTestCase):
     def setUp(self) -> None:
-        why = missing_requirements("prometheus", "curl", "wireguard-go")
-        if why:
-            raise SkipTest(why)
-        self.lab = Lab("ho")
-        self.addCleanup(self.lab.close)
-        self.root = Path(tempfile.mkdtemp(prefix="ho-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
+        self.lab, self.root = agents_lab(self, "ho", "prometheus", "curl", "wireguard-go")
         self.agents: dict[str, Agent] = {}
 
     def start_agent(self, host: Host, anchor: Host | None) -> None:

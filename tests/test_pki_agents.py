@@ -6,20 +6,18 @@ change no CA (and no certificate).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from agent import KEY, Agent
+from agent import KEY, Agent, agents_lab
 from hepto import plan
 from hepto.pki.paths import Paths
 from hepto.pki.requests import KUBELET_CLIENT, KUBELET_SERVING, master_specs
-from netlab import Host, Lab, missing_requirements, wait_until
+from netlab import Host, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +39,7 @@ def mapped_libraries(pid: int, packages: tuple[str, ...]) -> list[str]:
 
 class PKIAgentsTests(SynchronousTestCase):
     def setUp(self) -> None:
-        why = missing_requirements("openssl", "wireguard-go")
-        if why:
-            raise SkipTest(why)
-        self.lab = Lab("hp")
-        self.addCleanup(self.lab.close)
-        self.root = Path(tempfile.mkdtemp(prefix="hp-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
+        self.lab, self.root = agents_lab(self, "hp", "openssl", "wireguard-go")
         self.agents: dict[str, Agent] = {}
 
     def start(self, host: Host, role: str, anchor: Host | None = None) -> Agent:
