@@ -130,7 +130,6 @@ class BackupServiceTests(SynchronousTestCase):
         service = self.service()
         answered: list[Any] = []
         service.backup_command({"command": "backup"}).addCallback(answered.append)
-        self.assertRaisesRegex(RequestError, "under way", service.backup_command, {})
         out = self.take.succeed()
         self.assertEqual(answered, [{"path": str(out), "size": 6, "seconds": 0.1}])
         # Taken now, the next periodic one is an interval later.
@@ -138,6 +137,27 @@ class BackupServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.take.asked), 1)
         self.clock.advance(1)
         self.assertEqual(len(self.take.asked), 2)
+
+    def test_backup_command_while_one_is_under_way(self) -> None:
+        """It waits for the one under way, then takes its own: the cluster as it is now."""
+        service = self.service(interval=60.0)
+        self.clock.advance(60)  # a periodic one, under way
+        answered: list[Any] = []
+        service.backup_command({"command": "backup"}).addCallback(answered.append)
+        service.backup_command({"command": "backup"}).addCallback(answered.append)
+        self.assertEqual(len(self.take.asked), 1)
+        self.clock.advance(1)
+        self.take.succeed()  # the periodic one answers neither command
+        self.assertEqual(answered, [])
+        # Each command gets a backup of its own, one after the other.
+        self.assertEqual(len(self.take.asked), 2)
+        self.clock.advance(1)
+        first = self.take.succeed()
+        self.assertEqual([entry["path"] for entry in answered], [str(first)])
+        self.assertEqual(len(self.take.asked), 3)
+        second = self.take.succeed()
+        self.assertEqual([entry["path"] for entry in answered], [str(first), str(second)])
+        self.assertNotEqual(first, second)
 
     def test_backup_command_failing(self) -> None:
         service = self.service()

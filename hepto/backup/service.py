@@ -150,15 +150,28 @@ class BackupService(Service):
 
     def backup_command(self, request: Mapping[str, Any]) -> Deferred[Mapping[str, Any]]:
         """``{"command": "backup"}``, for ``hepto backup``: one now, answered once written."""
-        taking = self.take_now()
-        if taking is None:
-            raise RequestError("a backup is under way: ask again once it is done")
 
         def refused(failure: Failure) -> NoReturn:
             failure.trap(BackupError)
             raise RequestError(str(failure.value))
 
-        return taking.addErrback(refused)
+        return self._next_backup().addErrback(refused)
+
+    def _next_backup(self) -> Deferred[dict[str, Any]]:
+        """A backup started now, or once the one under way is done: the operator asked
+        for the cluster as it is, which the one under way may have been taken before."""
+        taking = self.take_now()
+        if taking is not None:
+            return taking
+        assert self._running is not None
+        waited: Deferred[None] = Deferred()
+
+        def after(result: object) -> object:
+            waited.callback(None)
+            return result  # untouched, for whoever else waits on it
+
+        self._running.addBoth(after)
+        return waited.addCallback(lambda _: self._next_backup())
 
     def _taken(self, taken: dict[str, Any]) -> dict[str, Any]:
         self.last = taken
