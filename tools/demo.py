@@ -16,15 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from agent import KEY, Agent, program
+from agent import program
 from images import BUSYBOX_IMAGE, write_busybox_archive
-from netlab import Lab, missing_requirements, wait_until
+from localcluster import LocalCluster, wait_for
+from netlab import missing_requirements, wait_until
 
 #: A pod that says hello, then answers on port 8080 with its name; SIGTERM ends it.
 POD = """\
@@ -89,26 +88,6 @@ def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> N
     print(run("exec", first, "--", "ping", "-c", "2", str(outside)))
 
 
-#: Seconds between "still waiting" lines while the demo waits.
-HEARTBEAT = 15
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float) -> None:
-    """Say what the demo waits for, then again every HEARTBEAT s, until it comes."""
-    print(f"demo: waiting for {what} (at most {timeout:.0f} s)", flush=True)
-    started = time.monotonic()
-    beat = started + HEARTBEAT
-
-    def check() -> object:
-        nonlocal beat
-        if time.monotonic() >= beat:
-            print(f"demo: still waiting for {what}, {time.monotonic() - started:.0f} s", flush=True)
-            beat += HEARTBEAT
-        return predicate()
-
-    wait_until(check, timeout, 0.5, what)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=2, help="nodes besides the master")
@@ -123,82 +102,16 @@ def main() -> None:
         sys.exit(f"demo: {why}")
 
     data_dir = Path(tempfile.mkdtemp(prefix="hepto-demo-"))
-    lab = Lab("hd")
-    agents: dict[str, Agent] = {}
-    anchor = ""
+    cluster = LocalCluster(
+        Path(args.bin_dir), data_dir, args.cluster, args.nodes, contain=not args.no_contain
+    )
     try:
-        master = lab.add_host("master")
-        names = ["master"] + [f"node{i}" for i in range(1, args.nodes + 1)]
-        for name in names[1:]:
-            images = data_dir / args.cluster / name / "images"
-            images.mkdir(parents=True)
-            write_busybox_archive(images / "busybox.tar")
-        for name in names:
-            host = master if name == "master" else lab.add_host(name)
-            where = (
-                ["--no-contain", "--ip", str(host.interface)]
-                if args.no_contain
-                else ["--iface", "eth0"]
-            )
-            argv = [
-                "--cluster", args.cluster, "--key", KEY, "--name", name, *where,
-                "--bin-dir", args.bin_dir, "--role", "master" if name == "master" else "node",
-            ]  # fmt: skip
-            if name != "master":
-                argv += ["--anchor", anchor]
-            agents[name] = Agent.start(argv, data_dir, prefix=host.command([]))
-            address = host.address
-            if not args.no_contain:
-                # A contained agent has its own address on its host's link.
-                record = data_dir / args.cluster / name / "container" / "container.json"
-                wait_for(f"{name}'s container", record.exists, 60)
-                address = json.loads(record.read_text())["address"]
-            if name == "master":
-                anchor = str(address)
-            print(f"demo: started {name} in namespace {host.netns} at {address}")
-        for name, agent in agents.items():
-            wait_for(
-                f"{name}'s agent to run", partial(agent.logged, f"hepto node {name} running"), 120
-            )
-        print(f"demo: {len(agents)} agents running; data and logs in {data_dir}")
-        kubeconfig = data_dir / args.cluster / "master" / "kubeconfig"
-        # The master's host routes the apiserver's address to its container.
-        kubectl = [
-            *master.command([]),
-            str(Path(args.bin_dir) / "kubectl"),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--request-timeout=5s",
-        ]
-
-        def ready() -> bool:
-            if not kubeconfig.exists():
-                return False
-            answer = subprocess.run(
-                [*kubectl, "get", "--raw", "/readyz"], capture_output=True, text=True
-            )
-            return answer.stdout.strip() == "ok"
-
-        wait_for("the apiserver to answer /readyz (etcd, then kube-apiserver)", ready, 300)
-        print("demo: the apiserver answers /readyz ok, asked from the master's host")
-
-        def all_ready() -> bool:
-            ready = '{.status.conditions[?(@.type=="Ready")].status}'
-            answer = subprocess.run(
-                [
-                    *kubectl,
-                    "get",
-                    "nodes",
-                    "-o",
-                    f'jsonpath={{range .items[*]}}{ready}{{" "}}{{end}}',
-                ],
-                capture_output=True,
-                text=True,
-            )
-            return answer.stdout.split() == ["True"] * args.nodes
-
-        wait_for("every node Ready (containerd, kubelet, registration)", all_ready, 300)
+        cluster.start(lambda folder: write_busybox_archive(folder / "busybox.tar"))
+        print(f"demo: {len(cluster.agents)} agents running; data and logs in {data_dir}")
+        cluster.wait_ready()
         print(f"demo: {args.nodes} nodes Ready")
+        kubectl = cluster.kubectl("--request-timeout=5s")
+        names = cluster.names
         subprocess.run([*kubectl, "get", "nodes", "-o", "wide"])
         for name in names[1:]:
             manifest = POD.format(node=name, image=BUSYBOX_IMAGE)
@@ -212,10 +125,10 @@ def main() -> None:
             )
             return answer.stdout.split() == ["Running"] * args.nodes
 
-        wait_for("every pod Running (image import, sandbox, network)", all_running, 120)
+        wait_for("every pod Running (image import, sandbox, network)", all_running, 120, "demo")
         subprocess.run([*kubectl, "get", "pods", "-o", "wide"])
         subprocess.run([*kubectl, "logs", f"hello-{names[-1]}"])
-        show_the_network(kubectl, names[1:], master.address)
+        show_the_network(kubectl, names[1:], cluster.master.address)
         status = subprocess.run(
             [
                 program("hepto"),
@@ -246,30 +159,19 @@ def main() -> None:
         )
         print(
             "demo: a shell in a pod:",
-            " ".join(
-                ["ip", "netns", "exec", master.netns, str(Path(args.bin_dir) / "kubectl"),
-                 "--kubeconfig", str(kubeconfig), "exec", "-it", f"hello-{names[-1]}", "--", "sh"]
-            ),
-        )  # fmt: skip
+            " ".join(cluster.kubectl("exec", "-it", f"hello-{names[-1]}", "--", "sh")),
+        )
         print("demo: stop with Ctrl-C")
         deadline = time.monotonic() + args.duration if args.duration else None
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
-            for name, agent in agents.items():
-                if agent.process.poll() is not None:
-                    sys.exit(
-                        f"demo: {name} exited with {agent.process.returncode}; see {agent.log_path}"
-                    )
+            if exited := cluster.exited():
+                sys.exit(f"demo: {exited}")
     except KeyboardInterrupt:
         pass
     finally:
-        for agent in agents.values():
-            try:
-                agent.stop(timeout=30)
-            except Exception:
-                agent.kill()
-        lab.close()
+        cluster.close()
         print("demo: stopped; everything removed but", data_dir)
 
 
