@@ -4,7 +4,7 @@ Kept apart from :mod:`hepto.gossip.swim` because these are plain data structures
 protocol in them, and because the simulator shares one :class:`Snapshot` between
 thousands of members: each member's :class:`MemberTable` and :class:`ProbeOrder` hold
 only its own changes over that shared start, and so does its :class:`SortedNames` of the
-members alive or suspected (the ring of :mod:`hepto.gossip.schedule`).  A
+members it knows (the ring of :mod:`hepto.gossip.schedule`).  A
 :class:`Roster` keeps the three, and the list of the departed, in step for one member.
 """
 
@@ -76,7 +76,7 @@ class Snapshot:
         self.departed: Sequence[tuple[str, float]] = tuple(
             (state.name, state.since) for state in states if not state.reachable
         )
-        self.live: Sequence[str] = tuple(sorted(state.name for state in states if state.reachable))
+        self.sorted_names: Sequence[str] = tuple(sorted(self.names))
 
 
 #: The start of a member that knew nobody.
@@ -302,7 +302,7 @@ def _first(length: int, reached: Callable[[int], bool]) -> int:
 
 class Roster:
     """Whom one member knows, kept in step: the :class:`MemberTable`, the
-    :class:`ProbeOrder` of its peers, the :class:`SortedNames` of the members reachable
+    :class:`ProbeOrder` of its peers, the :class:`SortedNames` of every member known
     (ourselves included), and when each member no longer reachable departed.
 
     Every member but ourselves takes its turn in the probe order until it is reaped, and
@@ -313,8 +313,8 @@ class Roster:
     def __init__(self, own: str, rng: random.Random, base: Snapshot) -> None:
         self.table = MemberTable(base)
         self.order = ProbeOrder(rng, base.names, base.positions)
-        #: The ring of the probe schedule: members alive or suspected, by name.
-        self.live_names = SortedNames(base.live)
+        #: The ring of the probe schedule: every member known, by name.
+        self.ring = SortedNames(base.sorted_names)
         #: When each member we remember dead or left departed: the recently departed
         #: still hear gossip, the long departed are reaped.
         self.departed: dict[str, float] = dict(base.departed)
@@ -343,16 +343,15 @@ class Roster:
     def record(self, new: MemberState) -> MemberState | None:
         """Take ``new`` as how we see its member; returns how we saw it before."""
         old = self.table.get(new.name)
-        if old is None and new.name != self._own:
-            self.order.add(new.name)
+        if old is None:
+            self.ring.add(new.name)
+            if new.name != self._own:
+                self.order.add(new.name)
         self.table.set(new)
         if new.reachable:
-            self.live_names.add(new.name)
             self.departed.pop(new.name, None)
-        else:
-            self.live_names.discard(new.name)
-            if (old is None or old.reachable) and new.name != self._own:
-                self.departed[new.name] = new.since
+        elif (old is None or old.reachable) and new.name != self._own:
+            self.departed[new.name] = new.since
         return old
 
     def departed_before(self, horizon: float) -> list[str]:
@@ -365,17 +364,20 @@ class Roster:
         state = self.table.get(name)
         self.table.remove(name)
         self.order.remove(name)
-        self.live_names.discard(name)
+        self.ring.discard(name)
         return state
 
     def scheduled(self, round_number: int) -> MemberState | None:
         """Whom we probe in round ``round_number`` of the schedule every member follows
         (:mod:`hepto.gossip.schedule`), if anyone."""
-        ring = self.live_names
-        rank = ring.rank(self._own)
-        present = rank < len(ring) and ring[rank] == self._own
-        chosen = schedule.target_rank(rank, present, len(ring), round_number)
-        return None if chosen is None else self.table.get(ring[chosen])
+        chosen = schedule.target(
+            self.ring, self._own, round_number, self._live, rank=self.ring.rank(self._own)
+        )
+        return None if chosen is None else self.table.get(chosen)
+
+    def _live(self, name: str) -> bool:
+        state = self.table.get(name)
+        return state is not None and state.reachable
 
     def next_in_turn(self) -> MemberState | None:
         """The next reachable member of the round robin, if any (the dead keep their
