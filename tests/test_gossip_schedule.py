@@ -287,12 +287,15 @@ class MembersTests(SynchronousTestCase):
         """Three members die together: until they are found out, their turns are lost
         (a live member whose prober died waits a round), then their probers take them
         over; nobody alive is probed by two, nor goes unprobed for long.  Members on
-        their own round robins, in the same scenario, leave some unprobed for seven
-        rounds in a row, and probe some five times in one."""
-        scheduled = self.deaths_at_once(LAN)
-        self.assertEqual(scheduled, (3, 1))
+        their own round robins, in the same scenario, leave some unprobed for longer
+        (seven rounds in a row with this seed), and probe some several times in one
+        round (five)."""
+        longest_miss, most = self.deaths_at_once(LAN)
+        self.assertLessEqual(longest_miss, 3)
+        self.assertEqual(most, 1)
         round_robin = self.deaths_at_once(attrs.evolve(LAN, scheduled_probes=False))
-        self.assertEqual(round_robin, (7, 5))
+        self.assertGreater(round_robin[0], longest_miss + 2)
+        self.assertGreater(round_robin[1], 2)
 
     def deaths_at_once(self, profile: Profile) -> tuple[int, int]:
         """The longest run of rounds in which a live member went unprobed, and the most

@@ -605,10 +605,20 @@ class Membership:
         if suspect is not None:
             self._prober.probe(suspect)
         interval = self.profile.probe_interval
-        target = self._roster.scheduled(schedule.round_at(self._clock.seconds(), interval))
+        if self._turn_call is not None and self._turn_call.active():
+            # Our turn of the last round never came (the reactor was held up that long):
+            # this round's is due now.
+            self._turn_call.cancel()
+        self._turn_call = None
+        now = self._clock.seconds()
+        number = schedule.round_at(now, interval)
+        target = self._roster.scheduled(number)
         if target is not None:
+            # From the round's start, not from now: a tick that fired late must not
+            # push the turn past the round.
+            at = (number + schedule.phase(target.name)) * interval
             self._turn_call = self._clock.callLater(
-                schedule.phase(target.name) * interval, self._take_turn, target.name
+                max(0.0, at - now), self._take_turn, target.name
             )
 
     def _take_turn(self, name: str) -> None:
