@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/simulate.py                 # N = 1,000 and 10,000
     .venv/bin/python benchmarks/simulate.py --sizes 100 --loss 0.1 --lossy-minutes 10
     .venv/bin/python benchmarks/simulate.py --sizes 100 1000 --news-rounds both --kills 40
+    .venv/bin/python benchmarks/simulate.py --sizes 1000 --schedule both --kills 50
 
 For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
 
@@ -14,12 +15,16 @@ For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
 * one member is killed: the time until each member declares it dead, median and
   the last of all;
 * with ``--kills K``, K members killed one after the other in a fresh cluster, as
-  ``benchmarks/agents.py`` does: the medians of each stage of their detection;
+  ``benchmarks/agents.py`` does: the medians of each stage of their detection, the wait
+  for the first probe of each victim and the time until all declared it dead (median,
+  p90, max), and the datagrams and bytes each member sent per second meanwhile;
 * with ``--lossy-minutes``, false deaths during that long a run at ``--loss``.
 
 ``--news-rounds both`` runs every size twice, with news of members' fate gossiped in
 rounds of its own as it arrives (hepto's default) and at the gossip ticks only (as
-memberlist does), side by side.
+memberlist does), side by side; ``--schedule both`` runs every size with the probe
+schedule every member follows (hepto's default) and with each member's own randomized
+round robin (*rr*, memberlist's way).
 
 Figures are printed, not asserted: they depend on the seed, and the point is to see
 them move when the protocol changes.
@@ -111,15 +116,29 @@ def detection(
     warmup: float,
     kills: int,
     settle: float = 5.0,
+    slack: float = 8.0,
 ) -> dict[str, float]:
     """Kill ``kills`` members one after the other, each once all others buried the last
     and ``settle`` seconds passed, as ``benchmarks/agents.py`` does; the medians of each
-    stage of a detection over the kills."""
+    stage of a detection over the kills.
+
+    Each kill gets the same time, ``slack`` seconds more than the shortest suspicion
+    timeout (unless its burial and ``settle`` take longer): traffic per second then
+    compares like with like, however fast each variant buries its dead."""
     started = time.perf_counter()
     simulation = conditions.cluster(size, profile)
     simulation.run(warmup)
-    stages: dict[str, list[float]] = {"suspected": [], "timed_out": [], "spread": [], "all": []}
+    stages: dict[str, list[float]] = {
+        "probed": [],
+        "suspected": [],
+        "timed_out": [],
+        "spread": [],
+        "all": [],
+    }
+    begun, sent = simulation.clock.seconds(), simulation.traffic()
     for victim in reversed(simulation.names[-kills:]):
+        # Deaths come at any moment of a probe interval, not on the steps of run_until.
+        simulation.run(simulation.rng.uniform(0, profile.probe_interval))
         simulation.kill(victim)
         killed = simulation.clock.seconds()
         deaths = simulation.deaths[victim]
@@ -133,17 +152,25 @@ def detection(
             break
         suspected = min(t for t in simulation.suspicions[victim] if t >= killed)
         first, last = min(deaths.values()), max(deaths.values())
+        stages["probed"].append(
+            simulation.network.first_pings[simulation.endpoints[victim]] - killed
+        )
         stages["suspected"].append(suspected - killed)
         stages["timed_out"].append(first - suspected)
         stages["spread"].append(last - first)
         stages["all"].append(last - killed)
-        simulation.run(settle)
+        cycle = profile.suspicion_timeouts(size)[0] + slack
+        simulation.run(max(settle, killed + cycle - simulation.clock.seconds()))
+    elapsed, total = simulation.clock.seconds() - begun, simulation.traffic()
     return {
         "members": size,
         "kills": len(stages["all"]),
         **{f"{stage}_p50": percentile(values, 0.5) for stage, values in stages.items()},
-        "all_max": max(stages["all"]),
+        **{f"{stage}_p90": percentile(stages[stage], 0.9) for stage in ("probed", "all")},
+        **{f"{stage}_max": max(stages[stage]) for stage in ("probed", "all")},
         "false_deaths": len(simulation.false_deaths),
+        "datagrams": (total.datagrams - sent.datagrams) / elapsed / size,
+        "bps": (total.bytes - sent.bytes) / elapsed / size,
         "wall": time.perf_counter() - started,
     }
 
@@ -157,6 +184,7 @@ def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -
         "members": size,
         "false_deaths": len(simulation.false_deaths),
         "refutations": refutations,
+        "datagrams": simulation.traffic().datagrams / (minutes * 60) / size,
         "bps": simulation.traffic().bytes / (minutes * 60) / size,
         "wall": time.perf_counter() - started,
     }
@@ -173,6 +201,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--lossy-minutes", type=float, default=0.0)
     parser.add_argument(
+        "--no-table", action="store_true", help="skip the first table (record, one kill)"
+    )
+    parser.add_argument(
         "--kills", type=int, default=0, help="also kill this many, one after the other"
     )
     parser.add_argument(
@@ -181,16 +212,24 @@ def main() -> None:
         default="on",
         help="gossip news of members' fate at once (on), at the ticks only (off), or both",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=["on", "off", "both"],
+        default="on",
+        help="probe on the schedule every member follows (on), on each member's own "
+        "round robin (off), or both",
+    )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
-    variants = {
-        "on": [("", profile)],
-        "off": [(" ticks", attrs.evolve(profile, news_rounds=False))],
-        "both": [
-            ("", profile),
-            (" ticks", attrs.evolve(profile, news_rounds=False)),
-        ],
-    }[arguments.news_rounds]
+    switches = {"on": [True], "off": [False], "both": [True, False]}
+    variants = [
+        (
+            ("" if news else " ticks") + ("" if scheduled else " rr"),
+            attrs.evolve(profile, news_rounds=news, scheduled_probes=scheduled),
+        )
+        for news in switches[arguments.news_rounds]
+        for scheduled in switches[arguments.schedule]
+    ]
 
     print(
         f"profile {arguments.profile}, seed {arguments.seed}, loss {arguments.loss:.0%}, "
@@ -207,7 +246,7 @@ def main() -> None:
         (size, f"{size}{label}", variant) for size in arguments.sizes for label, variant in variants
     ]
     conditions = Conditions(arguments.seed, arguments.loss, arguments.latency, arguments.jitter)
-    for size, name, variant in runs:
+    for size, name, variant in [] if arguments.no_table else runs:
         row = measure(size, variant, conditions, arguments.warmup)
         print(
             f"{name:>14} {row['record_p50']:>9.2f}s {row['record_p99']:>5.2f}s "
@@ -223,14 +262,17 @@ def main() -> None:
         print(
             f"{arguments.kills} kills one after the other, medians: until the first "
             "suspicion, from there to the first declaration, from there to the last; "
-            "kill to dead by all (median, max)"
+            "kill to the first probe of the victim and kill to dead by all (median, p90, "
+            "max); datagrams and bytes sent per member per second over the run"
         )
         for size, name, variant in runs:
             row = detection(size, variant, conditions, arguments.warmup, arguments.kills)
             print(
                 f"{name:>14} {row['suspected_p50']:>6.2f}s "
-                f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   "
-                f"{row['all_p50']:>6.2f}s {row['all_max']:>6.2f}s  "
+                f"{row['timed_out_p50']:>6.2f}s {row['spread_p50']:>6.2f}s   probed "
+                f"{row['probed_p50']:.2f} {row['probed_p90']:.2f} {row['probed_max']:.2f}s   "
+                f"all {row['all_p50']:.2f} {row['all_p90']:.2f} {row['all_max']:.2f}s   "
+                f"{row['datagrams']:.2f}/s {row['bps']:.0f} B/s  "
                 f"({row['kills']} kills, {row['false_deaths']} false deaths, "
                 f"{row['wall']:.0f} s wall)",
                 flush=True,
@@ -242,8 +284,8 @@ def main() -> None:
             row = lossy(size, variant, conditions, arguments.lossy_minutes)
             print(
                 f"{name:>14} members: {row['false_deaths']} false deaths, "
-                f"{row['refutations']} refutations, {row['bps']:.0f} B/s per member, "
-                f"{row['wall']:.0f} s wall",
+                f"{row['refutations']} refutations, {row['datagrams']:.2f} datagrams/s and "
+                f"{row['bps']:.0f} B/s per member, {row['wall']:.0f} s wall",
                 flush=True,
             )
 

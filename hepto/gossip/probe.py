@@ -5,9 +5,10 @@ relays for others.
 suspicion) is :class:`~hepto.gossip.swim.Membership`'s business, as memberlist keeps
 its probe code apart from its state merging.  A probe is a ping; without an ack after
 the probe timeout, ping-reqs to a few helpers and a TCP ping in parallel; the outcome
-is told back once an ack arrives or, failing that, when the member's next probe tick
-ends it.  Every outcome also moves the Lifeguard health score, which the prober shares
-with its membership.
+is told back once an ack arrives or, failing that, one (health-scaled) probe interval
+after the ping.  Probes may overlap: the schedule's turns and a last look at a suspect
+are each a probe of their own.  Every outcome also moves the Lifeguard health score,
+which the prober shares with its membership.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class _Probe:
     target: MemberState
     seq: int
     timer: IDelayedCall | None = None
+    #: When the probe ends, failed, if nobody acked by then.
+    end: IDelayedCall | None = None
     helpers: frozenset[str] = frozenset()
     nacks: set[str] = attrs.field(factory=set)
     stream: Deferred[bool] | None = None
@@ -63,7 +66,7 @@ class _Relay:
 
 
 class Prober:
-    """One probe of ours at a time, and the relays we run for others' probes."""
+    """Our probes, and the relays we run for others' probes."""
 
     log = Logger()
 
@@ -96,14 +99,13 @@ class Prober:
         self._unanswered = unanswered
         #: Probes and relays by the sequence number of the ping we sent for them.
         self._waiting: dict[int, _Probe | _Relay] = {}
-        self._probe: _Probe | None = None
         self._seq = rng.randrange(_SEQ_MODULO)
 
     def probe(self, target: MemberState) -> None:
-        """Probe ``target``: the probe lasts until an ack or the next :meth:`conclude`."""
+        """Probe ``target``: the probe lasts until an ack, or fails after a probe interval
+        (longer while our health is poor: Lifeguard)."""
         seq = self._next_seq()
         probe = _Probe(target, seq)
-        self._probe = probe
         self._waiting[seq] = probe
         messages: list[Message] = [Ping(seq, target.name, self.name)]
         if target.status == SUSPECT:
@@ -112,18 +114,15 @@ class Prober:
         probe.timer = self._clock.callLater(
             self._awareness.scale(self._profile.probe_timeout), self._probe_indirectly, probe
         )
+        probe.end = self._clock.callLater(
+            self._awareness.scale(self._profile.probe_interval), self._probe_failed, probe
+        )
         self._send(target.address, messages)
-
-    def conclude(self) -> None:
-        """The probe interval is over: a probe still without an ack has failed."""
-        if self._probe is not None:
-            self._probe_failed(self._probe)
 
     def stop(self) -> None:
         """Give up every probe and relay, silently."""
         for waiter in list(self._waiting.values()):
             self._forget(waiter)
-        self._probe = None
 
     # Receiving --------------------------------------------------------------------------
 
@@ -207,7 +206,7 @@ class Prober:
 
     def _stream_answered(self, acked: bool, probe: _Probe) -> None:
         probe.stream = None
-        if acked and self._probe is probe:
+        if acked and self._waiting.get(probe.seq) is probe:
             self.log.warn(
                 "{member} answered over TCP but not over UDP: is UDP blocked on the way?",
                 member=probe.target.name,
@@ -221,13 +220,12 @@ class Prober:
 
     def _probe_succeeded(self, probe: _Probe, health_delta: int) -> None:
         self._forget(probe)
-        self._probe = None
         self._answered(probe.target)
         self._awareness.apply(health_delta)
 
     def _probe_failed(self, probe: _Probe) -> None:
+        probe.end = None
         self._forget(probe)
-        self._probe = None
         # Lifeguard: every helper that did not even nack points at our own network.
         if probe.helpers:
             self._awareness.apply(len(probe.helpers) - len(probe.nacks))
@@ -250,6 +248,9 @@ class Prober:
             if waiter.stream is not None:
                 stream, waiter.stream = waiter.stream, None
                 stream.cancel()
+            if waiter.end is not None and waiter.end.active():
+                waiter.end.cancel()
+            waiter.end = None
         else:
             self._waiting.pop(waiter.local_seq, None)
             if waiter.expiry is not None and waiter.expiry.active():

@@ -40,6 +40,11 @@ class Profile:
     #: round of its own as soon as it arrives, rather than at the next tick: every hop
     #: then costs a network transit instead of half a gossip interval more.
     news_rounds: bool = True
+    #: Whether members follow one probe schedule (:mod:`hepto.gossip.schedule`): each
+    #: probes at the start of every round of the shared clock, its target chosen so that
+    #: every member is probed once per round; else each probes at its own phase, the next
+    #: of its own randomized round robin (memberlist's way, kept for side-by-side figures).
+    scheduled_probes: bool = True
     #: Members asked to ping a target that missed its direct ack.
     indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     #: Suspicion timeout: suspicion_mult * max(1, log10 N) * probe_interval at least...

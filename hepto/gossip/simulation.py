@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -164,7 +165,7 @@ class SimulatedNetwork:
 
     def __init__(
         self,
-        clock: HeapClock,
+        clock: HeapClock | Clock,
         rng: random.Random,
         loss: float = 0.0,
         latency: float = 0.005,
@@ -178,12 +179,20 @@ class SimulatedNetwork:
         self.sent: defaultdict[Endpoint, Traffic] = defaultdict(Traffic)
         self._hosts: dict[Endpoint, Membership] = {}
         self._groups: dict[Endpoint, int] = {}
+        #: Endpoints detached from the network, and when each was first sent a ping since.
+        self._detached: set[Endpoint] = set()
+        self.first_pings: dict[Endpoint, float] = {}
+        #: Told of every datagram sent: ``tap(source, destination, messages)``.
+        self.tap: Callable[[Endpoint, Endpoint, Sequence[Message]], None] | None = None
 
     def attach(self, endpoint: Endpoint, membership: Membership) -> None:
         self._hosts[endpoint] = membership
+        self._detached.discard(endpoint)
+        self.first_pings.pop(endpoint, None)
 
     def detach(self, endpoint: Endpoint) -> None:
         self._hosts.pop(endpoint, None)
+        self._detached.add(endpoint)
 
     def host(self, endpoint: Endpoint) -> Membership | None:
         return self._hosts.get(endpoint)
@@ -224,7 +233,17 @@ class SimulatedNetwork:
         traffic.bytes += size
         if size > MAX_DATAGRAM:
             traffic.oversized += 1
+        if self.tap is not None:
+            self.tap(source, destination, messages)
         host = self._hosts.get(destination)
+        if (
+            host is None
+            and destination in self._detached
+            and destination not in self.first_pings
+            and any(type(message) is Ping for message in messages)
+        ):
+            # The probe that will find a dead member out: how long it waited for one.
+            self.first_pings[destination] = self.clock.seconds()
         if (
             host is None
             or (self.loss and self.rng.random() < self.loss)
@@ -326,8 +345,11 @@ class Simulation:
         converged: bool = True,
         quiet: bool = True,
         push_pull: bool = True,
+        clock: HeapClock | Clock | None = None,
     ) -> None:
-        self.clock = HeapClock()
+        """``clock`` is a fresh :class:`HeapClock` unless given (tests of a few members
+        may prefer ``task.Clock``)."""
+        self.clock = HeapClock() if clock is None else clock
         self.push_pull = push_pull
         self.rng = random.Random(seed)
         self.profile = profile

@@ -6,12 +6,14 @@
 with an in-memory network (unit tests, :mod:`hepto.gossip.simulation`) and on the
 reactor with real UDP.
 
-Failure detection: every probe interval a member pings the next peer of a randomized
-round robin; without an ack after the probe timeout it asks ``indirect_checks`` others
-to ping the target for it (they ack, or nack so that our Lifeguard knows they are fine)
-and tries a TCP ping in parallel; a target none of these confirms by the end of the
-interval is suspected.  A suspected member that hears of it refutes by raising its
-incarnation; one that cannot for the suspicion timeout is declared dead.  The probes
+Failure detection: every probe interval a member pings one peer, the one that the probe
+schedule every member follows gives it for this round (:mod:`hepto.gossip.schedule`), so
+that every member is probed once a round; without an ack after the probe timeout it
+asks ``indirect_checks`` others to ping the target for it (they ack, or nack so that our
+Lifeguard knows they are fine) and tries a TCP ping in parallel; a target none of these
+confirms by the end of the interval is suspected.  A suspected member that hears of it
+refutes by raising its incarnation; one that cannot for the suspicion timeout is
+declared dead.  The probes
 themselves (pings, ping-reqs, acks, nacks and the relays we run for others) are
 :class:`~hepto.gossip.probe.Prober`'s, the suspicion timers
 :class:`~hepto.gossip.suspicion.Suspicions`'; :class:`Membership` picks the targets,
@@ -50,6 +52,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from hepto.config import Endpoint
+from hepto.gossip import schedule
 from hepto.gossip.awareness import Awareness
 from hepto.gossip.broadcast import BroadcastQueue
 from hepto.gossip.digests import DigestHandler, Digests
@@ -160,7 +163,9 @@ class Membership:
         self._observers: Observers[[MemberState | None, MemberState]] = Observers(
             "Membership observer", self.log
         )
+        #: The next probe tick, and our turn of this round of the schedule, if pending.
         self._probe_call: IDelayedCall | None = None
+        self._turn_call: IDelayedCall | None = None
         self._running = False
         self._catching_up = False
         #: Changes of our view so far, and whether the last merge brought any.
@@ -279,18 +284,23 @@ class Membership:
             return
         self._running = True
         self._broadcast_member(self._own.alive_message())
-        # A random phase, so that members started together do not probe in lockstep.
-        self._probe_call = self._clock.callLater(
-            self._rng.uniform(0, self.profile.probe_interval), self._probe_tick
-        )
+        interval = self.profile.probe_interval
+        if self.profile.scheduled_probes:
+            # Every member probes at the start of each round of the shared clock.
+            first = schedule.next_round_in(self._clock.seconds(), interval, rounds=0)
+        else:
+            # A random phase, so that members started together do not probe in lockstep.
+            first = self._rng.uniform(0, interval)
+        self._probe_call = self._clock.callLater(first, self._probe_tick)
         self._gossip.start(self._rng.uniform(0, self.profile.gossip_interval))
 
     def stop(self) -> None:
         """Stop every timer; later datagrams are ignored."""
         self._running = False
-        if self._probe_call is not None and self._probe_call.active():
-            self._probe_call.cancel()
-        self._probe_call = None
+        for call in (self._probe_call, self._turn_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._probe_call = self._turn_call = None
         self._gossip.stop()
         self._suspicions.stop()
         self._prober.stop()
@@ -567,21 +577,57 @@ class Membership:
     # Probing ----------------------------------------------------------------------------
 
     def _probe_tick(self) -> None:
-        self._prober.conclude()
+        """The start of a round of the schedule (or, without it, of our own interval)."""
         self._reap()
-        target = self._next_target()
-        if target is not None:
-            self._prober.probe(target)
-        # Lifeguard: a member in poor health probes less often and waits longer.
-        self._probe_call = self._clock.callLater(
-            self._awareness.scale(self.profile.probe_interval), self._probe_tick
-        )
+        interval = self.profile.probe_interval
+        if self.profile.scheduled_probes:
+            self._round()
+            # Lifeguard: a member in poor health sits out rounds (its turns are lost for
+            # those rounds; its probes also wait longer, see Prober).
+            delay = schedule.next_round_in(
+                self._clock.seconds(), interval, rounds=self._awareness.score + 1
+            )
+        else:
+            # A last look at a suspect goes first, in place of the round robin's turn.
+            target = self._suspicions.next_look() or self._roster.next_in_turn()
+            if target is not None:
+                self._prober.probe(target)
+            # Lifeguard: a member in poor health probes less often and waits longer.
+            delay = self._awareness.scale(interval)
+        self._probe_call = self._clock.callLater(delay, self._probe_tick)
 
-    def _next_target(self) -> MemberState | None:
+    def _round(self) -> None:
+        """Our turn in this round: the last look at a suspect due one, at once (a probe
+        of its own, so that it takes nobody's turn), and our target of the schedule at
+        the target's own phase of the round, so that every member is probed at the same
+        moment of every round, and the probes of a round spread over it."""
         suspect = self._suspicions.next_look()
         if suspect is not None:
-            return suspect
-        return self._roster.next_in_turn()
+            self._prober.probe(suspect)
+        interval = self.profile.probe_interval
+        if self._turn_call is not None and self._turn_call.active():
+            # Our turn of the last round never came (the reactor was held up that long):
+            # this round's is due now.
+            self._turn_call.cancel()
+        self._turn_call = None
+        now = self._clock.seconds()
+        number = schedule.round_at(now, interval)
+        target = self._roster.scheduled(number)
+        if target is not None:
+            # From the round's start, not from now: a tick that fired late must not
+            # push the turn past the round.
+            at = (number + schedule.phase(target.name)) * interval
+            self._turn_call = self._clock.callLater(
+                max(0.0, at - now), self._take_turn, target.name
+            )
+
+    def _take_turn(self, name: str) -> None:
+        self._turn_call = None
+        # As we see it now: it may have died meanwhile, or been suspected (then the
+        # probe carries the suspicion: the buddy system).
+        target = self._roster.get(name)
+        if target is not None and target.reachable:
+            self._prober.probe(target)
 
     def _probe_unanswered(self, target: MemberState) -> None:
         self._suspect(Suspect(target.name, target.incarnation, self.name))

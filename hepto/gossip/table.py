@@ -3,12 +3,14 @@
 Kept apart from :mod:`hepto.gossip.swim` because these are plain data structures with no
 protocol in them, and because the simulator shares one :class:`Snapshot` between
 thousands of members: each member's :class:`MemberTable` and :class:`ProbeOrder` hold
-only its own changes over that shared start.  A :class:`Roster` keeps the two, and the
-list of the departed, in step for one member.
+only its own changes over that shared start, and so does its :class:`SortedNames` of the
+members it knows (the ring of :mod:`hepto.gossip.schedule`).  A
+:class:`Roster` keeps the three, and the list of the departed, in step for one member.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
@@ -16,6 +18,7 @@ from typing import Final
 import attrs
 
 from hepto.config import Endpoint
+from hepto.gossip import schedule
 from hepto.gossip.messages import Alive
 from hepto.state import ALIVE, SUSPECT
 
@@ -73,6 +76,7 @@ class Snapshot:
         self.departed: Sequence[tuple[str, float]] = tuple(
             (state.name, state.since) for state in states if not state.reachable
         )
+        self.sorted_names: Sequence[str] = tuple(sorted(self.names))
 
 
 #: The start of a member that knew nobody.
@@ -212,9 +216,94 @@ class ProbeOrder:
         return self._at(self._rng.randrange(self._length)) if self._length else None
 
 
+class SortedNames:
+    """A sorted set of names with ranks: a shared sorted start, minus the names that left
+    it, plus the names added, each kept sorted.
+
+    Ten thousand simulated members share one start of ten thousand names and each keeps
+    a few changes; a real member starts empty and keeps everything in ``_added``.  Rank
+    and access by rank are binary searches (O(log² n)); adding and removing, an insertion
+    into a sorted list.
+    """
+
+    def __init__(self, base: Sequence[str] = ()) -> None:
+        self._base = base
+        #: Names of the start no longer here, and names not in the start now here.
+        self._removed: list[str] = []
+        self._added: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._base) - len(self._removed) + len(self._added)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[index] for index in range(len(self)))
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        return (_holds(self._base, name) and not _holds(self._removed, name)) or _holds(
+            self._added, name
+        )
+
+    def add(self, name: str) -> None:
+        if _holds(self._base, name):
+            if _holds(self._removed, name):
+                self._removed.remove(name)
+        elif not _holds(self._added, name):
+            bisect.insort(self._added, name)
+
+    def discard(self, name: str) -> None:
+        if _holds(self._base, name):
+            if not _holds(self._removed, name):
+                bisect.insort(self._removed, name)
+        elif _holds(self._added, name):
+            self._added.remove(name)
+
+    def rank(self, name: str) -> int:
+        """How many names sort before ``name`` (its index, if it is here)."""
+        return (
+            bisect.bisect_left(self._base, name)
+            - bisect.bisect_left(self._removed, name)
+            + bisect.bisect_left(self._added, name)
+        )
+
+    def __getitem__(self, index: int) -> str:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        base, removed, added = self._base, self._removed, self._added
+        # An added name is the one if its rank is the index...
+        position = _first(len(added), lambda at: self.rank(added[at]) >= index)
+        if position < len(added) and self.rank(added[position]) == index:
+            return added[position]
+        # ...else the first name of the start still here whose rank reaches it.
+        position = _first(len(base), lambda at: self.rank(base[at]) >= index)
+        while _holds(removed, base[position]):
+            position += 1
+        return base[position]
+
+
+def _holds(names: Sequence[str], name: str) -> bool:
+    """Whether sorted ``names`` holds ``name``."""
+    at = bisect.bisect_left(names, name)
+    return at < len(names) and names[at] == name
+
+
+def _first(length: int, reached: Callable[[int], bool]) -> int:
+    """The first of 0..length - 1 for which monotone ``reached`` holds (length if none)."""
+    low, high = 0, length
+    while low < high:
+        middle = (low + high) // 2
+        if reached(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 class Roster:
     """Whom one member knows, kept in step: the :class:`MemberTable`, the
-    :class:`ProbeOrder` of its peers, and when each member no longer reachable departed.
+    :class:`ProbeOrder` of its peers, the :class:`SortedNames` of every member known
+    (ourselves included), and when each member no longer reachable departed.
 
     Every member but ourselves takes its turn in the probe order until it is reaped, and
     the departed are exactly the unreachable (ourselves apart).  Reads go to the table;
@@ -224,6 +313,8 @@ class Roster:
     def __init__(self, own: str, rng: random.Random, base: Snapshot) -> None:
         self.table = MemberTable(base)
         self.order = ProbeOrder(rng, base.names, base.positions)
+        #: The ring of the probe schedule: every member known, by name.
+        self.ring = SortedNames(base.sorted_names)
         #: When each member we remember dead or left departed: the recently departed
         #: still hear gossip, the long departed are reaped.
         self.departed: dict[str, float] = dict(base.departed)
@@ -252,8 +343,10 @@ class Roster:
     def record(self, new: MemberState) -> MemberState | None:
         """Take ``new`` as how we see its member; returns how we saw it before."""
         old = self.table.get(new.name)
-        if old is None and new.name != self._own:
-            self.order.add(new.name)
+        if old is None:
+            self.ring.add(new.name)
+            if new.name != self._own:
+                self.order.add(new.name)
         self.table.set(new)
         if new.reachable:
             self.departed.pop(new.name, None)
@@ -271,7 +364,20 @@ class Roster:
         state = self.table.get(name)
         self.table.remove(name)
         self.order.remove(name)
+        self.ring.discard(name)
         return state
+
+    def scheduled(self, round_number: int) -> MemberState | None:
+        """Whom we probe in round ``round_number`` of the schedule every member follows
+        (:mod:`hepto.gossip.schedule`), if anyone."""
+        chosen = schedule.target(
+            self.ring, self._own, round_number, self._live, rank=self.ring.rank(self._own)
+        )
+        return None if chosen is None else self.table.get(chosen)
+
+    def _live(self, name: str) -> bool:
+        state = self.table.get(name)
+        return state is not None and state.reachable
 
     def next_in_turn(self) -> MemberState | None:
         """The next reachable member of the round robin, if any (the dead keep their
