@@ -108,9 +108,23 @@ def _busybox_entries() -> tuple[Entry, ...]:
     return busybox_recipe(BUSYBOX).entries
 
 
+def _bash_as_sh() -> list[Entry]:
+    """bash, with its libraries, as ``/bin/sh``.
+
+    Debian's busybox 1.35 has two habits that upstream's images do not: its shell runs
+    its own applets before PATH's programs, and it drops from the environment of what it
+    runs every variable whose name is not a shell identifier (``data-1``, which specs
+    set from ConfigMap and Secret keys and then read with ``sh -c env``).  bash has
+    neither.
+    """
+    return [*with_libraries("/bin/bash", BASH), Symlink("/bin/sh", "bash")]
+
+
 def busybox(tag: str = "1.37.0-2") -> Recipe:
-    """Debian's busybox-static: the image most conformance specs run their commands in."""
-    return attrs.evolve(busybox_recipe(BUSYBOX), name=f"{E2E_REGISTRY}/busybox:{tag}")
+    """Debian's busybox-static, bash as its shell: the image most specs run commands in."""
+    recipe = busybox_recipe(BUSYBOX)
+    entries = _merged(recipe.entries, _bash_as_sh())
+    return attrs.evolve(recipe, name=f"{E2E_REGISTRY}/busybox:{tag}", entries=entries)
 
 
 def agnhost(sources: Sources, tag: str = "2.66.1") -> Recipe:
@@ -121,12 +135,9 @@ def agnhost(sources: Sources, tag: str = "2.66.1") -> Recipe:
         with_libraries("/usr/bin/dig", DIG),
         with_libraries("/usr/bin/curl", CURL),
         with_libraries("/usr/bin/getent", GETENT),
-        with_libraries("/bin/bash", BASH),
+        _bash_as_sh(),
         with_libraries("/usr/bin/nc", NETCAT),
         [
-            # Debian's static busybox runs its own applets before PATH's programs: its
-            # shell would run its nc, not OpenBSD's.  bash as sh runs what PATH says.
-            Symlink("/bin/sh", "bash"),
             Symlink("/bin/nc", "/usr/bin/nc"),
             File.copy("/agnhost", sources.programs / "agnhost", 0o755),
             Symlink("/agnhost-2", "agnhost"),

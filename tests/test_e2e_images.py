@@ -128,6 +128,11 @@ class UnpackedTests(SynchronousTestCase):
         self.assertIn("user-defined-in-image", self.run_in(root, "id", "user-defined-in-image"))
         self.assertIn("netexec", self.run_in(root, "/agnhost", "--help"))
 
+    def test_busybox_shell_keeps_every_variable(self) -> None:
+        root = self.unpack("busybox:1.37.0-2")
+        shown = self.run_in(root, "env", "data-1=value-1", "sh", "-c", "env")
+        self.assertIn("data-1=value-1", shown)
+
     def test_glibc_dns_testing_tools(self) -> None:
         root = self.unpack("glibc-dns-testing:2.1.1")
         self.assertIn("DiG 9", self.run_in(root, "dig", "-v"))

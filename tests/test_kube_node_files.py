@@ -152,6 +152,8 @@ class KubeletTests(SynchronousTestCase):
         self.assertEqual(config["resolvConf"], str(LAYOUT.resolv_conf))
         self.assertIs(config["protectKernelDefaults"], True)
         self.assertEqual(config["imageGCHighThresholdPercent"], 100)
+        self.assertEqual(config["imagePullCredentialsVerificationPolicy"], "NeverVerify")
+        self.assertIs(config["serializeImagePulls"], False)
         self.assertNotIn("oomScoreAdj", config)
         self.assertEqual(kubelet.config(CONTEXT, "/s", False)["oomScoreAdj"], 0)
         self.assertEqual(json.loads(kubelet.render(config)), config)

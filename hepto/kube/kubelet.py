@@ -103,6 +103,8 @@ def config(
         },
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
+        "imagePullCredentialsVerificationPolicy": "NeverVerify",
+        "serializeImagePulls": False,
     }
     if not may_lower_oom_score:
         settings["oomScoreAdj"] = 0
