@@ -64,8 +64,9 @@ class MissingProgram(Exception):
 class Sources:
     """Where the images' programs and files come from on this machine.
 
-    ``programs``: agnhost and nnp (tools/build-e2e); ``bundle``: the bundle's bin dir
-    (coredns, pause); ``images``: ``test/images`` of the pinned Kubernetes module.
+    ``programs``: agnhost, nnp, sample-apiserver and etcd (tools/build-e2e);
+    ``bundle``: the bundle's bin dir (coredns, pause); ``images``: ``test/images`` of the
+    pinned Kubernetes module.
     """
 
     programs: Path
@@ -209,6 +210,23 @@ def pause(sources: Sources) -> Recipe:
     return attrs.evolve(recipe, name="registry.k8s.io/pause:3.10.2")
 
 
+def sample_apiserver(sources: Sources) -> Recipe:
+    """The sample aggregated API server of the pinned module, for the aggregator's spec."""
+    program = File.copy("/sample-apiserver", sources.programs / "sample-apiserver", 0o755)
+    config = ImageConfig(entrypoint=("/sample-apiserver",), env=(PATH,))
+    return Recipe(f"{E2E_REGISTRY}/sample-apiserver:1.29.2", [program], config)
+
+
+def etcd(sources: Sources) -> Recipe:
+    """etcd of the pinned module, beside the sample API server as its storage."""
+    entries: list[Entry] = [
+        File.copy("/usr/local/bin/etcd", sources.programs / "etcd", 0o755),
+        Directory("/tmp", 0o1777),
+        Directory("/var/lib/etcd", 0o700),
+    ]
+    return Recipe("registry.k8s.io/etcd:3.7.0-0", entries, ImageConfig(env=(PATH,)))
+
+
 def recipes(sources: Sources) -> Iterator[Recipe]:
     """Every image made here, each with the name the suite pulls."""
     yield busybox()
@@ -221,6 +239,8 @@ def recipes(sources: Sources) -> Iterator[Recipe]:
     yield nonewprivs(sources)
     yield glibc_dns_testing()
     yield pause(sources)
+    yield sample_apiserver(sources)
+    yield etcd(sources)
 
 
 def archive_name(recipe: Recipe) -> str:

@@ -37,7 +37,8 @@ E2E_DIR = Path(os.environ.get("HEPTO_TEST_E2E_DIR", "/var/cache/hepto/e2e/curren
 
 
 def sources(case: SynchronousTestCase) -> Sources:
-    for program in (E2E_DIR / "agnhost", E2E_DIR / "nnp", BIN_DIR / "coredns", BUSYBOX):
+    programs = [E2E_DIR / name for name in ("agnhost", "nnp", "sample-apiserver", "etcd")]
+    for program in (*programs, BIN_DIR / "coredns", BUSYBOX):
         if not os.access(program, os.X_OK):
             raise case.skipTest(f"no {program}: tools/build-e2e, tools/build-bundle build them")
     return Sources(E2E_DIR, BIN_DIR, E2E_DIR.parent / "images")
@@ -169,9 +170,16 @@ class ContainerdTests(SynchronousTestCase):
             return answer.stdout
 
         e2e = "registry.k8s.io/e2e-test-images"
-        # agnhost's entry point with another command than its default (pause, forever).
-        self.assertIn("entrypoint-tester", run(f"{e2e}/agnhost:2.66.1", "entrypoint-tester"))
-        self.assertIn("entrypoint-tester", run(f"{e2e}/kitten:1.8", "entrypoint-tester"))
+        # ctr's arguments replace the whole command: agnhost's default (pause) runs forever.
+        agnhost = ("/agnhost", "entrypoint-tester")
+        self.assertIn("entrypoint-tester", run(f"{e2e}/agnhost:2.66.1", *agnhost))
+        self.assertIn("entrypoint-tester", run(f"{e2e}/kitten:1.8", *agnhost))
         self.assertEqual(run(f"{e2e}/nonewprivs:1.4"), "Effective uid: 0\n")
         self.assertEqual(run(f"{e2e}/busybox:1.37.0-2", "sh", "-c", "echo hi"), "hi\n")
         self.assertIn("index.html", run(f"{e2e}/nginx:1.27.0-2", "ls", "/usr/share/nginx/html"))
+        self.assertIn(
+            "etcd Version: 3.7.0", run("registry.k8s.io/etcd:3.7.0-0", "etcd", "--version")
+        )
+        self.assertIn(
+            "--etcd-servers", run(f"{e2e}/sample-apiserver:1.29.2", "/sample-apiserver", "--help")
+        )
