@@ -110,18 +110,23 @@ def _busybox_entries() -> tuple[Entry, ...]:
 
 
 def _bash_as_sh() -> list[Entry]:
-    """bash, with its libraries, as ``/bin/sh``: Debian's static busybox runs its own
-    applets before PATH's programs, so its shell would run its ``nc`` (which lacks
-    ``-v``, ``-t``, ``-u``, ``-z``) where the specs want OpenBSD's."""
+    """bash, with its libraries, as ``/bin/sh``.
+
+    Debian's busybox has two habits that upstream's busybox image has not: its shell
+    runs its own applets before PATH's programs (agnhost's ``nc`` would be busybox's,
+    which lacks ``-v``, ``-t``, ``-u``, ``-z``), and it drops from the environment of
+    what it runs every variable whose name is not a shell identifier (``data-1``, which
+    specs set from ConfigMap and Secret keys and read back with ``sh -c env``).  bash
+    has neither; it words one error message differently (docs/conformance.rst).
+    """
     return [*with_libraries("/bin/bash", BASH), Symlink("/bin/sh", "bash")]
 
 
 def busybox(tag: str = "1.37.0-2") -> Recipe:
-    """Debian's busybox-static: the image most conformance specs run their commands in.
-
-    Its shell stays busybox's: specs compare its error messages word for word.
-    """
-    return attrs.evolve(busybox_recipe(BUSYBOX), name=f"{E2E_REGISTRY}/busybox:{tag}")
+    """Debian's busybox-static, bash as its shell: the image most specs run commands in."""
+    recipe = busybox_recipe(BUSYBOX)
+    entries = _merged(recipe.entries, _bash_as_sh())
+    return attrs.evolve(recipe, name=f"{E2E_REGISTRY}/busybox:{tag}", entries=entries)
 
 
 def agnhost(sources: Sources, tag: str = "2.66.1") -> Recipe:
