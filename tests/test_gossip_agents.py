@@ -247,13 +247,22 @@ class InsiderTests(AgentsTestCase):
                 sender.sendto(datagram, (str(host.address), GOSSIP_PORT))
 
     def members_and_an_insider(self, names: list[str]) -> tuple[list[Host], Host]:
-        """Agents ``names``, all seeing each other alive, and a host for the insider."""
+        """Agents ``names``, all seeing each other alive and holding each other's record,
+        and a host for the insider.
+
+        Holding the records matters: until a member's record arrives no identity is pinned
+        to its name, and an Alive is taken on trust (then checked, and the member suspected
+        until it refutes): a forgery in that window moves the member for a moment, by
+        design, and would make these tests fail on a loaded machine.
+        """
         hosts = [self.lab.add_host(name) for name in names]
         insider = self.lab.add_host("insider")
         self.start(hosts[0])
         for host in hosts[1:]:
             self.start(host, anchor=hosts[0])
-        self.wait_all_see(names, names, "alive", START_TIMEOUT)
+        self.wait_all_see(
+            names, names, "alive", START_TIMEOUT, check=lambda m: m["version"] is not None
+        )
         return hosts, insider
 
     def wait_refused(self, observers: Iterable[str]) -> None:
