@@ -66,6 +66,11 @@ CACHE: Final = Path(os.environ.get("HEPTO_CACHE", "/var/cache/hepto"))
 #: already forgotten (reaped) by the time it was asked.
 DEAD_STATES: Final = frozenset({"dead", "gone"})
 
+#: Seconds of the members' idle CPU measured before each joiner starts.
+IDLE_SAMPLE: Final = 10.0
+#: How often a joiner's wireguard-go is asked about its handshakes, s.
+MESH_POLL: Final = 0.2
+
 log = Logger(namespace="benchmarks.agents")
 
 
@@ -145,6 +150,15 @@ class Observatory:
             if held >= version:
                 return t
         return None
+
+    def newest(self, origin: str) -> int | None:
+        """The newest version of ``origin``'s record that anyone is known to hold."""
+        versions = [
+            history[-1][0]
+            for (_, held), history in self._held.items()
+            if held == origin and history
+        ]
+        return max(versions, default=None)
 
     def deaths_between(self, start: float, end: float) -> list[Report]:
         return [report for report in self.deaths if start <= report.t <= end]
@@ -269,6 +283,57 @@ class Usage:
         return cls(ticks / os.sysconf("SC_CLK_TCK"), memory["VmRSS"], memory["VmHWM"])
 
 
+def tree_cpu_by_program(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid`` and of all its descendants, by program name; what ended
+    children used (once reaped) is under "ended children"."""
+    seconds: dict[str, float] = {}
+    pending, tick = [pid], 1 / os.sysconf("SC_CLK_TCK")
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # Ended meanwhile: its parent's cutime has it once reaped.
+        program = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        utime, stime, cutime, cstime = (int(field) for field in fields[11:15])
+        seconds[program] = seconds.get(program, 0.0) + (utime + stime) * tick
+        seconds["ended children"] = seconds.get("ended children", 0.0) + (cutime + cstime) * tick
+        for thread in tasks:
+            try:
+                pending.extend(int(child) for child in (thread / "children").read_text().split())
+            except OSError:
+                pass
+    return seconds
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and of all its descendants, living or ended and reaped."""
+    return sum(tree_cpu_by_program(pid).values())
+
+
+def handshaken_peers(socket_path: Path) -> int:
+    """How many peers of the wireguard-go behind ``socket_path`` completed a handshake."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(2)
+        client.connect(str(socket_path))
+        client.sendall(b"get=1\n\n")
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return sum(
+        1
+        for line in answer.decode().splitlines()
+        if line.startswith("last_handshake_time_sec=") and line.split("=", 1)[1] != "0"
+    )
+
+
 # The members of each system
 
 
@@ -283,6 +348,9 @@ class Member(Protocol):
         """Ask the member how it sees the cluster (for members that do not report)."""
 
     def stop(self) -> Deferred[None]: ...
+
+    def mesh_reached(self) -> int | None:
+        """Peers its mesh has completed a handshake with (None: it has no mesh)."""
 
 
 class System(Protocol):
@@ -348,6 +416,9 @@ class MemberlistMember:
 
     def poll(self) -> Deferred[None]:
         return defer.succeed(None)
+
+    def mesh_reached(self) -> int | None:
+        return None
 
     def stop(self) -> Deferred[None]:
         # End of input stops it at once, without a leave: as the harness dying would.
@@ -525,6 +596,14 @@ class HeptoMember:
     def update(self) -> Deferred[tuple[int, float]]:
         return Deferred.fromCoroutine(self._update())
 
+    def mesh_reached(self) -> int | None:
+        try:
+            return handshaken_peers(
+                self.data_dir / CLUSTER / self.name / "wireguard" / "hepto0.sock"
+            )
+        except OSError:
+            return 0  # wireguard-go not up yet
+
     def stop(self) -> Deferred[None]:
         self.process.signal("TERM")
         return _stop(self.reactor, self.process)
@@ -542,13 +621,21 @@ class HeptoSystem:
     small_records: bool = True
     #: Another checkout of hepto to run instead of this one (``--tree``).
     tree: Path | None = None
+    #: Members whose agent runs under cProfile (``--profile``): ``<name>.prof`` in the
+    #: run's directory once it stops.
+    profiled: frozenset[str] = frozenset()
 
     def start(self, host: Host, anchor: Host, directory: Path) -> Member:
         data_dir = directory / host.name
         data_dir.mkdir(parents=True, exist_ok=True)
         member = HeptoMember(host.name, self.observatory, self.reactor, data_dir)
         twistd = Path(sys.executable).with_name("twistd")
+        profiler = []
+        if host.name in self.profiled:
+            profile = directory / f"{host.name}.prof"
+            profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)]
         argv = [
+            *profiler,
             str(twistd),
             "-n",
             "--pidfile=",
@@ -658,6 +745,11 @@ class Settings:
     prefix: str
     #: Systems that run hepto from another checkout, by name.
     trees: dict[str, Path] = attrs.field(factory=dict)
+    #: Members that join, one at a time, once the others are up and quiet (0: the
+    #: usual scenarios instead).
+    one_more: int = 0
+    #: hepto members run under cProfile.
+    profiled: frozenset[str] = frozenset()
 
 
 @attrs.define
@@ -677,7 +769,12 @@ class Bench:
 
     @property
     def hosts(self) -> list[Host]:
-        return self.lab.hosts
+        """The members' hosts; the lab's last ``--one-more`` hosts are the joiners'."""
+        return self.lab.hosts[: len(self.lab.hosts) - self.settings.one_more]
+
+    @property
+    def joiners(self) -> list[Host]:
+        return self.lab.hosts[len(self.hosts) :]
 
     def observe(self, interval: float | None) -> None:
         """Poll the members every ``interval`` seconds (None: stop); reporting systems need not."""
@@ -727,7 +824,11 @@ class Bench:
 
         try:
             await self.start_all()
-            if await phase("join", lambda: self.converge("join", self.settings.join_timeout)):
+            if self.settings.one_more:
+                if await phase("join", lambda: self.converge("join", self.settings.join_timeout)):
+                    await phase("grow", self.grow_records)
+                    await phase("one_more", self.join_one_by_one)
+            elif await phase("join", lambda: self.converge("join", self.settings.join_timeout)):
                 await phase("grow", self.grow_records)
                 await self.sleep(self.settings.settle)
                 await phase("window", self.measure_quiet_window)
@@ -851,6 +952,105 @@ class Bench:
         )
         self.observe(None)
         self.figures["grow_seconds"] = time.time() - started if done else None
+
+    async def join_one_by_one(self) -> None:
+        """Each joiner in turn joins the members, up and quiet: (a) until it sees them all
+        alive and holds their newest records, (b) until they all see it alive, (c) until
+        its mesh has a handshake with each; the CPU it took to (a), and what the joining
+        cost each member beyond its idle CPU."""
+        joins = []
+        for host in self.joiners:
+            await self.sleep(self.settings.settle)
+            joins.append(await self.join_one(host))
+        self.figures["one_more"] = joins
+        for key in ("sees_all", "seen_by_all", "mesh_all", "joiner_cpu"):
+            self.figures[f"one_more_{key}"] = median(
+                [join[key] for join in joins if join[key] is not None]
+            )
+        self.figures["one_more_member_cpu_ms"] = median(
+            [join["member_cpu_ms"]["median"] for join in joins if join["member_cpu_ms"]]
+        )
+
+    async def join_one(self, host: Host) -> dict[str, Any]:
+        name, members = host.name, dict(self.members)
+        pids = {other: m.process.pid for other, m in members.items() if m.process.pid}
+        # What the members burn anyway, over a window as long as the settle pause.
+        idle_from, idle_started = {n: tree_cpu(p) for n, p in pids.items()}, time.monotonic()
+        await self.sleep(IDLE_SAMPLE)
+        idle_rate = {
+            n: (tree_cpu(p) - idle_from[n]) / (time.monotonic() - idle_started)
+            for n, p in pids.items()
+        }
+        newest = {other: self.observatory.newest(other) for other in members}
+        before = {n: tree_cpu(p) for n, p in pids.items()}
+        started, clock = time.time(), time.monotonic()
+        member = self.members[name] = self.system.start(host, self.hosts[0], self.directory)
+        member.process.ended.addCallback(self._ended, name)
+        figures: dict[str, Any] = {"name": name, "members": len(members)}
+
+        def sees_all() -> bool:
+            view = self.observatory.states.get(name, {})
+            return all(
+                view.get(other) == "alive"
+                and (
+                    newest[other] is None
+                    or self.observatory.first_held(name, other, newest[other]) is not None
+                )
+                for other in members
+            )
+
+        def seen_by_all() -> bool:
+            return all(
+                self.observatory.states.get(other, {}).get(name) == "alive" for other in members
+            )
+
+        def stamp(key: str) -> None:
+            figures[key] = time.time() - started
+            if key == "sees_all" and member.process.pid:
+                programs = tree_cpu_by_program(member.process.pid)
+                figures["joiner_cpu"] = sum(programs.values())
+                figures["joiner_cpu_by_program"] = programs
+
+        async def mesh() -> None:
+            if member.mesh_reached() is None:
+                return
+            while time.monotonic() - clock < self.settings.join_timeout:
+                reached = await threads.deferToThread(member.mesh_reached)
+                if reached is not None and reached >= len(members):
+                    figures["mesh_all"] = time.time() - started
+                    return
+                await self.sleep(MESH_POLL)
+
+        figures.update(sees_all=None, seen_by_all=None, mesh_all=None, joiner_cpu=None)
+        # Members report through their logs (hepto's debug events say each change of
+        # state and record); only the joiner is polled besides, so that the members' CPU
+        # is not spent answering the harness.
+        poller = task.LoopingCall(member.poll)
+        poller.clock = self.reactor
+        poller.start(self.settings.poll, now=False)
+        waits = [
+            wait(
+                self.observatory.when(sees_all), self.settings.join_timeout, self.reactor
+            ).addCallback(lambda done: done and stamp("sees_all")),
+            wait(
+                self.observatory.when(seen_by_all), self.settings.join_timeout, self.reactor
+            ).addCallback(lambda done: done and stamp("seen_by_all")),
+            Deferred.fromCoroutine(mesh()),
+        ]
+        await defer.gatherResults(waits)
+        poller.stop()
+        elapsed = time.monotonic() - clock
+        extra = [(tree_cpu(p) - before[n] - idle_rate[n] * elapsed) * 1000 for n, p in pids.items()]
+        figures["window"] = elapsed
+        figures["member_cpu_ms"] = {"median": median(extra), "max": max(extra, default=None)}
+        log.info(
+            "{system}: {name} joined {n}: {figures}",
+            system=self.system.name,
+            name=name,
+            n=len(members),
+            figures=json.dumps(figures),
+        )
+        return figures
 
     async def measure_quiet_window(self) -> None:
         """Traffic, CPU and memory over a window in which nothing happens (and nobody polls)."""
@@ -1161,9 +1361,12 @@ def make_system(
     reactor: Any,
     memberlist: Path | None,
     trees: Mapping[str, Path],
+    profiled: frozenset[str] = frozenset(),
 ) -> System:
     if name == "hepto" or name in trees:
-        return HeptoSystem(key, observatory, reactor, name=name, tree=trees.get(name))
+        return HeptoSystem(
+            key, observatory, reactor, name=name, tree=trees.get(name), profiled=profiled
+        )
     assert memberlist is not None
     return MemberlistSystem(
         memberlist, key, observatory, reactor, chunks=name == "memberlist+chunks"
@@ -1183,12 +1386,14 @@ async def run(
         lab = Lab(settings.prefix)
         labs.append(lab)
         started = time.monotonic()
-        await threads.deferToThread(add_hosts, lab, size)
+        await threads.deferToThread(add_hosts, lab, size + settings.one_more)
         await threads.deferToThread(on_every_host, lab.hosts, install_meter)
         log.info("{n} hosts ready in {s:.1f}s", n=size, s=time.monotonic() - started)
         for name in settings.systems:
             observatory = Observatory()
-            system = make_system(name, key, observatory, reactor, memberlist, settings.trees)
+            system = make_system(
+                name, key, observatory, reactor, memberlist, settings.trees, settings.profiled
+            )
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
             log.info(
@@ -1243,6 +1448,11 @@ def table(results: dict[str, dict[int, Any]]) -> str:
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("join: all see all alive (s)", lambda f: _fmt(f.get("join_seconds"), 1)),
         ("members that crashed", lambda f: _fmt(len(f.get("crashed", [])))),
+        ("one more: it sees all, records (s)", lambda f: _fmt(f.get("one_more_sees_all"))),
+        ("one more: all see it alive (s)", lambda f: _fmt(f.get("one_more_seen_by_all"))),
+        ("one more: mesh to all (s)", lambda f: _fmt(f.get("one_more_mesh_all"))),
+        ("one more: its CPU to (a) (s)", lambda f: _fmt(f.get("one_more_joiner_cpu"))),
+        ("one more: CPU per member (ms)", lambda f: _fmt(f.get("one_more_member_cpu_ms"), 1)),
         ("record spread median (s)", lambda f: _fmt(f.get("spread", {}).get("median"))),
         ("record spread p99 (s)", lambda f: _fmt(f.get("spread", {}).get("p99"))),
         ("record spread: not reached", lambda f: _fmt(f.get("spread", {}).get("missing"))),
@@ -1294,6 +1504,8 @@ def table(results: dict[str, dict[int, Any]]) -> str:
     ]
     header = ["figure", *[f"{name} {size}" for name, size in columns]]
     body = [[label, *[cell(results[n][s]) for n, s in columns]] for label, cell in rows]
+    # A run of one scenario leaves the others' rows empty.
+    body = [row for row in body if any(value != "-" for value in row[1:])] or body
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
@@ -1361,6 +1573,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="start members in waves of this many, each once the others see each other "
         "(default: all at once)",
     )
+    parser.add_argument(
+        "--one-more",
+        type=int,
+        default=0,
+        metavar="K",
+        help="instead of the usual scenarios: once the members are up and quiet, K more "
+        "join one at a time, each timed (issue 18's one more member)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="NAMES",
+        help="hepto members (n1, n2, ...) to run under cProfile: NAME.prof in the run's "
+        "directory of each system and size",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1420,6 +1647,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         run_dir=run_dir,
         prefix=args.prefix,
         trees=trees,
+        one_more=args.one_more,
+        profiled=frozenset(name for name in args.profile.split(",") if name),
     )
 
 

@@ -708,6 +708,41 @@ class BatchTests(ServiceTestCase):
         self.lab.settle()
         self.assertEqual(len(self.jobs("master")), before["master"] + 1)
 
+    def test_a_node_joining_costs_other_nodes_no_batch(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        self.assertHolds("node-a")
+        before = {name: len(self.jobs(name)) for name in ("master", "node-a")}
+        # node-b's requests are the master's business: node-a's worker is not woken for
+        # them, nor for node-b's leave; the master reviews both.
+        self.lab.join("node-b", "node")
+        self.assertHolds("node-b")
+        self.assertEqual(len(self.jobs("node-a")), before["node-a"])
+        self.assertGreater(len(self.jobs("master")), before["master"])
+        self.lab.cluster.set_status("node-b", LEFT)
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("node-a")), before["node-a"])
+        self.assertEqual(self.jobs("master")[-1]["members"], {"node-b": None})
+
+    def test_a_node_still_reviews_what_concerns_it(self) -> None:
+        self.lab.join("master", "master")
+        self.lab.join("node-a", "node")
+        node = self.lab.services["node-a"]
+        before = len(self.jobs("node-a"))
+        # A CA announced by a non-master: refused, so that status shows it.
+        rogue = ca.create_authority("kubernetes", CLUSTER, datetime.datetime.now(datetime.UTC))
+        evil = self.lab.cluster.join("evil", role="node")
+        evil.publish("pki", {"ca": rogue.certificate_pem})
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("node-a")), before + 1)
+        self.assertEqual(refused_code(node, "evil", "ca"), policy.FOREIGN_CA)
+        # A member once seen stays seen: its next entry, without the CA, is reviewed too
+        # (what the desk made of the member may change with it).
+        evil.publish("pki", {})
+        self.lab.settle()
+        self.assertEqual(len(self.jobs("node-a")), before + 2)
+        self.assertEqual(self.jobs("node-a")[-1]["members"]["evil"]["pki"], {})
+
 
 class BoundedRecordTests(ServiceTestCase):
     def test_answers_in_flight_are_bounded_and_everyone_is_served_in_turn(self) -> None:

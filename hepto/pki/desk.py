@@ -46,6 +46,8 @@ from hepto.pki.refusals import RefusalLog
 from hepto.pki.signer import KeyLedger, Signer
 from hepto.pki.signing import SigningDesk
 from hepto.pki.specs import (
+    CA_KEY,
+    CSR_KEY,
     LEAF_LIFETIME,
     RECORD_KEY,
     CertificateSpec,
@@ -413,9 +415,9 @@ class Desk:
             if slot.pending is not None and slot.request is not None
         }
         if requests:
-            section["csr"] = requests
+            section[CSR_KEY] = requests
         if self.is_master:
-            section["ca"] = self._trust.pem
+            section[CA_KEY] = self._trust.pem
             if self.identity is not None and self._authorities is not None:
                 section[mastership.PROOF_KEY] = mastership.prove(
                     self._authorities.kubernetes.key, self.cluster, self.member, self.identity
@@ -498,7 +500,7 @@ class Desk:
             self._offers.review(name, role, section, self._trust)
 
     def _review_announcement(self, name: str, role: object, section: Mapping[str, Any]) -> None:
-        pem = section.get("ca")
+        pem = section.get(CA_KEY)
         if pem is None or self._announcements_seen.get(name) == (role, pem):
             return
         self._announcements_seen[name] = (role, pem)

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hepto.pki.keys import PrivateKey, PublicKey
+from hepto.pki.specs import MASTERSHIP_KEY
 
 #: The key of the proof in the ``pki`` section of the master's record.
-PROOF_KEY: Final = "master"
+PROOF_KEY: Final = MASTERSHIP_KEY
 _DOMAIN: Final = b"hepto/master/v1\0"
 _SIGNATURE: Final = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 

@@ -26,7 +26,7 @@ from hepto.pki.errors import Refused
 from hepto.pki.paths import Paths
 from hepto.pki.protocol import DeskMemory
 from hepto.pki.refusals import RefusalLog
-from hepto.pki.specs import is_master_role
+from hepto.pki.specs import CA_KEY, REFUSED_KEY, SIGNED_KEY, is_master_role
 from hepto.pki.store import Slot
 from hepto.pki.trust import Trust
 
@@ -71,9 +71,9 @@ class Offers:
         """Review the answers in ``master``'s record (its ``pki`` entry, ``section``), if
         it is a master of the CA that ``trust`` pins."""
         trusted = trust.pem
-        if trusted is None or not is_master_role(role) or section.get("ca") != trusted:
+        if trusted is None or not is_master_role(role) or section.get(CA_KEY) != trusted:
             return
-        refusals = _mapping_for(section.get("refused"), self.member)
+        refusals = _mapping_for(section.get(REFUSED_KEY), self.member)
         self.refused_by_master = {
             str(name): {
                 "code": policy.shorten(entry.get("code"), 32),
@@ -98,7 +98,7 @@ class Offers:
                 )
                 store.drop_pending(self.paths, slot)
                 store.prepare_request(self.paths, slot)
-        for name, pem in _mapping_for(section.get("signed"), self.member).items():
+        for name, pem in _mapping_for(section.get(SIGNED_KEY), self.member).items():
             if self.seen.get((master, name)) == pem:
                 continue
             slot = self.slots.get(name)

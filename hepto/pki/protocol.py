@@ -37,7 +37,14 @@ from hepto.pki import fields
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.fields import MalformedMessage
 from hepto.pki.refusals import RefusalLog
-from hepto.pki.specs import RECORD_KEY
+from hepto.pki.specs import (
+    CA_KEY,
+    MASTERSHIP_KEY,
+    RECORD_KEY,
+    REFUSED_KEY,
+    SIGNED_KEY,
+    is_master_role,
+)
 
 #: :attr:`JobFailed.kind` of damaged CA files: the agent stops with their one sentence.
 AUTHORITY: Final = "authority"
@@ -111,9 +118,34 @@ class MemberEntry:
     pki: object
     identity: bytes | None = None
 
-    def reviewed(self) -> tuple[object, object]:
-        """What a review of this entry depends on: the service sends it only if it changed."""
-        return (self.role, self.pki)
+    def reviewed(self, reader: str | None = None) -> object:
+        """What a review of this entry depends on: the service sends it only if it changed.
+
+        A master's desk (``reader`` None) reads all of it.  The desk of another member,
+        ``reader``, reads only the role, the CA, the proof of mastership and the answers
+        addressed to ``reader``: a master answering some other member's request does not
+        wake every member's worker.
+        """
+        if reader is None or not isinstance(self.pki, Mapping):
+            return (self.role, self.pki)
+        return (
+            self.role,
+            self.pki.get(CA_KEY),
+            self.pki.get(MASTERSHIP_KEY),
+            _entry_for(self.pki.get(SIGNED_KEY), reader),
+            _entry_for(self.pki.get(REFUSED_KEY), reader),
+        )
+
+    def concerns_members(self) -> bool:
+        """Whether a desk other than a master's can learn anything from this entry.
+
+        Such a desk reads only what masters publish (their CA, their answers, the proof
+        of their mastership) and refuses a CA announced by a member that is none: a
+        node's entry that holds only its own requests is the master's business alone.
+        Sparing the worker those spares every member a worker's start (~0.3 CPU-s: an
+        interpreter importing ``cryptography``) each time another member joins or renews.
+        """
+        return is_master_role(self.role) or (isinstance(self.pki, Mapping) and CA_KEY in self.pki)
 
     def to_json(self) -> JSON:
         return {
@@ -438,3 +470,7 @@ def read_answer(data: object) -> Answer:
     if isinstance(data, Mapping) and "error" in data:
         raise JobFailed.from_json(data).error()
     return Answer.from_json(data)
+
+
+def _entry_for(table: object, member: str) -> object:
+    return table.get(member) if isinstance(table, Mapping) else None

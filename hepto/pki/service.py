@@ -366,7 +366,9 @@ class PKIService(Service):
                     pki=member.record.get(RECORD_KEY),
                     identity=member.record.identity,
                 )
-            if name in self._forced or self._reviewed.get(name, _UNSEEN) != _reviewed(entry):
+            if not self._concerns_desk(name, entry):
+                continue
+            if name in self._forced or self._reviewed.get(name, _UNSEEN) != self._read_of(entry):
                 entries[name] = entry
         renew = sorted(self._renewals_due)
         self._dirty, self._forced, self._renewals_due = set(), set(), set()
@@ -378,6 +380,19 @@ class PKIService(Service):
         self.runner.run(job.to_json()).addCallbacks(
             self._answered, self._failed, callbackArgs=work, errbackArgs=work
         )
+
+    def _read_of(self, entry: MemberEntry | None) -> object:
+        """What this member's desk reads of ``entry`` (:meth:`MemberEntry.reviewed`)."""
+        return None if entry is None else entry.reviewed(None if self.is_master else self.member)
+
+    def _concerns_desk(self, name: str, entry: MemberEntry | None) -> bool:
+        """Whether the desk must see ``entry``: a master's sees every member's; any other,
+        those that can concern it (:meth:`MemberEntry.concerns_members`), and every later
+        entry (or the leave) of a member it has seen, so that what it made of the member
+        (a master, a refusal) is undone when the member changes."""
+        if self.is_master or name in self._reviewed:
+            return True
+        return entry is not None and entry.concerns_members()
 
     def _answered(
         self, answer: dict[str, Any], started: int, renew: list[str], members: Mapping[str, Any]
@@ -397,7 +412,7 @@ class PKIService(Service):
             return
         self._retries.reset()
         for name, entry in members.items():
-            self._reviewed[name] = _reviewed(entry)
+            self._reviewed[name] = self._read_of(entry)
         self._apply(done)
         if self._dirty or self._renewals_due:
             self._schedule_dispatch()
@@ -490,11 +505,6 @@ class PKIService(Service):
 
 #: What the desk has never reviewed.
 _UNSEEN: Final = object()
-
-
-def _reviewed(entry: MemberEntry | None) -> object:
-    """What the desk reads of a member's record entry: its role and PKI section."""
-    return None if entry is None else entry.reviewed()
 
 
 def _read(answer: Mapping[str, Any]) -> Answer:

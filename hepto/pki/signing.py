@@ -25,7 +25,7 @@ from hepto.pki.errors import Refused
 from hepto.pki.protocol import DeskMemory, RefusedAnswer
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.signer import Signer
-from hepto.pki.specs import CERTIFICATES
+from hepto.pki.specs import CERTIFICATES, CSR_KEY, REFUSED_KEY, SIGNED_KEY
 
 #: More CSRs than any role needs: a record with more is refused whole.
 MAX_REQUESTS: Final = 8
@@ -77,9 +77,9 @@ class SigningDesk:
         """The answers for the ``pki`` entry of the master's record."""
         section: dict[str, Any] = {}
         if self._signed:
-            section["signed"] = {member: dict(names) for member, names in self._signed.items()}
+            section[SIGNED_KEY] = {member: dict(names) for member, names in self._signed.items()}
         if self._refused:
-            section["refused"] = {
+            section[REFUSED_KEY] = {
                 member: {name: dict(entry) for name, entry in names.items()}
                 for member, names in self._refused.items()
             }
@@ -109,7 +109,7 @@ class SigningDesk:
 
     def review(self, member: str, role: object, section: Mapping[str, Any]) -> None:
         """Review the requests in ``member``'s record (its ``pki`` entry, ``section``)."""
-        requests = section.get("csr") or {}
+        requests = section.get(CSR_KEY) or {}
         if not isinstance(requests, Mapping) or len(requests) > MAX_REQUESTS:
             what = "not a mapping" if not isinstance(requests, Mapping) else "too many"
             self._refuse(member, "csr", Refused(policy.MALFORMED, f"its CSR list is {what}"))

@@ -22,6 +22,13 @@ from hepto import plan
 
 #: The key of a member's gossip record that the PKI owns.
 RECORD_KEY: Final = "pki"
+#: The keys of a record's ``pki`` entry (``hepto.pki.service`` describes the protocol):
+#: a member's requests; a master's CA, proof of mastership, answers and refusals.
+CSR_KEY: Final = "csr"
+CA_KEY: Final = "ca"
+MASTERSHIP_KEY: Final = "master"
+SIGNED_KEY: Final = "signed"
+REFUSED_KEY: Final = "refused"
 
 # The three certificate authorities of a cluster.
 KUBERNETES_CA: Final = "kubernetes"
