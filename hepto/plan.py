@@ -7,6 +7,7 @@ node's own mesh address).  The rationale is in ``docs/addressing.rst``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from typing import Any
@@ -27,6 +28,9 @@ NODE_POD_PREFIX_LENGTH = 64
 SERVICE_PREFIX_LENGTH = 112
 #: The conventional tenth service address, as kubeadm and k3s use for cluster DNS.
 DNS_SERVICE_OFFSET = 10
+#: Members' addresses remembered: the mesh asks for every member's at every change of
+#: membership (``docs/mesh.rst``, "Reconciling"), and deriving one costs two hashes.
+ADDRESS_CACHE = 4096
 
 
 def _digest(*parts: str) -> bytes:
@@ -39,12 +43,14 @@ def _digest(*parts: str) -> bytes:
     return h.digest()
 
 
+@functools.lru_cache(maxsize=16)
 def ula_prefix(cluster: str) -> ipaddress.IPv6Network:
     """RFC 4193 layout: ``fd`` then a 40-bit global ID, here a hash of the cluster name."""
     global_id = int.from_bytes(_digest("hepto/ula", cluster)[:5], "big")
     return ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 48))
 
 
+@functools.lru_cache(maxsize=64)
 def _subnet(cluster: str, subnet_id: int, length: int) -> ipaddress.IPv6Network:
     base = int(ula_prefix(cluster).network_address) | (subnet_id << 64)
     return ipaddress.IPv6Network((base, length))
@@ -72,6 +78,7 @@ def _mesh_host(cluster: str, interface_id: int) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(int(mesh_prefix(cluster).network_address) | interface_id)
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def mesh_address(cluster: str, name: str) -> ipaddress.IPv6Address:
     """The node's own address on the mesh, from its name.
 
@@ -81,6 +88,7 @@ def mesh_address(cluster: str, name: str) -> ipaddress.IPv6Address:
     return _mesh_host(cluster, _interface_id("hepto/node", cluster, name))
 
 
+@functools.lru_cache(maxsize=16)
 def apiserver_address(cluster: str) -> ipaddress.IPv6Address:
     """The address whichever member is master serves the API on, from the cluster alone."""
     return _mesh_host(cluster, _interface_id("hepto/apiserver", cluster))

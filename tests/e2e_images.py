@@ -4,8 +4,9 @@ Each image keeps the name and tag the suite asks for (``k8s.io/kubernetes/test/u
 image``), so the suite needs no registry override; nodes import the archives from their
 images folder at start.  What each image holds and why it is enough is in
 ``docs/conformance.rst``: in short, upstream's programs built from the pinned Kubernetes
-module (agnhost, nnp), Debian's busybox-static for the shell and the usual tools, and a
-few Debian programs (``dig``, ``curl``, ``getent``, ``bash``) copied with the shared
+module (agnhost, nnp), upstream's busybox built here for the busybox image
+(tools/build-busybox), Debian's busybox-static for the tools of the others, and a few
+Debian programs (``dig``, ``curl``, ``getent``, ``bash``) copied with the shared
 libraries they load.
 """
 
@@ -64,7 +65,7 @@ class MissingProgram(Exception):
 class Sources:
     """Where the images' programs and files come from on this machine.
 
-    ``programs``: agnhost, nnp, sample-apiserver and etcd (tools/build-e2e);
+    ``programs``: agnhost, nnp, sample-apiserver, etcd and busybox (tools/build-e2e);
     ``bundle``: the bundle's bin dir (coredns, pause); ``images``: ``test/images`` of the
     pinned Kubernetes module.
     """
@@ -110,23 +111,27 @@ def _busybox_entries() -> tuple[Entry, ...]:
 
 
 def _bash_as_sh() -> list[Entry]:
-    """bash, with its libraries, as ``/bin/sh``.
+    """bash, with its libraries, as ``/bin/sh``: in agnhost, beside Debian's busybox.
 
-    Debian's busybox has two habits that upstream's busybox image has not: its shell
-    runs its own applets before PATH's programs (agnhost's ``nc`` would be busybox's,
-    which lacks ``-v``, ``-t``, ``-u``, ``-z``), and it drops from the environment of
-    what it runs every variable whose name is not a shell identifier (``data-1``, which
-    specs set from ConfigMap and Secret keys and read back with ``sh -c env``).  bash
-    has neither; it words one error message differently (docs/conformance.rst).
+    Debian's busybox's shell would run its own ``nc`` before agnhost's (it lacks ``-v``,
+    ``-t``, ``-u``, ``-z``) and drop variables whose names are not shell identifiers
+    (see :func:`busybox`). No spec reads agnhost's shell's own words.
     """
     return [*with_libraries("/bin/bash", BASH), Symlink("/bin/sh", "bash")]
 
 
-def busybox(tag: str = "1.37.0-2") -> Recipe:
-    """Debian's busybox-static, bash as its shell: the image most specs run commands in."""
-    recipe = busybox_recipe(BUSYBOX)
-    entries = _merged(recipe.entries, _bash_as_sh())
-    return attrs.evolve(recipe, name=f"{E2E_REGISTRY}/busybox:{tag}", entries=entries)
+def busybox(sources: Sources, tag: str = "1.37.0-2") -> Recipe:
+    """Upstream's busybox, as upstream's image has it: the image most specs run commands in.
+
+    Debian's busybox has two habits that upstream's has not: its shell runs its own
+    applets before PATH's programs, and it drops from the environment of what it runs
+    every variable whose name is not a shell identifier (``data-1``, which specs set from
+    ConfigMap and Secret keys and read back with ``sh -c env``). Specs also compare
+    busybox's own error messages (``/bin/sh: can't create /file: Read-only file
+    system``), so no other shell will do either (docs/conformance.rst).
+    """
+    recipe = busybox_recipe(sources.programs / "busybox")
+    return attrs.evolve(recipe, name=f"{E2E_REGISTRY}/busybox:{tag}")
 
 
 def agnhost(sources: Sources, tag: str = "2.66.1") -> Recipe:
@@ -230,7 +235,7 @@ def etcd(sources: Sources) -> Recipe:
 
 def recipes(sources: Sources) -> Iterator[Recipe]:
     """Every image made here, each with the name the suite pulls."""
-    yield busybox()
+    yield busybox(sources)
     yield agnhost(sources)
     yield agnhost(sources, "2.55")  # AgnhostPrev: specs that change a pod's image
     yield nginx("1.27.0-2")

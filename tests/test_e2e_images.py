@@ -37,7 +37,9 @@ E2E_DIR = Path(os.environ.get("HEPTO_TEST_E2E_DIR", "/var/cache/hepto/e2e/curren
 
 
 def sources(case: SynchronousTestCase) -> Sources:
-    programs = [E2E_DIR / name for name in ("agnhost", "nnp", "sample-apiserver", "etcd")]
+    programs = [
+        E2E_DIR / name for name in ("agnhost", "nnp", "sample-apiserver", "etcd", "busybox")
+    ]
     for program in (*programs, BIN_DIR / "coredns", BUSYBOX):
         if not os.access(program, os.X_OK):
             raise case.skipTest(f"no {program}: tools/build-e2e, tools/build-bundle build them")
@@ -133,6 +135,21 @@ class UnpackedTests(SynchronousTestCase):
         root = self.unpack("busybox:1.37.0-2")
         shown = self.run_in(root, "env", "data-1=value-1", "sh", "-c", "env")
         self.assertIn("data-1=value-1", shown)
+
+    def test_busybox_shell_words_errors_as_upstream(self) -> None:
+        """What "should not write to root filesystem" reads in the pod's log."""
+        root = self.unpack("busybox:1.37.0-2")
+        (root / "ro").mkdir()
+        subprocess.run(["mount", "--bind", "-o", "ro", str(root / "ro"), str(root / "ro")])
+        self.addCleanup(subprocess.run, ["umount", str(root / "ro")])
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root / "ro")], check=True)
+        done = subprocess.run(
+            ["chroot", str(root), "/bin/sh", "-c", "echo test > /ro/file"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.stderr, "/bin/sh: can't create /ro/file: Read-only file system\n")
 
     def test_glibc_dns_testing_tools(self) -> None:
         root = self.unpack("glibc-dns-testing:2.1.1")

@@ -112,4 +112,7 @@ class SeparationTests(SynchronousTestCase):
             "_interface_id",
             lambda *parts: 42 if parts[0] == "hepto/node" else original(*parts),
         )
+        # Addresses are remembered: forget those derived with the real hash, before and after.
+        plan.mesh_address.cache_clear()
+        self.addCleanup(plan.mesh_address.cache_clear)
         self.assertTrue(plan.mesh_address_conflict("c", "a", "b"))

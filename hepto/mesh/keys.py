@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 from typing import Final
 
@@ -24,6 +25,8 @@ from nacl.bindings import (
 )
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.signing import SigningKey
+
+from hepto import plan
 
 KEY_BYTES: Final = 32
 
@@ -93,6 +96,7 @@ class KeyPair:
         return cls.from_private(crypto_sign_ed25519_sk_to_curve25519(secret))
 
 
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def bound_public_key(identity_public_key: bytes) -> str | None:
     """The WireGuard public key of the member whose identity key this is.
 

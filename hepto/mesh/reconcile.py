@@ -8,6 +8,7 @@ actually has and returns the fewest changes, none when nothing differs.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections.abc import Collection, Mapping
 from typing import Final
@@ -41,6 +42,7 @@ def mesh_mtu(underlay_mtu: int) -> int:
     return max(MINIMUM_MTU, underlay_mtu - WIREGUARD_OVERHEAD)
 
 
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def host_network(address: ipaddress.IPv6Address) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((address, 128))
 

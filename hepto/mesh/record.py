@@ -8,6 +8,7 @@ validates, and a value that does not fit raises :class:`RecordError` saying why.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Final
 
@@ -54,11 +55,20 @@ def parse_wireguard(value: Any) -> tuple[str, Endpoint]:
     public_key = value.get("public_key")
     if not isinstance(public_key, str):
         raise RecordError("wireguard has no public_key string")
+    endpoint = value.get("endpoint")
+    if not isinstance(endpoint, str):
+        raise RecordError(f"endpoint is a {type(endpoint).__name__}, not a string")
+    return _parse_wireguard(public_key, endpoint)
+
+
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+def _parse_wireguard(public_key: str, endpoint: str) -> tuple[str, Endpoint]:
+    """Remembered: every mesh pass reads every member's (a failure is not)."""
     try:
         canonical = encode_key(decode_key(public_key))
     except InvalidKey as error:
         raise RecordError(f"public_key is {error}") from None
-    return canonical, parse_endpoint(value.get("endpoint"))
+    return canonical, parse_endpoint(endpoint)
 
 
 def parse_pod_prefix(cluster: str, value: Any) -> ipaddress.IPv6Network:
@@ -68,6 +78,11 @@ def parse_pod_prefix(cluster: str, value: Any) -> ipaddress.IPv6Network:
     """
     if not isinstance(value, str):
         raise RecordError(f"pod_prefix is a {type(value).__name__}, not a string")
+    return _parse_pod_prefix(cluster, value)
+
+
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+def _parse_pod_prefix(cluster: str, value: str) -> ipaddress.IPv6Network:
     try:
         prefix = ipaddress.IPv6Network(value)
     except ValueError:
