@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
 from hepto.config import Endpoint
-from hepto.mesh.backend import AddPeer, PeerSpec, PeerStatus, RemovePeer, UpdatePeer
+from hepto.mesh.backend import (
+    AddPeer,
+    DeviceStatus,
+    PeerSpec,
+    PeerStatus,
+    RemovePeer,
+    UpdatePeer,
+)
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
@@ -20,6 +27,7 @@ from hepto.mesh.reconcile import (
     Desired,
     Problem,
     _Claims,
+    after_changes,
     concerns_mesh,
     desired_mesh,
     host_network,
@@ -337,6 +345,32 @@ class PlanPeerChangesTests(SynchronousTestCase):
                 actual[change.spec.public_key] = status(change.spec)
         self.assertEqual(set(actual), set(desired))
         self.assertEqual(plan_peer_changes(desired, actual, desired), [])
+
+
+class AfterChangesTests(SynchronousTestCase):
+    """The device as a pass leaves it, for the status, without a second read."""
+
+    def test_what_each_change_leaves(self) -> None:
+        a, b, c = spec("a", 1), spec("b", 2), spec("c", 3)
+        roamed = status(a, "[2001:db8:ffff::1]:4000", last_handshake=1000.0, rx_bytes=7)
+        device = DeviceStatus("key", 51820, {a.public_key: roamed, b.public_key: status(b)})
+        moved_a = attrs.evolve(a, allowed_ips=a.allowed_ips | {pods(1)})
+        after = after_changes(
+            device, [RemovePeer(b.public_key, "b"), UpdatePeer(moved_a, False), AddPeer(c)]
+        )
+        self.assertEqual(set(after.peers), {a.public_key, c.public_key})
+        # An update keeps what the device learnt: the roamed endpoint, handshakes, bytes.
+        self.assertEqual(
+            after.peers[a.public_key],
+            attrs.evolve(roamed, allowed_ips=moved_a.allowed_ips),
+        )
+        self.assertEqual(after.peers[c.public_key], status(c))
+        self.assertEqual((after.private_key, after.listen_port), ("key", 51820))
+        # An update that moves the endpoint sets it.
+        moved = attrs.evolve(a, endpoint=endpoint(9))
+        after = after_changes(device, [UpdatePeer(moved, True)])
+        self.assertEqual(after.peers[a.public_key].endpoint, str(endpoint(9)))
+        self.assertEqual(after.peers[a.public_key].last_handshake, 1000.0)
 
 
 class MTUTests(SynchronousTestCase):

@@ -275,6 +275,36 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(h.backend.calls[calls:], [("read", None)])
         self.assertEqual(h.ipr.requests[requests:], [])
 
+    def test_a_new_peer_costs_one_read_and_no_look_at_the_link(self) -> None:
+        h = self.h
+        h.join("a", 1, wireguard=wireguard(1))
+        calls, dumps = len(h.backend.calls), h.ipr.dumps
+        h.join("b", 2, wireguard=wireguard(2))
+        self.assertEqual([name for name, _ in h.backend.calls[calls:]], ["read", "apply"])
+        self.assertEqual(h.ipr.dumps, dumps)
+        # The status shows it all the same: the device holds what the pass told it.
+        peers = {peer["name"]: peer for peer in h.service.status()["peers"]}
+        self.assertEqual(set(peers), {"a", "b"})
+        self.assertEqual(peers["b"]["endpoint"], "[2001:db8:1::2]:51820")
+        self.assertEqual(peers["b"]["allowed_ips"], [f"{plan.mesh_address(CLUSTER, 'b')}/128"])
+
+    def test_a_new_route_or_the_resync_looks_at_the_link(self) -> None:
+        h = self.h
+        a = h.join("a", 1, wireguard=wireguard(1))
+        # Someone deletes the mesh's routes: a pass for a new peer does not notice...
+        h.ipr.routes.clear()
+        h.join("b", 2, wireguard=wireguard(2))
+        self.assertEqual(h.ipr.routes, [])
+        # ...one that routes a new prefix does, and so does the resync.
+        pods = next(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))
+        a.publish("pod_prefix", str(pods))
+        h.clock.advance(0)
+        self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
+        self.assertIn((1, str(plan.mesh_prefix(CLUSTER).network_address), 64, 4), h.ipr.routes)
+        h.ipr.routes.clear()
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
+
     def test_resync_repairs_a_hand_edit(self) -> None:
         h = self.h
         keys = KeyPair.generate()

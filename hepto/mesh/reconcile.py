@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -19,6 +19,7 @@ from hepto import plan
 from hepto.mesh import record
 from hepto.mesh.backend import (
     AddPeer,
+    DeviceStatus,
     IPNetwork,
     PeerChange,
     PeerSpec,
@@ -265,6 +266,31 @@ def plan_peer_changes(
         ):
             changes.append(UpdatePeer(spec, endpoint))
     return changes
+
+
+def after_changes(device: DeviceStatus, changes: Sequence[PeerChange]) -> DeviceStatus:
+    """The device as ``changes`` leave it, without asking it again: a device holds what
+    it was told. Handshakes, traffic and a roaming endpoint show at the next read."""
+    peers = dict(device.peers)
+    for change in changes:
+        if isinstance(change, RemovePeer):
+            peers.pop(change.public_key, None)
+            continue
+        spec = change.spec
+        current = peers.get(spec.public_key)
+        if current is None:
+            peers[spec.public_key] = PeerStatus(
+                spec.public_key, str(spec.endpoint), spec.allowed_ips, spec.keepalive
+            )
+        else:
+            moved = isinstance(change, AddPeer) or change.endpoint
+            peers[spec.public_key] = attrs.evolve(
+                current,
+                endpoint=str(spec.endpoint) if moved else current.endpoint,
+                allowed_ips=spec.allowed_ips,
+                keepalive=spec.keepalive,
+            )
+    return attrs.evolve(device, peers=peers)
 
 
 def plan_set(

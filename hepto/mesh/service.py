@@ -43,6 +43,7 @@ from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
     Desired,
     Problem,
+    after_changes,
     concerns_mesh,
     desired_mesh,
     mesh_mtu,
@@ -175,6 +176,8 @@ class MeshService(Service):
         self._device: DeviceStatus | None = None
         self._device_at: float | None = None
         self._applied: Desired | None = None
+        #: The link's addresses, routes and MTU as the last pass made them (None: unknown).
+        self._synced: tuple[object, ...] | None = None
         self._starting: Deferred[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._resync: task.LoopingCall | None = None
@@ -304,6 +307,7 @@ class MeshService(Service):
         self._retry = None
         # A later start finds its device anew: nothing of this run is assumed.
         self._applied = None
+        self._synced = None
         self._force = False
         # Whatever the phase, the backend made (even one still starting) goes.
         backend, self.backend = self.backend, None
@@ -375,6 +379,7 @@ class MeshService(Service):
             return
         self.pass_failures += 1
         self._applied = None
+        self._synced = None
         delay = self._retries.failed()
         self._retry = self.reactor.callLater(delay, self._retry_now)
         if reason.check(*TRANSIENT):
@@ -424,14 +429,20 @@ class MeshService(Service):
                 interface=self.settings.interface,
             )
         # The link goes up before peers are added: wireguard-go and the kernel greet a
-        # peer given a keepalive at once, but only on an interface that is up.
-        done = self.links.sync(self.addresses, desired.routes, self.mtu)
-        if done:
-            self.log.info(
-                "Mesh interface {interface}: {done}",
-                interface=self.settings.interface,
-                done=", ".join(done),
-            )
+        # peer given a keepalive at once, but only on an interface that is up.  Most
+        # passes change peers alone: the link is looked at when its wishes changed, and
+        # on every forced pass (the resync), which repairs what others changed.
+        link = (self.addresses, desired.routes, self.mtu)
+        if force or link != self._synced:
+            self._synced = None
+            done = self.links.sync(*link)
+            self._synced = link
+            if done:
+                self.log.info(
+                    "Mesh interface {interface}: {done}",
+                    interface=self.settings.interface,
+                    done=", ".join(done),
+                )
         if not self._addresses_up.done:
             self._addresses_up.fire(None)
         previous = {} if self._applied is None else self._applied.peers
@@ -440,7 +451,8 @@ class MeshService(Service):
             await backend.apply(changes)
             for change in changes:
                 self.log.info("Mesh: {change}", change=describe(change))
-            await self._read(backend)  # for the status
+            # For the status, without a second read: it was told, it holds it.
+            self._device = after_changes(device, changes)
         self._applied = desired
         # Only now do others learn our key: a handshake that reaches a device without
         # its key is lost, and its sender waits 5 s (REKEY_TIMEOUT) to try again.

@@ -59,7 +59,8 @@ class FakeRtNetlink:
 
     The methods of :class:`~hepto.mesh.rtnetlink.RtNetlink`, over an in-memory model;
     :meth:`make_link` and the lists set the scene, :attr:`requests` records every change
-    asked for, as ``(method, arguments)``.
+    asked for, as ``(method, arguments)``, and :attr:`dumps` counts the address and route
+    dumps (what a pass that looks at the link asks).
     """
 
     supports_wireguard: bool = True
@@ -69,6 +70,7 @@ class FakeRtNetlink:
     #: (index, dst, dst_len, proto)
     routes: list[tuple[int, str, int, int]] = attrs.field(factory=list)
     requests: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
+    dumps: int = 0
     closed: bool = False
 
     def make_link(self, ifname: str, kind: str = "veth", mtu: int = 1500) -> FakeLink:
@@ -112,6 +114,7 @@ class FakeRtNetlink:
         self.routes = [entry for entry in self.routes if entry[0] != index]
 
     def get_addresses(self, family: int = AF_INET6, index: int | None = None) -> list[Address]:
+        self.dumps += 1
         return [
             Address(i, ipaddress.ip_address(address), length, flags, 0)
             for i, address, length, flags in self.addresses
@@ -135,6 +138,7 @@ class FakeRtNetlink:
         self.addresses = [a for a in self.addresses if a[:3] != entry]
 
     def get_routes(self, family: int = AF_INET6) -> list[Route]:
+        self.dumps += 1
         return [
             Route(ipaddress.ip_network((dst, length)), i, MAIN_TABLE, proto, 1)
             for i, dst, length, proto in self.routes
