@@ -128,3 +128,26 @@ class IdleAgentImportsTests(SynchronousTestCase):
 
     def test_master(self) -> None:
         self.check("master")
+
+
+class WorkerImportsTests(SynchronousTestCase):
+    """The PKI worker starts at every join (and for each burst of a master's work): what
+    it imports is paid in CPU each time. Twisted is not needed there (hepto.pki.joblog)."""
+
+    def test_the_worker_imports_no_twisted(self) -> None:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json, sys, hepto.pki.worker; print(json.dumps(sorted(sys.modules)))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        modules = json.loads(done.stdout)
+        self.assertIn("cryptography.x509", modules)
+        self.assertEqual(
+            [name for name in modules if name.split(".")[0] in ("twisted", "zope")], []
+        )

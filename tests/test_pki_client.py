@@ -20,11 +20,12 @@ import attrs
 from twisted.internet import error, reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IProcessProtocol
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hepto.pki import client as client_module
+from hepto.pki import joblog
 from hepto.pki import worker as worker_module
 from hepto.pki.client import WorkerClient, worker_command
 from hepto.pki.errors import WorkerError
@@ -360,9 +361,9 @@ class WorkerLoopTests(SynchronousTestCase):
 
     def test_each_job_gets_its_answer_and_its_log(self) -> None:
         out = io.StringIO()
-        collector = worker_module.Collector()
-        Logger(observer=collector, namespace="hepto.pki").info("seen {thing}", thing=1)
-        worker_module.serve([b"not json", b'{"config": {}}'], out, collector.events)
+        joblog.take()
+        joblog.Logger("hepto.pki").info("seen {thing}", thing=1)
+        worker_module.serve([b"not json", b'{"config": {}}'], out)
         first, second = (json.loads(line) for line in out.getvalue().splitlines())
         self.assertIn("not a job", first["error"]["message"])
         self.assertEqual(first["log"][0]["format"], "seen {thing}")
@@ -371,14 +372,14 @@ class WorkerLoopTests(SynchronousTestCase):
         self.assertEqual(second["log"], [])
 
     def test_events_cross_the_pipe_and_are_logged_here(self) -> None:
-        collector = worker_module.Collector()
-        log = Logger(observer=collector, namespace="hepto.pki.desk")
+        joblog.take()
+        log = joblog.Logger("hepto.pki.desk")
         log.warn("Refused {subject}: {reason}", subject="ca", reason="why", thing=object())
         try:
             raise ZeroDivisionError("a bug")
         except ZeroDivisionError:
             log.failure("Reviewing {member} failed", member="m")
-        answer = {"log": [worker_module.event_as_json(event) for event in collector.events]}
+        answer = {"log": joblog.take()}
         capture = LogCapture.install(self)
         emit_events(json.loads(json.dumps(answer)))
         warned, failed = capture.events

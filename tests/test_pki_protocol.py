@@ -240,7 +240,7 @@ class MalformedJobTests(SynchronousTestCase):
             def flush(self) -> None:
                 pass
 
-        worker.serve([b"{", b"[]"], Lines(), [])  # type: ignore[arg-type]
+        worker.serve([b"{", b"[]"], Lines())  # type: ignore[arg-type]
         first, second = (json.loads(line) for line in answers)
         self.assertTrue(first["error"]["message"].startswith("not a job: Expecting"))
         self.assertEqual(second["error"]["message"], "not a job: the job is a list, not an object")

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
@@ -499,12 +500,19 @@ class BadInputTests(ServiceTestCase):
             original(desk, name, entry)
 
         self.patch(desk_module.Desk, "_review_member", review)
-        self.lab.join("node-a", "node")
-        self.lab.join("node-b", "node")
+        with capturedLogs() as events:
+            self.lab.join("node-a", "node")
+            self.lab.join("node-b", "node")
         self.assertHolds("node-b")
         self.assertFalse(self.lab.services["node-a"].installed(KUBELET_CLIENT))
         self.assertEqual(master.dropped["review_failures"], 1)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # Logged in the worker, emitted by the agent: critical, with the traceback.
+        failures = [
+            formatEvent(event) for event in events if event["log_level"] == LogLevel.critical
+        ]
+        self.assertEqual(len(failures), 1)
+        self.assertIn("Reviewing the record of node-a failed", failures[0])
+        self.assertIn("RuntimeError: a bug", failures[0])
 
     def test_member_announcing_no_role_gets_signed_once_it_does(self) -> None:
         self.lab.join("master", "master")

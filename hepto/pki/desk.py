@@ -34,11 +34,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from twisted.logger import Logger
 
 from hepto import plan
 from hepto.pki import ca, keys, kubeconfig, mastership, policy, store
 from hepto.pki.errors import AuthorityError, Refused
+from hepto.pki.joblog import Logger
 from hepto.pki.offers import Offers
 from hepto.pki.paths import KUBECONFIGS, Paths
 from hepto.pki.protocol import CertificateChange, DeskMemory, MemberEntry

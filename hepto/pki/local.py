@@ -14,14 +14,15 @@ from typing import Any
 
 from twisted.internet import defer
 
+from hepto.pki import joblog
 from hepto.pki.worker import handle
 
 
 class LocalRunner:
     """Runs jobs in this process, as the worker would, for tests under ``task.Clock``.
 
-    Jobs and answers go through JSON as they would through the pipes; log events are
-    emitted here directly, so that tests see them (and their failures) as they are.
+    Jobs and answers go through JSON as they would through the pipes, log events too
+    (:mod:`hepto.pki.joblog`): the service emits them as it emits a worker's.
     """
 
     def __init__(self) -> None:
@@ -33,9 +34,10 @@ class LocalRunner:
     def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
         decoded = json.loads(json.dumps(job))
         self.jobs.append(decoded)
-        answer: dict[str, Any] = json.loads(json.dumps(handle(decoded)))
-        answer["log"] = []
-        return answer
+        answer = handle(decoded)
+        answer["log"] = joblog.take()
+        decoded_answer: dict[str, Any] = json.loads(json.dumps(answer))
+        return decoded_answer
 
     def stop(self) -> defer.Deferred[None]:
         return defer.succeed(None)

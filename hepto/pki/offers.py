@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 import attrs
 from cryptography import x509
-from twisted.logger import Logger
 
 from hepto.pki import keys, policy, store
 from hepto.pki.errors import Refused
+from hepto.pki.joblog import Logger
 from hepto.pki.paths import Paths
 from hepto.pki.protocol import DeskMemory
 from hepto.pki.refusals import RefusalLog

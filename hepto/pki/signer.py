@@ -23,11 +23,11 @@ from typing import Any, Final
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from twisted.logger import Logger
 
 from hepto.pki import keys, policy
 from hepto.pki.ca import BACKDATE, Authorities, Authority
 from hepto.pki.errors import Refused
+from hepto.pki.joblog import Logger
 from hepto.pki.keys import PublicKey
 from hepto.pki.requests import extended_key_usage, subject, subject_alternative_name
 from hepto.pki.specs import LEAF_LIFETIME, CertificateSpec

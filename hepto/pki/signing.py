@@ -18,10 +18,9 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from twisted.logger import Logger
-
 from hepto.pki import keys, policy, store
 from hepto.pki.errors import Refused
+from hepto.pki.joblog import Logger
 from hepto.pki.protocol import DeskMemory, RefusedAnswer
 from hepto.pki.refusals import RefusalLog
 from hepto.pki.signer import Signer

@@ -20,9 +20,9 @@ from typing import Final
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.logger import Logger
 
 from hepto.pki import keys
+from hepto.pki.joblog import Logger
 from hepto.pki.keys import PrivateKey
 from hepto.pki.paths import Paths
 from hepto.pki.requests import build_csr

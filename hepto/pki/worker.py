@@ -9,9 +9,9 @@ output.  It exits when its input closes, or after ``--idle`` seconds without a j
 that a burst of joins costs one process start and an idle cluster none.
 
 Jobs and answers are :mod:`hepto.pki.protocol`'s; each answer also carries ``log``,
-the log events of its job, which the agent emits as its own.  A line that is no job
-(no JSON, or a field out of place) gets a ``failed`` answer saying so, and the worker
-reads on.
+the log events of its job (:mod:`hepto.pki.joblog`), which the agent emits as its own.
+A line that is no job (no JSON, or a field out of place) gets a ``failed`` answer
+saying so, and the worker reads on.
 
 Whatever else the worker's code prints goes to its standard error, which the agent
 logs: its standard output carries answers only.
@@ -29,10 +29,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-import attrs
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogBeginner
-from zope.interface import implementer
-
+from hepto.pki import joblog
 from hepto.pki.desk import Desk
 from hepto.pki.errors import AuthorityError
 from hepto.pki.protocol import AUTHORITY, FAILED, Answer, Job, JobFailed, MalformedMessage
@@ -90,44 +87,6 @@ def do_job(job: Job) -> Answer | JobFailed:
     )
 
 
-def event_as_json(event: LogEvent) -> dict[str, Any]:
-    """A log event as the agent re-emits it: level, namespace, format and fields."""
-    fields = {
-        key: value for key, value in event.items() if not key.startswith("log_") and _is_json(value)
-    }
-    result: dict[str, Any] = {
-        "level": event["log_level"].name,
-        "namespace": event.get("log_namespace", "hepto.pki"),
-        "format": event.get("log_format") or "",
-        "fields": fields,
-    }
-    failure = event.get("log_failure")
-    if failure is not None:
-        result["traceback"] = failure.getTraceback()
-    elif not result["format"]:
-        result["format"] = formatEvent(event)
-    return result
-
-
-@implementer(ILogObserver)
-@attrs.define
-class Collector:
-    """Keeps the events logged during a job, for its answer."""
-
-    events: list[LogEvent] = attrs.field(factory=list)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-
-def _is_json(value: object) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _lines(descriptor: int, idle: float) -> Iterator[bytes]:
     """Lines from ``descriptor`` until it closes or stays silent ``idle`` seconds."""
     buffer = b""
@@ -144,7 +103,7 @@ def _lines(descriptor: int, idle: float) -> Iterator[bytes]:
         buffer += chunk
 
 
-def serve(lines: Iterable[bytes], answers: IO[str], events: list[LogEvent]) -> None:
+def serve(lines: Iterable[bytes], answers: IO[str]) -> None:
     """Answer each job line, with the log events it produced."""
     for line in lines:
         try:
@@ -153,8 +112,7 @@ def serve(lines: Iterable[bytes], answers: IO[str], events: list[LogEvent]) -> N
             answer = JobFailed(FAILED, f"not a job: {error}").to_json()
         else:
             answer = handle(job)
-        answer["log"] = [event_as_json(event) for event in events]
-        events.clear()
+        answer["log"] = joblog.take()
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
 
@@ -168,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     # Answers get a descriptor of their own; anything printed goes to standard error.
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    collector = Collector()
-    globalLogBeginner.beginLoggingTo([collector], redirectStandardIO=False)
-    serve(_lines(0, arguments.idle), answers, collector.events)
+    serve(_lines(0, arguments.idle), answers)
     return 0
 
 
