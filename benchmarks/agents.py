@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from netlab import Host, Lab, missing_requirements  # noqa: E402
+from netlab import Host, Lab, missing_requirements, uapi_get  # noqa: E402
 
 CLUSTER: Final = "bench"
 PORT: Final = 7946
@@ -315,23 +315,8 @@ def tree_cpu(pid: int) -> float:
 
 def handshaken_peers(socket_path: Path) -> int:
     """How many peers of the wireguard-go behind ``socket_path`` completed a handshake."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(2)
-        client.connect(str(socket_path))
-        client.sendall(b"get=1\n\n")
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            chunk = client.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return sum(
-        1
-        for line in answer.decode().splitlines()
-        if line.startswith("last_handshake_time_sec=") and line.split("=", 1)[1] != "0"
-    )
+    device = uapi_get(socket_path)
+    return sum(1 for peer in device.peers.values() if peer.last_handshake is not None)
 
 
 # The members of each system

@@ -371,6 +371,8 @@ class AfterChangesTests(SynchronousTestCase):
         after = after_changes(device, [UpdatePeer(moved, True)])
         self.assertEqual(after.peers[a.public_key].endpoint, str(endpoint(9)))
         self.assertEqual(after.peers[a.public_key].last_handshake, 1000.0)
+        # An update of a peer the device lacks changes nothing (update_only).
+        self.assertEqual(after_changes(device, [UpdatePeer(c, True)]), device)
 
 
 class MTUTests(SynchronousTestCase):

@@ -270,7 +270,8 @@ def plan_peer_changes(
 
 def after_changes(device: DeviceStatus, changes: Sequence[PeerChange]) -> DeviceStatus:
     """The device as ``changes`` leave it, without asking it again: a device holds what
-    it was told. Handshakes, traffic and a roaming endpoint show at the next read."""
+    it was told. Handshakes, traffic and a roaming endpoint show at the next read.  An
+    update of a peer the device lacks changes nothing (``update_only``)."""
     peers = dict(device.peers)
     for change in changes:
         if isinstance(change, RemovePeer):
@@ -278,6 +279,8 @@ def after_changes(device: DeviceStatus, changes: Sequence[PeerChange]) -> Device
             continue
         spec = change.spec
         current = peers.get(spec.public_key)
+        if current is None and isinstance(change, UpdatePeer):
+            continue
         if current is None:
             peers[spec.public_key] = PeerStatus(
                 spec.public_key, str(spec.endpoint), spec.allowed_ips, spec.keepalive
