@@ -142,7 +142,7 @@ class MemberEntry:
         Such a desk reads only what masters publish (their CA, their answers, the proof
         of their mastership) and refuses a CA announced by a member that is none: a
         node's entry that holds only its own requests is the master's business alone.
-        Sparing the worker those spares every member a worker's start (~0.3 CPU-s: an
+        Sparing the worker those spares every member a worker's start (~0.4 CPU-s: an
         interpreter importing ``cryptography``) each time another member joins or renews.
         """
         return is_master_role(self.role) or (isinstance(self.pki, Mapping) and CA_KEY in self.pki)
