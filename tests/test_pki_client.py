@@ -247,7 +247,7 @@ class ClientTests(SynchronousTestCase):
         self.successResultOf(stopped)
 
     def test_stop_without_worker(self) -> None:
-        self.successResultOf(self.client.stop())
+        self.assertIsNone(self.successResultOf(self.client.stop()))
 
 
 class RealWorkerTests(TestCase):

@@ -306,6 +306,8 @@ class RecordingBackend:
         def apply() -> None:
             self.calls.append(("apply", list(changes)))
             self._maybe_fail()
+            # A model of the device of its own, not reconcile.after_changes: it is what
+            # the service's tests check the service (and after_changes) against.
             peers = dict(self.device.peers)
             for change in changes:
                 if isinstance(change, RemovePeer):
