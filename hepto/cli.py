@@ -208,6 +208,10 @@ def _peer_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "endpoint": peer.get("endpoint", ""),
             "allowed ips": ",".join(peer.get("allowed_ips", [])),
             "handshake": peer.get("last_handshake") or "never",
+            # No keepalive: the peer reaches us unprompted (docs/mesh.rst, Keepalives).
+            "keepalive": f"{peer['persistent_keepalive']} s"
+            if peer.get("persistent_keepalive")
+            else "-",
             "rx": peer.get("rx_bytes", 0),
             "tx": peer.get("tx_bytes", 0),
         }
@@ -333,7 +337,7 @@ def render_container(container: dict[str, Any]) -> str:
 MEMBER_COLUMNS = ["name", "role", "address", "state", "incarnation", "version"]
 CERTIFICATE_COLUMNS = ["certificate", "subject", "state", "expires", "renews"]
 COMPONENT_COLUMNS = ["component", "state", "ready", "pid", "restarts", "last_exit"]
-PEER_COLUMNS = ["peer", "endpoint", "allowed ips", "handshake", "rx", "tx"]
+PEER_COLUMNS = ["peer", "endpoint", "allowed ips", "handshake", "keepalive", "rx", "tx"]
 
 
 def _fail(message: str) -> NoReturn:

@@ -97,6 +97,7 @@ class NodeService(MultiService):
             reactor,
             self.gossip.identity.signing_key,
             masters=self.pki,
+            reach=self.gossip.reach,
         )
         self.kube = KubeService(
             config, self.pki, reactor, network=self.mesh, state=self.gossip.state

@@ -149,7 +149,11 @@ class RenderTests(SynchronousTestCase):
                 "mesh": {"interface": "hepto0", "backend": "userspace", "phase": "running",
                          "endpoint": "[2001:db8::1]:51820", "mtu": 1420, "addresses": ["fd00::1"],
                          "peers": [{"name": "b", "endpoint": "[2001:db8::2]:51820",
-                                    "allowed_ips": ["fd00::2/128"], "rx_bytes": 1, "tx_bytes": 2}]},
+                                    "allowed_ips": ["fd00::2/128"], "rx_bytes": 1, "tx_bytes": 2,
+                                    "persistent_keepalive": 25},
+                                   {"name": "c", "endpoint": "[2001:db8::3]:51820",
+                                    "allowed_ips": ["fd00::3/128"], "rx_bytes": 3, "tx_bytes": 4,
+                                    "persistent_keepalive": 0}]},
                 "kube": {"components": [{"name": "etcd", "state": "running", "ready": True,
                                          "pid": 7, "restarts": 0, "last_exit": None}],
                          "runtime": {"socket": "/run/hepto/x/containerd.sock",
@@ -159,7 +163,8 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("admin        CN=a     valid  2027     2026", text)
         self.assertIn("forbidden subject", text)
         self.assertIn("mesh: hepto0 (userspace, running)", text)
-        self.assertIn("b     [2001:db8::2]:51820  fd00::2/128  never      1   2", text)
+        self.assertIn("b     [2001:db8::2]:51820  fd00::2/128  never      25 s       1   2", text)
+        self.assertIn("c     [2001:db8::3]:51820  fd00::3/128  never      -          3   4", text)
         self.assertIn("etcd       running  True   7    0         None", text)
         self.assertIn(
             "runtime: containerd at /run/hepto/x/containerd.sock, cgroups /hepto/c/n, "

@@ -20,6 +20,8 @@ from hepto.gossip.messages import (
     Alive,
     Dead,
     Digest,
+    Knock,
+    KnockRequest,
     Message,
     Nack,
     Ping,
@@ -38,6 +40,8 @@ SAMPLES: list[Message] = [
     Suspect("node-b", 3, "node-a"),
     Dead("node-b", 4, "node-b"),
     Digest("node-é", 12),
+    KnockRequest(9, "node-a"),
+    Knock(2**32 - 1, "node-b"),
 ]
 
 names = st.text(min_size=1, max_size=40).filter(lambda text: len(text.encode()) <= 255)
@@ -57,6 +61,8 @@ messages = st.one_of(
     st.builds(Suspect, names, u64s, names),
     st.builds(Dead, names, u64s, names),
     st.builds(Digest, names, u64s),
+    st.builds(KnockRequest, seqs, names),
+    st.builds(Knock, seqs, names),
 )
 frames = st.lists(messages, min_size=1, max_size=8)
 
@@ -89,6 +95,10 @@ class RoundTripTests(SynchronousTestCase):
             + b"\x00" * 11
             + b"\x01\x1f\x0a\x04node"
             + PROOF,
+        )
+        self.assertEqual(
+            encode([KnockRequest(258, "a"), Knock(3, "b")]),
+            b"\x02" + b"\x09\x00\x00\x01\x02\x01a" + b"\x0a\x00\x00\x00\x03\x01b",
         )
 
     def test_smallest_message(self) -> None:
@@ -138,7 +148,7 @@ class DecodeErrorTests(SynchronousTestCase):
         self.assertReason(b"", "empty frame")
         self.assertReason(b"\x02", "frame without messages")
         self.assertReason(b"\x01" + valid[1:], "unknown version 1")
-        self.assertReason(b"\x02\x09", "unknown message type 9")
+        self.assertReason(b"\x02\x0b", "unknown message type 11")
         self.assertReason(valid[:-1], "truncated ping source")
         self.assertReason(valid[:3], "truncated ping seq")
         self.assertReason(valid + b"\x03", "truncated ack seq")

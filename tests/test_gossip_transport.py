@@ -28,6 +28,7 @@ from hepto.control import SOCKET_NAME, ControlError, ControlService, query
 from hepto.gossip import codec, crypto, streams
 from hepto.gossip.crypto import Keyring
 from hepto.gossip.identity import IDENTITY_FILE, Identity
+from hepto.gossip.knocks import KNOCK_REQUEST_TOO_SOON, UNEXPECTED_KNOCK
 from hepto.gossip.messages import MAX_DATAGRAM, Ack, Ping
 from hepto.gossip.persistence import SavedState
 from hepto.gossip.profile import Profile
@@ -225,6 +226,20 @@ def counted(service: GossipService, reason: str, at_least: int = 1) -> Deferred[
     return done.addTimeout(TIMEOUT, reactor)
 
 
+def reaching(service: GossipService, names: set[str]) -> Deferred[None]:
+    """Fires once ``service`` holds exactly ``names`` as reaching it unprompted."""
+    done: Deferred[None] = Deferred()
+
+    def check(unprompted: frozenset[str]) -> None:
+        if not done.called and unprompted == names:
+            unsubscribe()
+            done.callback(None)
+
+    unsubscribe = service.reach.subscribe(check)
+    check(service.reach.unprompted)
+    return done.addTimeout(TIMEOUT, reactor)
+
+
 class ServicesTests(TestCase):
     """Real UDP and TCP on [::1] between GossipServices of one process."""
 
@@ -315,6 +330,18 @@ class ServicesTests(TestCase):
         yield carol.stopService()
         yield until(alice, self.sees("alice", "carol", LEFT), "carol's leave")
         self.assertEqual(alice.status()["drops"].get(crypto.UNDECRYPTABLE, 0), 0)
+
+    @inlineCallbacks
+    def test_members_knock_from_a_port_of_their_own(self) -> Any:
+        """Each asks the others to knock; on [::1] nothing filters, so all arrive."""
+        services = [self.start("alice"), self.start("bob", anchors=("alice",))]
+        services.append(self.start("carol", anchors=("bob",)))
+        for service in services:
+            others = {s.config.name for s in services} - {service.config.name}
+            yield reaching(service, others)
+        requests = sum(s.drops.counts[KNOCK_REQUEST_TOO_SOON] for s in services)
+        self.assertEqual(requests, 0)
+        self.assertEqual(sum(s.drops.counts[UNEXPECTED_KNOCK] for s in services), 0)
 
     def crash(self, service: GossipService) -> None:
         """As kill -9 would: no leave, no goodbye; timers and sockets just stop."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,18 @@ reactor.run()
 """
 HOSTS = int(os.environ.get("HEPTO_MESH_LAB_HOSTS", "3"))
 MARKER = b"hepto-mesh-agents-secret-42"
+#: A stateful firewall in front of a host: UDP in only on a flow the host started.
+FIREWALL = """
+table inet hepto_test_fw {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        ct state established,related accept
+        iifname "eth0" meta l4proto udp counter drop
+    }
+}
+"""
+#: Seconds of quiet: more than the firewall keeps a flow's state (30 s).
+QUIET = 40
 
 
 class MeshAgentsTests(SynchronousTestCase):
@@ -206,6 +219,56 @@ class MeshAgentsTests(SynchronousTestCase):
         except OSError:  # wireguard-go not up yet
             return False
         return peer is not None and str(at.address) in str(peer.endpoint)
+
+    def keepalives(self, host: Host) -> dict[str, int]:
+        """``host``'s persistent keepalive toward each other host, by name."""
+        keys = {self.public_key(other): other.name for other in self.hosts}
+        try:
+            peers = uapi_get(self.socket_of(host)).peers
+        except OSError:  # wireguard-go not up yet
+            return {}
+        return {keys[key]: peer.keepalive for key, peer in peers.items() if key in keys}
+
+    def test_keepalives_only_where_a_firewall_needs_them(self) -> None:
+        """The last host sits behind a stateful firewall: it alone keeps its tunnels
+        open, and after a quiet time every pair still reaches each other at once."""
+        closed = self.hosts[-1]
+        # What a home router does: nothing in that nobody inside asked for.  Its UDP
+        # state lasts 30 s (Linux keeps a flow that answered 120 s): the quiet below
+        # outlasts it without waiting minutes.
+        closed.run(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_udp_timeout_stream=30"])
+        subprocess.run(closed.command(["nft", "-f", "-"]), input=FIREWALL, text=True, check=True)
+        for host in self.hosts:
+            self.start(host)
+        wait_until(self.all_pairs, 180, interval=0.5, what="all-pairs mesh connectivity")
+        wanted = {
+            host.name: {
+                other.name: 25 if host is closed else 0 for other in self.hosts if other is not host
+            }
+            for host in self.hosts
+        }
+        seen: list[dict[str, dict[str, int]]] = [{}]
+
+        def as_wanted() -> bool:
+            seen[0] = {host.name: self.keepalives(host) for host in self.hosts}
+            return seen[0] == wanted
+
+        try:
+            wait_until(as_wanted, 60, interval=0.5, what=f"keepalives {wanted}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; they are {seen[0]}") from None
+        listed = closed.run(["nft", "list", "chain", "inet", "hepto_test_fw", "input"]).stdout
+        # The knocks that the others sent it, at least, met the firewall.
+        dropped = re.search(r"packets (\d+) bytes \d+ drop", listed)
+        self.assertTrue(dropped and int(dropped.group(1)) > 0, listed)
+        time.sleep(QUIET)  # Nothing said, nothing to wait for: the state must age.
+        for source in self.hosts:
+            for target in self.hosts:
+                if source is not target:
+                    address = plan.mesh_address(CLUSTER, target.name)
+                    self.assertTrue(
+                        self.pings(source, address), f"{source.name} reaches {target.name}"
+                    )
 
     def test_mesh_of_agents(self) -> None:
         for host in self.hosts:

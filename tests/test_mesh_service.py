@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from hepto.mesh.service import (
 from hepto.mesh.testing import FakeRtNetlink, RecordingBackend
 from hepto.mesh.underlay import UNDERLAY_RETRY, Underlay, find_underlay
 from hepto.mesh.userspace import UserspaceBackend
+from hepto.observers import Observers
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, MemoryCluster, MemoryState
 
 CLUSTER = "geo"
@@ -42,6 +44,21 @@ KEY = "5a" * 32
 def wireguard(index: int, keys: KeyPair | None = None) -> dict[str, str]:
     keys = keys or KeyPair.generate()
     return {"public_key": keys.public_key, "endpoint": f"[2001:db8:1::{index}]:51820"}
+
+
+class FakeReach:
+    """Who reaches "me" unprompted, as the test says: a Reach without the knocking."""
+
+    def __init__(self) -> None:
+        self.unprompted: frozenset[str] = frozenset()
+        self._observers: Observers[[frozenset[str]]] = Observers("reach")
+
+    def subscribe(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        return self._observers.subscribe(listener)
+
+    def set(self, *names: str) -> None:
+        self.unprompted = frozenset(names)
+        self._observers.notify(self.unprompted)
 
 
 class Harness:
@@ -57,6 +74,7 @@ class Harness:
         self.underlay: Underlay | None = Underlay(ipaddress.IPv6Address("2001:db8:1::9"), 1500)
         self.identity = SigningKey.generate()
         backends = kwargs.pop("backends", None) or [lambda: self.backend]
+        self.reach = FakeReach()
         self.service = MeshService(
             MeshSettings(CLUSTER, "me", is_master),
             self.state,
@@ -65,6 +83,7 @@ class Harness:
             backends=backends,
             links=Links(self.ipr, "hepto0"),
             underlay=lambda: self.underlay,
+            reach=self.reach,
         )
         case.addCleanup(self.stop)
 
@@ -202,6 +221,28 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(peer.endpoint, "[2001:db8:1::1]:51820")
         self.assertEqual(peer.allowed_ips, {host_network(plan.mesh_address(CLUSTER, "a"))})
         self.assertEqual(peer.keepalive, 25)
+
+    def keepalives(self) -> dict[str, int]:
+        names = {spec.public_key: spec.name for spec in self.h.service.desired().peers.values()}
+        return {names[key]: peer.keepalive for key, peer in self.h.backend.device.peers.items()}
+
+    def test_keepalives_only_toward_who_does_not_reach_us_unprompted(self) -> None:
+        h = self.h
+        h.join("a", 1, wireguard=wireguard(1))
+        h.join("b", 2, wireguard=wireguard(2))
+        self.assertEqual(self.keepalives(), {"a": 25, "b": 25})
+        h.reach.set("a")
+        h.clock.advance(0)
+        self.assertEqual(self.keepalives(), {"a": 0, "b": 25})
+        # Known to reach us before it is a peer: greeted all the same, for one pass.
+        h.reach.set("a", "c")
+        h.join("c", 3, wireguard=wireguard(3))
+        self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 25})
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 0})
+        h.reach.set("c")
+        h.clock.advance(0)
+        self.assertEqual(self.keepalives(), {"a": 25, "b": 25, "c": 0})
 
     def test_a_burst_of_changes_makes_one_pass(self) -> None:
         h = self.h

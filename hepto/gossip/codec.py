@@ -16,6 +16,8 @@ fields in a fixed order (network byte order throughout)::
     Suspect  = 6 string name, u64 incarnation, string source
     Dead     = 7 string name, u64 incarnation, string source
     Digest   = 8 string name, u64 version
+    KnockReq = 9 u32 seq, string source
+    Knock    = 10 u32 seq, string source
 
 The decoder trusts nothing: every length is checked against what is left, unknown
 types, empty or invalid UTF-8 strings, port 0, an empty or oversized frame and trailing
@@ -36,6 +38,8 @@ from hepto.gossip.messages import (
     Alive,
     Dead,
     Digest,
+    Knock,
+    KnockRequest,
     Message,
     Nack,
     Ping,
@@ -57,7 +61,7 @@ _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _ENDPOINT = struct.Struct("!16sH")
 
-PING, PING_REQ, ACK, NACK, ALIVE, SUSPECT, DEAD, DIGEST = range(1, 9)
+PING, PING_REQ, ACK, NACK, ALIVE, SUSPECT, DEAD, DIGEST, KNOCK_REQUEST, KNOCK = range(1, 11)
 
 
 class DecodeError(Exception):
@@ -134,6 +138,10 @@ def _encode_one(message: Message) -> bytes:
             )
         case Digest(name, version):
             return bytes((DIGEST,)) + _string(name) + _int(_U64, version, MAX_U64)
+        case KnockRequest(seq, source):
+            return bytes((KNOCK_REQUEST,)) + _int(_U32, seq, MAX_SEQ) + _string(source)
+        case Knock(seq, source):
+            return bytes((KNOCK,)) + _int(_U32, seq, MAX_SEQ) + _string(source)
     raise EncodeError(f"not a gossip message: {message!r}")
 
 
@@ -163,6 +171,8 @@ _SIZERS: Final[dict[type, Callable[[Any], int]]] = {
     Suspect: lambda m: 9 + _string_size(m.name) + _string_size(m.source),
     Dead: lambda m: 9 + _string_size(m.name) + _string_size(m.source),
     Digest: lambda m: 9 + _string_size(m.name),
+    KnockRequest: lambda m: 5 + _string_size(m.source),
+    Knock: lambda m: 5 + _string_size(m.source),
 }
 
 
@@ -270,6 +280,14 @@ def _digest(r: _Reader) -> Message:
     return Digest(r.string("digest name"), r.u64("digest version"))
 
 
+def _knock_request(r: _Reader) -> Message:
+    return KnockRequest(r.u32("knock request seq"), r.string("knock request source"))
+
+
+def _knock(r: _Reader) -> Message:
+    return Knock(r.u32("knock seq"), r.string("knock source"))
+
+
 _DECODERS: Final[dict[int, Callable[[_Reader], Message]]] = {
     PING: _ping,
     PING_REQ: _ping_req,
@@ -279,6 +297,8 @@ _DECODERS: Final[dict[int, Callable[[_Reader], Message]]] = {
     SUSPECT: _suspect,
     DEAD: _dead,
     DIGEST: _digest,
+    KNOCK_REQUEST: _knock_request,
+    KNOCK: _knock,
 }
 
 

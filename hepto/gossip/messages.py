@@ -109,6 +109,30 @@ class Digest:
     version: int
 
 
-Message = Ping | PingReq | Ack | Nack | Alive | Suspect | Dead | Digest
+@attrs.frozen
+class KnockRequest:
+    """Member ``source`` asks: knock ``seq`` on my door, from another port than yours.
+
+    A datagram from a port its receiver never sent to is one that a stateful firewall or
+    NAT in front of the receiver would drop: its arrival proves that the sender reaches
+    the receiver unprompted (:mod:`hepto.gossip.knocks`).
+    """
+
+    seq: int
+    source: str
+
+
+@attrs.frozen
+class Knock:
+    """Member ``source`` knocks, as asked in request ``seq``, from a port of its own."""
+
+    seq: int
+    source: str
+
+
+Message = Ping | PingReq | Ack | Nack | Alive | Suspect | Dead | Digest | KnockRequest | Knock
 #: Messages that run the failure detector, as opposed to the news they carry along.
 PROTOCOL_MESSAGES: Final = (Ping, PingReq, Ack, Nack)
+#: Messages between two members about whether one reaches the other unprompted; never
+#: piggybacked, and none of Membership's business.
+KNOCK_MESSAGES: Final = (KnockRequest, Knock)

@@ -29,9 +29,11 @@ from hepto.control import RequestError
 from hepto.errors import StartupError
 from hepto.gossip.crypto import Drops, Keyring
 from hepto.gossip.identity import IDENTITY_FILE, Identity, Pins, load_or_create
+from hepto.gossip.knocks import Knocks
 from hepto.gossip.persistence import STATE_FILE, KnownMember, SavedState, StateFile
 from hepto.gossip.profile import LAN, Profile
 from hepto.gossip.proofs import Notary
+from hepto.gossip.reach import Reach
 from hepto.gossip.records import RecordError, SignedRecord, open_record
 from hepto.gossip.store import RecordStore
 from hepto.gossip.streams import (
@@ -135,7 +137,19 @@ class GossipService(Service):
             pins=pins,
             on_own_record=self._own_record_changed,
         )
-        self.transport.receiver = self.membership.receive
+        self.knocks = Knocks(
+            config.name,
+            reactor,
+            send=self.transport.send,
+            send_aside=self.transport.send_aside,
+            passing=self.membership.receive,
+            count_drop=self.drops.count,
+        )
+        #: The members that reach this node unprompted: the mesh's keepalives read it.
+        self.reach = Reach(
+            config.name, reactor, self.knocks.ask, random.Random(self.rng.getrandbits(64))
+        )
+        self.transport.receiver = self.knocks.receive
         self.transport.responder = self
         self.membership.on_reap = self._reaped
         self.joined = False
@@ -195,6 +209,7 @@ class GossipService(Service):
         self.transport.listen()
         self.store.subscribe(self._state_changed)
         self.membership.subscribe(self._member_changed)
+        self.membership.subscribe(self.reach.member_changed)
         # Saves the state, new incarnation included, before anyone hears of either.
         self.store.start()
         self.membership.start()
@@ -222,6 +237,8 @@ class GossipService(Service):
         leaving = self.membership.leave()
 
         def shut() -> Deferred[Any]:
+            self.reach.stop()
+            self.knocks.stop()
             self.membership.stop()
             self._save()
             return self.transport.stop()

@@ -14,6 +14,7 @@ from typing import Any, Final
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP6ClientEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -147,6 +148,39 @@ class GossipTransport:
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
+        self.sent += 1
+        self.bytes_sent += len(datagram)
+
+    def send_aside(self, to: Endpoint, messages: Sequence[Message]) -> None:
+        """Seal and send one datagram from a port of its own, opened for it and closed
+        after it, best effort: what only a receiver that admits datagrams nobody asked
+        for receives (:mod:`hepto.gossip.knocks`)."""
+        if self._udp is None:
+            return
+        try:
+            payload = codec.encode(messages)
+        except codec.EncodeError:
+            self.log.failure("Cannot encode gossip for {peer}", peer=to)
+            return
+        datagram = self.keyring.seal_datagram(payload, recipient_of(to))
+        udp: IReactorUDP = self.reactor
+        try:
+            port = udp.listenUDP(
+                0,
+                protocol.DatagramProtocol(),
+                interface=str(self.address.host),
+                maxPacketSize=MAX_DATAGRAM,
+            )
+        except CannotListenError as error:
+            self.drops.count("send-failed", to, str(error.socketError))
+            return
+        try:
+            port.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
+        except OSError as error:
+            self.drops.count("send-failed", to, error.strerror or str(error))
+            return
+        finally:
+            port.stopListening()
         self.sent += 1
         self.bytes_sent += len(datagram)
 

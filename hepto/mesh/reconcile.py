@@ -86,8 +86,12 @@ def desired_mesh(
     members: Mapping[str, Member],
     keepalive: int = DEFAULT_KEEPALIVE,
     masters: Collection[str] | None = None,
+    unprompted: Collection[str] = frozenset(),
 ) -> Desired:
     """Exactly the other reachable members that published a usable ``wireguard`` key.
+
+    Each peer gets ``keepalive``, but those in ``unprompted``, which reach this node
+    without its keeping the path open (:mod:`hepto.gossip.reach`): they get none.
 
     Members are taken in name order, so that when two claim one public key or one
     allowed prefix, every node keeps the same one and reports the other.  ``masters``
@@ -162,7 +166,13 @@ def desired_mesh(
             claimed.add(network, name)
             allowed.add(network)
         owners[public_key] = name
-        peers[public_key] = PeerSpec(name, public_key, endpoint, frozenset(allowed), keepalive)
+        peers[public_key] = PeerSpec(
+            name,
+            public_key,
+            endpoint,
+            frozenset(allowed),
+            0 if name in unprompted else keepalive,
+        )
         if pod_prefix is not None and pod_prefix in allowed:
             routes.add(pod_prefix)
     return Desired(peers, frozenset(routes), frozenset(problems))

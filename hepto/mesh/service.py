@@ -129,6 +129,15 @@ class MasterSource(Protocol):
     ) -> Callable[[], None]: ...
 
 
+class ReachSource(Protocol):
+    """Who reaches this node unprompted: :class:`hepto.gossip.reach.Reach`."""
+
+    @property
+    def unprompted(self) -> frozenset[str]: ...
+
+    def subscribe(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]: ...
+
+
 class MeshService(Service):
     """The WireGuard mesh of one node; its name is ``mesh``.
 
@@ -149,6 +158,7 @@ class MeshService(Service):
         links: Links,
         underlay: Callable[[], Underlay | None],
         masters: MasterSource | None = None,
+        reach: ReachSource | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -157,6 +167,9 @@ class MeshService(Service):
         #: Who the cluster CA proves masters (the PKI); None: every record's own word.
         self._masters = masters
         self._unsubscribe_masters: Callable[[], None] | None = None
+        #: Who reaches us unprompted; None: nobody is known to, every peer keeps alive.
+        self._reach = reach
+        self._unsubscribe_reach: Callable[[], None] | None = None
         self._backend_factories = tuple(backends)
         self.links = links
         self._find_underlay = underlay
@@ -262,6 +275,8 @@ class MeshService(Service):
         self._unsubscribe = self.state.subscribe(self._changed)
         if self._masters is not None:
             self._unsubscribe_masters = self._masters.subscribe_masters(lambda _: self._wanted())
+        if self._reach is not None:
+            self._unsubscribe_reach = self._reach.subscribe(lambda _: self._wanted())
         self._resync = task.LoopingCall(self._wanted, True)
         self._resync.clock = self.reactor
         self._resync.start(self.settings.resync_interval, now=False)
@@ -331,6 +346,9 @@ class MeshService(Service):
         if self._unsubscribe_masters is not None:
             self._unsubscribe_masters()
             self._unsubscribe_masters = None
+        if self._unsubscribe_reach is not None:
+            self._unsubscribe_reach()
+            self._unsubscribe_reach = None
         if self._resync is not None and self._resync.running:
             self._resync.stop()
         self._resync = None
@@ -399,6 +417,12 @@ class MeshService(Service):
     def desired(self) -> Desired:
         assert self.keys is not None
         settings = self.settings
+        unprompted: frozenset[str] = frozenset()
+        if self._reach is not None and self._applied is not None:
+            # A new peer gets a keepalive all the same, for one pass: given one, a device
+            # greets its peer at once, and the handshake says the tunnel works.
+            greeted = {peer.name for peer in self._applied.peers.values()}
+            unprompted = self._reach.unprompted & greeted
         return desired_mesh(
             settings.cluster,
             settings.name,
@@ -407,6 +431,7 @@ class MeshService(Service):
             self.state.members(),
             settings.keepalive,
             None if self._masters is None else self._masters.masters,
+            unprompted,
         )
 
     async def _pass(self, force: bool) -> None:
@@ -562,6 +587,7 @@ def mesh_service(
     masters: MasterSource | None = None,
     interface: str = DEFAULT_INTERFACE,
     listen_port: int = DEFAULT_LISTEN_PORT,
+    reach: ReachSource | None = None,
 ) -> MeshService:
     """The node's mesh: its identity's key, its socket directory in the node's directory,
     both backends."""
@@ -585,4 +611,5 @@ def mesh_service(
         links=Links(rt, interface),
         underlay=lambda: find_underlay(rt, config),
         masters=masters,
+        reach=reach,
     )
