@@ -8,13 +8,13 @@ freshness, replay) -> decode -> ``receiver``; each refusal is counted by its rea
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP6ClientEndpoint
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -154,7 +154,11 @@ class GossipTransport:
     def send_aside(self, to: Endpoint, messages: Sequence[Message]) -> None:
         """Seal and send one datagram from a port of its own, opened for it and closed
         after it, best effort: what only a receiver that admits datagrams nobody asked
-        for receives (:mod:`hepto.gossip.knocks`)."""
+        for receives (:mod:`hepto.gossip.knocks`).
+
+        A bare non-blocking socket rather than a Twisted port: one datagram is sent and
+        nothing is ever read, and a port would log its opening and closing each time.
+        """
         if self._udp is None:
             return
         try:
@@ -163,24 +167,14 @@ class GossipTransport:
             self.log.failure("Cannot encode gossip for {peer}", peer=to)
             return
         datagram = self.keyring.seal_datagram(payload, recipient_of(to))
-        udp: IReactorUDP = self.reactor
         try:
-            port = udp.listenUDP(
-                0,
-                protocol.DatagramProtocol(),
-                interface=str(self.address.host),
-                maxPacketSize=MAX_DATAGRAM,
-            )
-        except CannotListenError as error:
-            self.drops.count("send-failed", to, str(error.socketError))
-            return
-        try:
-            port.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as aside:
+                aside.setblocking(False)
+                aside.bind((str(self.address.host), 0))
+                aside.sendto(datagram, (str(to.host), to.port))
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
-        finally:
-            port.stopListening()
         self.sent += 1
         self.bytes_sent += len(datagram)
 
