@@ -134,22 +134,15 @@ class GossipTransport:
         """Seal and send one datagram, best effort."""
         if self._udp is None:
             return
-        try:
-            payload = codec.encode(messages)
-        except codec.EncodeError:
-            self.log.failure("Cannot encode gossip for {peer}", peer=to)
+        datagram = self._seal(to, messages)
+        if datagram is None:
             return
-        if len(payload) > MAX_PLAINTEXT:  # The codec refuses this too; never trust it alone.
-            self.log.error("Refusing to send {size} bytes of gossip", size=len(payload))
-            return
-        datagram = self.keyring.seal_datagram(payload, recipient_of(to))
         try:
             self._udp.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
-        self.sent += 1
-        self.bytes_sent += len(datagram)
+        self._sent(datagram)
 
     def send_aside(self, to: Endpoint, messages: Sequence[Message]) -> None:
         """Seal and send one datagram from a port of its own, opened for it and closed
@@ -161,12 +154,9 @@ class GossipTransport:
         """
         if self._udp is None:
             return
-        try:
-            payload = codec.encode(messages)
-        except codec.EncodeError:
-            self.log.failure("Cannot encode gossip for {peer}", peer=to)
+        datagram = self._seal(to, messages)
+        if datagram is None:
             return
-        datagram = self.keyring.seal_datagram(payload, recipient_of(to))
         try:
             with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as aside:
                 aside.setblocking(False)
@@ -175,6 +165,21 @@ class GossipTransport:
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
+        self._sent(datagram)
+
+    def _seal(self, to: Endpoint, messages: Sequence[Message]) -> bytes | None:
+        """The sealed datagram of ``messages`` for ``to``; None (logged) if unsendable."""
+        try:
+            payload = codec.encode(messages)
+        except codec.EncodeError:
+            self.log.failure("Cannot encode gossip for {peer}", peer=to)
+            return None
+        if len(payload) > MAX_PLAINTEXT:  # The codec refuses this too; never trust it alone.
+            self.log.error("Refusing to send {size} bytes of gossip", size=len(payload))
+            return None
+        return self.keyring.seal_datagram(payload, recipient_of(to))
+
+    def _sent(self, datagram: bytes) -> None:
         self.sent += 1
         self.bytes_sent += len(datagram)
 
