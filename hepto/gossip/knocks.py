@@ -44,6 +44,7 @@ UNEXPECTED_KNOCK: Final = "unexpected-knock"
 KNOCK_REQUEST_TOO_SOON: Final = "knock-request-too-soon"
 
 Send = Callable[[Endpoint, Sequence[Message]], None]
+_KNOCK_TYPES: Final = frozenset(KNOCK_MESSAGES)
 
 
 @attrs.define(eq=False)
@@ -92,6 +93,9 @@ class Knocks:
 
     def receive(self, sender: Endpoint, messages: Sequence[Message]) -> None:
         """The transport's receiver: knocks handled here, everything else passed on."""
+        if not any(type(message) in _KNOCK_TYPES for message in messages):
+            self.passing(sender, messages)  # Nearly every datagram: passed as it came.
+            return
         others = []
         for message in messages:
             if isinstance(message, KNOCK_MESSAGES):
