@@ -86,6 +86,25 @@ class FakeFetcher:
         self.calls[index][2].errback(ConnectionError("refused"))
 
 
+@attrs.define
+class FakeBatchFetcher:
+    calls: list[tuple[Endpoint, list[str], Deferred[list[bytes]]]] = attrs.field(factory=list)
+
+    def __call__(self, holder: Endpoint, names: list[str]) -> Deferred[list[bytes]]:
+        result: Deferred[list[bytes]] = Deferred()
+        self.calls.append((holder, list(names), result))
+        return result
+
+    def pending(self) -> list[tuple[Endpoint, list[str]]]:
+        return [(holder, names) for holder, names, d in self.calls if not d.called]
+
+    def answer(self, *records: SignedRecord | bytes) -> None:
+        self.calls[-1][2].callback([r if isinstance(r, bytes) else r.blob for r in records])
+
+    def fail(self) -> None:
+        self.calls[-1][2].errback(ConnectionError("refused"))
+
+
 def signed(identity: Identity, name: str, version: int, **data: Any) -> SignedRecord:
     return sign_record(identity, CLUSTER, name, version, data)
 
@@ -96,6 +115,7 @@ class StoreTests(SynchronousTestCase):
         self.membership = FakeMembership()
         self.membership.set(FakeState("me", endpoint(1), role="master"))
         self.fetcher = FakeFetcher()
+        self.batches = FakeBatchFetcher()
         self.saved: list[SignedRecord] = []
         self.drops = Drops(self.clock)
         self.store = RecordStore.create(
@@ -105,6 +125,7 @@ class StoreTests(SynchronousTestCase):
             data={"role": "master", "gossip": str(endpoint(1))},
             membership=self.membership,
             fetch=self.fetcher,
+            fetch_many=self.batches,
             clock=self.clock,
             drops=self.drops,
             on_own_record=self.saved.append,
@@ -135,6 +156,7 @@ class StoreTests(SynchronousTestCase):
             previous=previous,
             membership=FakeMembership(),
             fetch=self.fetcher,
+            fetch_many=self.batches,
             clock=self.clock,
             drops=self.drops,
         )
@@ -247,6 +269,110 @@ class StoreTests(SynchronousTestCase):
         # A later digest starts over.
         self.membership.digest("carol", "bob", 5)
         self.assertEqual(self.fetcher.pending(), [(endpoint(3), "bob")])
+
+    def test_a_push_pull_s_records_come_from_its_peer_in_one_stream(self) -> None:
+        """A joiner's whole state in one stream, not one stream per record."""
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.store.accept(signed(CAROL, "carol", 4).blob)
+        owners = {"bob": endpoint(2), "carol": endpoint(3), "me": endpoint(1)}
+        digests = [("bob", 2), ("carol", 4), ("me", 1), ("dave", 1)]
+        self.store.want_from(endpoint(3), digests, owners)
+        # Only what we lack, and nothing one by one meanwhile.
+        self.assertEqual(self.batches.pending(), [(endpoint(3), ["bob", "dave"])])
+        self.assertEqual(self.fetcher.calls, [])
+        dave = Identity.generate()
+        self.batches.answer(signed(BOB, "bob", 2), signed(dave, "dave", 1))
+        self.assertEqual(self.store.digests(), {"me": 1, "bob": 2, "carol": 4, "dave": 1})
+        self.assertEqual(self.store.fetched, {"ok": 2})
+        self.assertEqual((self.batches.pending(), self.fetcher.pending()), ([], []))
+
+    def test_what_the_peer_does_not_deliver_comes_one_by_one_from_owners(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        owners = {"bob": endpoint(2), "carol": endpoint(3)}
+        self.store.want_from(endpoint(4), [("carol", 2), ("bob", 3)], owners)
+        # The peer holds no carol (it skipped her), and an older bob than it said.
+        self.batches.answer(signed(BOB, "bob", 2))
+        self.assertEqual(self.batches.pending(), [])
+        self.assertEqual(self.fetcher.pending(), [(endpoint(3), "carol"), (endpoint(2), "bob")])
+        self.assertEqual(self.store.fetched, {"ok": 1, "missing": 1})
+        self.fetcher.answer(signed(BOB, "bob", 3).blob, 1)
+        self.fetcher.answer(None, 0)
+        # The owners were the last resort: the peer has been asked already.
+        self.assertEqual(self.fetcher.pending(), [])
+        self.assertEqual(self.store.digests()["bob"], 3)
+
+    def test_a_reply_cut_at_its_size_is_followed_by_another_stream(self) -> None:
+        identities = {f"m{index}": Identity.generate() for index in range(4)}
+        for index, name in enumerate(identities, start=2):
+            self.add(name, index)
+        self.store.want_from(endpoint(9), [(name, 1) for name in identities], {})
+        self.batches.answer(*(signed(identities[n], n, 1) for n in ("m0", "m1")))
+        self.assertEqual(self.batches.pending(), [(endpoint(9), ["m2", "m3"])])
+        self.batches.answer(signed(identities["m3"], "m3", 1))
+        # m2 again would be a third stream for what the holder just left out: owner instead.
+        self.assertEqual(self.batches.pending(), [])
+        self.assertEqual(self.fetcher.pending(), [(endpoint(4), "m2")])
+
+    def test_a_failed_batch_falls_back_to_owners(self) -> None:
+        self.add("bob", 2)
+        self.store.want_from(endpoint(4), [("bob", 1)], {"bob": endpoint(2)})
+        # A digest heard meanwhile offers another holder, and starts nothing of its own.
+        self.membership.digest("bob", "bob", 1)
+        self.assertEqual(self.fetcher.calls, [])
+        self.batches.fail()
+        self.assertEqual(self.store.fetched, {"failed": 1})
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "bob")])
+        self.fetcher.fail()
+        # The holder may be older than batches, not down: it is asked for bob alone.
+        self.assertEqual(self.fetcher.pending(), [(endpoint(4), "bob")])
+        self.fetcher.answer(signed(BOB, "bob", 1).blob)
+        self.assertEqual(self.store.digests()["bob"], 1)
+
+    def test_a_batch_refuses_records_not_asked_for(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.store.want_from(endpoint(4), [("bob", 1)], {})
+        self.batches.answer(signed(CAROL, "carol", 1), b"garbage", signed(BOB, "bob", 1))
+        self.assertEqual(self.drops.counts[store.UNEXPECTED_RECORD], 1)
+        self.assertEqual(self.drops.counts[records.BAD_RECORD], 1)
+        self.assertNotIn("carol", self.store.digests())
+        self.assertEqual(self.store.digests()["bob"], 1)
+
+    def test_records_already_being_fetched_are_not_batched_again(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.digest("bob", "bob", 1)
+        self.store.want_from(endpoint(4), [("bob", 1), ("carol", 1)], {})
+        self.store.want_from(endpoint(5), [("carol", 1)], {})
+        self.assertEqual(self.batches.pending(), [(endpoint(4), ["carol"])])
+        # The other push/pull's peer is kept as a holder to try.
+        self.batches.answer()
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "bob"), (endpoint(5), "carol")])
+
+    def test_a_forgotten_member_s_batched_record_is_let_go(self) -> None:
+        self.add("bob", 2)
+        self.store.want_from(endpoint(4), [("bob", 1)], {})
+        self.store.forget("bob")
+        self.batches.answer()
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_batch_replies_stop_at_their_size(self) -> None:
+        bob, carol = signed(BOB, "bob", 1, pad="x" * 300), signed(CAROL, "carol", 1)
+        self.store.accept(bob.blob)
+        self.store.accept(carol.blob)
+        names = ["nobody", "bob", "carol", "me"]
+        self.assertEqual(
+            self.store.record_blobs(names, 10_000),
+            [bob.blob, carol.blob, self.store.own.blob],
+        )
+        self.assertEqual(
+            self.store.record_blobs(names, len(bob.blob) + len(carol.blob)),
+            [bob.blob, carol.blob],
+        )
+        # The first is always sent, whatever its size: else no reply would ever carry it.
+        self.assertEqual(self.store.record_blobs(names, 1), [bob.blob])
 
     def test_fetcher_raising_is_a_failed_fetch(self) -> None:
         self.add("bob", 2)

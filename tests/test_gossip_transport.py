@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import random
 import socket
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from agent import free_port
 from hepto import config
 from hepto.config import Endpoint
 from hepto.control import SOCKET_NAME, ControlError, ControlService, query
-from hepto.gossip import codec, crypto, streams
+from hepto.gossip import codec, crypto, records, streams
 from hepto.gossip.crypto import Keyring
 from hepto.gossip.identity import IDENTITY_FILE, Identity
 from hepto.gossip.knocks import KNOCK_REQUEST_TOO_SOON, UNEXPECTED_KNOCK
@@ -37,10 +39,12 @@ from hepto.gossip.records import sign_record
 from hepto.gossip.service import SAVE_DELAY, GossipService
 from hepto.gossip.streams import (
     Fetch,
+    FetchRecords,
     FrameBuffer,
     PeerState,
     PushPull,
     Record,
+    Records,
     StreamAck,
     StreamDecodeError,
     StreamPing,
@@ -82,6 +86,10 @@ class StreamCodecTests(SynchronousTestCase):
                 (("bob", 4), ("alice", 1)),
             ),
             Fetch("bob"),
+            FetchRecords(("bob",)),
+            FetchRecords(("bob", "carol.example")),
+            Records(()),
+            Records((b"\x01blob", b"\x01other")),
             Record(b"\x01blob"),
             Record(None),
             StreamPing(Ping(7, "bob", "alice")),
@@ -128,6 +136,20 @@ class StreamCodecTests(SynchronousTestCase):
             self.assertRaises(StreamDecodeError, streams.decode, payload)
         for payload in (b"", b"\x09", b"\x03", b"\x03\x02x", b"\x05\x02", b"\x02\xff", b"\x04"):
             self.assertRaises(StreamDecodeError, streams.decode, payload)
+        blob = streams.encode(Records((b"\x01blob",)))
+        bad_batches = [
+            b"\x06",  # no name
+            b"\x06bob\n",  # an empty one
+            b"\x06bob\nNot A Name",
+            b"\x06\xff",
+            b"\x06" + "\n".join(["bob"] * (streams.MAX_MEMBERS + 1)).encode(),
+            blob[:-1],  # a record cut short
+            blob + b"\x00\x00",  # a length cut short
+            b"\x07\x00\x00\x00\x00",  # an empty record
+            b"\x07" + struct.pack("!I", records.MAX_RECORD_SIZE + 1) + b"x",
+        ]
+        for payload in bad_batches:
+            self.assertRaises(StreamDecodeError, streams.decode, payload)
 
     @settings(max_examples=1000, deadline=None)
     @given(st.binary(max_size=300))
@@ -141,7 +163,7 @@ class StreamCodecTests(SynchronousTestCase):
         self.assertEqual(streams.decode(streams.encode(message)), message)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.sampled_from([1, 2, 3, 4, 5]), st.text(max_size=200))
+    @given(st.sampled_from([1, 2, 3, 4, 5, 6, 7]), st.text(max_size=200))
     def test_fuzz_typed_bodies(self, kind: int, body: str) -> None:
         try:
             message = streams.decode(bytes((kind,)) + body.encode())
@@ -330,6 +352,62 @@ class ServicesTests(TestCase):
         yield carol.stopService()
         yield until(alice, self.sees("alice", "carol", LEFT), "carol's leave")
         self.assertEqual(alice.status()["drops"].get(crypto.UNDECRYPTABLE, 0), 0)
+
+    @inlineCallbacks
+    def joined_by_dave(self, old_alice: bool) -> Any:
+        """alice, bob and carol with 4 KiB records each; then dave joins through alice.
+
+        Fires with the record requests of dave's that the three answered.  With
+        ``old_alice``, alice hangs up on a batch, as a member older than batches does.
+        """
+        names = ("alice", "bob", "carol")
+        services = [self.start("alice")]
+        services += [self.start(name, anchors=("alice",)) for name in names[1:]]
+        for service in services:
+            service.state.publish("payload", service.config.name * 1024)
+        for observer in services:
+            for name in names:
+                yield until(
+                    observer,
+                    lambda o=observer, n=name: held(o, n, "payload") == n * 1024,  # type: ignore[misc]
+                    f"{observer.config.name} holds {name}'s payload",
+                )
+        asked: list[streams.StreamMessage] = []
+        for service in services:
+            answer = service.respond
+
+            def spy(request: Any, peer: Endpoint, answer: Any = answer, name: str = "") -> Any:
+                named = getattr(request, "names", None) or (getattr(request, "name", None),)
+                if isinstance(request, Fetch | FetchRecords) and "dave" not in named:
+                    asked.append(request)
+                    if old_alice and name == "alice" and isinstance(request, FetchRecords):
+                        return None
+                return answer(request, peer)
+
+            service.respond = functools.partial(spy, name=service.config.name)  # type: ignore[method-assign]
+        dave = self.start("dave", anchors=("alice",))
+        for name in names:
+            yield until(
+                dave,
+                lambda n=name: held(dave, n, "payload") == n * 1024,  # type: ignore[misc]
+                f"dave holds {name}'s payload",
+            )
+        return asked
+
+    @inlineCallbacks
+    def test_a_joiner_takes_every_record_in_one_stream(self) -> Any:
+        asked = yield self.joined_by_dave(old_alice=False)
+        self.assertEqual(asked, [FetchRecords(("alice", "bob", "carol"))])
+        self.assertEqual(self.services["dave"].store.fetched, {"ok": 3})
+
+    @inlineCallbacks
+    def test_a_member_older_than_batches_serves_records_one_by_one(self) -> Any:
+        asked = yield self.joined_by_dave(old_alice=True)
+        self.assertEqual(
+            sorted(asked, key=repr),
+            [Fetch("alice"), Fetch("bob"), Fetch("carol"), FetchRecords(("alice", "bob", "carol"))],
+        )
+        self.assertEqual(self.services["dave"].store.fetched, {"failed": 3, "ok": 3})
 
     @inlineCallbacks
     def test_members_knock_from_a_port_of_their_own(self) -> Any:
@@ -575,39 +653,37 @@ class ServicesTests(TestCase):
 class MergeTests(SynchronousTestCase):
     """What a push/pull's digests set in motion, against a store that only records."""
 
-    def test_records_are_fetched_from_their_owners_first(self) -> None:
+    def test_records_are_fetched_from_the_peer_then_their_owners(self) -> None:
         service = GossipService.from_config(
             node_config("joiner", free_port(), Path(self.mktemp())), reactor, FAST
         )
-        wanted: list[tuple[str, int, int]] = []
+        wanted: list[tuple[int, list[tuple[str, int]], dict[str, int]]] = []
 
         class Recorder:
-            def want(self, name: str, version: int, holder: Endpoint) -> None:
-                wanted.append((name, version, holder.port))
+            def want_from(
+                self,
+                holder: Endpoint,
+                digests: Sequence[tuple[str, int]],
+                owners: Mapping[str, Endpoint],
+            ) -> None:
+                ports = {name: owner.port for name, owner in owners.items()}
+                wanted.append((holder.port, list(digests), ports))
 
         service.store = Recorder()  # type: ignore[assignment]
 
         def peer(name: str, port: int, status: str = ALIVE) -> PeerState:
             return PeerState(name, Endpoint(LOOPBACK, port), "node", 1, status, PROOF)
 
+        digests = (("anchor", 5), ("bob", 6), ("gone", 7), ("joiner", 8))
         anchor = PushPull(
             sender="anchor",
             join=False,
             members=(peer("anchor", 1), peer("bob", 2), peer("gone", 3, DEAD), peer("joiner", 4)),
-            digests=(("anchor", 5), ("bob", 6), ("gone", 7), ("joiner", 8)),
+            digests=digests,
         )
         service._merge(anchor)
-        self.assertEqual(
-            wanted,
-            [
-                ("anchor", 5, 1),
-                ("anchor", 5, 1),
-                ("bob", 6, 2),  # bob serves his own record, not the anchor...
-                ("bob", 6, 1),  # ...which remains the fallback
-                ("gone", 7, 1),  # a dead owner is not asked
-                ("joiner", 8, 1),  # nor are we
-            ],
-        )
+        # From the peer first (all in one stream); a dead owner is never asked.
+        self.assertEqual(wanted, [(1, list(digests), {"anchor": 1, "bob": 2, "joiner": 4})])
 
 
 class ControlSocketTests(TestCase):

@@ -37,10 +37,13 @@ from hepto.gossip.reach import Reach
 from hepto.gossip.records import RecordError, SignedRecord, open_record
 from hepto.gossip.store import RecordStore
 from hepto.gossip.streams import (
+    RECORDS_REPLY,
     Fetch,
+    FetchRecords,
     PeerState,
     PushPull,
     Record,
+    Records,
     StreamAck,
     StreamMessage,
     StreamPing,
@@ -132,6 +135,7 @@ class GossipService(Service):
             previous=self._previous_record(saved),
             membership=self.membership,
             fetch=self.transport.fetch,
+            fetch_many=self.transport.fetch_many,
             clock=reactor,
             drops=self.drops,
             pins=pins,
@@ -370,14 +374,8 @@ class GossipService(Service):
         holder = next((p.address for p in remote.members if p.name == remote.sender), None)
         if holder is None:
             return
-        # The owner first: it always holds its newest record, and a joiner asking the
-        # anchor for every record would put the whole cluster's join traffic on one member.
         owners = {p.name: p.address for p in remote.members if p.status == ALIVE}
-        for name, version in remote.digests:
-            owner = owners.get(name)
-            if owner is not None and name != self.config.name:
-                self.store.want(name, version, owner)
-            self.store.want(name, version, holder)
+        self.store.want_from(holder, remote.digests, owners)
 
     def respond(
         self, request: StreamMessage, peer: Endpoint
@@ -390,6 +388,8 @@ class GossipService(Service):
             return self._local_state(join=False)
         if isinstance(request, Fetch):
             return Record(self.store.record_blob(request.name))
+        if isinstance(request, FetchRecords):
+            return Records(tuple(self.store.record_blobs(request.names, RECORDS_REPLY)))
         if isinstance(request, StreamPing):
             return StreamAck(request.ping.target == self.config.name)
         return None

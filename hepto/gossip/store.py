@@ -2,16 +2,18 @@
 
 :class:`RecordStore` is the :class:`hepto.state.ClusterState` every service consumes.
 Records themselves never ride the gossip: a member that hears of a version newer than
-the one it holds (a digest, piggybacked or in a push/pull) fetches the record over TCP
-from whoever advertised it, checks its signature and the identity pinned to its name,
-and only then shows it to subscribers.  Versions never go backwards.
+the one it holds fetches the record over TCP from whoever advertised it, checks its
+signature and the identity pinned to its name, and only then shows it to subscribers.
+A digest heard in gossip is fetched alone; the digests of a push/pull are fetched from
+its peer all in one stream (a joiner's whole state), and only what that peer did not
+deliver is then fetched one by one.  Versions never go backwards.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -42,6 +44,10 @@ IDENTITY_CONFLICT: Final = "identity"
 MESH_ADDRESS_CONFLICT: Final = "mesh-address"
 
 Fetcher = Callable[[Endpoint, str], "Deferred[bytes | None]"]
+#: Fetches the records of the names given from one holder, in one stream.  The holder
+#: may send fewer than asked for: those it does not hold, and those beyond what one of
+#: its replies carries.
+BatchFetcher = Callable[[Endpoint, Sequence[str]], "Deferred[Sequence[bytes]]"]
 
 
 class MembershipView(Protocol):
@@ -101,6 +107,7 @@ class RecordStore:
     identity: Identity
     membership: MembershipView
     fetch: Fetcher
+    fetch_many: BatchFetcher
     clock: IReactorTime
     pins: Pins = attrs.field(factory=Pins)
     drops: Drops
@@ -115,8 +122,8 @@ class RecordStore:
     #: hundred connections at once would help neither it nor the members it asks.
     max_fetches: int = 16
     _running: int = 0
-    #: Record fetches finished, by result (``ok``, ``missing``: the holder had none,
-    #: ``failed``); never reset.
+    #: Records fetched, by result (``ok``, ``missing``: the holder had none,
+    #: ``failed``), each record of a batch counted; never reset.
     fetched: Counter[str] = attrs.field(factory=Counter)
     _queued: deque[str] = attrs.field(factory=deque)
     _conflicts: dict[tuple[str, tuple[str, ...]], Conflict] = attrs.field(factory=dict)
@@ -203,57 +210,61 @@ class RecordStore:
 
     def want(self, name: str, version: int, holder: Endpoint) -> None:
         """``holder`` has ``name`` at ``version``: fetch it unless we hold that already."""
-        held = self._own if name == self.name else self._records.get(name)
-        if (held is not None and held.version >= version) or version > MAX_VERSION:
-            return  # A version no record can have is not worth a connection.
-        pending = self._fetches.get(name)
+        pending = self._pending(name, version)
         if pending is None:
-            pending = self._fetches[name] = _Fetch(version)
-        elif version > pending.wanted:
-            pending.wanted = version
-            pending.tried.clear()  # A newer version: every holder is worth asking again.
-        pending.offer(holder)
-        if pending.running or name in self._queued:
             return
-        if self._running < self.max_fetches:
-            self._next_fetch(name, pending)
-        else:
-            self._queued.append(name)
+        pending.offer(holder)
+        if not (pending.running or name in self._queued):
+            self._start_or_queue(name, pending)
+
+    def want_from(
+        self,
+        holder: Endpoint,
+        digests: Iterable[tuple[str, int]],
+        owners: Mapping[str, Endpoint],
+    ) -> None:
+        """``holder`` has each of ``digests`` (a push/pull): what we lack, fetch from it at once.
+
+        One stream carries them all, where a hundred fetches would each cost a connection
+        and the attention of a member; whatever the holder does not deliver is then
+        fetched one by one, from ``owners`` first (an owner holds its newest record).
+        """
+        batch: dict[str, _Fetch] = {}
+        for name, version in digests:
+            pending = self._pending(name, version)
+            if pending is None:
+                continue
+            owner = owners.get(name)
+            if owner is not None and name != self.name:
+                pending.offer(owner)
+            if pending.running or name in self._queued or name in batch:
+                pending.offer(holder)
+                continue
+            pending.tried.add(holder)
+            pending.running = True
+            batch[name] = pending
+        if batch:
+            self._fetch_batch(holder, batch)
 
     def accept(self, blob: bytes, source: object = None, expected: str | None = None) -> bool:
         """Verify and keep a record; False (counted) if refused or not newer."""
-        try:
-            record = open_record(blob, self.cluster)
-        except RecordError as error:
-            self.drops.count(error.reason, source, error.detail)
-            return False
-        if expected is not None and record.name != expected:
-            self.drops.count(UNEXPECTED_RECORD, source, f"asked for {expected}, got {record.name}")
-            return False
-        if record.name == self.name:
-            return self._accept_own(record, source)
-        if not self.pins.check(record.name, record.key):
-            self._identity_conflict(record, source)
-            return False
-        held = self._records.get(record.name)
-        if held is not None and record.version <= held.version:
-            if record.version < held.version:
-                self.drops.count(
-                    OUTDATED_RECORD, source, f"{record.name} v{record.version} < v{held.version}"
-                )
-            return False
-        self._records[record.name] = record
-        # Epidemic spread: every new holder advertises, not the owner alone, so a change
-        # reaches everyone in O(log N) gossip rounds rather than at the next push/pull.
-        self.membership.broadcast_digest(record.name, record.version)
-        self._log.debug(
-            "Record of {member} now at version {version} ({size} bytes)",
-            member=record.name,
-            version=record.version,
-            size=len(record),
-        )
-        self._refresh(record.name)
-        return True
+        record = self._open(blob, source, None if expected is None else (expected,))
+        return record is not None and self._take(record, source)
+
+    def record_blobs(self, names: Iterable[str], budget: int) -> list[bytes]:
+        """The records held of ``names``, in that order, as many as ``budget`` bytes allow
+        (the first always): what a batch fetch is answered with."""
+        blobs: list[bytes] = []
+        size = 0
+        for name in names:
+            blob = self.record_blob(name)
+            if blob is None:
+                continue
+            if blobs and size + len(blob) > budget:
+                break
+            blobs.append(blob)
+            size += len(blob)
+        return blobs
 
     def conflicts(self) -> list[dict[str, Any]]:
         return [conflict.as_json() for conflict in self._conflicts.values()]
@@ -279,6 +290,123 @@ class RecordStore:
         return rows
 
     # Internals
+
+    def _open(
+        self, blob: bytes, source: object, expected: Collection[str] | None
+    ) -> SignedRecord | None:
+        try:
+            record = open_record(blob, self.cluster)
+        except RecordError as error:
+            self.drops.count(error.reason, source, error.detail)
+            return None
+        if expected is not None and record.name not in expected:
+            wanted = ", ".join(sorted(expected)[:3]) + (", …" if len(expected) > 3 else "")
+            self.drops.count(UNEXPECTED_RECORD, source, f"asked for {wanted}, got {record.name}")
+            return None
+        return record
+
+    def _take(self, record: SignedRecord, source: object) -> bool:
+        if record.name == self.name:
+            return self._accept_own(record, source)
+        if not self.pins.check(record.name, record.key):
+            self._identity_conflict(record, source)
+            return False
+        held = self._records.get(record.name)
+        if held is not None and record.version <= held.version:
+            if record.version < held.version:
+                self.drops.count(
+                    OUTDATED_RECORD, source, f"{record.name} v{record.version} < v{held.version}"
+                )
+            return False
+        self._records[record.name] = record
+        # Epidemic spread: every new holder advertises, not the owner alone, so a change
+        # reaches everyone in O(log N) gossip rounds rather than at the next push/pull.
+        self.membership.broadcast_digest(record.name, record.version)
+        self._log.debug(
+            "Record of {member} now at version {version} ({size} bytes)",
+            member=record.name,
+            version=record.version,
+            size=len(record),
+        )
+        self._refresh(record.name)
+        return True
+
+    def _pending(self, name: str, version: int) -> _Fetch | None:
+        """The fetch of ``name`` at ``version`` or newer; None if not worth one."""
+        held = self._own if name == self.name else self._records.get(name)
+        if (held is not None and held.version >= version) or version > MAX_VERSION:
+            return None  # A version no record can have is not worth a connection.
+        pending = self._fetches.get(name)
+        if pending is None:
+            pending = self._fetches[name] = _Fetch(version)
+        elif version > pending.wanted:
+            pending.wanted = version
+            pending.tried.clear()  # A newer version: every holder is worth asking again.
+        return pending
+
+    def _start_or_queue(self, name: str, pending: _Fetch) -> None:
+        if self._running < self.max_fetches:
+            self._next_fetch(name, pending)
+        else:
+            self._queued.append(name)
+
+    def _fetch_batch(self, holder: Endpoint, batch: dict[str, _Fetch]) -> None:
+        fetched: Deferred[Sequence[bytes]] = maybeDeferred(self.fetch_many, holder, list(batch))
+        fetched.addCallbacks(
+            self._batch_fetched,
+            self._batch_failed,
+            callbackArgs=(holder, batch),
+            errbackArgs=(holder, batch),
+        )
+
+    def _batch_fetched(
+        self, blobs: Sequence[bytes], holder: Endpoint, batch: dict[str, _Fetch]
+    ) -> None:
+        sent: dict[str, SignedRecord] = {}
+        for blob in blobs:
+            record = self._open(blob, holder, batch)
+            if record is not None:
+                sent.setdefault(record.name, record)
+        self.fetched["ok"] += len(sent)
+        for record in sent.values():
+            self._take(record, holder)
+        # A holder answers in the order asked and stops at its reply's size: what comes
+        # after the last record it sent, it may hold still, and is asked again.  The
+        # rest (skipped: not held; or sent but not new enough) go one by one.
+        position = {name: index for index, name in enumerate(batch)}
+        last = max((position[name] for name in sent), default=len(batch))
+        again = {}
+        for name, pending in batch.items():
+            if self._fetches.get(name) is not pending:
+                continue  # Forgotten meanwhile.
+            if self._satisfied(name, pending):
+                del self._fetches[name]
+            elif position[name] > last:
+                again[name] = pending
+            else:
+                if name not in sent:
+                    self.fetched["missing"] += 1
+                pending.running = False
+                self._start_or_queue(name, pending)
+        if again:
+            self._fetch_batch(holder, again)
+
+    def _batch_failed(self, failure: Failure, holder: Endpoint, batch: dict[str, _Fetch]) -> None:
+        self.fetched["failed"] += len(batch)
+        self._log.info(
+            "Fetching {count} records from {holder} failed: {error}",
+            count=len(batch),
+            holder=holder,
+            error=failure.getErrorMessage(),
+        )
+        for name, pending in batch.items():
+            if self._fetches.get(name) is pending:
+                # A member older than batches hangs up on one, and serves records one
+                # by one: the holder is asked again, after the owner.
+                pending.tried.discard(holder)
+                pending.offer(holder)
+                pending.running = False
+                self._start_or_queue(name, pending)
 
     def _replace_own(self, record: SignedRecord) -> None:
         self.on_own_record(record)

@@ -13,6 +13,12 @@ A member's proof is the base64 of the proof of the Alive its state came from
     Record     = 3 (0 | 1 signed-record)       0: not held
     StreamPing = 4 datagram codec frame of one Ping
     StreamAck  = 5 (0 | 1)
+    FetchRecords = 6 UTF-8 names, one per line
+    Records    = 7 ([length: u32][signed-record])*   those held, in the order asked, at
+                   most RECORDS_REPLY bytes of them (the first always)
+
+A member older than FetchRecords counts it malformed and hangs up; the asker then
+fetches the same records one by one, as it always did.
 
 Everything received is bounded (frame size, member and digest counts) and validated:
 a bad frame is counted and the stream is aborted, never half-believed.
@@ -55,9 +61,12 @@ MAX_MEMBERS: Final = 1 << 16
 MAX_INCARNATION: Final = (1 << 64) - 1
 #: Seconds a stream may stay silent before it is closed: a stalled peer must not pin us.
 IDLE_TIMEOUT: Final = 10.0
+#: Bytes of records one Records reply carries at most: half a frame, so that the reply's
+#: framing never takes it over MAX_FRAME; the asker asks again for the rest.
+RECORDS_REPLY: Final = MAX_FRAME // 2
 _LENGTH = struct.Struct("!I")
 
-PUSH_PULL, FETCH, RECORD, STREAM_PING, STREAM_ACK = range(1, 6)
+PUSH_PULL, FETCH, RECORD, STREAM_PING, STREAM_ACK, FETCH_RECORDS, RECORDS = range(1, 8)
 
 # Drop reasons of this layer.
 BUSY: Final = "busy"
@@ -105,6 +114,16 @@ class Record:
 
 
 @attrs.frozen
+class FetchRecords:
+    names: tuple[str, ...]
+
+
+@attrs.frozen
+class Records:
+    blobs: tuple[bytes, ...]
+
+
+@attrs.frozen
 class StreamPing:
     ping: Ping
 
@@ -114,9 +133,14 @@ class StreamAck:
     acked: bool
 
 
-StreamMessage = PushPull | Fetch | Record | StreamPing | StreamAck
+StreamMessage = PushPull | Fetch | Record | FetchRecords | Records | StreamPing | StreamAck
 #: What each request is answered with.
-REPLIES: Final[dict[type, type]] = {PushPull: PushPull, Fetch: Record, StreamPing: StreamAck}
+REPLIES: Final[dict[type, type]] = {
+    PushPull: PushPull,
+    Fetch: Record,
+    FetchRecords: Records,
+    StreamPing: StreamAck,
+}
 
 
 # Encoding -------------------------------------------------------------------------------
@@ -147,6 +171,10 @@ def encode(message: StreamMessage) -> bytes:
             return bytes((FETCH,)) + name.encode("utf-8")
         case Record(blob):
             return bytes((RECORD,)) + (b"\0" if blob is None else b"\1" + blob)
+        case FetchRecords(names):
+            return bytes((FETCH_RECORDS,)) + "\n".join(names).encode("utf-8")
+        case Records(blobs):
+            return bytes((RECORDS,)) + b"".join(_LENGTH.pack(len(blob)) + blob for blob in blobs)
         case StreamPing(ping):
             return bytes((STREAM_PING,)) + codec.encode([ping])
         case StreamAck(acked):
@@ -172,6 +200,13 @@ def decode(payload: bytes) -> StreamMessage:
         if body[:1] != b"\1" or len(body) == 1 or len(body) > MAX_RECORD_SIZE + 1:
             raise StreamDecodeError("bad record reply")
         return Record(bytes(body[1:]))
+    if kind == FETCH_RECORDS:
+        names = _utf8(body, "record names").split("\n")
+        if len(names) > MAX_MEMBERS:
+            raise StreamDecodeError(f"more than {MAX_MEMBERS} record names")
+        return FetchRecords(tuple(_name(name, "record name") for name in names))
+    if kind == RECORDS:
+        return Records(_blobs(body))
     if kind == STREAM_PING:
         try:
             messages = codec.decode(body)
@@ -185,6 +220,21 @@ def decode(payload: bytes) -> StreamMessage:
             raise StreamDecodeError("bad stream ack")
         return StreamAck(body == b"\1")
     raise StreamDecodeError(f"unknown stream message {kind}")
+
+
+def _blobs(body: bytes) -> tuple[bytes, ...]:
+    blobs = []
+    offset = 0
+    while offset < len(body):
+        if len(body) - offset < _LENGTH.size:
+            raise StreamDecodeError("truncated record length")
+        (length,) = _LENGTH.unpack_from(body, offset)
+        offset += _LENGTH.size
+        if not 0 < length <= MAX_RECORD_SIZE or offset + length > len(body):
+            raise StreamDecodeError("bad record length")
+        blobs.append(bytes(body[offset : offset + length]))
+        offset += length
+    return tuple(blobs)
 
 
 def _utf8(data: bytes, what: str) -> str:

@@ -24,9 +24,12 @@ from hepto.gossip import codec
 from hepto.gossip.crypto import MALFORMED, OVERSIZED, Dropped, Keyring
 from hepto.gossip.messages import MAX_DATAGRAM, MAX_PLAINTEXT, Message, Ping
 from hepto.gossip.streams import (
+    MAX_MEMBERS,
     Fetch,
+    FetchRecords,
     PushPull,
     Record,
+    Records,
     Responder,
     StreamAck,
     StreamClient,
@@ -250,6 +253,14 @@ class GossipTransport:
             return reply.blob if isinstance(reply, Record) else None
 
         return self.request(to, Fetch(name)).addCallback(blob)
+
+    def fetch_many(self, to: Endpoint, names: Sequence[str]) -> Deferred[Sequence[bytes]]:
+        """Those of the records of ``names`` that ``to`` holds and sends in one reply."""
+
+        def blobs(reply: StreamMessage) -> Sequence[bytes]:
+            return reply.blobs if isinstance(reply, Records) else ()
+
+        return self.request(to, FetchRecords(tuple(names[:MAX_MEMBERS]))).addCallback(blobs)
 
     def push_pull(self, to: Endpoint, state: PushPull) -> Deferred[PushPull]:
         def check(reply: StreamMessage) -> PushPull:
