@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import attrs
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from twisted.trial.unittest import SynchronousTestCase
@@ -52,7 +53,7 @@ def member(name: str, index: int, status: str = ALIVE, **data: object) -> Member
 
 
 def pods(index: int) -> ipaddress.IPv6Network:
-    return list(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))[index]
+    return next(itertools.islice(plan.pod_prefix(CLUSTER).subnets(new_prefix=64), index, None))
 
 
 def mesh_host(name: str) -> ipaddress.IPv6Network:
@@ -401,6 +402,55 @@ class ConcernsMeshTests(SynchronousTestCase):
         self.assertTrue(changed(a, member("a", 1, role="master")))
         self.assertFalse(changed(a, member("a", 1, pki={"csr": {"kubelet": "..."}})))
         self.assertFalse(changed(Member("a", ALIVE), Member("a", SUSPECT)))
+        # A joiner costs no pass until its mesh has published its key.
+        keyless = Member("a", ALIVE, Record("a", 1, {"role": "node"}))
+        self.assertFalse(changed(None, Member("a", ALIVE)), "a newcomer without a record")
+        self.assertFalse(changed(Member("a", ALIVE), keyless), "its first record")
+        self.assertFalse(changed(keyless, attrs.evolve(keyless, status=DEAD)))
+        self.assertTrue(changed(keyless, a), "its key")
+        # Of our own record, without a key of its own, the pod prefix counts.
+        self.assertTrue(
+            changed(keyless, Member("a", ALIVE, Record("a", 2, {"pod_prefix": str(pods(1))})))
+        )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def test_what_it_says_changes_nothing_changes_nothing(self, data: st.DataObject) -> None:
+        """Checked against desired_mesh itself, for a peer and for this node's own record."""
+
+        def some_member(name: str) -> Member | None:
+            fields: dict[str, object] = {}
+            if data.draw(st.booleans()):
+                fields["wireguard"] = {
+                    "public_key": KEYS[name].public_key,
+                    "endpoint": str(endpoint(data.draw(st.integers(1, 2)))),
+                }
+            if data.draw(st.booleans()):
+                fields["role"] = data.draw(st.sampled_from(["node", "master"]))
+            if data.draw(st.booleans()):
+                fields["pod_prefix"] = str(pods(data.draw(st.integers(1, 2))))
+            if data.draw(st.booleans()):
+                fields["pki"] = data.draw(st.integers(1, 2))
+            status = data.draw(st.sampled_from([ALIVE, SUSPECT, DEAD]))
+            if data.draw(st.integers(0, 5)) == 0:
+                return None
+            record = None if data.draw(st.integers(0, 5)) == 0 else Record(name, 1, fields)
+            return Member(name, status, record)
+
+        for name in ("a", "me"):
+            old, new = some_member(name), some_member(name)
+            # b's pod prefix may be the one our own record claims: it then loses it.
+            others = {"b": member("b", 3, pod_prefix=str(pods(data.draw(st.integers(1, 2)))))}
+            if name != "me":
+                others["me"] = member("me", 9)
+
+            def mesh(changed: Member | None, everyone: dict[str, Member]) -> Desired:
+                if changed is not None:
+                    everyone = {**everyone, changed.name: changed}
+                return desired_mesh(CLUSTER, "me", False, KEYS["me"].public_key, everyone)
+
+            if not concerns_mesh(Change(name, old, new)):
+                self.assertEqual(mesh(old, others), mesh(new, others))
 
 
 def _networks() -> st.SearchStrategy[ipaddress.IPv6Network]:

@@ -190,17 +190,19 @@ def concerns_mesh(change: Change) -> bool:
 
 
 def _mesh_view(member: Member | None) -> object:
-    """What :func:`desired_mesh` reads of a member."""
-    if member is None:
+    """What :func:`desired_mesh` reads of a member.
+
+    Of a member that is no peer (unreachable, or without a WireGuard key yet: a joiner
+    before its mesh is up, whose appearance and first records thus cost no pass), only
+    the pod prefix, which it reads of this node's own record.
+    """
+    if member is None or member.record is None:
         return None
-    if member.record is None:
-        return member.reachable
-    return (
-        member.reachable,
-        member.record.get(record.WIREGUARD),
-        member.record.get(record.ROLE),
-        member.record.get(record.POD_PREFIX),
-    )
+    wireguard = member.record.get(record.WIREGUARD)
+    pod_prefix = member.record.get(record.POD_PREFIX)
+    if wireguard is None or not member.reachable:
+        return pod_prefix
+    return (wireguard, member.record.get(record.ROLE), pod_prefix)
 
 
 class _Claims:
