@@ -287,6 +287,17 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.fetched, {"ok": 2})
         self.assertEqual((self.batches.pending(), self.fetcher.pending()), ([], []))
 
+    def test_what_a_joiner_catches_up_on_is_no_news(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.broadcasts.clear()
+        self.store.want_from(endpoint(3), [("bob", 2)], {}, advertise=False)
+        self.batches.answer(signed(BOB, "bob", 2))
+        self.store.want_from(endpoint(3), [("carol", 1)], {})
+        self.batches.answer(signed(CAROL, "carol", 1))
+        self.assertEqual(self.membership.broadcasts, [("carol", 1)])
+        self.assertEqual(self.store.digests(), {"me": 1, "bob": 2, "carol": 1})
+
     def test_what_the_peer_does_not_deliver_comes_one_by_one_from_owners(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)

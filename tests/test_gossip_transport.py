@@ -657,7 +657,7 @@ class MergeTests(SynchronousTestCase):
         service = GossipService.from_config(
             node_config("joiner", free_port(), Path(self.mktemp())), reactor, FAST
         )
-        wanted: list[tuple[int, list[tuple[str, int]], dict[str, int]]] = []
+        wanted: list[tuple[int, list[tuple[str, int]], dict[str, int], bool]] = []
 
         class Recorder:
             def want_from(
@@ -665,9 +665,10 @@ class MergeTests(SynchronousTestCase):
                 holder: Endpoint,
                 digests: Sequence[tuple[str, int]],
                 owners: Mapping[str, Endpoint],
+                advertise: bool = True,
             ) -> None:
                 ports = {name: owner.port for name, owner in owners.items()}
-                wanted.append((holder.port, list(digests), ports))
+                wanted.append((holder.port, list(digests), ports, advertise))
 
         service.store = Recorder()  # type: ignore[assignment]
 
@@ -683,7 +684,11 @@ class MergeTests(SynchronousTestCase):
         )
         service._merge(anchor)
         # From the peer first (all in one stream); a dead owner is never asked.
-        self.assertEqual(wanted, [(1, list(digests), {"anchor": 1, "bob": 2, "joiner": 4})])
+        owners = {"anchor": 1, "bob": 2, "joiner": 4}
+        self.assertEqual(wanted, [(1, list(digests), owners, True)])
+        # What a joiner catches up on is no news for gossip.
+        service._merge(anchor, catching_up=True)
+        self.assertEqual(wanted[1:], [(1, list(digests), owners, False)])
 
 
 class ControlSocketTests(TestCase):

@@ -350,7 +350,8 @@ class GossipService(Service):
         )
 
     def _exchange(self, peer: Endpoint, join: bool) -> Deferred[None]:
-        return self.transport.push_pull(peer, self._local_state(join)).addCallback(self._merge)
+        exchanged = self.transport.push_pull(peer, self._local_state(join))
+        return exchanged.addCallback(self._merge, catching_up=join)
 
     def _local_state(self, join: bool) -> PushPull:
         return PushPull(
@@ -363,7 +364,7 @@ class GossipService(Service):
             digests=tuple(sorted(self.store.digests().items())),
         )
 
-    def _merge(self, remote: PushPull) -> None:
+    def _merge(self, remote: PushPull, catching_up: bool = False) -> None:
         now = self.reactor.seconds()
         self.membership.merge_state(
             [
@@ -375,7 +376,7 @@ class GossipService(Service):
         if holder is None:
             return
         owners = {p.name: p.address for p in remote.members if p.status == ALIVE}
-        self.store.want_from(holder, remote.digests, owners)
+        self.store.want_from(holder, remote.digests, owners, advertise=not catching_up)
 
     def respond(
         self, request: StreamMessage, peer: Endpoint

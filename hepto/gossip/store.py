@@ -222,12 +222,15 @@ class RecordStore:
         holder: Endpoint,
         digests: Iterable[tuple[str, int]],
         owners: Mapping[str, Endpoint],
+        advertise: bool = True,
     ) -> None:
         """``holder`` has each of ``digests`` (a push/pull): what we lack, fetch from it at once.
 
         One stream carries them all, where a hundred fetches would each cost a connection
         and the attention of a member; whatever the holder does not deliver is then
         fetched one by one, from ``owners`` first (an owner holds its newest record).
+        Without ``advertise`` (a joiner catching up), the records taken are no news to
+        gossip: the cluster holds them already.
         """
         batch: dict[str, _Fetch] = {}
         for name, version in digests:
@@ -244,7 +247,7 @@ class RecordStore:
             pending.running = True
             batch[name] = pending
         if batch:
-            self._fetch_batch(holder, batch)
+            self._fetch_batch(holder, batch, advertise)
 
     def accept(self, blob: bytes, source: object = None, expected: str | None = None) -> bool:
         """Verify and keep a record; False (counted) if refused or not newer."""
@@ -305,7 +308,7 @@ class RecordStore:
             return None
         return record
 
-    def _take(self, record: SignedRecord, source: object) -> bool:
+    def _take(self, record: SignedRecord, source: object, advertise: bool = True) -> bool:
         if record.name == self.name:
             return self._accept_own(record, source)
         if not self.pins.check(record.name, record.key):
@@ -321,7 +324,9 @@ class RecordStore:
         self._records[record.name] = record
         # Epidemic spread: every new holder advertises, not the owner alone, so a change
         # reaches everyone in O(log N) gossip rounds rather than at the next push/pull.
-        self.membership.broadcast_digest(record.name, record.version)
+        # A joiner's hundred records are no news, and would crowd out its own.
+        if advertise:
+            self.membership.broadcast_digest(record.name, record.version)
         self._log.debug(
             "Record of {member} now at version {version} ({size} bytes)",
             member=record.name,
@@ -350,17 +355,17 @@ class RecordStore:
         else:
             self._queued.append(name)
 
-    def _fetch_batch(self, holder: Endpoint, batch: dict[str, _Fetch]) -> None:
+    def _fetch_batch(self, holder: Endpoint, batch: dict[str, _Fetch], advertise: bool) -> None:
         fetched: Deferred[Sequence[bytes]] = maybeDeferred(self.fetch_many, holder, list(batch))
         fetched.addCallbacks(
             self._batch_fetched,
             self._batch_failed,
-            callbackArgs=(holder, batch),
+            callbackArgs=(holder, batch, advertise),
             errbackArgs=(holder, batch),
         )
 
     def _batch_fetched(
-        self, blobs: Sequence[bytes], holder: Endpoint, batch: dict[str, _Fetch]
+        self, blobs: Sequence[bytes], holder: Endpoint, batch: dict[str, _Fetch], advertise: bool
     ) -> None:
         sent: dict[str, SignedRecord] = {}
         for blob in blobs:
@@ -369,7 +374,7 @@ class RecordStore:
                 sent.setdefault(record.name, record)
         self.fetched["ok"] += len(sent)
         for record in sent.values():
-            self._take(record, holder)
+            self._take(record, holder, advertise)
         # A holder answers in the order asked and stops at its reply's size: what comes
         # after the last record it sent, it may hold still, and is asked again.  The
         # rest (skipped: not held; or sent but not new enough) go one by one.
@@ -389,7 +394,7 @@ class RecordStore:
                 pending.running = False
                 self._start_or_queue(name, pending)
         if again:
-            self._fetch_batch(holder, again)
+            self._fetch_batch(holder, again, advertise)
 
     def _batch_failed(self, failure: Failure, holder: Endpoint, batch: dict[str, _Fetch]) -> None:
         self.fetched["failed"] += len(batch)
