@@ -11,7 +11,7 @@ from typing import Any
 from nacl.signing import SigningKey
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from hepto import plan
@@ -346,6 +346,21 @@ class ReconcileTests(SynchronousTestCase):
         h.ipr.routes.clear()
         h.clock.advance(RESYNC_INTERVAL)
         self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
+
+    def test_a_pass_of_many_changes_logs_one_line(self) -> None:
+        h = self.h
+        events: list[dict[str, Any]] = []
+        h.service.log = Logger(observer=events.append)  # type: ignore[arg-type]
+        names = [f"m{index}" for index in range(1, 11)]
+        for index, name in enumerate(names, start=1):
+            h.cluster.join(name, role="node", wireguard=wireguard(index))
+        h.clock.advance(0)
+        lines = [formatEvent(e) for e in events if e["log_format"].startswith("Mesh: ")]
+        self.assertEqual(lines, [f"Mesh: added 10 peers: {', '.join(sorted(names))}"])
+        del events[:]
+        h.join("a", 11, wireguard=wireguard(11))
+        (line,) = [formatEvent(e) for e in events if e["log_format"].startswith("Mesh: ")]
+        self.assertTrue(line.startswith("Mesh: added peer a ("), line)
 
     def test_resync_repairs_a_hand_edit(self) -> None:
         h = self.h

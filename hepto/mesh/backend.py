@@ -68,6 +68,22 @@ def describe(change: PeerChange) -> str:
     return f"{verb} peer {spec.name} ({spec.public_key}){where} allowing {allowed}"
 
 
+def summarize(changes: Sequence[PeerChange]) -> str:
+    """Many changes as one line: a joiner's first pass adds a peer per member."""
+    groups: dict[str, list[str]] = {}
+    for change in changes:
+        if isinstance(change, RemovePeer):
+            verb, name = "removed", change.name or "?"
+        else:
+            verb = "added" if isinstance(change, AddPeer) else "updated"
+            name = change.spec.name
+        groups.setdefault(verb, []).append(name)
+    return "; ".join(
+        f"{verb} {len(names)} peer{'s' if len(names) > 1 else ''}: {', '.join(sorted(names))}"
+        for verb, names in groups.items()
+    )
+
+
 @attrs.frozen
 class PeerStatus:
     """A peer as the device has it."""
