@@ -231,8 +231,12 @@ class ReconcileTests(SynchronousTestCase):
         h.join("a", 1, wireguard=wireguard(1))
         h.join("b", 2, wireguard=wireguard(2))
         self.assertEqual(self.keepalives(), {"a": 25, "b": 25})
+        # What Reach learns waits for the next pass: no pass of its own at every join.
+        applied = len(h.calls("apply"))
         h.reach.set("a")
         h.clock.advance(0)
+        self.assertEqual(len(h.calls("apply")), applied)
+        h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25})
         # Known to reach us before it is a peer: greeted all the same, for one pass.
         h.reach.set("a", "c")
@@ -241,7 +245,7 @@ class ReconcileTests(SynchronousTestCase):
         h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 0})
         h.reach.set("c")
-        h.clock.advance(0)
+        h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 25, "b": 25, "c": 0})
 
     def test_a_burst_of_changes_makes_one_pass(self) -> None:
