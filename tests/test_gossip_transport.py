@@ -143,6 +143,7 @@ class StreamCodecTests(SynchronousTestCase):
             b"\x06bob\nNot A Name",
             b"\x06\xff",
             b"\x06" + "\n".join(["bob"] * (streams.MAX_MEMBERS + 1)).encode(),
+            b"\x06" + b"\n" * (streams.MAX_FRAME - 1),  # refused before it is split
             blob[:-1],  # a record cut short
             blob + b"\x00\x00",  # a length cut short
             b"\x07\x00\x00\x00\x00",  # an empty record

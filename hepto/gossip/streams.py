@@ -201,9 +201,10 @@ def decode(payload: bytes) -> StreamMessage:
             raise StreamDecodeError("bad record reply")
         return Record(bytes(body[1:]))
     if kind == FETCH_RECORDS:
-        names = _utf8(body, "record names").split("\n")
-        if len(names) > MAX_MEMBERS:
+        # Counted before split: a frame of newlines would be millions of empty names.
+        if body.count(b"\n") >= MAX_MEMBERS:
             raise StreamDecodeError(f"more than {MAX_MEMBERS} record names")
+        names = _utf8(body, "record names").split("\n")
         return FetchRecords(tuple(_name(name, "record name") for name in names))
     if kind == RECORDS:
         return Records(_blobs(body))
