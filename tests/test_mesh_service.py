@@ -132,6 +132,40 @@ class StartTests(SynchronousTestCase):
         )
         self.assertIn((1, str(plan.mesh_prefix(CLUSTER).network_address), 64, 4), h.ipr.routes)
 
+    def test_the_key_is_published_before_the_device_is_up(self) -> None:
+        """A joiner's first record carries its key: each member fetches one record of
+        it, not a second once wireguard-go is up."""
+        pending: Deferred[None] = Deferred()
+
+        class Slow(RecordingBackend):
+            def start(self, recreated: Any) -> Deferred[None]:
+                super().start(recreated)
+                return pending
+
+        h = Harness(self, backend=Slow())
+        h.start()
+        self.assertEqual(h.service.phase, "starting")
+        record = h.state.members()["me"].record
+        assert record is not None and h.service.keys is not None
+        self.assertEqual(
+            record.get("wireguard"),
+            {"public_key": h.service.keys.public_key, "endpoint": "[2001:db8:1::9]:51820"},
+        )
+        version = record.version
+        pending.callback(None)
+        self.assertEqual(h.service.phase, "running")
+        self.assertEqual(h.state.members()["me"].record.version, version)  # type: ignore[union-attr]
+
+    def test_a_mesh_that_cannot_start_withdraws_its_key(self) -> None:
+        """No device will ever answer: peers must not keep greeting one."""
+        userspace = RecordingBackend(kind="userspace", unavailable="wireguard-go is missing")
+        h = Harness(self, backends=[lambda: userspace])
+        h.start()
+        self.assertEqual(h.service.phase, "failed")
+        record = h.state.members()["me"].record
+        assert record is not None
+        self.assertIsNone(record.get("wireguard"))
+
     def test_master_carries_the_apiserver_address(self) -> None:
         h = Harness(self, is_master=True)
         h.start()

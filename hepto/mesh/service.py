@@ -3,7 +3,8 @@
 On start it takes the node's key pair (its identity's: :mod:`hepto.mesh.keys`), finds
 the underlay (the public address peers reach it on, and that link's MTU:
 :mod:`hepto.mesh.underlay`), brings up a backend (the kernel's WireGuard if it has one,
-else wireguard-go), and publishes ``wireguard`` in its record.
+else wireguard-go), and publishes ``wireguard`` in its record (as soon as it knows its
+key and endpoint, before the device is up: see :meth:`MeshService._bring_up`).
 Then every state change asks for a reconcile pass.  Passes never overlap, a burst of
 changes makes one pass (:mod:`hepto.mesh.passes`), and a pass whose desired mesh equals
 the last one applied does no I/O at all.  Forced passes (after wireguard-go came back,
@@ -263,6 +264,11 @@ class MeshService(Service):
     async def _bring_up(self) -> None:
         self.keys = self._make_keys()
         self.underlay = await wait_for_underlay(self._find_underlay, self.reactor, self.log)
+        # Published before the device is up, so that a joiner's first record carries its
+        # key: every member fetches one record of it, not two.  A peer's greeting that
+        # arrives before our device has the key is lost; our first pass greets every
+        # peer, and those handshakes bring the tunnels up (docs/mesh.rst, "The record").
+        self._publish()
         self.backend = await self._bring_up_backend()
 
     def _start_answered(self, result: object, starting: Deferred[None]) -> None:
@@ -318,6 +324,7 @@ class MeshService(Service):
 
     def _start_failed(self, reason: Failure) -> None:
         self.error = reason.getErrorMessage()
+        self._withdraw()
         if reason.check(MeshError):
             self.log.critical("The mesh cannot start: {error}", error=self.error)
         else:
@@ -369,6 +376,12 @@ class MeshService(Service):
         own = self.state.members().get(self.state.name)
         if own is None or own.record is None or own.record.get(record.WIREGUARD) != value:
             self.state.publish(record.WIREGUARD, value)
+
+    def _withdraw(self) -> None:
+        """No device will answer: peers stop greeting one (our record loses ``wireguard``)."""
+        own = self.state.members().get(self.state.name)
+        if own is not None and own.record is not None and own.record.get(record.WIREGUARD):
+            self.state.publish(record.WIREGUARD, None)
 
     # Reconciling
 
@@ -500,9 +513,6 @@ class MeshService(Service):
             # it was told.
             self._device = after_changes(device, changes)
         self._applied = desired
-        # Only now do others learn our key: a handshake that reaches a device without
-        # its key is lost, and its sender waits 5 s (REKEY_TIMEOUT) to try again.
-        self._publish()
 
     async def _read(self, backend: Backend) -> DeviceStatus:
         device = await backend.read()
