@@ -44,7 +44,9 @@ def mesh_mtu(underlay_mtu: int) -> int:
 
 
 @functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def host_network(address: ipaddress.IPv6Address) -> ipaddress.IPv6Network:
+    """Remembered: every pass asks it of every member's mesh address."""
     return ipaddress.IPv6Network((address, 128))
 
 
@@ -138,10 +140,11 @@ def desired_mesh(
                 Problem(name, "duplicate_key", f"public key already used by {owners[public_key]}")
             )
             continue
-        wanted: set[IPNetwork] = {host_network(plan.mesh_address(cluster, name))}
+        # Distinct by construction (a /128 of its own, the apiserver's, a /64): a list.
+        wanted: list[IPNetwork] = [host_network(plan.mesh_address(cluster, name))]
         if member.record.get(record.ROLE) in record.MASTER_ROLES:
             if masters is None or name in masters:
-                wanted.add(host_network(plan.apiserver_address(cluster)))
+                wanted.append(host_network(plan.apiserver_address(cluster)))
             else:
                 problems.add(
                     Problem(name, "unproven_master", "says it is a master; the cluster CA does not")
@@ -154,17 +157,15 @@ def desired_mesh(
             except RecordError as error:
                 problems.add(Problem(name, "bad_pod_prefix", str(error)))
             else:
-                wanted.add(pod_prefix)
-        allowed: set[IPNetwork] = set()
-        for network in sorted(
-            wanted, key=lambda network: (network.network_address, network.prefixlen)
-        ):
+                wanted.append(pod_prefix)
+        allowed: list[IPNetwork] = []
+        for network in sorted(wanted, key=_network_order) if len(wanted) > 1 else wanted:
             holder = claimed.overlapping(network)
             if holder is not None:
                 problems.add(Problem(name, "overlap", f"{network} overlaps {holder}'s"))
                 continue
             claimed.add(network, name)
-            allowed.add(network)
+            allowed.append(network)
         owners[public_key] = name
         peers[public_key] = PeerSpec(
             name,
@@ -205,6 +206,10 @@ def _mesh_view(member: Member | None) -> object:
     return (wireguard, member.record.get(record.ROLE), pod_prefix)
 
 
+def _network_order(network: IPNetwork) -> tuple[object, int]:
+    return (network.network_address, network.prefixlen)
+
+
 class _Claims:
     """Networks claimed so far, and by whom, indexed by prefix length.
 
@@ -216,9 +221,16 @@ class _Claims:
 
     def __init__(self) -> None:
         self._lengths: dict[tuple[int, int], tuple[list[int], dict[int, str]]] = {}
+        #: The keys of ``_lengths`` in order, so that the holder named is always the same.
+        self._order: list[tuple[int, int]] = []
 
     def add(self, network: IPNetwork, holder: str) -> None:
-        starts, holders = self._lengths.setdefault((network.version, network.prefixlen), ([], {}))
+        key = (network.version, network.prefixlen)
+        claims = self._lengths.get(key)
+        if claims is None:
+            claims = self._lengths[key] = ([], {})
+            bisect.insort(self._order, key)
+        starts, holders = claims
         start = int(network.network_address)
         if start not in holders:
             bisect.insort(starts, start)
@@ -227,16 +239,18 @@ class _Claims:
     def overlapping(self, network: IPNetwork) -> str | None:
         """Who holds a network overlapping ``network``, if anyone."""
         first = int(network.network_address)
-        last = int(network.broadcast_address)
-        for (version, length), (starts, holders) in sorted(self._lengths.items()):
+        for key in self._order:
+            version, length = key
             if version != network.version:
                 continue
+            starts, holders = self._lengths[key]
             if length <= network.prefixlen:
                 host_bits = network.max_prefixlen - length
                 holder = holders.get(first >> host_bits << host_bits)
                 if holder is not None:
                     return holder
             else:
+                last = int(network.broadcast_address)
                 index = bisect.bisect_left(starts, first)
                 if index < len(starts) and starts[index] <= last:
                     return holders[starts[index]]
@@ -267,10 +281,13 @@ def plan_peer_changes(
             changes.append(AddPeer(spec))
             continue
         before = previous.get(key)
-        advertised = str(spec.endpoint)
-        endpoint = current.endpoint != advertised and (
-            current.endpoint is None or before is None or before.endpoint != spec.endpoint
-        )
+        if before is not None and before.endpoint == spec.endpoint:
+            # Advertised as before: a device's endpoint that differs has roamed (kept),
+            # and only a peer left without one gets it back.  Most passes meet only this
+            # case, at every peer: formatting each endpoint to compare was half the pass.
+            endpoint = current.endpoint is None
+        else:
+            endpoint = current.endpoint != str(spec.endpoint)
         if (
             endpoint
             or current.allowed_ips != spec.allowed_ips
