@@ -50,7 +50,7 @@ from hepto.gossip.streams import (
     StreamPing,
 )
 from hepto.gossip.table import MemberState
-from hepto.gossip.transport import recipient_of
+from hepto.gossip.transport import AddressBook, recipient_of
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 
 KEY = "5a" * 32
@@ -261,6 +261,42 @@ def reaching(service: GossipService, names: set[str]) -> Deferred[None]:
     unsubscribe = service.reach.subscribe(check)
     check(service.reach.unprompted)
     return done.addTimeout(TIMEOUT, reactor)
+
+
+class AddressBookTests(SynchronousTestCase):
+    """Every datagram asks the book for an address: what it answers, and how much it keeps."""
+
+    def test_answers_what_formatting_and_parsing_would(self) -> None:
+        book = AddressBook()
+        endpoint = Endpoint(ipaddress.IPv6Address("2001:db8::1"), 7946)
+        self.assertEqual(book.text(endpoint), ("2001:db8::1", 7946))
+        self.assertEqual(book.text(endpoint), ("2001:db8::1", 7946))
+        self.assertEqual(book.endpoint(("2001:db8:0::1", 7946, 0, 0)), endpoint)
+        self.assertEqual(
+            book.endpoint(("fe80::1%eth0", "7946")).host, ipaddress.IPv6Address("fe80::1")
+        )
+
+    def test_refuses_what_is_no_address_and_remembers_nothing_of_it(self) -> None:
+        book = AddressBook()
+        strangers: list[tuple[Any, ...]] = [
+            ("not an address", 1),
+            ("::1",),
+            ("::1", "port"),
+            ([], 1),
+        ]
+        for address in strangers:
+            with self.assertRaises((ValueError, TypeError, IndexError)):
+                book.endpoint(address)
+        self.assertEqual(len(book), 0)
+
+    def test_a_flood_of_strangers_is_bounded(self) -> None:
+        book = AddressBook(size=8)
+        for index in range(100):
+            host = f"2001:db8::{index + 1:x}"
+            self.assertEqual(book.endpoint((host, 7946)).host, ipaddress.IPv6Address(host))
+            endpoint = Endpoint(ipaddress.IPv6Address(host), 7946)
+            self.assertEqual(book.text(endpoint), (host, 7946))
+            self.assertLessEqual(len(book), 16)
 
 
 class ServicesTests(TestCase):

@@ -52,6 +52,48 @@ def recipient_of(endpoint: Endpoint) -> bytes:
     return endpoint.host.packed + endpoint.port.to_bytes(2, "big")
 
 
+#: Socket addresses remembered each way; past it the book starts afresh, so that a flood
+#: of strangers costs a parse each, as it would without a book, and no memory.
+ADDRESS_BOOK: Final = 4096
+
+
+class AddressBook:
+    """Endpoints as sockets want them, and the Endpoints of socket addresses, remembered.
+
+    Every datagram needs one or the other, and formatting or parsing an IPv6 address
+    costs about as much as sealing the datagram; members are few and talk all the time.
+    """
+
+    def __init__(self, size: int = ADDRESS_BOOK) -> None:
+        self.size = size
+        self._texts: dict[Endpoint, tuple[str, int]] = {}
+        self._endpoints: dict[tuple[Any, Any], Endpoint] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts) + len(self._endpoints)
+
+    def text(self, endpoint: Endpoint) -> tuple[str, int]:
+        """``endpoint`` as ``sendto`` takes it."""
+        found = self._texts.get(endpoint)
+        if found is None:
+            if len(self._texts) >= self.size:
+                self._texts.clear()
+            found = self._texts[endpoint] = (str(endpoint.host), endpoint.port)
+        return found
+
+    def endpoint(self, address: Any) -> Endpoint:
+        """The Endpoint of a ``recvfrom`` address; ValueError, TypeError or IndexError
+        for what is none (nothing is remembered of it)."""
+        key = (address[0], address[1])
+        found = self._endpoints.get(key)
+        if found is None:
+            found = Endpoint(ipaddress.IPv6Address(key[0].split("%")[0]), int(key[1]))
+            if len(self._endpoints) >= self.size:
+                self._endpoints.clear()
+            self._endpoints[key] = found
+        return found
+
+
 class _Datagrams(protocol.DatagramProtocol):
     maxPacketSize = _READ_SIZE
     noisy = False
@@ -105,6 +147,7 @@ class GossipTransport:
         self._datagrams = _Datagrams(self)
         self._server: StreamServerFactory | None = None
         self._clients: set[StreamClient] = set()
+        self._addresses = AddressBook()
 
     # Lifecycle
 
@@ -141,7 +184,7 @@ class GossipTransport:
         if datagram is None:
             return
         try:
-            self._udp.write(datagram, (str(to.host), to.port))  # type: ignore[attr-defined]
+            self._udp.write(datagram, self._addresses.text(to))  # type: ignore[attr-defined]
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
@@ -164,7 +207,7 @@ class GossipTransport:
             with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as aside:
                 aside.setblocking(False)
                 aside.bind((str(self.address.host), 0))
-                aside.sendto(datagram, (str(to.host), to.port))
+                aside.sendto(datagram, self._addresses.text(to))
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
@@ -188,7 +231,7 @@ class GossipTransport:
 
     def datagram_received(self, datagram: bytes, addr: Any) -> None:
         try:
-            sender = Endpoint(ipaddress.IPv6Address(addr[0].split("%")[0]), int(addr[1]))
+            sender = self._addresses.endpoint(addr)
         except (ValueError, TypeError, IndexError):
             return
         self.received += 1
