@@ -610,6 +610,9 @@ class HeptoSystem:
     #: Members whose agent runs under cProfile (``--profile``): ``<name>.prof`` in the
     #: run's directory once it stops.
     profiled: frozenset[str] = frozenset()
+    #: Members whose agent runs under ``benchmarks/cpusample.py`` (``--sample-cpu``):
+    #: ``<name>.cpu`` in the run's directory.
+    sampled: frozenset[str] = frozenset()
     _compiled: bool = False
 
     def compile(self) -> None:
@@ -634,6 +637,14 @@ class HeptoSystem:
         if host.name in self.profiled:
             profile = directory / f"{host.name}.prof"
             profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)]
+        elif host.name in self.sampled:
+            samples = directory / f"{host.name}.cpu"
+            profiler = [
+                sys.executable,
+                str(ROOT / "benchmarks" / "cpusample.py"),
+                "run",
+                str(samples),
+            ]
         argv = [
             *profiler,
             str(twistd),
@@ -748,8 +759,9 @@ class Settings:
     #: Members that join, one at a time, once the others are up and quiet (0: the
     #: usual scenarios instead).
     one_more: int = 0
-    #: hepto members run under cProfile.
+    #: hepto members run under cProfile, and under the CPU sampler.
     profiled: frozenset[str] = frozenset()
+    sampled: frozenset[str] = frozenset()
 
 
 @attrs.define
@@ -1362,10 +1374,17 @@ def make_system(
     memberlist: Path | None,
     trees: Mapping[str, Path],
     profiled: frozenset[str] = frozenset(),
+    sampled: frozenset[str] = frozenset(),
 ) -> System:
     if name == "hepto" or name in trees:
         return HeptoSystem(
-            key, observatory, reactor, name=name, tree=trees.get(name), profiled=profiled
+            key,
+            observatory,
+            reactor,
+            name=name,
+            tree=trees.get(name),
+            profiled=profiled,
+            sampled=sampled,
         )
     assert memberlist is not None
     return MemberlistSystem(
@@ -1392,7 +1411,14 @@ async def run(
         for name in settings.systems:
             observatory = Observatory()
             system = make_system(
-                name, key, observatory, reactor, memberlist, settings.trees, settings.profiled
+                name,
+                key,
+                observatory,
+                reactor,
+                memberlist,
+                settings.trees,
+                settings.profiled,
+                settings.sampled,
             )
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
@@ -1588,6 +1614,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="hepto members (n1, n2, ...) to run under cProfile: NAME.prof in the run's "
         "directory of each system and size",
     )
+    parser.add_argument(
+        "--sample-cpu",
+        default="",
+        metavar="NAMES",
+        help="hepto members to run under benchmarks/cpusample.py: NAME.cpu in the run's "
+        "directory of each system and size (its report command reads them)",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1649,6 +1682,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         trees=trees,
         one_more=args.one_more,
         profiled=frozenset(name for name in args.profile.split(",") if name),
+        sampled=frozenset(name for name in args.sample_cpu.split(",") if name),
     )
 
 

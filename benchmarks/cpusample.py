@@ -1,0 +1,142 @@
+"""Where a Python agent's CPU goes: a sampler of its own CPU time, and a report of it.
+
+``run OUT SCRIPT ARGS...`` runs the Python script ``SCRIPT`` (``twistd``) with ``ARGS``
+in this process, under ``setitimer(ITIMER_PROF)``: every interval of this process's CPU
+(user and system), the stack of whatever Python frame runs is appended to ``OUT`` as
+``<unix time> <frame>;<frame>;...``. ``benchmarks/agents.py --sample-cpu NAMES`` starts
+those members so (``<run dir>/<system>-<N>/<name>.cpu``).
+
+Why not py-spy or cProfile: py-spy samples wall time, and on a machine that a join
+saturates, a process waiting for a core or inside a system call counts as busy (a
+``sendto`` whose delivery to another namespace the kernel does in the sender's time looked
+like a tenth of a joiner's CPU, and is a hundredth); cProfile times every call, slows the
+agent several times over and keeps no timestamps, so a join cannot be told from the boot.
+
+The kernel charges CPU time at its tick, so a process that runs in bursts shorter than a
+tick gets at most one signal per tick in which it ran, whatever the interval asked: each
+sample stands for a tick's CPU, at random. Read the report's shares, not absolute times.
+
+``report --run-dir DIR --members a,b --joiners x,y`` adds up the members' samples in the
+``--window`` seconds after each joiner's start (its log's first line) and, for what they
+burn anyway, in as long a window ending ``--quiet-gap`` seconds before it; it prints each
+function's share (inclusive) of the join windows' samples, and how many samples per
+window it had in each, idle beside join.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+#: Seconds of this process's CPU between samples (at most one per kernel tick lands).
+INTERVAL = 0.0005
+
+
+def run(out: Path, script: str, arguments: list[str]) -> None:
+    samples = out.open("a", buffering=1 << 16)
+
+    def sample(signum: int, frame: FrameType | None) -> None:
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append(f"{code.co_name} ({os.path.basename(code.co_filename)})")
+            frame = frame.f_back
+        samples.write(f"{time.time():.4f} {';'.join(reversed(stack))}\n")
+
+    signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, INTERVAL, INTERVAL)
+    sys.argv = [script, *arguments]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        samples.close()
+
+
+def _samples(path: Path) -> list[tuple[float, list[str]]]:
+    found = []
+    for line in path.read_text().splitlines():
+        when, _, stack = line.partition(" ")
+        try:
+            found.append((float(when), stack.split(";")))
+        except ValueError:
+            continue  # a line cut by the agent's end
+    return found
+
+
+def report(
+    run_dir: Path, members: list[str], joiners: list[str], window: float, quiet_gap: float, top: int
+) -> None:
+    starts = {}
+    for joiner in joiners:
+        with (run_dir / f"{joiner}.log").open() as log:
+            starts[joiner] = json.loads(log.readline())["log_time"]
+    joined: collections.Counter[str] = collections.Counter()
+    quiet: collections.Counter[str] = collections.Counter()
+    in_join = in_quiet = 0
+    windows = 0
+    for member in members:
+        samples = _samples(run_dir / f"{member}.cpu")
+        for joiner, start in starts.items():
+            if joiner == member:
+                continue
+            windows += 1
+            for when, stack in samples:
+                if start <= when < start + window:
+                    in_join += 1
+                    joined.update(set(stack))
+                elif start - quiet_gap - window <= when < start - quiet_gap:
+                    in_quiet += 1
+                    quiet.update(set(stack))
+    if not windows or not in_join:
+        print("no samples in any join window")
+        return
+    print(
+        f"{windows} windows of {window} s: {in_join / windows:.1f} samples per join window, "
+        f"{in_quiet / windows:.1f} per quiet one"
+    )
+    print("share   join  quiet  (samples per window)  function")
+    for function, count in joined.most_common(top):
+        print(
+            f"{100 * count / in_join:5.1f}%  {count / windows:5.2f}  "
+            f"{quiet[function] / windows:5.2f}  {function}"
+        )
+
+
+def main() -> None:
+    if len(sys.argv) > 3 and sys.argv[1] == "run":
+        run(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run OUT SCRIPT ARGS... (see the module's docstring)")
+    shown = commands.add_parser("report", help="the members' CPU around each joiner's start")
+    shown.add_argument("--run-dir", type=Path, required=True, help="<run dir>/<system>-<N>")
+    shown.add_argument("--members", required=True, help="sampled members, comma-separated")
+    shown.add_argument("--joiners", required=True, help="joiners, comma-separated")
+    shown.add_argument("--window", type=float, default=3.0)
+    shown.add_argument("--quiet-gap", type=float, default=6.0)
+    shown.add_argument("--top", type=int, default=60)
+    args = parser.parse_args()
+    if args.command == "run":
+        parser.error("run OUT SCRIPT ARGS...")
+    report(
+        args.run_dir,
+        args.members.split(","),
+        args.joiners.split(","),
+        args.window,
+        args.quiet_gap,
+        args.top,
+    )
+
+
+if __name__ == "__main__":
+    main()

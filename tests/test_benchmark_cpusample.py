@@ -1,0 +1,72 @@
+"""benchmarks/cpusample.py: its samples name what burns the CPU, and its report adds up
+the windows it is asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+SAMPLER = Path(__file__).resolve().parent.parent / "benchmarks" / "cpusample.py"
+
+BUSY = """
+import time
+
+def idle():
+    time.sleep(0.3)
+
+def spin():
+    started = time.process_time()
+    while time.process_time() - started < 0.3:
+        pass
+
+idle()
+spin()
+"""
+
+
+class CPUSampleTests(TestCase):
+    def test_samples_name_what_burns_the_cpu_and_not_what_sleeps(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        script = directory / "busy.py"
+        script.write_text(BUSY)
+        out = directory / "busy.cpu"
+        subprocess.run([sys.executable, str(SAMPLER), "run", str(out), str(script)], check=True)
+        stacks = [line.partition(" ")[2] for line in out.read_text().splitlines()]
+        spinning = [stack for stack in stacks if stack.endswith("spin (busy.py)")]
+        # 0.3 s of CPU at the kernel's tick (100 to 1000 Hz): 30 samples at the least.
+        self.assertGreaterEqual(len(spinning), 30)
+        self.assertGreater(len(spinning), len(stacks) / 2)
+        self.assertFalse([stack for stack in stacks if "idle (busy.py)" in stack])
+
+    def test_the_report_counts_the_join_windows_against_quiet_ones(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        start = 1000.0
+        (directory / "j.log").write_text(json.dumps({"log_time": start}) + "\n")
+        lines = [f"{start - 8.5} main;gossip"]  # quiet: 9 to 6 s before the start
+        lines += [
+            f"{start + 0.5} main;mesh",
+            f"{start + 1.0} main;mesh",
+            f"{start + 2} main;gossip",
+        ]
+        lines += [f"{start + 5} main;late", "cut"]
+        (directory / "m.cpu").write_text("\n".join(lines) + "\n")
+        command = [sys.executable, str(SAMPLER), "report", "--run-dir", str(directory)]
+        done = subprocess.run(
+            [*command, "--members", "m", "--joiners", "j"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows = done.stdout.splitlines()
+        self.assertEqual(
+            rows[0], "1 windows of 3.0 s: 3.0 samples per join window, 1.0 per quiet one"
+        )
+        self.assertIn(" 66.7%   2.00   0.00  mesh", rows)
+        self.assertIn(" 33.3%   1.00   1.00  gossip", rows)
+        self.assertFalse([row for row in rows if row.endswith("late")])
