@@ -52,12 +52,6 @@ def recipient_of(endpoint: Endpoint) -> bytes:
     return endpoint.host.packed + endpoint.port.to_bytes(2, "big")
 
 
-#: Connections the kernel queues for the stream listener until the reactor accepts them.
-#: Every member fetches a joiner's record within a second, many from the member whose
-#: gossip told them first; beyond Twisted's default of 50, the kernel drops what comes
-#: and each client waits out TCP's 1 s SYN retransmission: a joiner's own catch-up from
-#: its anchor came 1 to 2 s late at 100 members.  Capped by net.core.somaxconn (4096).
-STREAM_BACKLOG: Final = 1024
 #: Socket addresses remembered each way; past it the book starts afresh, so that a flood
 #: of strangers costs a parse each, as it would without a book, and no memory.
 ADDRESS_BOOK: Final = 4096
@@ -167,9 +161,7 @@ class GossipTransport:
             self.address.port, self._datagrams, interface=interface, maxPacketSize=_READ_SIZE
         )
         self._server = StreamServerFactory(self.keyring, self.clock, self.responder)
-        self._tcp = tcp.listenTCP(
-            self.address.port, self._server, backlog=STREAM_BACKLOG, interface=interface
-        )
+        self._tcp = tcp.listenTCP(self.address.port, self._server, interface=interface)
         self.log.info("Gossip listening on {address} (UDP and TCP)", address=self.address)
 
     def stop(self) -> Deferred[Any]:
