@@ -44,9 +44,7 @@ def mesh_mtu(underlay_mtu: int) -> int:
 
 
 @functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
-@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def host_network(address: ipaddress.IPv6Address) -> ipaddress.IPv6Network:
-    """Remembered: every pass asks it of every member's mesh address."""
     return ipaddress.IPv6Network((address, 128))
 
 
