@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agent import free_port
-from hepto import config
+from hepto import config, plan
 from hepto.config import Endpoint
 from hepto.control import SOCKET_NAME, ControlError, ControlService, query
 from hepto.gossip import codec, crypto, records, streams
@@ -50,7 +50,7 @@ from hepto.gossip.streams import (
     StreamPing,
 )
 from hepto.gossip.table import MemberState
-from hepto.gossip.transport import AddressBook, recipient_of
+from hepto.gossip.transport import _sender, recipient_of, sender_of, socket_address
 from hepto.state import ALIVE, DEAD, LEFT, SUSPECT, Change
 
 KEY = "5a" * 32
@@ -263,21 +263,18 @@ def reaching(service: GossipService, names: set[str]) -> Deferred[None]:
     return done.addTimeout(TIMEOUT, reactor)
 
 
-class AddressBookTests(SynchronousTestCase):
-    """Every datagram asks the book for an address: what it answers, and how much it keeps."""
+class SocketAddressTests(SynchronousTestCase):
+    """Every datagram asks for an address one way or the other: what is answered, and
+    how much is remembered."""
 
     def test_answers_what_formatting_and_parsing_would(self) -> None:
-        book = AddressBook()
         endpoint = Endpoint(ipaddress.IPv6Address("2001:db8::1"), 7946)
-        self.assertEqual(book.text(endpoint), ("2001:db8::1", 7946))
-        self.assertEqual(book.text(endpoint), ("2001:db8::1", 7946))
-        self.assertEqual(book.endpoint(("2001:db8:0::1", 7946, 0, 0)), endpoint)
-        self.assertEqual(
-            book.endpoint(("fe80::1%eth0", "7946")).host, ipaddress.IPv6Address("fe80::1")
-        )
+        self.assertEqual(socket_address(endpoint), ("2001:db8::1", 7946))
+        self.assertEqual(socket_address(endpoint), ("2001:db8::1", 7946))
+        self.assertEqual(sender_of(("2001:db8:0::1", 7946, 0, 0)), endpoint)
+        self.assertEqual(sender_of(("fe80::1%eth0", "7946")).host, ipaddress.IPv6Address("fe80::1"))
 
-    def test_refuses_what_is_no_address_and_remembers_nothing_of_it(self) -> None:
-        book = AddressBook()
+    def test_refuses_what_is_no_address(self) -> None:
         strangers: list[tuple[Any, ...]] = [
             ("not an address", 1),
             ("::1",),
@@ -286,17 +283,16 @@ class AddressBookTests(SynchronousTestCase):
         ]
         for address in strangers:
             with self.assertRaises((ValueError, TypeError, IndexError)):
-                book.endpoint(address)
-        self.assertEqual(len(book), 0)
+                sender_of(address)
 
     def test_a_flood_of_strangers_is_bounded(self) -> None:
-        book = AddressBook(size=8)
-        for index in range(100):
+        for index in range(2 * plan.ADDRESS_CACHE + 10):
             host = f"2001:db8::{index + 1:x}"
-            self.assertEqual(book.endpoint((host, 7946)).host, ipaddress.IPv6Address(host))
+            self.assertEqual(sender_of((host, 7946)).host, ipaddress.IPv6Address(host))
             endpoint = Endpoint(ipaddress.IPv6Address(host), 7946)
-            self.assertEqual(book.text(endpoint), (host, 7946))
-            self.assertLessEqual(len(book), 16)
+            self.assertEqual(socket_address(endpoint), (host, 7946))
+        for remembered in (_sender, socket_address):
+            self.assertLessEqual(remembered.cache_info().currsize, plan.ADDRESS_CACHE)
 
 
 class ServicesTests(TestCase):

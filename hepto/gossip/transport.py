@@ -7,6 +7,7 @@ freshness, replay) -> decode -> ``receiver``; each refusal is counted by its rea
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTim
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto import plan
 from hepto.config import Endpoint
 from hepto.gossip import codec
 from hepto.gossip.crypto import MALFORMED, OVERSIZED, Dropped, Keyring
@@ -52,46 +54,26 @@ def recipient_of(endpoint: Endpoint) -> bytes:
     return endpoint.host.packed + endpoint.port.to_bytes(2, "big")
 
 
-#: Socket addresses remembered each way; past it the book starts afresh, so that a flood
-#: of strangers costs a parse each, as it would without a book, and no memory.
-ADDRESS_BOOK: Final = 4096
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+def socket_address(endpoint: Endpoint) -> tuple[str, int]:
+    """``endpoint`` as ``sendto`` takes it.
 
-
-class AddressBook:
-    """Endpoints as sockets want them, and the Endpoints of socket addresses, remembered.
-
-    Every datagram needs one or the other, and formatting or parsing an IPv6 address
-    costs about as much as sealing the datagram; members are few and talk all the time.
+    Remembered, as the Endpoints of :func:`sender_of` are: every datagram needs one or
+    the other, and formatting or parsing an IPv6 address costs about as much as sealing
+    the datagram, while members are few and talk all the time.
     """
+    return (str(endpoint.host), endpoint.port)
 
-    def __init__(self, size: int = ADDRESS_BOOK) -> None:
-        self.size = size
-        self._texts: dict[Endpoint, tuple[str, int]] = {}
-        self._endpoints: dict[tuple[Any, Any], Endpoint] = {}
 
-    def __len__(self) -> int:
-        return len(self._texts) + len(self._endpoints)
+def sender_of(address: Any) -> Endpoint:
+    """The Endpoint of a ``recvfrom`` address; ValueError, TypeError or IndexError for
+    what is none (a failure is not remembered)."""
+    return _sender(address[0], address[1])
 
-    def text(self, endpoint: Endpoint) -> tuple[str, int]:
-        """``endpoint`` as ``sendto`` takes it."""
-        found = self._texts.get(endpoint)
-        if found is None:
-            if len(self._texts) >= self.size:
-                self._texts.clear()
-            found = self._texts[endpoint] = (str(endpoint.host), endpoint.port)
-        return found
 
-    def endpoint(self, address: Any) -> Endpoint:
-        """The Endpoint of a ``recvfrom`` address; ValueError, TypeError or IndexError
-        for what is none (nothing is remembered of it)."""
-        key = (address[0], address[1])
-        found = self._endpoints.get(key)
-        if found is None:
-            found = Endpoint(ipaddress.IPv6Address(key[0].split("%")[0]), int(key[1]))
-            if len(self._endpoints) >= self.size:
-                self._endpoints.clear()
-            self._endpoints[key] = found
-        return found
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+def _sender(host: str, port: int) -> Endpoint:
+    return Endpoint(ipaddress.IPv6Address(host.split("%")[0]), int(port))
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -147,7 +129,6 @@ class GossipTransport:
         self._datagrams = _Datagrams(self)
         self._server: StreamServerFactory | None = None
         self._clients: set[StreamClient] = set()
-        self._addresses = AddressBook()
 
     # Lifecycle
 
@@ -184,7 +165,7 @@ class GossipTransport:
         if datagram is None:
             return
         try:
-            self._udp.write(datagram, self._addresses.text(to))  # type: ignore[attr-defined]
+            self._udp.write(datagram, socket_address(to))  # type: ignore[attr-defined]
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
@@ -207,7 +188,7 @@ class GossipTransport:
             with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as aside:
                 aside.setblocking(False)
                 aside.bind((str(self.address.host), 0))
-                aside.sendto(datagram, self._addresses.text(to))
+                aside.sendto(datagram, socket_address(to))
         except OSError as error:
             self.drops.count("send-failed", to, error.strerror or str(error))
             return
@@ -231,7 +212,7 @@ class GossipTransport:
 
     def datagram_received(self, datagram: bytes, addr: Any) -> None:
         try:
-            sender = self._addresses.endpoint(addr)
+            sender = sender_of(addr)
         except (ValueError, TypeError, IndexError):
             return
         self.received += 1
