@@ -373,15 +373,18 @@ class MeshService(Service):
     def _publish(self) -> None:
         assert self.keys is not None and self.endpoint is not None
         value = record.wireguard_value(self.keys.public_key, self.endpoint)
-        own = self.state.members().get(self.state.name)
-        if own is None or own.record is None or own.record.get(record.WIREGUARD) != value:
+        if self._published() != value:
             self.state.publish(record.WIREGUARD, value)
 
     def _withdraw(self) -> None:
         """No device will answer: peers stop greeting one (our record loses ``wireguard``)."""
-        own = self.state.members().get(self.state.name)
-        if own is not None and own.record is not None and own.record.get(record.WIREGUARD):
+        if self._published() is not None:
             self.state.publish(record.WIREGUARD, None)
+
+    def _published(self) -> object:
+        """Our record's ``wireguard`` as the cluster holds it (None: none)."""
+        own = self.state.members().get(self.state.name)
+        return None if own is None or own.record is None else own.record.get(record.WIREGUARD)
 
     # Reconciling
 
