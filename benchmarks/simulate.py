@@ -36,12 +36,14 @@ import argparse
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hepto.gossip.messages import Digest, Message
 from hepto.gossip.profile import PROFILES, Profile
 from hepto.gossip.simulation import Simulation, percentile
 
@@ -55,7 +57,7 @@ class Conditions:
     latency: float
     jitter: float
 
-    def cluster(self, size: int, profile: Profile) -> Simulation:
+    def cluster(self, size: int, profile: Profile, push_pull: bool = True) -> Simulation:
         """A converged cluster of ``size``, started."""
         simulation = Simulation(
             size,
@@ -64,6 +66,7 @@ class Conditions:
             loss=self.loss,
             latency=self.latency,
             jitter=self.jitter,
+            push_pull=push_pull,
         )
         simulation.start()
         return simulation
@@ -175,6 +178,45 @@ def detection(
     }
 
 
+def records(
+    size: int, profile: Profile, conditions: Conditions, warmup: float, count: int, wait: float
+) -> dict[str, float]:
+    """``count`` records published one after the other by different members, each given
+    ``wait`` seconds, without push/pull: what gossip alone delivers.  The members it left
+    without a record (summed over the records), the digests and datagrams each member
+    sent per record, and the spread of each record (median over the records of their
+    p99, the last member excepted where one was left out)."""
+    started = time.perf_counter()
+    simulation = conditions.cluster(size, profile, push_pull=False)
+    simulation.run(warmup)
+    digests = 0
+
+    def tap(source: object, destination: object, messages: Sequence[Message]) -> None:
+        nonlocal digests
+        digests += sum(type(message) is Digest for message in messages)
+
+    simulation.network.tap = tap
+    before = simulation.traffic().datagrams
+    missing, spread = 0, []
+    for number in range(count):
+        publisher = simulation.names[number * 7919 % size]
+        simulation.publish(publisher, number + 1)
+        published = simulation.clock.seconds()
+        simulation.run(wait)
+        arrivals = simulation.record_arrivals[publisher, number + 1]
+        missing += size - len(arrivals)
+        spread.append(percentile([when - published for when in arrivals.values()], 0.99))
+    return {
+        "members": size,
+        "missing": missing,
+        "digests": digests / count / size,
+        "datagrams": (simulation.traffic().datagrams - before) / count / size,
+        "spread_p99": percentile(spread, 0.5),
+        "false_deaths": len(simulation.false_deaths),
+        "wall": time.perf_counter() - started,
+    }
+
+
 def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -> dict[str, float]:
     started = time.perf_counter()
     simulation = conditions.cluster(size, profile)
@@ -219,16 +261,33 @@ def main() -> None:
         help="probe on the schedule every member follows (on), on each member's own "
         "round robin (off), or both",
     )
+    parser.add_argument(
+        "--digest-feedback",
+        choices=["on", "off", "both"],
+        default="on",
+        help="count each digest heard as one sent (on), send every digest its full "
+        "share (off), or both",
+    )
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=0,
+        help="also publish this many records one after the other, without push/pull",
+    )
+    parser.add_argument("--record-wait", type=float, default=15.0)
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
     variants = [
         (
-            ("" if news else " ticks") + ("" if scheduled else " rr"),
-            attrs.evolve(profile, news_rounds=news, scheduled_probes=scheduled),
+            ("" if news else " ticks") + ("" if scheduled else " rr") + ("" if feedback else " dg"),
+            attrs.evolve(
+                profile, news_rounds=news, scheduled_probes=scheduled, digest_feedback=feedback
+            ),
         )
         for news in switches[arguments.news_rounds]
         for scheduled in switches[arguments.schedule]
+        for feedback in switches[arguments.digest_feedback]
     ]
 
     print(
@@ -275,6 +334,29 @@ def main() -> None:
                 f"{row['datagrams']:.2f}/s {row['bps']:.0f} B/s  "
                 f"({row['kills']} kills, {row['false_deaths']} false deaths, "
                 f"{row['wall']:.0f} s wall)",
+                flush=True,
+            )
+    if arguments.records:
+        print()
+        print(
+            f"{arguments.records} records published one after the other, "
+            f"{arguments.record_wait:g} s each, no push/pull: members left without one "
+            "(all records), digests and datagrams sent per member per record, median p99 "
+            "of a record's spread"
+        )
+        for size, name, variant in runs:
+            row = records(
+                size,
+                variant,
+                conditions,
+                arguments.warmup,
+                arguments.records,
+                arguments.record_wait,
+            )
+            print(
+                f"{name:>14} missing {row['missing']}, {row['digests']:.1f} digests and "
+                f"{row['datagrams']:.1f} datagrams, p99 {row['spread_p99']:.2f}s "
+                f"({row['false_deaths']} false deaths, {row['wall']:.0f} s wall)",
                 flush=True,
             )
     if arguments.lossy_minutes:

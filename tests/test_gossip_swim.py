@@ -875,6 +875,22 @@ class DigestTests(MembershipTestCase):
         relayed = [message for message in self.network.messages(Suspect) if message.source == "c"]
         self.assertEqual(len(relayed), limit)
 
+    def test_a_digest_heard_counts_as_one_sent(self) -> None:
+        """Copies heard from others end our share sooner: the record has spread."""
+        limit = LAN.retransmit_limit(5)
+        for feedback, expected in ((True, 2 * limit - 5), (False, 2 * limit)):
+            member = self.make(profile=attrs.evolve(LAN, digest_feedback=feedback))
+            self.clock.pump([0.1] * 20)
+            self.network.sent.clear()
+            member.broadcast_digest("a", 2)
+            for _ in range(5):
+                member.receive(endpoint(3), [Digest("a", 2)])
+            # Another version, or another record, is not a copy of ours.
+            member.receive(endpoint(3), [Digest("a", 1), Digest("a", 3), Digest("b", 2)])
+            self.clock.pump([0.1] * 40)
+            sent = [message for message in self.network.messages(Digest) if message.name == "a"]
+            self.assertEqual(len(sent), expected, f"feedback {feedback}")
+
     def test_newest_wins(self) -> None:
         member = self.make(start=False)
         member.broadcast_digest("a", 2)
@@ -1012,6 +1028,26 @@ class BroadcastQueueTests(SynchronousTestCase):
         queue.put("member", Dead("y", 0, "z"))
         sent = [queue.take(1000) for _ in range(5)]
         self.assertEqual([len(datagram) for datagram in sent], [2, 2, 1, 1, 0])
+
+    def test_a_copy_heard_counts_as_sent(self) -> None:
+        done: list[str] = []
+        queue = BroadcastQueue(lambda: 2)
+        queue.put("x", Digest("x", 1), on_done=lambda: done.append("x"), weight=2)
+        queue.put("y", Digest("y", 1), weight=2)
+        queue.heard("x", Digest("x", 1))
+        queue.heard("x", Digest("x", 2))  # not what we queued
+        queue.heard("z", Digest("z", 1))  # not queued at all
+        # x counts one transmission, so it goes after y, which has none.
+        self.assertEqual(queue.take(codec.encoded_size(Digest("x", 1))), [Digest("y", 1)])
+        self.assertEqual(queue.take(1000), [Digest("y", 1), Digest("x", 1)])
+        # Two transmissions of x's four so far, one of them heard: two more copies end it.
+        queue.heard("x", Digest("x", 1))
+        self.assertEqual(done, [])
+        queue.heard("x", Digest("x", 1))
+        self.assertEqual(done, ["x"])
+        self.assertEqual(queue.take(1000), [Digest("y", 1)])
+        self.assertEqual(queue.take(1000), [Digest("y", 1)])
+        self.assertEqual(queue.take(1000), [])
 
     def test_fewest_sent_then_newest_first(self) -> None:
         queue = BroadcastQueue(lambda: 10)

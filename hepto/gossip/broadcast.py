@@ -117,10 +117,34 @@ class BroadcastQueue:
                 break
         # Promote only after the walk, or an item could be taken twice from the next tier.
         for item in taken:
-            item.transmits += 1
-            if item.transmits >= limit * item.weight:
-                del self._items[item.key]
-                item.finish()
-            else:
-                self._tiers.setdefault(item.transmits, {})[item.key] = item
+            self._count(item, limit)
         return [item.message for item in taken]
+
+    def heard(self, key: Hashable, message: Message) -> None:
+        """Another member sent us ``message``, which we hold queued under ``key``: count
+        that copy as one of our own transmissions.
+
+        Demers et al.'s *counter* rumor mongering: once an item has spread, the copies a
+        member hears say so, and it stops sending sooner; where it has not, few copies
+        arrive and the member sends its full share.  Fit for items sent beyond the limit
+        (``weight`` > 1) only: every copy counted is one copy fewer that someone else
+        receives, which an item sent just the limit cannot spare (``docs/gossip.rst``).
+        """
+        item = self._items.get(key)
+        if item is None or item.message != message:
+            return
+        tier = self._tiers[item.transmits]
+        del tier[key]
+        if not tier:
+            del self._tiers[item.transmits]
+        self._count(item, self._limit())
+
+    def _count(self, item: _Item, limit: int) -> None:
+        """One more transmission of ``item``, which is in no tier: into the next tier,
+        or out of the queue once sent often enough."""
+        item.transmits += 1
+        if item.transmits >= limit * item.weight:
+            del self._items[item.key]
+            item.finish()
+        else:
+            self._tiers.setdefault(item.transmits, {})[item.key] = item

@@ -5,7 +5,8 @@ their digests do, ``Digest(name, version)``, in the same broadcast queue as memb
 news, piggybacked on the same datagrams.  :class:`Digests` is the membership's side of
 that: it queues the digests of the records the store holds, and hands each digest heard
 to the store with the member that sent it, whom the store fetches the record from.
-``docs/gossip.rst`` ("Dissemination") says why digests are sent twice as often as news.
+``docs/gossip.rst`` ("Dissemination") says why digests are sent twice as often as news,
+and why a digest heard counts as one sent.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Digests:
     member_at: Callable[[Endpoint], MemberState | None]
     drop: Drop
     log: Logger
+    #: Whether a digest heard counts as one of our sends of the same (``Profile``).
+    feedback: bool = True
     #: The record store's; None until it subscribes.
     handler: DigestHandler | None = None
 
@@ -65,6 +68,8 @@ class Digests:
         if holder is None:
             self.drop("digest from an unknown sender", sender=sender)
             return
+        if self.feedback:
+            self.queue.heard(("digest", message.name), message)
         if self.handler is not None and holder.name != self.name:
             try:
                 self.handler(holder, message.name, message.version)

@@ -45,6 +45,10 @@ class Profile:
     #: every member is probed once per round; else each probes at its own phase, the next
     #: of its own randomized round robin (memberlist's way, kept for side-by-side figures).
     scheduled_probes: bool = True
+    #: Whether a record digest heard from another member counts as one of our own sends
+    #: of it: digests are sent twice the retransmit limit, for loss, and the copies a
+    #: member hears once a record has spread end its share sooner (``docs/gossip.rst``).
+    digest_feedback: bool = True
     #: Members asked to ping a target that missed its direct ack.
     indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     #: Suspicion timeout: suspicion_mult * max(1, log10 N) * probe_interval at least...

@@ -129,7 +129,14 @@ class Membership:
         self._rng = rng
         self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
         self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._roster)))
-        self._digests = Digests(name, self._queue, self._roster.at, self._drop, self.log)
+        self._digests = Digests(
+            name,
+            self._queue,
+            self._roster.at,
+            self._drop,
+            self.log,
+            feedback=profile.digest_feedback,
+        )
         self._gossip = Gossip(
             name,
             clock,
