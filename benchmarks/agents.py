@@ -286,7 +286,11 @@ class Usage:
 
 def tree_cpu_by_program(pid: int) -> dict[str, float]:
     """CPU seconds of ``pid`` and of all its descendants, by program name; what ended
-    children used (once reaped) is under "ended children"."""
+    children used (once reaped) is under "ended children".
+
+    Living processes are read from each thread's ``schedstat`` (nanoseconds): ``stat``'s
+    user and system times count whole clock ticks (10 ms here), as coarse as a member's
+    whole share of a join.  Ended children are only known in ticks."""
     seconds: dict[str, float] = {}
     pending, tick = [pid], 1 / os.sysconf("SC_CLK_TCK")
     while pending:
@@ -298,14 +302,16 @@ def tree_cpu_by_program(pid: int) -> dict[str, float]:
             continue  # Ended meanwhile: its parent's cutime has it once reaped.
         program = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        utime, stime, cutime, cstime = (int(field) for field in fields[11:15])
-        seconds[program] = seconds.get(program, 0.0) + (utime + stime) * tick
+        cutime, cstime = (int(field) for field in fields[13:15])
         seconds["ended children"] = seconds.get("ended children", 0.0) + (cutime + cstime) * tick
         for thread in tasks:
             try:
-                pending.extend(int(child) for child in (thread / "children").read_text().split())
-            except OSError:
-                pass
+                runtime = int((thread / "schedstat").read_text().split()[0])
+                children = (thread / "children").read_text().split()
+            except (OSError, IndexError, ValueError):
+                continue  # This thread ended meanwhile.
+            seconds[program] = seconds.get(program, 0.0) + runtime / 1e9
+            pending.extend(int(child) for child in children)
     return seconds
 
 
@@ -982,10 +988,25 @@ class Bench:
         self.figures["one_more_member_cpu_ms"] = median(
             [join["member_cpu_ms"]["median"] for join in joins if join["member_cpu_ms"]]
         )
+        self.figures["one_more_member_datagrams"] = median(
+            [join["member_datagrams"]["mean"] for join in joins if join.get("member_datagrams")]
+        )
+        self.figures["one_more_member_cpu_mean_ms"] = median(
+            [
+                join["member_cpu_ms"]["mean"]
+                for join in joins
+                if join["member_cpu_ms"] and join["member_cpu_ms"].get("mean") is not None
+            ]
+        )
 
     async def join_one(self, host: Host) -> dict[str, Any]:
         name, members = host.name, dict(self.members)
         pids = {other: m.process.pid for other, m in members.items() if m.process.pid}
+        # Datagrams are counted over the idle sample and over the join and its
+        # measurement (nft runs outside the members' process trees, between the windows).
+        metered = [other for other in self.hosts if other.name in members]
+        sent_at = [time.monotonic()]
+        sent = [await threads.deferToThread(on_every_host, metered, read_meter)]
         # What the members burn anyway, over a window as long as the settle pause.
         idle_from, idle_started = {n: tree_cpu(p) for n, p in pids.items()}, time.monotonic()
         await self.sleep(IDLE_SAMPLE)
@@ -993,6 +1014,8 @@ class Bench:
             n: (tree_cpu(p) - idle_from[n]) / (time.monotonic() - idle_started)
             for n, p in pids.items()
         }
+        sent_at.append(time.monotonic())
+        sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
         newest = {other: self.observatory.newest(other) for other in members}
         before = {n: tree_cpu(p) for n, p in pids.items()}
         started, clock = time.time(), time.monotonic()
@@ -1054,7 +1077,23 @@ class Bench:
         elapsed = time.monotonic() - clock
         extra = [(tree_cpu(p) - before[n] - idle_rate[n] * elapsed) * 1000 for n, p in pids.items()]
         figures["window"] = elapsed
-        figures["member_cpu_ms"] = {"median": median(extra), "max": max(extra, default=None)}
+        figures["member_cpu_ms"] = {
+            "median": median(extra),
+            "mean": sum(extra) / len(extra) if extra else None,
+            "max": max(extra, default=None),
+        }
+        sent_at.append(time.monotonic())
+        sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
+        idle_span, join_span = sent_at[1] - sent_at[0], sent_at[2] - sent_at[1]
+        datagrams = [
+            (during["udp_out_packets"] - before_join["udp_out_packets"])
+            - (before_join["udp_out_packets"] - idle["udp_out_packets"]) / idle_span * join_span
+            for idle, before_join, during in zip(*sent, strict=True)
+        ]
+        figures["member_datagrams"] = {
+            "median": median(datagrams),
+            "mean": sum(datagrams) / len(datagrams) if datagrams else None,
+        }
         log.info(
             "{system}: {name} joined {n}: {figures}",
             system=self.system.name,
@@ -1479,6 +1518,14 @@ def table(results: dict[str, dict[int, Any]]) -> str:
         ("one more: mesh to all (s)", lambda f: _fmt(f.get("one_more_mesh_all"))),
         ("one more: its CPU to (a) (s)", lambda f: _fmt(f.get("one_more_joiner_cpu"))),
         ("one more: CPU per member (ms)", lambda f: _fmt(f.get("one_more_member_cpu_ms"), 1)),
+        (
+            "one more: mean CPU per member (ms)",
+            lambda f: _fmt(f.get("one_more_member_cpu_mean_ms"), 1),
+        ),
+        (
+            "one more: gossip datagrams sent per member",
+            lambda f: _fmt(f.get("one_more_member_datagrams"), 1),
+        ),
         ("record spread median (s)", lambda f: _fmt(f.get("spread", {}).get("median"))),
         ("record spread p99 (s)", lambda f: _fmt(f.get("spread", {}).get("p99"))),
         ("record spread: not reached", lambda f: _fmt(f.get("spread", {}).get("missing"))),

@@ -38,10 +38,32 @@ from types import FrameType
 
 #: Seconds of this process's CPU between samples (at most one per kernel tick lands).
 INTERVAL = 0.0005
+#: Samples kept in memory before they are written out.
+FLUSH_EVERY = 256
 
 
 def run(out: Path, script: str, arguments: list[str]) -> None:
-    samples = out.open("a", buffering=1 << 16)
+    # Samples are written with os.write, never from inside a file object's write: a
+    # SIGPROF that interrupts the write system call runs this handler again right there,
+    # and a buffered file written into from its own write wrote memory garbage.
+    descriptor = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pending: list[str] = []
+    writing = False
+
+    def flush() -> None:
+        nonlocal writing
+        if writing:
+            return  # a sample taken while writing: it waits in pending
+        writing = True
+        try:
+            while pending:
+                lines = pending[:]
+                del pending[: len(lines)]
+                data = "".join(lines).encode()
+                while data:
+                    data = data[os.write(descriptor, data) :]
+        finally:
+            writing = False
 
     def sample(signum: int, frame: FrameType | None) -> None:
         stack = []
@@ -49,7 +71,9 @@ def run(out: Path, script: str, arguments: list[str]) -> None:
             code = frame.f_code
             stack.append(f"{code.co_name} ({os.path.basename(code.co_filename)})")
             frame = frame.f_back
-        samples.write(f"{time.time():.4f} {';'.join(reversed(stack))}\n")
+        pending.append(f"{time.time():.4f} {';'.join(reversed(stack))}\n")
+        if len(pending) >= FLUSH_EVERY:
+            flush()
 
     signal.signal(signal.SIGPROF, sample)
     signal.setitimer(signal.ITIMER_PROF, INTERVAL, INTERVAL)
@@ -58,12 +82,14 @@ def run(out: Path, script: str, arguments: list[str]) -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0, 0)
-        samples.close()
+        flush()
+        os.close(descriptor)
 
 
 def _samples(path: Path) -> list[tuple[float, list[str]]]:
     found = []
-    for line in path.read_text().splitlines():
+    # Files of the sampler before 2026-12-03 (evening) may hold garbage: skipped.
+    for line in path.read_text(errors="replace").splitlines():
         when, _, stack = line.partition(" ")
         try:
             found.append((float(when), stack.split(";")))

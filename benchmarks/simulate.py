@@ -47,6 +47,11 @@ from hepto.gossip.messages import Digest, Message
 from hepto.gossip.profile import PROFILES, Profile
 from hepto.gossip.simulation import Simulation, percentile
 
+#: Seconds after a join began over which its datagrams are counted.
+JOIN_WINDOW = 5.0
+#: Seconds after a join storm over which its datagrams are counted.
+STORM_TAIL = 5.0
+
 
 @attrs.frozen
 class Conditions:
@@ -57,8 +62,16 @@ class Conditions:
     latency: float
     jitter: float
 
-    def cluster(self, size: int, profile: Profile, push_pull: bool = True) -> Simulation:
-        """A converged cluster of ``size``, started."""
+    def cluster(
+        self,
+        size: int,
+        profile: Profile,
+        push_pull: bool = True,
+        absent: int = 0,
+        converged: bool = True,
+    ) -> Simulation:
+        """A cluster of ``size`` (converged unless told), started; the last ``absent``
+        wait to :meth:`~hepto.gossip.simulation.Simulation.arrive`."""
         simulation = Simulation(
             size,
             profile=profile,
@@ -67,6 +80,8 @@ class Conditions:
             latency=self.latency,
             jitter=self.jitter,
             push_pull=push_pull,
+            absent=absent,
+            converged=converged,
         )
         simulation.start()
         return simulation
@@ -217,6 +232,67 @@ def records(
     }
 
 
+def joins(
+    size: int, profile: Profile, conditions: Conditions, warmup: float, count: int
+) -> dict[str, float]:
+    """``count`` members join a converged cluster of ``size`` one at a time, as
+    ``benchmarks/agents.py --one-more`` does: from the push/pull with the anchor until
+    every member sees the joiner alive (median and max), and the datagrams each member
+    sent in the 5 s after each join began, beyond those of as long a quiet time before."""
+    started = time.perf_counter()
+    simulation = conditions.cluster(size + count, profile, absent=count)
+    simulation.run(warmup)
+    seen_after, datagrams = [], []
+    for joiner in simulation.names[size:]:
+        quiet = simulation.traffic().datagrams
+        simulation.run(JOIN_WINDOW)
+        before = simulation.traffic().datagrams
+        quiet = before - quiet
+        begun = simulation.clock.seconds()
+        simulation.arrive(joiner, simulation.names[0])
+        others = len(simulation.running) - 1
+
+        def seen(joiner: str = joiner, others: int = others) -> bool:
+            return simulation.statuses(joiner)["alive"] == others
+
+        if not simulation.run_until(seen, limit=60, step=0.01):
+            break
+        seen_after.append(simulation.clock.seconds() - begun)
+        simulation.run(begun + JOIN_WINDOW - simulation.clock.seconds())
+        datagrams.append((simulation.traffic().datagrams - before - quiet) / others)
+    return {
+        "members": size,
+        "joins": len(seen_after),
+        "seen_p50": percentile(seen_after, 0.5),
+        "seen_max": max(seen_after, default=float("nan")),
+        "datagrams": percentile(datagrams, 0.5),
+        "false_deaths": len(simulation.false_deaths),
+        "wall": time.perf_counter() - started,
+    }
+
+
+def storm(size: int, profile: Profile, conditions: Conditions, over: float) -> dict[str, float]:
+    """All ``size`` members start knowing none and join through the first at random
+    moments within ``over`` seconds: until every member sees every other alive (counted
+    in half seconds, from ``over`` + ``STORM_TAIL`` on), and the datagrams each member
+    sent until ``STORM_TAIL`` seconds after the last join could be."""
+    started = time.perf_counter()
+    simulation = conditions.cluster(size, profile, converged=False)
+    anchor = simulation.names[0]
+    for name in simulation.names[1:]:
+        simulation.clock.callLater(simulation.rng.uniform(0, over), simulation.join, name, anchor)
+    simulation.run(over + STORM_TAIL)
+    datagrams = simulation.traffic().datagrams / size
+    converged = simulation.run_until(simulation.converged, limit=600, step=0.5)
+    return {
+        "members": size,
+        "converged": simulation.clock.seconds() if converged else float("nan"),
+        "datagrams": datagrams,
+        "false_deaths": len(simulation.false_deaths),
+        "wall": time.perf_counter() - started,
+    }
+
+
 def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -> dict[str, float]:
     started = time.perf_counter()
     simulation = conditions.cluster(size, profile)
@@ -275,19 +351,42 @@ def main() -> None:
         help="also publish this many records one after the other, without push/pull",
     )
     parser.add_argument("--record-wait", type=float, default=15.0)
+    parser.add_argument(
+        "--joins", type=int, default=0, help="also let this many more join, one at a time"
+    )
+    parser.add_argument(
+        "--storm",
+        type=float,
+        default=0.0,
+        help="also start every member knowing none, all joining within this many seconds",
+    )
+    parser.add_argument(
+        "--join-news",
+        choices=["on", "off", "both"],
+        default="on",
+        help="spread a member's arrival in rounds of news (on), at the ticks (off), or both",
+    )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
     variants = [
         (
-            ("" if news else " ticks") + ("" if scheduled else " rr") + ("" if feedback else " dg"),
+            ("" if news else " ticks")
+            + ("" if scheduled else " rr")
+            + ("" if feedback else " dg")
+            + ("" if arrivals else " jt"),
             attrs.evolve(
-                profile, news_rounds=news, scheduled_probes=scheduled, digest_feedback=feedback
+                profile,
+                news_rounds=news,
+                scheduled_probes=scheduled,
+                digest_feedback=feedback,
+                join_news=arrivals,
             ),
         )
         for news in switches[arguments.news_rounds]
         for scheduled in switches[arguments.schedule]
         for feedback in switches[arguments.digest_feedback]
+        for arrivals in switches[arguments.join_news]
     ]
 
     print(
@@ -357,6 +456,36 @@ def main() -> None:
                 f"{name:>14} missing {row['missing']}, {row['digests']:.1f} digests and "
                 f"{row['datagrams']:.1f} datagrams, p99 {row['spread_p99']:.2f}s "
                 f"({row['false_deaths']} false deaths, {row['wall']:.0f} s wall)",
+                flush=True,
+            )
+    if arguments.joins:
+        print()
+        print(
+            f"{arguments.joins} joins, one at a time: from the push/pull with the anchor "
+            "until all see the joiner alive (median, max), datagrams sent per member in "
+            f"the {JOIN_WINDOW:g} s after a join began beyond as long a quiet time (median)"
+        )
+        for size, name, variant in runs:
+            row = joins(size, variant, conditions, arguments.warmup, arguments.joins)
+            print(
+                f"{name:>14} seen by all {row['seen_p50']:.2f}s, max {row['seen_max']:.2f}s, "
+                f"{row['datagrams']:.1f} datagrams ({row['joins']} joins, "
+                f"{row['false_deaths']} false deaths, {row['wall']:.0f} s wall)",
+                flush=True,
+            )
+    if arguments.storm:
+        print()
+        print(
+            f"A join storm: every member joins within {arguments.storm:g} s; until all see "
+            f"all alive, and the datagrams each member sent in the first "
+            f"{arguments.storm + STORM_TAIL:g} s"
+        )
+        for size, name, variant in runs:
+            row = storm(size, variant, conditions, arguments.storm)
+            print(
+                f"{name:>14} converged at {row['converged']:.1f}s, {row['datagrams']:.0f} "
+                f"datagrams per member ({row['false_deaths']} false deaths, "
+                f"{row['wall']:.0f} s wall)",
                 flush=True,
             )
     if arguments.lossy_minutes:

@@ -994,13 +994,41 @@ class NewsRoundTests(MembershipTestCase):
             self.assertGreaterEqual(later - earlier, LAN.news_round_spacing)
         self.assertEqual(len(self.carrying(Suspect("p5", 0, "p0"))), LAN.gossip_nodes)
 
-    def test_joins_keep_to_the_tick(self) -> None:
-        """A join storm is news of no one's fate: it keeps to the gossip interval."""
+    def test_an_arrival_goes_out_at_once(self) -> None:
         member = self.make()
+        self.clock.pump([0.1] * 30)  # our own start's news, sent
+        self.assertEqual(member.queued(), 0)
+        self.just_after_a_tick(member)
+        member.receive(endpoint(6), [alive("f", 0, endpoint(6), "node")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.carrying(alive("f", 0, endpoint(6), "node"))), LAN.gossip_nodes)
+
+    def test_arrivals_among_other_news_keep_to_the_tick(self) -> None:
+        """In a join storm, the ticks' datagrams are full: rounds of news would add
+        datagrams, not speed."""
+        member = self.make()
+        self.clock.pump([0.1] * 30)
+        member.broadcast_digest("a", 1)
         self.just_after_a_tick(member)
         member.receive(endpoint(6), [alive("f", 0, endpoint(6), "node")])
         self.clock.advance(LAN.gossip_interval / 2)
         self.assertEqual(self.carrying(alive("f", 0, endpoint(6), "node")), [])
+
+    def test_arrivals_can_keep_to_the_tick(self) -> None:
+        member = self.make(profile=attrs.evolve(LAN, join_news=False))
+        self.just_after_a_tick(member)
+        member.receive(endpoint(6), [alive("f", 0, endpoint(6), "node")])
+        self.clock.advance(LAN.gossip_interval / 2)
+        self.assertEqual(self.carrying(alive("f", 0, endpoint(6), "node")), [])
+
+    def test_a_joiner_catching_up_is_no_news(self) -> None:
+        """The members a joiner learns from its anchor are old news to everyone else."""
+        member = self.make(peers=())
+        self.just_after_a_tick(member)
+        member.merge_state([state(name, index) for index, name in enumerate(PEERS, start=2)])
+        self.clock.advance(LAN.gossip_interval / 2)
+        self.assertEqual(self.network.sent, [])
+        self.assertEqual(member.size, len(PEERS) + 1)
 
     def test_can_be_turned_off(self) -> None:
         member = self.make(profile=attrs.evolve(LAN, news_rounds=False))

@@ -343,12 +343,14 @@ class Simulation:
         latency: float = 0.005,
         jitter: float = 0.0,
         converged: bool = True,
+        absent: int = 0,
         quiet: bool = True,
         push_pull: bool = True,
         clock: HeapClock | Clock | None = None,
     ) -> None:
         """``clock`` is a fresh :class:`HeapClock` unless given (tests of a few members
-        may prefer ``task.Clock``)."""
+        may prefer ``task.Clock``).  The last ``absent`` members are not running and
+        unknown to the others until they :meth:`arrive`."""
         self.clock = HeapClock() if clock is None else clock
         self.push_pull = push_pull
         self.rng = random.Random(seed)
@@ -380,12 +382,13 @@ class Simulation:
                         0.0,
                         self.notaries[name].prove(0, self.endpoints[name], "node"),
                     )
-                    for name in self.names
+                    for name in self.names[: size - absent]
                 ]
             )
             if converged
             else None
         )
+        self._absent = set(self.names[size - absent :])
         self.members: dict[str, Membership] = {}
         self.records: dict[str, SimulatedRecords] = {}
         #: Names of the members not killed.
@@ -409,7 +412,7 @@ class Simulation:
                 profile,
                 self.rng,
                 notary=self.notaries[name],
-                snapshot=snapshot,
+                snapshot=None if name in self._absent else snapshot,
             )
             if quiet:
                 membership.log = QUIET
@@ -419,7 +422,8 @@ class Simulation:
             self.members[name] = membership
             self.records[name] = records
             self.network.attach(endpoint, membership)
-            self.running.add(name)
+            if name not in self._absent:
+                self.running.add(name)
 
     def _observer(self, observer: str) -> Callable[[MemberState | None, MemberState], None]:
         def changed(old: MemberState | None, new: MemberState) -> None:
@@ -438,7 +442,9 @@ class Simulation:
     def start(self, names: Iterable[str] | None = None) -> None:
         """Start members; with ``push_pull``, each also exchanges full state periodically
         (as the gossip service does over TCP), starting at a random phase."""
-        for name in self.names if names is None else names:
+        if names is None:
+            names = [name for name in self.names if name not in self._absent]
+        for name in names:
             member = self.members[name]
             member.start()
             if self.push_pull and member.size > 1:
@@ -457,6 +463,13 @@ class Simulation:
                 return False
             self.clock.advance(step)
         return True
+
+    def arrive(self, name: str, anchor: str) -> None:
+        """An absent member starts and joins through ``anchor``."""
+        self._absent.discard(name)
+        self.running.add(name)
+        self.start([name])
+        self.join(name, anchor)
 
     def join(self, name: str, anchor: str) -> None:
         """What a join through ``anchor`` does: a TCP push/pull of both views, then

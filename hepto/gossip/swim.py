@@ -571,7 +571,13 @@ class Membership:
                 status=new.status,
                 incarnation=new.incarnation,
             )
-        if old is not None and old.status != new.status:
+        if old is None:
+            # A member we did not know: news worth a round of its own when it is all we
+            # have to say (a burst of arrivals, as in a join storm, fills the ticks'
+            # datagrams instead), and never while we catch up on the cluster ourselves.
+            if self.profile.join_news and not self._catching_up and len(self._queue) <= 1:
+                self._gossip.news()
+        elif old.status != new.status:
             self._gossip.news()
         self._observers.notify(old, new)
 
