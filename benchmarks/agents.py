@@ -315,11 +315,6 @@ def tree_cpu_by_program(pid: int) -> dict[str, float]:
     return seconds
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and of all its descendants, living or ended and reaped."""
-    return sum(tree_cpu_by_program(pid).values())
-
-
 def handshaken_peers(socket_path: Path) -> int:
     """How many peers of the wireguard-go behind ``socket_path`` completed a handshake."""
     device = uapi_get(socket_path)
@@ -1008,16 +1003,19 @@ class Bench:
         sent_at = [time.monotonic()]
         sent = [await threads.deferToThread(on_every_host, metered, read_meter)]
         # What the members burn anyway, over a window as long as the settle pause.
-        idle_from, idle_started = {n: tree_cpu(p) for n, p in pids.items()}, time.monotonic()
+        idle_from = {n: tree_cpu_by_program(p) for n, p in pids.items()}
+        idle_started = time.monotonic()
         await self.sleep(IDLE_SAMPLE)
+        idle_to = {n: tree_cpu_by_program(p) for n, p in pids.items()}
+        idle_span = time.monotonic() - idle_started
         idle_rate = {
-            n: (tree_cpu(p) - idle_from[n]) / (time.monotonic() - idle_started)
-            for n, p in pids.items()
+            n: {k: (v - idle_from[n].get(k, 0.0)) / idle_span for k, v in idle_to[n].items()}
+            for n in pids
         }
         sent_at.append(time.monotonic())
         sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
         newest = {other: self.observatory.newest(other) for other in members}
-        before = {n: tree_cpu(p) for n, p in pids.items()}
+        before = {n: tree_cpu_by_program(p) for n, p in pids.items()}
         started, clock = time.time(), time.monotonic()
         member = self.members[name] = self.system.start(host, self.hosts[0], self.directory)
         member.process.ended.addCallback(self._ended, name)
@@ -1075,19 +1073,32 @@ class Bench:
         await defer.gatherResults(waits)
         poller.stop()
         elapsed = time.monotonic() - clock
-        extra = [(tree_cpu(p) - before[n] - idle_rate[n] * elapsed) * 1000 for n, p in pids.items()]
+        # Each member's CPU beyond its idle rate, in ms, by program (the agent, its
+        # wireguard-go, workers that ended).
+        by_program: dict[str, list[float]] = {}
+        extra = []
+        for n, p in pids.items():
+            after = tree_cpu_by_program(p)
+            mine = {
+                k: (v - before[n].get(k, 0.0) - idle_rate[n].get(k, 0.0) * elapsed) * 1000
+                for k, v in after.items()
+            }
+            extra.append(sum(mine.values()))
+            for k, v in mine.items():
+                by_program.setdefault(k, []).append(v)
         figures["window"] = elapsed
         figures["member_cpu_ms"] = {
             "median": median(extra),
             "mean": sum(extra) / len(extra) if extra else None,
             "max": max(extra, default=None),
+            "mean_by_program": {k: sum(v) / len(pids) for k, v in by_program.items()},
         }
         sent_at.append(time.monotonic())
         sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
-        idle_span, join_span = sent_at[1] - sent_at[0], sent_at[2] - sent_at[1]
+        meter_span, join_span = sent_at[1] - sent_at[0], sent_at[2] - sent_at[1]
         datagrams = [
             (during["udp_out_packets"] - before_join["udp_out_packets"])
-            - (before_join["udp_out_packets"] - idle["udp_out_packets"]) / idle_span * join_span
+            - (before_join["udp_out_packets"] - idle["udp_out_packets"]) / meter_span * join_span
             for idle, before_join, during in zip(*sent, strict=True)
         ]
         figures["member_datagrams"] = {

@@ -18,13 +18,21 @@ For each size, on :mod:`hepto.gossip.simulation` (simulated time, one process):
   ``benchmarks/agents.py`` does: the medians of each stage of their detection, the wait
   for the first probe of each victim and the time until all declared it dead (median,
   p90, max), and the datagrams and bytes each member sent per second meanwhile;
-* with ``--lossy-minutes``, false deaths during that long a run at ``--loss``.
+* with ``--lossy-minutes``, false deaths during that long a run at ``--loss``;
+* with ``--records K``, K records published one after the other without push/pull: the
+  members gossip alone left without one, digests and datagrams sent per member;
+* with ``--joins K``, K members joining a converged cluster one at a time: until all
+  see each alive, and the datagrams each member sent for it;
+* with ``--storm S``, every member joining within S seconds: until all see all alive,
+  and the datagrams each member sent.
 
 ``--news-rounds both`` runs every size twice, with news of members' fate gossiped in
 rounds of its own as it arrives (hepto's default) and at the gossip ticks only (as
 memberlist does), side by side; ``--schedule both`` runs every size with the probe
 schedule every member follows (hepto's default) and with each member's own randomized
-round robin (*rr*, memberlist's way).
+round robin (*rr*, memberlist's way); ``--digest-feedback both`` with digests heard
+counted as sent and not (*dg*); ``--join-news both`` with arrivals gossiped in rounds of
+news and at the ticks (*jt*).
 
 Figures are printed, not asserted: they depend on the seed, and the point is to see
 them move when the protocol changes.

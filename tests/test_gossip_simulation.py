@@ -3,7 +3,7 @@ loss and partitions, at up to 1,000 members."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hepto.gossip.messages import Ping, Suspect
+from hepto.gossip.messages import Digest, Message, Ping, Suspect
 from hepto.gossip.profile import LAN
 from hepto.gossip.simulation import HeapClock, Simulation, percentile
 from hepto.state import ALIVE, DEAD
@@ -214,6 +214,42 @@ class ScenarioTests(SynchronousTestCase):
             simulation, lambda: len(simulation.record_arrivals["m00000", 1]) == 300, limit=10
         )
         self.assertLess(took, 3)
+
+    def test_an_arrival_spreads_in_rounds_of_news(self) -> None:
+        """A join into a quiet cluster travels a network transit per hop, not a gossip
+        interval, for the same datagrams; a digest heard counted as sent spares most of
+        its second share."""
+        figures = {}
+        for fast in (True, False):
+            profile = attrs.evolve(LAN, join_news=fast, digest_feedback=fast)
+            simulation = Simulation(101, profile, seed=19, latency=0.005, jitter=0.01, absent=1)
+            simulation.start()
+            simulation.run(5)
+            digests: list[Message] = []
+
+            def tap(
+                source: object,
+                to: object,
+                messages: Sequence[Message],
+                sent: list[Message] = digests,
+            ) -> None:
+                sent.extend(message for message in messages if type(message) is Digest)
+
+            def seen(simulation: Simulation = simulation) -> bool:
+                return simulation.statuses("m00100")["alive"] == 100
+
+            simulation.network.tap = tap
+            simulation.arrive("m00100", "m00000")
+            simulation.publish("m00100", 1)
+            begun = simulation.clock.seconds()
+            self.assertTrue(simulation.run_until(seen, 10, step=0.01))
+            took = simulation.clock.seconds() - begun
+            simulation.run(10)
+            self.assertEqual(len(simulation.record_arrivals["m00100", 1]), 101)
+            figures[fast] = took, len(digests)
+        (fast_took, fast_digests), (slow_took, slow_digests) = figures[True], figures[False]
+        self.assertLess(fast_took, slow_took / 2)
+        self.assertLess(fast_digests, slow_digests * 0.75)
 
     def test_deterministic(self) -> None:
         def run() -> tuple[int, int, list[int]]:

@@ -40,8 +40,9 @@ class Profile:
     #: round of its own as soon as it arrives, rather than at the next tick: every hop
     #: then costs a network transit instead of half a gossip interval more.
     news_rounds: bool = True
-    #: Whether a member's arrival (its first Alive heard) is such news too; else a join
-    #: spreads at the ticks, as memberlist's do (kept for side-by-side figures).
+    #: Whether a member's arrival (its first Alive heard) is such news too, when nothing
+    #: else is queued; else a join spreads at the ticks, as memberlist's do (kept for
+    #: side-by-side figures).
     join_news: bool = True
     #: Whether members follow one probe schedule (:mod:`hepto.gossip.schedule`): each
     #: probes at the start of every round of the shared clock, its target chosen so that
