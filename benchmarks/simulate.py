@@ -41,6 +41,7 @@ them move when the protocol changes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import sys
 import time
@@ -55,6 +56,34 @@ from hepto.gossip.messages import Digest, Message
 from hepto.gossip.profile import PROFILES, Profile
 from hepto.gossip.simulation import Simulation, percentile
 
+#: The profile's switches, each an option run on, off or both ways: the option, the
+#: field of :class:`~hepto.gossip.profile.Profile`, a row's label when off, its meaning.
+SWITCHES = (
+    (
+        "--news-rounds",
+        "news_rounds",
+        "ticks",
+        "gossip news of members' fate at once (on), at the ticks only (off)",
+    ),
+    (
+        "--schedule",
+        "scheduled_probes",
+        "rr",
+        "probe on the schedule every member follows (on), on each member's own round robin (off)",
+    ),
+    (
+        "--digest-feedback",
+        "digest_feedback",
+        "dg",
+        "count each digest heard as one sent (on), send every digest its full share (off)",
+    ),
+    (
+        "--join-news",
+        "join_news",
+        "jt",
+        "spread a member's arrival in rounds of news (on), at the ticks (off)",
+    ),
+)
 #: Seconds after a join began over which its datagrams are counted.
 JOIN_WINDOW = 5.0
 #: Seconds after a join storm over which its datagrams are counted.
@@ -333,26 +362,6 @@ def main() -> None:
         "--kills", type=int, default=0, help="also kill this many, one after the other"
     )
     parser.add_argument(
-        "--news-rounds",
-        choices=["on", "off", "both"],
-        default="on",
-        help="gossip news of members' fate at once (on), at the ticks only (off), or both",
-    )
-    parser.add_argument(
-        "--schedule",
-        choices=["on", "off", "both"],
-        default="on",
-        help="probe on the schedule every member follows (on), on each member's own "
-        "round robin (off), or both",
-    )
-    parser.add_argument(
-        "--digest-feedback",
-        choices=["on", "off", "both"],
-        default="on",
-        help="count each digest heard as one sent (on), send every digest its full "
-        "share (off), or both",
-    )
-    parser.add_argument(
         "--records",
         type=int,
         default=0,
@@ -368,34 +377,20 @@ def main() -> None:
         default=0.0,
         help="also start every member knowing none, all joining within this many seconds",
     )
-    parser.add_argument(
-        "--join-news",
-        choices=["on", "off", "both"],
-        default="on",
-        help="spread a member's arrival in rounds of news (on), at the ticks (off), or both",
-    )
+    for option, _, _, meaning in SWITCHES:
+        parser.add_argument(
+            option, choices=["on", "off", "both"], default="on", help=f"{meaning}, or both"
+        )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
-    variants = [
-        (
-            ("" if news else " ticks")
-            + ("" if scheduled else " rr")
-            + ("" if feedback else " dg")
-            + ("" if arrivals else " jt"),
-            attrs.evolve(
-                profile,
-                news_rounds=news,
-                scheduled_probes=scheduled,
-                digest_feedback=feedback,
-                join_news=arrivals,
-            ),
-        )
-        for news in switches[arguments.news_rounds]
-        for scheduled in switches[arguments.schedule]
-        for feedback in switches[arguments.digest_feedback]
-        for arrivals in switches[arguments.join_news]
-    ]
+    chosen = [switches[getattr(arguments, option[2:].replace("-", "_"))] for option, *_ in SWITCHES]
+    variants = []
+    for values in itertools.product(*chosen):
+        switched = list(zip(values, SWITCHES, strict=True))
+        label = "".join("" if on else f" {off}" for on, (_, _, off, _) in switched)
+        fields = {field: on for on, (_, field, _, _) in switched}
+        variants.append((label, attrs.evolve(profile, **fields)))
 
     print(
         f"profile {arguments.profile}, seed {arguments.seed}, loss {arguments.loss:.0%}, "
