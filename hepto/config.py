@@ -6,6 +6,7 @@ the ``hepto`` commands report a mistake in one sentence and never with a traceba
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -191,7 +192,14 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}"
+        return _endpoint_text(self)
+
+
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
+def _endpoint_text(endpoint: Endpoint) -> str:
+    # Remembered like the transport's socket addresses: formatting an IPv6 address costs
+    # 7 µs, and the gossip state file and the status write every member's each time.
+    return f"[{endpoint.host}]:{endpoint.port}"
 
 
 def parse_endpoint(option: str, text: str, default_port: int) -> Endpoint:
