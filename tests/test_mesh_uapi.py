@@ -8,7 +8,10 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import defer, error
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import netlab
@@ -18,9 +21,9 @@ from hepto.mesh.backend import AddPeer, PeerSpec, RemovePeer, UpdatePeer
 from hepto.mesh.keys import KeyPair, base64_to_hex
 from hepto.mesh.uapi import (
     UAPIClient,
+    UAPIConnection,
     UAPIError,
     UAPIProtocolError,
-    UAPITransaction,
     parse_get,
     set_request,
 )
@@ -134,41 +137,155 @@ class FormatTests(SynchronousTestCase):
                 self.assertRaises(UAPIProtocolError, parse_get, reply)
 
 
-class TransactionTests(SynchronousTestCase):
-    def test_request_reply_hangup(self) -> None:
-        transaction = UAPITransaction(b"get=1\n\n")
-        transport = StringTransport()
-        transaction.makeConnection(transport)
+def connected() -> tuple[UAPIConnection, StringTransport]:
+    connection, transport = UAPIConnection(), StringTransport()
+    connection.makeConnection(transport)
+    return connection, transport
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_transactions_one_after_another(self) -> None:
+        connection, transport = connected()
+        reply = connection.transact(b"get=1\n\n")
         self.assertEqual(transport.value(), b"get=1\n\n")
-        transaction.dataReceived(b"listen_port=1\ner")
-        self.assertNoResult(transaction.reply)
-        transaction.dataReceived(b"rno=0\n\n")
-        self.assertEqual(self.successResultOf(transaction.reply), b"listen_port=1\nerrno=0\n")
-        self.assertTrue(transport.disconnecting)
+        connection.dataReceived(b"listen_port=1\ner")
+        self.assertNoResult(reply)
+        connection.dataReceived(b"rno=0\n\n")
+        self.assertEqual(self.successResultOf(reply), b"listen_port=1\nerrno=0\n")
+        transport.clear()
+        second = connection.transact(b"set=1\nlisten_port=2\n\n")
+        self.assertEqual(transport.value(), b"set=1\nlisten_port=2\n\n")
+        connection.dataReceived(b"errno=0\n\n")
+        self.assertEqual(self.successResultOf(second), b"errno=0\n")
+        self.assertTrue(connection.open)
+        self.assertFalse(transport.disconnecting)
 
     def test_lost_before_the_reply(self) -> None:
-        transaction = UAPITransaction(b"get=1\n\n")
-        transaction.makeConnection(StringTransport())
-        transaction.dataReceived(b"listen_port=1\n")
-        transaction.connectionLost(None)
-        self.failureResultOf(transaction.reply, UAPIProtocolError)
+        connection, _ = connected()
+        reply = connection.transact(b"get=1\n\n")
+        connection.dataReceived(b"listen_port=1\n")
+        connection.connectionLost(None)
+        self.failureResultOf(reply, UAPIProtocolError)
+        self.assertFalse(connection.open)
+        self.successResultOf(connection.close())
 
     def test_endless_reply_is_cut(self) -> None:
-        transaction = UAPITransaction(b"get=1\n\n")
-        transaction.makeConnection(StringTransport())
+        connection, transport = connected()
+        reply = connection.transact(b"get=1\n\n")
         chunk = b"x=1\n" * 65536
-        while not transaction.reply.called:
-            transaction.dataReceived(chunk)
-        self.failureResultOf(transaction.reply, UAPIProtocolError)
+        while not reply.called:
+            connection.dataReceived(chunk)
+        self.failureResultOf(reply, UAPIProtocolError)
+        self.assertTrue(transport.disconnected)
+
+    def test_out_of_step(self) -> None:
+        for unasked, extra in ((b"errno=0\n\n", b""), (b"", b"errno=0\n\nerrno=0\n\n")):
+            with self.subTest(unasked=unasked, extra=extra):
+                connection, transport = connected()
+                if unasked:
+                    connection.dataReceived(unasked)
+                else:
+                    reply = connection.transact(b"get=1\n\n")
+                    connection.dataReceived(extra)
+                    self.failureResultOf(reply, UAPIProtocolError)
+                self.assertTrue(transport.disconnected)
+                self.assertFalse(connection.open)
+
+    def test_cancel_drops_the_connection(self) -> None:
+        connection, transport = connected()
+        reply = connection.transact(b"get=1\n\n")
+        reply.cancel()
+        self.failureResultOf(reply, defer.CancelledError)
+        self.assertTrue(transport.disconnected)
+        connection.connectionLost(None)  # later, from the reactor: nothing fires twice
+        self.successResultOf(connection.close())
+
+
+class ClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = UAPIClient(self.reactor, Path("/run/test.sock"), timeout=5)
+
+    def accept(self, index: int) -> tuple[IProtocol, StringTransport]:
+        """The client's ``index``-th connection attempt, accepted (its protocol wrapped)."""
+        self.assertEqual(len(self.reactor.unixClients), index + 1)
+        path, factory, *_ = self.reactor.unixClients[index]
+        self.assertEqual(path, "/run/test.sock")
+        connection = factory.buildProtocol(None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_one_connection_serves_transactions_in_turn(self) -> None:
+        first = self.client.transact(b"get=1\n\n")
+        second = self.client.transact(b"set=1\nlisten_port=2\n\n")
+        connection, transport = self.accept(0)
+        self.assertEqual(transport.value(), b"get=1\n\n", "the second waits for the first")
+        connection.dataReceived(b"errno=0\n\n")
+        self.assertEqual(self.successResultOf(first), b"errno=0\n")
+        self.assertEqual(transport.value(), b"get=1\n\nset=1\nlisten_port=2\n\n")
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(second)
+        third = self.client.transact(b"get=1\n\n")
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(third)
+        self.assertEqual((len(self.reactor.unixClients), self.client.connections), (1, 1))
+        self.reactor.advance(10)  # no timeout left behind
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_refusal_hangs_up(self) -> None:
+        refused = self.client.transact(b"set=1\nlisten_port=x\n\n")
+        connection, transport = self.accept(0)
+        connection.dataReceived(b"errno=-22\n\n")
+        self.assertEqual(self.successResultOf(refused), b"errno=-22\n")
+        self.assertTrue(transport.disconnecting)
+        after = self.client.transact(b"get=1\n\n")
+        connection, _ = self.accept(1)
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(after)
+
+    def test_a_connection_closed_by_wireguard_go_is_made_again(self) -> None:
+        reply = self.client.transact(b"get=1\n\n")
+        connection, _ = self.accept(0)
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(reply)
+        connection.connectionLost(Failure(ConnectionDone()))  # wireguard-go restarted
+        reply = self.client.transact(b"get=1\n\n")
+        connection, _ = self.accept(1)
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(reply)
 
     def test_timeout(self) -> None:
-        reactor = MemoryReactorClock()
-        client = UAPIClient(reactor, Path("/nonexistent.sock"), timeout=5)
-        reply = client.transact(b"get=1\n\n")
-        (connection,) = reactor.unixClients
-        self.assertEqual(connection[0], "/nonexistent.sock")
-        reactor.advance(5)
+        reply = self.client.transact(b"get=1\n\n")
+        self.reactor.advance(5)
         self.failureResultOf(reply, defer.TimeoutError)
+
+    def test_timeout_waiting_for_the_reply(self) -> None:
+        stuck = self.client.transact(b"get=1\n\n")
+        waiting = self.client.transact(b"get=1\n\n")
+        connection, transport = self.accept(0)
+        self.reactor.advance(5)
+        self.failureResultOf(stuck, defer.TimeoutError)
+        self.failureResultOf(waiting, defer.TimeoutError)
+        self.assertTrue(transport.disconnected, "out of step: never reused")
+        connection.connectionLost(Failure(ConnectionDone()))
+        later = self.client.transact(b"get=1\n\n")
+        # (The waiting one began a connection of its own in the instant before its end.)
+        connection, _ = self.accept(2)
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(later)
+
+    def test_close(self) -> None:
+        self.successResultOf(self.client.close())
+        reply = self.client.transact(b"get=1\n\n")
+        connection, transport = self.accept(0)
+        connection.dataReceived(b"errno=0\n\n")
+        self.successResultOf(reply)
+        closed = self.client.close()
+        self.assertNoResult(closed)
+        self.assertTrue(transport.disconnecting)
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closed)
 
 
 def missing_wireguard_go() -> str | None:
@@ -221,8 +338,14 @@ class RealWireGuardGoTests(TestCase):
         )
         device = await client.get()
         self.assertEqual(set(device.peers), {first.public_key})
+        made = client.connections
+        self.assertEqual(made, 1, "the first get's connection, kept")
         with self.assertRaises(UAPIError):
-            await client.set(b"set=1\nlisten_port=notaport\n\n")
+            await client.set(b"set=1\nlisten_port=notaport\npublic_key=" + b"0" * 64 + b"\n\n")
+        # A refusal hangs up; the next transaction is answered on a connection of its own.
+        device = await client.get()
+        self.assertEqual(set(device.peers), {first.public_key})
+        self.assertEqual(client.connections, made + 1)
 
     def test_round_trip(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._round_trip())

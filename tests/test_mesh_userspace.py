@@ -89,6 +89,7 @@ class SupervisionTests(TestCase):
         self.assertTrue(backend.running)
         device = await backend.read()
         self.assertEqual(device.peers, {}, "a new, empty device")
+        self.assertEqual(backend.client.connections, 2, "one per process, kept")
 
     def test_restart_after_a_crash(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._restart_after_a_crash())

@@ -3,8 +3,8 @@
 The protocol is text: a request is ``get=1`` or ``set=1`` followed by ``key=value``
 lines and a blank line; the reply is ``key=value`` lines ending with ``errno=N`` and a
 blank line.  Keys are hexadecimal here, base64 everywhere else.  Formatting and parsing
-are plain functions; :class:`UAPIClient` opens one connection per transaction, which
-costs less than keeping one alive across wireguard-go restarts.
+are plain functions; :class:`UAPIClient` sends its transactions one after another over
+one connection, which it makes again when wireguard-go closed it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, TimeoutError, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime, IReactorUNIX
@@ -32,6 +32,7 @@ from hepto.mesh.backend import (
     RemovePeer,
 )
 from hepto.mesh.keys import InvalidKey, base64_to_hex, hex_to_base64
+from hepto.once import Once
 
 #: A reply larger than this is not wireguard-go talking (1,000 peers take ~400 KB).
 MAX_REPLY: Final = 16 * 1024 * 1024
@@ -219,56 +220,86 @@ def _key(key: str, value: str) -> str:
         raise UAPIProtocolError(f"{key} is {error}") from None
 
 
-class UAPITransaction(Protocol):
-    """Send one request, collect the reply up to its blank line, hang up."""
+class UAPIConnection(Protocol):
+    """One connection to wireguard-go, carrying one transaction at a time.
 
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.reply: Deferred[bytes] = Deferred(lambda _: self._abort())
+    wireguard-go serves operation after operation on a connection, each reply ending
+    with a blank line, so a request waits for the previous reply: it reads a request
+    through a scanner that may take bytes beyond it, and a second request sent behind
+    the first could be lost in that scanner's buffer.
+    """
+
+    def __init__(self) -> None:
+        self._reply: Deferred[bytes] | None = None
         self._buffer = bytearray()
+        self._dropped = False
+        self._lost: Once[None] = Once()
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.request)
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self._dropped and not self._lost.done
+
+    def transact(self, request: bytes) -> Deferred[bytes]:
+        """The raw reply to ``request``; cancelling it drops the connection."""
+        assert self.transport is not None and self._reply is None
+        reply = self._reply = Deferred(self._cancelled)
+        self.transport.write(request)
+        return reply
+
+    def _cancelled(self, reply: Deferred[bytes]) -> None:
+        if reply is self._reply:
+            self._reply = None
+        self.abort()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.reply.called:
+        if self._reply is None:
+            # Nothing was asked: not wireguard-go talking, or out of step with it.
+            self.abort()
             return
         self._buffer += data
         # Replies hold no blank line but the final one.
         end = self._buffer.find(b"\n\n")
         if end != -1:
-            self._finish(bytes(self._buffer[: end + 1]))
+            if end + 2 != len(self._buffer):
+                self._fail(UAPIProtocolError("bytes after the reply"))
+                return
+            reply, self._reply = self._reply, None
+            answer = bytes(self._buffer[: end + 1])
+            self._buffer.clear()
+            reply.callback(answer)
         elif len(self._buffer) > MAX_REPLY:
-            self._finish(Failure(UAPIProtocolError(f"reply longer than {MAX_REPLY} bytes")))
+            self._fail(UAPIProtocolError(f"reply longer than {MAX_REPLY} bytes"))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.reply.called:
+        reply, self._reply = self._reply, None
+        if reply is not None:
             why = "" if reason is None else f": {reason.getErrorMessage()}"
-            self.reply.errback(UAPIProtocolError(f"connection lost before the reply{why}"))
+            reply.errback(UAPIProtocolError(f"connection lost before the reply{why}"))
+        self._lost.fire(None)
 
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+    def abort(self) -> None:
+        if self.open:
+            self._dropped = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _finish(self, result: bytes | Failure) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
-        if isinstance(result, Failure):
-            self.reply.errback(result)
-        else:
-            self.reply.callback(result)
+    def close(self) -> Deferred[None]:
+        """Hang up; fires once the connection is gone."""
+        if self.open:
+            self._dropped = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        return self._lost.when()
+
+    def _fail(self, error: Exception) -> None:
+        reply, self._reply = self._reply, None
+        self.abort()
+        if reply is not None:
+            reply.errback(error)
 
 
-class _OneTransaction(Factory):
-    # Quiet: the default factory logs two lines for every transaction.
+class _Connections(Factory):
+    # Quiet: the default factory logs two lines for every connection.
     noisy = False
-
-    def __init__(self, transaction: UAPITransaction) -> None:
-        self.transaction = transaction
-
-    def buildProtocol(self, addr: object) -> UAPITransaction:
-        return self.transaction
+    protocol = UAPIConnection
 
 
 def _timed_out(result: object, timeout: float) -> object:
@@ -280,7 +311,13 @@ def _timed_out(result: object, timeout: float) -> object:
 
 
 class UAPIClient:
-    """Transactions with the wireguard-go listening on ``path``."""
+    """Transactions with the wireguard-go listening on ``path``, one at a time.
+
+    They share one connection, made by the first and kept: a connection made and closed
+    per transaction was a tenth of a member's CPU for a join, on both sides.  A
+    connection that wireguard-go closed (it restarted, or refused a request) is replaced
+    by the next transaction; one that failed a transaction is dropped.
+    """
 
     def __init__(
         self, reactor: IReactorUNIX | IReactorTime, path: Path, timeout: float = DEFAULT_TIMEOUT
@@ -288,23 +325,50 @@ class UAPIClient:
         self.reactor = reactor
         self.path = path
         self.timeout = timeout
+        #: Connections made (not attempted), for tests and the curious.
+        self.connections = 0
+        self._connection: UAPIConnection | None = None
+        self._turns = DeferredLock()
 
     def transact(self, request: bytes) -> Deferred[bytes]:
-        """The raw reply to ``request``; fails on timeout or a lost connection."""
-        transaction = UAPITransaction(request)
+        """The raw reply to ``request``; fails on timeout or a lost connection.
 
-        def connect(path: str) -> Deferred[object]:
-            endpoint = UNIXClientEndpoint(self.reactor, path, timeout=int(self.timeout))
-            return endpoint.connect(_OneTransaction(transaction))
-
-        connecting = unixpath.connecting(self.path, connect)
-
-        def connected(_: object) -> Deferred[bytes]:
-            return transaction.reply
-
-        reply = connecting.addCallback(connected)
+        The timeout counts from the call, the wait for earlier transactions included.
+        """
+        reply = self._turns.run(lambda: Deferred.fromCoroutine(self._transact(request)))
         reply.addTimeout(self.timeout, IReactorTime(self.reactor), onTimeoutCancel=_timed_out)
         return reply
+
+    async def _transact(self, request: bytes) -> bytes:
+        connection = self._connection
+        if connection is None or not connection.open:
+            self._connection = None
+            connection = self._connection = await self._connect()
+            self.connections += 1
+        try:
+            reply = await connection.transact(request)
+        except BaseException:
+            # Out of step with wireguard-go (a timeout, a reply cut short): start afresh.
+            connection.abort()
+            raise
+        if not reply.endswith(b"errno=0\n"):
+            # A refused set may leave the rest of its request unread: never reuse that.
+            connection.close()
+        return reply
+
+    def _connect(self) -> Deferred[UAPIConnection]:
+        def connect(path: str) -> Deferred[UAPIConnection]:
+            endpoint = UNIXClientEndpoint(self.reactor, path, timeout=int(self.timeout))
+            return endpoint.connect(_Connections())
+
+        return unixpath.connecting(self.path, connect)
+
+    def close(self) -> Deferred[None]:
+        """Hang up the connection kept, if any; fires once it is gone."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return succeed(None)
+        return connection.close()
 
     async def get(self) -> DeviceStatus:
         return parse_get(await self.transact(GET_REQUEST))

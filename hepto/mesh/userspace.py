@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from twisted.internet import defer, error, task
+from twisted.internet import error, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -188,6 +188,8 @@ class UserspaceBackend:
         # A wireguard-go killed by SIGKILL leaves its socket; the new one's creation must
         # be what we see.  The directory is ours alone.
         self.socket.unlink(missing_ok=True)
+        # A new process, a new connection (the last one's end may not have been read yet).
+        self.client.close()
         protocol = WireGuardGoProtocol(self.interface)
         self._protocol = protocol
         self._ready = False
@@ -323,17 +325,19 @@ class UserspaceBackend:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        closing = self.client.close()
         protocol = self._protocol
         if self.process is None or protocol is None:
-            return defer.succeed(None)
+            return closing
         done: Deferred[Any] = Deferred()
         protocol.ended.addBoth(done.callback)
         self._signal("TERM")
         killer = IReactorTime(self.reactor).callLater(STOP_TIMEOUT, self._signal, "KILL")
 
-        def ended(_: object) -> None:
+        def ended(_: object) -> Deferred[None]:
             if killer.active():
                 killer.cancel()
             self.log.info("wireguard-go for {interface} stopped", interface=self.interface)
+            return closing
 
         return done.addCallback(ended)
