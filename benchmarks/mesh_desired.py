@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import statistics
 import timeit
-from collections.abc import Mapping
+from collections.abc import Iterator
+
+import attrs
 
 from hepto import plan
 from hepto.mesh.keys import KeyPair
-from hepto.mesh.reconcile import desired_mesh
+from hepto.mesh.reconcile import Candidates, desired_mesh
 from hepto.state import ALIVE, Member, Record
 
 CLUSTER = "bench"
 
 
-def cluster(size: int) -> tuple[str, Mapping[str, Member]]:
+def cluster(size: int) -> tuple[str, dict[str, Member]]:
     pods = plan.pod_prefix(CLUSTER).subnets(new_prefix=64)
     members = {}
     own_key = ""
@@ -43,21 +46,48 @@ def cluster(size: int) -> tuple[str, Mapping[str, Member]]:
     return own_key, members
 
 
+def one_record_new(
+    own_key: str,
+    members: dict[str, Member],
+    newcomer: str,
+    versions: Iterator[int],
+    candidates: Candidates,
+) -> None:
+    """A pass as at a join: one member's record is a new object, every other one is not."""
+    member = members[newcomer]
+    assert member.record is not None
+    record = attrs.evolve(member.record, version=next(versions))
+    members[newcomer] = attrs.evolve(member, record=record)
+    desired_mesh(CLUSTER, "n0", False, own_key, members, candidates=candidates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--runs", type=int, default=7, help="medians over this many runs")
     args = parser.parse_args()
-    print("members  desired_mesh, median (ms)")
+    print("members  desired_mesh, median (ms): from scratch, candidates kept (one record new)")
     for size in args.sizes:
         own_key, members = cluster(size)
         number = max(1, 2000 // size)
-        runs = timeit.repeat(
+        scratch = timeit.repeat(
             functools.partial(desired_mesh, CLUSTER, "n0", False, own_key, members),
             number=number,
             repeat=args.runs,
         )
-        print(f"{size:7d}  {1000 * statistics.median(runs) / number:8.2f}")
+        candidates: Candidates = {}
+        desired_mesh(CLUSTER, "n0", False, own_key, members, candidates=candidates)
+        kept = timeit.repeat(
+            functools.partial(
+                one_record_new, own_key, members, f"n{size - 1}", itertools.count(2), candidates
+            ),
+            number=number,
+            repeat=args.runs,
+        )
+        print(
+            f"{size:7d}  {1000 * statistics.median(scratch) / number:8.2f}"
+            f"  {1000 * statistics.median(kept) / number:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from hepto.mesh.keys import KeyPair
 from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
     MINIMUM_MTU,
+    Candidates,
     Desired,
     Problem,
     _Claims,
@@ -226,6 +227,71 @@ class DesiredMeshTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(desired(thief).peers, {})
+
+
+_A_WIREGUARD = {"public_key": KEYS["a"].public_key, "endpoint": str(endpoint(1))}
+_A_WIREGUARD = {"public_key": KEYS["a"].public_key, "endpoint": str(endpoint(1))}
+#: What a member's entry can become at a step: gone, or one record among several.
+_VARIANTS: list[Member | None] = [None]
+for _index, _name in enumerate(("a", "b", "c")):
+    _VARIANTS += [
+        member(_name, _index + 1),
+        member(_name, _index + 1, pod_prefix=str(pods(_index))),
+        member(_name, _index + 1, pod_prefix=str(pods(7))),  # two may claim it
+        member(_name, _index + 1, role="master"),
+        member(_name, _index + 1, DEAD, pod_prefix=str(pods(_index))),
+        member(_name, _index + 1, pod_prefix="::/0"),
+        Member(_name, ALIVE, Record(_name, 2, {"wireguard": {"public_key": "nope"}})),
+        # The same key as "a": a duplicate unless it is a's own.
+        Member(_name, ALIVE, Record(_name, 3, {"wireguard": _A_WIREGUARD})),
+    ]
+
+
+class CandidatesKeptTests(SynchronousTestCase):
+    """desired_mesh with what earlier passes took of each record, against one without."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(_VARIANTS),
+                st.sampled_from([None, frozenset({"a"}), frozenset({"a", "b", "c"})]),
+                st.frozensets(st.sampled_from(["a", "b", "c"])),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    def test_same_answer_as_from_scratch(
+        self, steps: list[tuple[Member | None, frozenset[str] | None, frozenset[str]]]
+    ) -> None:
+        everyone = {"me": member("me", 9, pod_prefix=str(pods(8)))}
+        candidates: Candidates = {}
+        for variant, masters, unprompted in steps:
+            if variant is not None:
+                everyone[variant.name] = variant
+            elif len(everyone) > 1:
+                everyone.pop(sorted(everyone)[-1] if sorted(everyone)[-1] != "me" else "a", None)
+            arguments = (CLUSTER, "me", False, KEYS["me"].public_key, everyone)
+            kept = desired_mesh(*arguments, 25, masters, unprompted, candidates)
+            self.assertEqual(kept, desired_mesh(*arguments, 25, masters, unprompted))
+            self.assertLessEqual(set(candidates), set(everyone))
+
+    def test_an_unchanged_peer_is_the_same_object(self) -> None:
+        # The pass compares its result with the last one's: identical peers compare at once.
+        everyone = {m.name: m for m in (member("me", 9), member("a", 1), member("b", 2))}
+        candidates: Candidates = {}
+        arguments = (CLUSTER, "me", False, KEYS["me"].public_key, everyone)
+        first = desired_mesh(*arguments, candidates=candidates)
+        everyone["b"] = member("b", 2, pod_prefix=str(pods(2)))
+        second = desired_mesh(*arguments, candidates=candidates)
+        a, b = KEYS["a"].public_key, KEYS["b"].public_key
+        self.assertIs(second.peers[a], first.peers[a])
+        self.assertIsNot(second.peers[b], first.peers[b])
+        self.assertEqual(second.peers[b].allowed_ips, {mesh_host("b"), pods(2)})
+        third = desired_mesh(*arguments, unprompted={"a"}, candidates=candidates)
+        self.assertEqual(third.peers[a].keepalive, 0)
+        self.assertIs(third.peers[b], second.peers[b])
 
 
 def status(spec: PeerSpec, endpoint_text: str | None = None, **changes: object) -> PeerStatus:

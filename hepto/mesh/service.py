@@ -48,6 +48,7 @@ from hepto.mesh.links import LinkMissing, Links
 from hepto.mesh.passes import PassScheduler
 from hepto.mesh.reconcile import (
     DEFAULT_KEEPALIVE,
+    Candidates,
     Desired,
     Problem,
     after_changes,
@@ -202,6 +203,8 @@ class MeshService(Service):
         self._device: DeviceStatus | None = None
         self._device_at: float | None = None
         self._applied: Desired | None = None
+        #: What the passes took of each record, kept from pass to pass (desired_mesh).
+        self._candidates: Candidates = {}
         #: The link's addresses, routes and MTU as the last pass made them (None: unknown).
         self._synced: tuple[object, ...] | None = None
         self._starting: Deferred[None] | None = None
@@ -455,6 +458,7 @@ class MeshService(Service):
             settings.keepalive,
             None if self._masters is None else self._masters.masters,
             unprompted,
+            self._candidates,
         )
 
     async def _pass(self, force: bool) -> None:
