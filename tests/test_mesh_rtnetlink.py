@@ -295,6 +295,20 @@ class NamespaceTests(SynchronousTestCase):
         self.assertNotIn(str(ME), self.ip("-6", "addr", "show", "dev", "hepto0"))
         self.assertIn("fe80::/64 proto kernel", self.ip("-6", "route", "show", "dev", "hepto0"))
 
+    def test_change_routes_alone(self) -> None:
+        self.rt.add_link("hepto0", "bridge")
+        links = Links(self.rt, "hepto0")
+        links.sync(frozenset({ME}), frozenset({MESH}), 1320)
+        self.assertEqual(links.change_routes(frozenset({PODS}), frozenset()), [f"route +{PODS}"])
+        self.assertIn(f"{PODS} proto static", self.ip("-6", "route", "show", "dev", "hepto0"))
+        # Already there, already gone: what was wanted, and said as nothing done.
+        self.ip("-6", "route", "del", str(MESH), "dev", "hepto0")
+        self.assertEqual(links.change_routes(frozenset({PODS}), frozenset({MESH})), [])
+        self.assertEqual(links.change_routes(frozenset(), frozenset({PODS})), [f"route -{PODS}"])
+        routes = self.ip("-6", "route", "show", "dev", "hepto0")
+        self.assertNotIn(str(PODS), routes)
+        self.assertIn(f"inet6 {ME}/128", self.ip("-6", "addr", "show", "dev", "hepto0"))
+
     def test_errors_name_the_request(self) -> None:
         self.rt.add_link("hepto0", "bridge")
         error = self.assertRaises(NetlinkError, self.rt.add_link, "hepto0", "bridge")

@@ -368,22 +368,34 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(peers["b"]["endpoint"], "[2001:db8:1::2]:51820")
         self.assertEqual(peers["b"]["allowed_ips"], [f"{plan.mesh_address(CLUSTER, 'b')}/128"])
 
-    def test_a_new_route_or_the_resync_looks_at_the_link(self) -> None:
+    def test_a_new_route_is_added_alone_and_the_resync_looks_at_the_link(self) -> None:
         h = self.h
         a = h.join("a", 1, wireguard=wireguard(1))
+        mesh_route = (1, str(plan.mesh_prefix(CLUSTER).network_address), 64, 4)
+        self.assertIn(mesh_route, h.ipr.routes)
         # Someone deletes the mesh's routes: a pass for a new peer does not notice...
         h.ipr.routes.clear()
         h.join("b", 2, wireguard=wireguard(2))
         self.assertEqual(h.ipr.routes, [])
-        # ...one that routes a new prefix does, and so does the resync.
+        # ...nor does one that routes a new prefix: it adds that route, without a dump.
         pods = next(plan.pod_prefix(CLUSTER).subnets(new_prefix=64))
+        dumps, requests = h.ipr.dumps, len(h.ipr.requests)
         a.publish("pod_prefix", str(pods))
         h.clock.advance(0)
-        self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
-        self.assertIn((1, str(plan.mesh_prefix(CLUSTER).network_address), 64, 4), h.ipr.routes)
-        h.ipr.routes.clear()
+        self.assertEqual(h.ipr.routes, [(1, str(pods.network_address), 64, 4)])
+        self.assertEqual(h.ipr.dumps, dumps)
+        self.assertEqual([name for name, _ in h.ipr.requests[requests:]], ["add_route"])
+        # The resync looks at the whole link and repairs it.
         h.clock.advance(RESYNC_INTERVAL)
+        self.assertIn(mesh_route, h.ipr.routes)
         self.assertIn((1, str(pods.network_address), 64, 4), h.ipr.routes)
+        # A prefix that goes is removed alone; one already gone is no failure.
+        h.ipr.routes.remove((1, str(pods.network_address), 64, 4))
+        a.publish("pod_prefix", None)
+        h.clock.advance(0)
+        self.assertEqual(h.service.pass_failures, 0)
+        self.assertEqual(h.ipr.requests[-1][0], "delete_route")
+        self.assertIn(mesh_route, h.ipr.routes)
 
     def test_a_pass_of_many_changes_logs_one_line(self) -> None:
         h = self.h

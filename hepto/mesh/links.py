@@ -9,6 +9,7 @@ reactor thread on purpose: a thread would cost more than it saves.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from socket import AF_INET6
 from typing import Final
@@ -16,7 +17,7 @@ from typing import Final
 import attrs
 
 from hepto.mesh.reconcile import plan_set
-from hepto.mesh.rtnetlink import MAIN_TABLE, RTPROT_KERNEL, Netlink
+from hepto.mesh.rtnetlink import MAIN_TABLE, RTPROT_KERNEL, Netlink, NetlinkError
 
 IFA_F_NODAD: Final = 0x02
 
@@ -91,6 +92,35 @@ class Links:
         for network in add:
             self.rt.add_route(network, index, MAIN_TABLE)
             done.append(f"route +{network}")
+        return done
+
+    def change_routes(
+        self, add: frozenset[ipaddress.IPv6Network], remove: frozenset[ipaddress.IPv6Network]
+    ) -> list[str]:
+        """Add and remove these routes only; say what changed.
+
+        For a pass that knows the link as the last :meth:`sync` left it: reading back every
+        route (a hundred, one per member's pod prefix) to add one cost a member 3 ms of
+        CPU at every join.  A route already there, or already gone, is what was wanted.
+        """
+        index = self.index()
+        done = []
+        for network in sorted(remove):
+            try:
+                self.rt.delete_route(network, index, MAIN_TABLE)
+            except NetlinkError as error:
+                if error.errno not in (errno.ESRCH, errno.ENOENT):
+                    raise
+            else:
+                done.append(f"route -{network}")
+        for network in sorted(add):
+            try:
+                self.rt.add_route(network, index, MAIN_TABLE)
+            except NetlinkError as error:
+                if error.errno != errno.EEXIST:
+                    raise
+            else:
+                done.append(f"route +{network}")
         return done
 
 

@@ -206,7 +206,9 @@ class MeshService(Service):
         #: What the passes took of each record, kept from pass to pass (desired_mesh).
         self._candidates: Candidates = {}
         #: The link's addresses, routes and MTU as the last pass made them (None: unknown).
-        self._synced: tuple[object, ...] | None = None
+        self._synced: (
+            tuple[frozenset[ipaddress.IPv6Address], frozenset[ipaddress.IPv6Network], int] | None
+        ) = None
         self._starting: Deferred[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._resync: task.LoopingCall | None = None
@@ -493,11 +495,17 @@ class MeshService(Service):
         # The link goes up before peers are added: wireguard-go and the kernel greet a
         # peer given a keepalive at once, but only on an interface that is up.  Most
         # passes change peers alone: the link is looked at when its wishes changed, and
-        # on every forced pass (the resync), which repairs what others changed.
+        # on every forced pass (the resync), which repairs what others changed.  When only
+        # routes changed since the last look (a member came or went with its pod prefix),
+        # those routes are all the pass touches.
         link = (self.addresses, desired.routes, self.mtu)
         if force or link != self._synced:
-            self._synced = None
-            done = self.links.sync(*link)
+            synced, self._synced = self._synced, None
+            if force or synced is None or (synced[0], synced[2]) != (link[0], link[2]):
+                done = self.links.sync(*link)
+            else:
+                before = synced[1]
+                done = self.links.change_routes(link[1] - before, before - link[1])
             self._synced = link
             if done:
                 self.log.info(

@@ -156,7 +156,10 @@ class FakeRtNetlink:
 
     def delete_route(self, destination: IPNetwork, oif: int, table: int = MAIN_TABLE) -> None:
         self.requests.append(("delete_route", {"destination": str(destination), "oif": oif}))
-        self.routes.remove(self._route(destination, oif))
+        entry = self._route(destination, oif)
+        if entry not in self.routes:
+            raise NetlinkError(errno.ESRCH, "No such process")
+        self.routes.remove(entry)
 
     def close(self) -> None:
         self.closed = True
