@@ -17,10 +17,11 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agent import free_port
@@ -295,6 +296,16 @@ class SocketAddressTests(SynchronousTestCase):
             self.assertLessEqual(remembered.cache_info().currsize, plan.ADDRESS_CACHE)
 
 
+class _Idle(Protocol):
+    """A client that says nothing; ``lost`` fires once its connection is gone."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
 class ServicesTests(TestCase):
     """Real UDP and TCP on [::1] between GossipServices of one process."""
 
@@ -521,15 +532,17 @@ class ServicesTests(TestCase):
         # Smaller than the defaults (64 served, 256 waiting), the same logic.
         server.limit, server.backlog = 8, 16
         endpoint = TCP6ClientEndpoint(reactor, "::1", alice.address.port)
-        idle = [Protocol() for _ in range(8 + 16 + 3)]
+        idle = [_Idle() for _ in range(8 + 16 + 3)]
         for protocol in idle:
             yield connectProtocol(endpoint, protocol)
             self.addCleanup(protocol.transport.abortConnection)  # type: ignore[union-attr]
         yield counted(alice, streams.BUSY, 3)
         self.assertEqual((len(server.open), len(server.waiting)), (8, 16))
-        # Still serving once the flood is gone.
+        # Still serving once the flood is gone: gone, since a flooding client's port on
+        # [::1] may be the very number bob is about to listen on.
         for protocol in idle:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
+        yield gatherResults([protocol.lost for protocol in idle])
         bob = self.start("bob", anchors=("alice",))
         yield until(bob, self.sees("bob", "alice"), "bob joins after the flood")
 
