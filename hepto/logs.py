@@ -2,37 +2,58 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import IO, Any, Final
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsJSON, formatEvent
-from twisted.logger._json import objectSaveHook
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    eventAsJSON,
+    formatEvent,
+)
 
 #: Not written: the logger object, and nothing a line needs twice.
 _LEFT_OUT: Final = frozenset({"log_logger", "log_flattened"})
+#: The levels are constants of LogLevel, not instances of it.
+_LEVELS: Final = frozenset(LogLevel.iterconstants())
+
+
+@functools.cache
+def _level(level: object) -> object:
+    # As twisted.logger's encoder writes it (a tagged object), worked out once per level.
+    return json.loads(eventAsJSON({"log_level": level}))["log_level"]
 
 
 def _encodable(value: object) -> object:
-    # As twisted.logger's own encoder: bytes as latin-1 text, its types (LogLevel) as
-    # tagged objects, anything else marked unpersistable (log_text keeps its words).
+    # As twisted.logger's own encoder: bytes as latin-1 text, anything else it does not
+    # know marked unpersistable (log_text keeps its words).
     if isinstance(value, bytes):
         return value.decode("charmap")
-    return objectSaveHook(value)
+    try:
+        known = value in _LEVELS
+    except TypeError:  # unhashable: not a level
+        known = False
+    if known:
+        return _level(value)
+    return {"unpersistable": True}
 
 
 def _json_line(event: LogEvent) -> str:
     if "log_failure" in event:
         # Its traceback: twisted.logger's encoder keeps it, at the price of a round trip.
         fields: dict[str, Any] = json.loads(eventAsJSON(event))
+        for key in _LEFT_OUT:
+            fields.pop(key, None)
     else:
         # Encoded once: eventAsJSON, then a second pass to add log_text, cost a third of
         # what an agent spent on a join's few lines.
         fields = {key: value for key, value in event.items() if key not in _LEFT_OUT}
     # log_text saves every reader a formatter.
     fields["log_text"] = formatEvent(event)
-    for key in _LEFT_OUT:
-        fields.pop(key, None)
     return json.dumps(fields, separators=(",", ":"), default=_encodable, skipkeys=True) + "\n"
 
 

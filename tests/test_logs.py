@@ -35,10 +35,11 @@ class JSONLinesTests(SynchronousTestCase):
         self.assertNotIn("log_flattened", line, "each field once")
 
     def test_values_json_cannot_hold(self) -> None:
-        self.log.warn("{raw} {thing}", raw=b"\xff\x00", thing=object(), **{"3": 3})
+        self.log.warn("{raw} {thing}", raw=b"\xff\x00", thing=object(), unhashable={1}, **{"3": 3})
         [line] = self.lines()
         self.assertEqual(line["raw"], "\xff\x00")
         self.assertEqual(line["thing"], {"unpersistable": True})
+        self.assertEqual(line["unhashable"], {"unpersistable": True})
         self.assertTrue(str(line["log_text"]).startswith("b'\\xff\\x00' <object object at"))
 
     def test_a_failure_keeps_its_traceback(self) -> None:

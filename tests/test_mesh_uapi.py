@@ -249,11 +249,13 @@ class ClientTests(SynchronousTestCase):
         connection, _ = self.accept(0)
         connection.dataReceived(b"errno=0\n\n")
         self.successResultOf(reply)
+        self.assertEqual(self.client.connections, 1)
         connection.connectionLost(Failure(ConnectionDone()))  # wireguard-go restarted
         reply = self.client.transact(b"get=1\n\n")
         connection, _ = self.accept(1)
         connection.dataReceived(b"errno=0\n\n")
-        self.successResultOf(reply)
+        self.assertEqual(self.successResultOf(reply), b"errno=0\n")
+        self.assertEqual(self.client.connections, 2)
 
     def test_timeout(self) -> None:
         reply = self.client.transact(b"get=1\n\n")

@@ -342,7 +342,6 @@ class UAPIClient:
     async def _transact(self, request: bytes) -> bytes:
         connection = self._connection
         if connection is None or not connection.open:
-            self._connection = None
             connection = self._connection = await self._connect()
             self.connections += 1
         try:
