@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,10 +22,30 @@ import attrs
 KEY = "5a" * 32
 
 
+def _ephemeral_ports() -> range:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-        probe.bind(("::1", 0))
-        return int(probe.getsockname()[1])
+    """A port free on [::1] for both UDP and TCP, outside the ephemeral range.
+
+    A member listens on one port for both; a port the kernel handed out for UDP
+    may meanwhile be the local end of some TCP connection of another test (a CI
+    flake twice), and a port below the ephemeral range is never handed out.
+    """
+    ephemeral = _ephemeral_ports()
+    chooser = random.SystemRandom()
+    for _ in range(200):
+        port = chooser.randrange(10000, ephemeral.start)
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET6, kind) as probe:
+                    probe.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free for UDP and TCP below {ephemeral.start}")
 
 
 def program(name: str) -> str:

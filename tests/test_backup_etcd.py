@@ -17,6 +17,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from agent import free_port
 from hepto import cli
 from hepto.backup.restore import BUMP_REVISION
 from hepto.backup.sealing import BackupError
@@ -26,7 +27,6 @@ from hepto.https import ClientTLS, Origin
 from hepto.pki.requests import APISERVER_ETCD_CLIENT, ETCD_CA
 from hepto.programs import BUNDLE_BIN_DIR
 from netlab import wait_until
-from test_pki_etcd import free_port
 from test_pki_service import CLUSTER, Lab, scratch
 
 BIN_DIR = Path(os.environ.get("HEPTO_TEST_BIN_DIR", BUNDLE_BIN_DIR))

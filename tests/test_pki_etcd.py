@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from agent import free_port
 from hepto.pki.requests import APISERVER_ETCD_CLIENT, ETCD_CA, KUBELET_CLIENT
 from test_pki_service import Lab, scratch
 
@@ -19,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 #: Two contended cores: etcd is usually healthy within a second, but leave it a minute.
 HEALTHY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-        probe.bind(("::1", 0))
-        return int(probe.getsockname()[1])
 
 
 class EtcdTests(SynchronousTestCase):

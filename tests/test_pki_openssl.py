@@ -14,6 +14,7 @@ import pytest
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from agent import free_port
 from hepto import plan
 from hepto.pki import requests
 from hepto.pki.requests import CLIENT, SERVER, CertificateSpec
@@ -151,9 +152,7 @@ class MutualTLSTests(SynchronousTestCase):
         self.addCleanup(self.lab.stop)
         self.master = self.lab.join("master", "master")
         self.node = self.lab.join("node-a", "node")
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         paths = self.master.paths
         server = subprocess.Popen(
             [
