@@ -938,13 +938,94 @@ class PackingTests(MembershipTestCase):
         )
 
 
+class QuietTicksTests(MembershipTestCase):
+    """The gossip interval ticks only while there is something to spread."""
+
+    def quiet(self, member: Membership) -> None:
+        """Until no gossip tick is due: our own start's news and whatever followed it
+        are spent, or there is nobody to tell."""
+        for _ in range(1000):
+            self.clock.advance(0.1)
+            if member._gossip.next_tick is None:
+                return
+        self.fail("never quiet")
+
+    def tick_due(self, member: Membership) -> bool:
+        return any(
+            getattr(call, "func", None) == member._gossip._tick
+            for call in self.clock.getDelayedCalls()
+        )
+
+    def test_a_quiet_member_is_not_woken_by_the_interval(self) -> None:
+        member = self.make()
+        self.assertTrue(self.tick_due(member))  # our own arrival, to spread
+        self.quiet(member)
+        self.assertEqual(member.queued(), 0)
+        self.clock.pump([0.1] * 100)
+        self.assertFalse(self.tick_due(member))
+
+    def test_news_waits_for_someone_to_tell(self) -> None:
+        """Alone, a member's news stays queued without ticks; an arrival wakes them."""
+        member = self.make(peers=())
+        self.quiet(member)
+        self.assertEqual(member.queued(), 1)  # our own arrival
+        self.assertEqual(self.network.sent, [])
+        member.receive(endpoint(2), [alive("b", 0, endpoint(2), "node")])
+        self.clock.pump([0.1] * 3)
+        self.assertIn(
+            alive("a", 0, endpoint(1), "node"),
+            [message for _, to, datagram in self.network.sent for message in datagram],
+        )
+
+    def test_news_wakes_the_ticks_on_their_grid(self) -> None:
+        """Rounds come at the phase they had before the ticks stopped."""
+        member = self.make()
+        first = member._gossip.next_tick
+        assert first is not None
+        self.quiet(member)
+        self.clock.advance(1.234)
+        member.broadcast_digest("z", 1)
+        tick = member._gossip.next_tick
+        assert tick is not None
+        interval = LAN.gossip_interval
+        self.assertTrue(0 < tick - self.clock.seconds() <= interval)
+        intervals = (tick - first) / interval
+        self.assertAlmostEqual(intervals, round(intervals), places=6)
+        self.clock.advance(tick - self.clock.seconds())
+        self.assertEqual(
+            [when for when, _, datagram in self.network.sent if Digest("z", 1) in datagram],
+            [tick] * LAN.gossip_nodes,
+        )
+        self.quiet(member)
+
+    def test_the_recently_departed_keep_the_ticks(self) -> None:
+        """The recently dead hear that they are, news or not, until the horizon."""
+        member = self.make(peers=["b", "c", "d"])
+        self.quiet(member)
+        member.receive(endpoint(3), [Dead("b", 0, "c")])
+        since = self.clock.seconds()
+        self.clock.pump([0.1] * int(LAN.gossip_to_the_dead * 10 / 2))
+        self.assertEqual(member.queued(), 0)  # the news of b's death is spent...
+        self.assertTrue(self.tick_due(member))  # ... but b still hears of it
+        notices = [
+            when
+            for when, to, datagram in self.network.sent
+            if to == endpoint(2) and when > since + 10
+        ]
+        self.assertGreater(len(notices), 5)
+        self.clock.advance(since + LAN.gossip_to_the_dead + 1 - self.clock.seconds())
+        self.clock.pump([0.1] * 10)
+        self.assertFalse(self.tick_due(member))
+
+
 class NewsRoundTests(MembershipTestCase):
     """News of a member's fate goes out in a gossip round of its own, not at the next tick."""
 
     def just_after_a_tick(self, member: Membership) -> None:
-        """Past a gossip tick by a news round's spacing: the next tick is far enough."""
-        assert member._gossip.next_tick is not None
-        self.clock.advance(member._gossip.next_tick - self.clock.seconds())
+        """Past a gossip tick by a news round's spacing: the next tick is far enough (a
+        member with nothing to say has no tick due: then just past the spacing)."""
+        if member._gossip.next_tick is not None:
+            self.clock.advance(member._gossip.next_tick - self.clock.seconds())
         self.clock.advance(LAN.news_round_spacing)
         self.network.sent.clear()
 

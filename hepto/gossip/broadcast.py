@@ -42,6 +42,8 @@ class BroadcastQueue:
 
     def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
+        #: Called when an item is put into the empty queue: there is news to spread.
+        self.on_filled: Callable[[], None] | None = None
         self._items: dict[Hashable, _Item] = {}
         # Items by transmit count; within a tier, insertion order is age (newest last).
         self._tiers: dict[int, dict[Hashable, _Item]] = {}
@@ -71,8 +73,11 @@ class BroadcastQueue:
         """
         self.discard(key)
         item = _Item(key, message, encoded_size(message), on_done, weight)
+        filled = not self._items
         self._items[key] = item
         self._tiers.setdefault(0, {})[key] = item
+        if filled and self.on_filled is not None:
+            self.on_filled()
 
     def discard(self, key: Hashable) -> None:
         item = self._items.pop(key, None)

@@ -6,7 +6,9 @@ much of it as fits rides on every datagram we send, and every gossip interval a
 gossip-only datagram goes to ``gossip_nodes`` random peers.  Beyond memberlist, news
 of a member's fate does not wait for the next interval: it goes out in a round of its
 own as soon as it arrives, so that a death reaches a hundred members in a few network
-transits rather than in four or five gossip intervals (``docs/gossip.rst``).
+transits rather than in four or five gossip intervals (``docs/gossip.rst``).  And the
+interval's ticks stop while there is nothing to spread: a quiet member is not woken five
+times a second for nothing.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ class Gossip:
         send: Callable[[Endpoint, Sequence[Message]], None],
         random_members: RandomMembers,
         departed: Mapping[str, float],
+        alone: Callable[[], bool],
     ) -> None:
         """``send`` sends one datagram as it is; ``departed`` is when each member we
-        still remember dead or left departed (the recently dead hear of it)."""
+        still remember dead or left departed (the recently dead hear of it); ``alone``
+        whether no other member is alive or suspected."""
         self.name = name
         self._clock = clock
         self._profile = profile
@@ -52,20 +56,34 @@ class Gossip:
         self._send = send
         self._random_members = random_members
         self._departed = departed
+        self._alone = alone
         self._running = False
         self._tick_call: IDelayedCall | None = None
         self._news_call: IDelayedCall | None = None
         self._last_round = -math.inf
+        #: When the last tick of the interval's grid was due (or the first will be).
+        self._grid = -math.inf
 
     @property
     def next_tick(self) -> float | None:
-        """When the next gossip interval ends (None: not gossiping)."""
+        """When the next gossip interval ends (None: not gossiping, or nothing to say)."""
         return None if self._tick_call is None else self._tick_call.getTime()
 
     def start(self, phase: float) -> None:
         """Gossip every interval, the first in ``phase`` seconds."""
         self._running = True
+        self._grid = self._clock.seconds() + phase
         self._tick_call = self._clock.callLater(phase, self._tick)
+
+    def wake(self) -> None:
+        """There is something to spread: tick again, at the next tick of the grid.
+
+        Ticks stop while nothing is queued and nobody departed recently; the queue
+        filling up, or a member departing, calls this.  Ticks stay on the grid that
+        ``start`` set, so a member's rounds come at the same phase as if it had never
+        stopped."""
+        if self._running and self._tick_call is None:
+            self._arm()
 
     def stop(self) -> None:
         self._running = False
@@ -95,20 +113,33 @@ class Gossip:
             return
         self._news_call = self._clock.callLater(when - now, self._news_round)
 
+    def _arm(self) -> None:
+        """The next tick at the first point of the grid after the last one due; a tick
+        that came late (the reactor held up) does not shift the grid."""
+        now = self._clock.seconds()
+        interval = self._profile.gossip_interval
+        # Half an interval of slack: a tick may run a hair before its time, as floats go.
+        if now > self._grid - interval / 2:
+            self._grid += interval * (math.floor((now - self._grid) / interval) + 1)
+        self._tick_call = self._clock.callLater(self._grid - now, self._tick)
+
     def _tick(self) -> None:
-        self._tick_call = self._clock.callLater(self._profile.gossip_interval, self._tick)
-        self._round()
+        self._tick_call = None
+        if self._round():
+            self._arm()
 
     def _news_round(self) -> None:
         self._news_call = None
         self._round()
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
+        """Gossip to a few members, if there is anything to say and anyone to say it to;
+        whether there was (a member alone keeps its news until someone arrives)."""
         self._last_round = self._clock.seconds()
         horizon = self._clock.seconds() - self._profile.gossip_to_the_dead
         recently_dead = any(since > horizon for since in self._departed.values())
-        if not len(self._queue) and not recently_dead:
-            return
+        if not recently_dead and (not len(self._queue) or self._alone()):
+            return False
         for target in self._random_members(
             self._profile.gossip_nodes,
             lambda state: state.reachable or (state.status == DEAD and state.since > horizon),
@@ -121,6 +152,7 @@ class Gossip:
                 messages.insert(0, Dead(target.name, target.incarnation, self.name))
             if messages:
                 self._send(target.address, messages)
+        return True
 
     def _dead_notice_size(self, target: MemberState) -> int:
         if target.reachable:

@@ -145,7 +145,9 @@ class Membership:
             send=network.send,
             random_members=self._roster.random_members,
             departed=self._roster.departed,
+            alone=lambda: self._roster.live <= 1,
         )
+        self._queue.on_filled = self._gossip.wake
         self._awareness = Awareness(profile.awareness_max_multiplier)
         self._suspicions = Suspicions(
             clock,
@@ -579,6 +581,8 @@ class Membership:
                 self._gossip.news()
         elif old.status != new.status:
             self._gossip.news()
+        # Someone new to tell what is queued, or someone departed to tell that it is.
+        self._gossip.wake()
         self._observers.notify(old, new)
 
     def _broadcast_member(self, message: Alive | Suspect | Dead) -> None:
