@@ -291,7 +291,15 @@ def tree_cpu_by_program(pid: int) -> dict[str, float]:
     Living processes are read from each thread's ``schedstat`` (nanoseconds): ``stat``'s
     user and system times count whole clock ticks (10 ms here), as coarse as a member's
     whole share of a join.  Ended children are only known in ticks."""
+    return {program: cpu for program, (cpu, _) in tree_schedstat(pid).items()}
+
+
+def tree_schedstat(pid: int) -> dict[str, tuple[float, int]]:
+    """CPU seconds and runs (times put on a core: wakeups, mostly) of ``pid`` and of all
+    its descendants, by program name, from each thread's ``schedstat``; what ended
+    children used (once reaped, in clock ticks, runs unknown) is under "ended children"."""
     seconds: dict[str, float] = {}
+    runs: dict[str, int] = {}
     pending, tick = [pid], 1 / os.sysconf("SC_CLK_TCK")
     while pending:
         current = pending.pop()
@@ -304,15 +312,18 @@ def tree_cpu_by_program(pid: int) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         cutime, cstime = (int(field) for field in fields[13:15])
         seconds["ended children"] = seconds.get("ended children", 0.0) + (cutime + cstime) * tick
+        runs.setdefault("ended children", 0)
         for thread in tasks:
             try:
-                runtime = int((thread / "schedstat").read_text().split()[0])
+                schedstat = (thread / "schedstat").read_text().split()
+                runtime, timeslices = int(schedstat[0]), int(schedstat[2])
                 children = (thread / "children").read_text().split()
             except (OSError, IndexError, ValueError):
                 continue  # This thread ended meanwhile.
             seconds[program] = seconds.get(program, 0.0) + runtime / 1e9
+            runs[program] = runs.get(program, 0) + timeslices
             pending.extend(int(child) for child in children)
-    return seconds
+    return {program: (seconds[program], runs[program]) for program in seconds}
 
 
 def handshaken_peers(socket_path: Path) -> int:
@@ -1003,19 +1014,30 @@ class Bench:
         sent_at = [time.monotonic()]
         sent = [await threads.deferToThread(on_every_host, metered, read_meter)]
         # What the members burn anyway, over a window as long as the settle pause.
-        idle_from = {n: tree_cpu_by_program(p) for n, p in pids.items()}
+        idle_from = {n: tree_schedstat(p) for n, p in pids.items()}
         idle_started = time.monotonic()
         await self.sleep(IDLE_SAMPLE)
-        idle_to = {n: tree_cpu_by_program(p) for n, p in pids.items()}
+        idle_to = {n: tree_schedstat(p) for n, p in pids.items()}
         idle_span = time.monotonic() - idle_started
         idle_rate = {
-            n: {k: (v - idle_from[n].get(k, 0.0)) / idle_span for k, v in idle_to[n].items()}
+            n: {
+                k: (v - idle_from[n].get(k, (0.0, 0))[0]) / idle_span
+                for k, (v, _) in idle_to[n].items()
+            }
+            for n in pids
+        }
+        idle_runs = {
+            n: {
+                k: (r - idle_from[n].get(k, (0.0, 0))[1]) / idle_span
+                for k, (_, r) in idle_to[n].items()
+            }
             for n in pids
         }
         sent_at.append(time.monotonic())
         sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
         newest = {other: self.observatory.newest(other) for other in members}
-        before = {n: tree_cpu_by_program(p) for n, p in pids.items()}
+        before_runs = {n: tree_schedstat(p) for n, p in pids.items()}
+        before = {n: {k: cpu for k, (cpu, _) in v.items()} for n, v in before_runs.items()}
         started, clock = time.time(), time.monotonic()
         member = self.members[name] = self.system.start(host, self.hosts[0], self.directory)
         member.process.ended.addCallback(self._ended, name)
@@ -1076,14 +1098,21 @@ class Bench:
         # Each member's CPU beyond its idle rate, in ms, by program (the agent, its
         # wireguard-go, workers that ended).
         by_program: dict[str, list[float]] = {}
-        extra = []
+        extra, extra_runs = [], []
         for n, p in pids.items():
-            after = tree_cpu_by_program(p)
+            after_runs = tree_schedstat(p)
+            after = {k: cpu for k, (cpu, _) in after_runs.items()}
             mine = {
                 k: (v - before[n].get(k, 0.0) - idle_rate[n].get(k, 0.0) * elapsed) * 1000
                 for k, v in after.items()
             }
             extra.append(sum(mine.values()))
+            extra_runs.append(
+                sum(
+                    r - before_runs[n].get(k, (0.0, 0))[1] - idle_runs[n].get(k, 0.0) * elapsed
+                    for k, (_, r) in after_runs.items()
+                )
+            )
             for k, v in mine.items():
                 by_program.setdefault(k, []).append(v)
         figures["window"] = elapsed
@@ -1092,6 +1121,16 @@ class Bench:
             "mean": sum(extra) / len(extra) if extra else None,
             "max": max(extra, default=None),
             "mean_by_program": {k: sum(v) / len(pids) for k, v in by_program.items()},
+        }
+        # A quiet member's cost, and a join's in wakeups: on a crowded machine a wakeup
+        # costs more than the work it does (docs/benchmarks.rst).
+        figures["member_idle"] = {
+            "cpu_ms_per_s": median([1000 * sum(rate.values()) for rate in idle_rate.values()]),
+            "runs_per_s": median([sum(rate.values()) for rate in idle_runs.values()]),
+        }
+        figures["member_runs"] = {
+            "median": median(extra_runs),
+            "mean": sum(extra_runs) / len(extra_runs) if extra_runs else None,
         }
         sent_at.append(time.monotonic())
         sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
