@@ -1127,6 +1127,10 @@ class Bench:
         figures["member_idle"] = {
             "cpu_ms_per_s": median([1000 * sum(rate.values()) for rate in idle_rate.values()]),
             "runs_per_s": median([sum(rate.values()) for rate in idle_runs.values()]),
+            "runs_per_s_by_program": {
+                program: median([rate.get(program, 0.0) for rate in idle_runs.values()])
+                for program in sorted({k for rate in idle_runs.values() for k in rate})
+            },
         }
         figures["member_runs"] = {
             "median": median(extra_runs),
