@@ -1099,6 +1099,7 @@ class Bench:
         # wireguard-go, workers that ended).
         by_program: dict[str, list[float]] = {}
         extra, extra_runs = [], []
+        runs_by_program: dict[str, list[float]] = {}
         for n, p in pids.items():
             after_runs = tree_schedstat(p)
             after = {k: cpu for k, (cpu, _) in after_runs.items()}
@@ -1107,12 +1108,13 @@ class Bench:
                 for k, v in after.items()
             }
             extra.append(sum(mine.values()))
-            extra_runs.append(
-                sum(
-                    r - before_runs[n].get(k, (0.0, 0))[1] - idle_runs[n].get(k, 0.0) * elapsed
-                    for k, (_, r) in after_runs.items()
-                )
-            )
+            runs = {
+                k: r - before_runs[n].get(k, (0.0, 0))[1] - idle_runs[n].get(k, 0.0) * elapsed
+                for k, (_, r) in after_runs.items()
+            }
+            extra_runs.append(sum(runs.values()))
+            for k, v in runs.items():
+                runs_by_program.setdefault(k, []).append(v)
             for k, v in mine.items():
                 by_program.setdefault(k, []).append(v)
         figures["window"] = elapsed
@@ -1135,6 +1137,7 @@ class Bench:
         figures["member_runs"] = {
             "median": median(extra_runs),
             "mean": sum(extra_runs) / len(extra_runs) if extra_runs else None,
+            "median_by_program": {k: median(v) for k, v in runs_by_program.items()},
         }
         sent_at.append(time.monotonic())
         sent.append(await threads.deferToThread(on_every_host, metered, read_meter))
