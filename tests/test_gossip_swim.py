@@ -709,8 +709,10 @@ class LeaveTests(MembershipTestCase):
         self.successResultOf(member.leave())
 
     def test_alone(self) -> None:
+        """With nobody to tell, leaving is done at once, and nothing is sent."""
         member = self.make([])
-        self.successResultOf(member.leave())
+        self.assertIsNone(self.successResultOf(member.leave()))
+        self.assertEqual(self.network.messages(Dead), [])
 
     def test_timeout(self) -> None:
         member = self.make(profile=attrs.evolve(LAN, retransmit_mult=1000))
@@ -723,8 +725,9 @@ class LeaveTests(MembershipTestCase):
     def test_stop_while_leaving(self) -> None:
         member = self.make(profile=attrs.evolve(LAN, retransmit_mult=1000))
         left = member.leave()
+        self.assertNoResult(left)
         member.stop()
-        self.successResultOf(left)
+        self.assertIsNone(self.successResultOf(left))
 
     def test_others_leave(self) -> None:
         member = self.make()

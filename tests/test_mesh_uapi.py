@@ -6,6 +6,7 @@ import ipaddress
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.error import ConnectionDone
@@ -358,10 +359,7 @@ class RealWireGuardGoTests(TestCase):
         self.assertTrue(socket.is_socket())
         self.assertFalse(Path("/run/wireguard/hepto0.sock").exists())
 
-    async def _refused(self) -> None:
+    def test_no_socket(self) -> defer.Deferred[Any]:
         client = UAPIClient(self.backend.reactor, self.socket_dir / "absent.sock")
-        with self.assertRaises(error.ConnectError):
-            await client.get()
-
-    def test_no_socket(self) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._refused())
+        refused: defer.Deferred[Any] = defer.Deferred.fromCoroutine(client.get())
+        return self.assertFailure(refused, error.ConnectError)
