@@ -78,8 +78,9 @@ class Gossip:
     def wake(self) -> None:
         """There is something to spread: tick again, at the next tick of the grid.
 
-        Ticks stop while nothing is queued and nobody departed recently; the queue
-        filling up, or a member departing, calls this.  Ticks stay on the grid that
+        Ticks stop while nothing is queued and nobody departed recently, or while
+        nobody else is alive; the queue filling up, or any change of a member (one
+        arriving may be someone to tell, one departing is), calls this.  Ticks stay on the grid that
         ``start`` set, so a member's rounds come at the same phase as if it had never
         stopped."""
         if self._running and self._tick_call is None:
