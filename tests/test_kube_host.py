@@ -210,3 +210,86 @@ class RouterAdvertisementTests(SynchronousTestCase):
             for interface in ("eth0", "eth1", "eth2")
         }
         self.assertEqual(values, {"eth0": "2\n", "eth1": "0\n", "eth2": "2\n"})
+
+
+_PREPARE = """\
+import sys
+from hepto.kube import host
+try:
+    print(host.prepare_pod_bridge(sys.argv[1], int(sys.argv[2])))
+except host.HostError as error:
+    sys.exit(f"HostError: {error}")
+"""
+
+
+class PodBridgeTests(SynchronousTestCase):
+    """The pods' bridge, in a fresh network namespace: the kernel's defaults, DAD on."""
+
+    BRIDGE = "hepto-pods"
+
+    def setUp(self) -> None:
+        from netlab import missing_requirements
+
+        if why := missing_requirements():
+            self.skipTest(why)
+        self.netns = f"hpb{os.getpid()}"
+        self.ip("netns", "add", self.netns, netns=False)
+        self.addCleanup(self.ip, "netns", "del", self.netns, netns=False)
+
+    def ip(self, *argv: str, netns: bool = True) -> str:
+        where = ["-n", self.netns] if netns else []
+        return subprocess.run(
+            ["ip", *where, *argv], check=True, capture_output=True, text=True
+        ).stdout
+
+    def prepare(self, mtu: int) -> subprocess.CompletedProcess[str]:
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-c", _PREPARE]
+        root = str(Path(__file__).resolve().parent.parent)
+        environ = {**os.environ, "PYTHONPATH": root}
+        return subprocess.run(
+            [*argv, self.BRIDGE, str(mtu)], capture_output=True, text=True, env=environ
+        )
+
+    def first_pod_plugged(self) -> str:
+        """What the bridge plugin does at the first pod: a port up, the bridge up, the
+        gateway address; then the bridge's addresses, as ``ip`` shows them at once."""
+        self.ip("link", "add", "vpod", "type", "veth", "peer", "name", "eth0")
+        self.ip("link", "set", "vpod", "master", self.BRIDGE, "up")
+        self.ip("link", "set", "eth0", "up")
+        self.ip("link", "set", self.BRIDGE, "up")
+        self.ip("address", "add", "fd00:9::1/64", "dev", self.BRIDGE)
+        return self.ip("-6", "address", "show", "dev", self.BRIDGE)
+
+    def accept_dad(self) -> str:
+        done = self.ip("netns", "exec", self.netns, "sysctl", "-n",
+                       f"net.ipv6.conf.{self.BRIDGE}.accept_dad", netns=False)  # fmt: skip
+        return done.strip()
+
+    def test_the_gateway_is_usable_at_once(self) -> None:
+        done = self.prepare(1420)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, "True"), done.stderr)
+        self.assertEqual(self.accept_dad(), "0")
+        self.assertIn("mtu 1420", self.ip("link", "show", self.BRIDGE))
+        addresses = self.first_pod_plugged()
+        self.assertIn("fd00:9::1/64", addresses)
+        self.assertNotIn("tentative", addresses)
+
+    def test_a_bridge_the_plugin_makes_is_tentative(self) -> None:
+        """Why hepto makes it: the kernel's default, which cost the demo its first ping."""
+        self.ip("link", "add", self.BRIDGE, "type", "bridge")
+        self.assertEqual(self.accept_dad(), "1")
+        self.assertIn("tentative", self.first_pod_plugged())
+
+    def test_an_existing_bridge_keeps_its_mtu(self) -> None:
+        self.ip("link", "add", self.BRIDGE, "mtu", "1300", "type", "bridge")
+        done = self.prepare(1420)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, "False"), done.stderr)
+        self.assertIn("mtu 1300", self.ip("link", "show", self.BRIDGE))
+        self.assertEqual(self.accept_dad(), "0")
+        self.assertNotIn("tentative", self.first_pod_plugged())
+
+    def test_a_link_of_another_kind_is_refused(self) -> None:
+        self.ip("link", "add", self.BRIDGE, "type", "veth", "peer", "name", "other")
+        done = self.prepare(1420)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(f"HostError: {self.BRIDGE} is not a bridge", done.stderr)

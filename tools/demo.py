@@ -60,22 +60,39 @@ spec:
 """
 
 
+class DemoFailed(Exception):
+    """Something the demo shows did not work; ``str()`` says what."""
+
+
 def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> None:
-    """A pod reaches a pod on another node, a Service, and an address outside the cluster."""
+    """A pod reaches a pod on another node, a Service, and an address outside the cluster.
+
+    Each at its first try, as a user's pods would: no step waits for the network but the
+    Service's, whose rules kube-proxy writes once the Service exists.
+    """
     first, last = f"hello-{nodes[0]}", f"hello-{nodes[-1]}"
 
     def run(*argv: str) -> str:
         done = subprocess.run([*kubectl, *argv], capture_output=True, text=True)
         return (done.stdout + done.stderr).strip()
 
+    def show(what: str, expected: str, *argv: str) -> None:
+        print(f"demo: {first} {what}:")
+        answer = run("exec", first, "--", *argv)
+        print(answer)
+        if expected not in answer:
+            raise DemoFailed(f"{first} {what}: no {expected!r} in its answer")
+
     subprocess.run([*kubectl, "apply", "-f", "-"], input=SERVICE, text=True, check=True)
     far = run("get", "pod", last, "-o", "jsonpath={.status.podIP}")
-    print(f"demo: {first} pings {last} ({far}) across the mesh:")
-    print(run("exec", first, "--", "ping", "-c", "2", far))
+    show(f"pings {last} ({far}) across the mesh", " 0% packet loss", "ping", "-c", "2", far)
     cluster_ip = run("get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}")
-    print(f"demo: {first} looks the Service up by name, through the cluster DNS on the master:")
     name = "hello.default.svc.cluster.local"
-    print(run("exec", first, "--", "nslookup", "-type=aaaa", name))
+    show(
+        "looks the Service up by name, through the cluster DNS on the master",
+        f"Address: {cluster_ip}",
+        *("nslookup", "-type=aaaa", name),
+    )
     print(f"demo: {first} asks the Service by its name, hello ([{cluster_ip}]:80), three times:")
 
     def answered() -> str:
@@ -84,8 +101,11 @@ def show_the_network(kubectl: list[str], nodes: list[str], outside: object) -> N
     wait_until(lambda: "hello from" in answered(), 60, 0.5, "the Service")
     for _ in range(3):
         print("  ", answered())
-    print(f"demo: {first} pings {outside}, outside the cluster, from its node's address:")
-    print(run("exec", first, "--", "ping", "-c", "2", str(outside)))
+    show(
+        f"pings {outside}, outside the cluster, from its node's address",
+        " 0% packet loss",
+        *("ping", "-c", "2", str(outside)),
+    )
 
 
 def main() -> None:
@@ -170,6 +190,8 @@ def main() -> None:
                 sys.exit(f"demo: {exited}")
     except KeyboardInterrupt:
         pass
+    except DemoFailed as failure:
+        sys.exit(f"demo: failed: {failure}")
     finally:
         cluster.close()
         print("demo: stopped; everything removed but", data_dir)

@@ -15,6 +15,7 @@ system calls are in :func:`enter_private_mount_namespace` and :class:`HostSetup`
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ from hepto.cgroups import (
     make_cgroup,
     mount_hierarchies,
 )
+from hepto.mesh.rtnetlink import Netlink, RtNetlink
 
 #: The values the kubelet wants (``pkg/kubelet/cm/container_manager_linux.go``), which it
 #: writes machine-wide unless they are already so; ``protectKernelDefaults`` makes it
@@ -110,6 +112,42 @@ def keep_router_advertisements(interface: str, proc: Path = Path("/proc")) -> bo
         return False
     setting.write_text("2\n")
     return True
+
+
+def prepare_pod_bridge(
+    name: str, mtu: int, proc: Path = Path("/proc"), netlink: Netlink | None = None
+) -> bool:
+    """Create the pods' bridge before the CNI plugin does, without duplicate address
+    detection; returns whether it was created (an existing one keeps its MTU).
+
+    The bridge plugin would create it at the first pod's start and give it the gateway
+    address at once, with detection on: that address and the bridge's link-local one then
+    stay tentative for one to two seconds, in which the kernel answers no neighbour
+    solicitation for them, and the first pod, already Running, can reach nothing beyond
+    its node.  Nothing on this segment can hold a duplicate: host-local never hands the
+    gateway to a pod, and the pods' own interfaces run without detection (the plugin's
+    default).  The plugin takes an existing bridge as it finds it.
+    """
+    rt = RtNetlink() if netlink is None else netlink
+    try:
+        try:
+            rt.add_link(name, "bridge")
+            created = True
+        except OSError as error:
+            if error.errno != errno.EEXIST:
+                raise HostError(f"cannot create the pods' bridge {name}: {error}") from None
+            created = False
+        link = rt.link(name)
+        if link is None or link.kind != "bridge":
+            raise HostError(f"{name} is not a bridge: the pods need it for theirs")
+        if created:
+            rt.set_link(link.index, mtu=mtu)
+    finally:
+        if netlink is None:
+            rt.close()
+    # Per interface and per network namespace: nothing of the host's changes.
+    (proc / "sys/net/ipv6/conf" / name / "accept_dad").write_text("0\n")
+    return created
 
 
 def enter_private_mount_namespace() -> None:

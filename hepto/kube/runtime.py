@@ -271,6 +271,14 @@ class NodeRuntime:
         mtu = self.network.mtu
         if mtu is None:
             raise RuntimeSetupError("the mesh has no MTU yet: it is not up")
+        try:
+            if host.prepare_pod_bridge(containerd.POD_BRIDGE, mtu):
+                self.log.info(
+                    "Pods' bridge {bridge} made, without duplicate address detection",
+                    bridge=containerd.POD_BRIDGE,
+                )
+        except (HostError, OSError) as error:
+            raise RuntimeSetupError(f"the node's pod network cannot start: {error}") from None
         write_atomically(self.layout.cni_template, containerd.cni_template(self.layout, mtu))
 
     def before_kubelet(self) -> Deferred[Any]:
