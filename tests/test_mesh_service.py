@@ -18,6 +18,7 @@ from hepto import plan
 from hepto.config import NodeConfig, parse_node_config
 from hepto.machine import IllegalTransition
 from hepto.mesh.backend import AddPeer, BackendUnavailable, RemovePeer, UpdatePeer
+from hepto.mesh.greetings import GREETING_DELAY
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import Links
 from hepto.mesh.passes import PASSES, Passes, PassInput
@@ -254,7 +255,10 @@ class ReconcileTests(SynchronousTestCase):
         peer = h.backend.device.peers[a_keys.public_key]
         self.assertEqual(peer.endpoint, "[2001:db8:1::1]:51820")
         self.assertEqual(peer.allowed_ips, {host_network(plan.mesh_address(CLUSTER, "a"))})
-        self.assertEqual(peer.keepalive, 25)
+        # "a" sorts before "me": it greets first, and we greet it a moment later.
+        self.assertEqual(peer.keepalive, 0)
+        h.clock.advance(GREETING_DELAY)
+        self.assertEqual(h.backend.device.peers[a_keys.public_key].keepalive, 25)
 
     def keepalives(self) -> dict[str, int]:
         names = {spec.public_key: spec.name for spec in self.h.service.desired().peers.values()}
@@ -264,6 +268,7 @@ class ReconcileTests(SynchronousTestCase):
         h = self.h
         h.join("a", 1, wireguard=wireguard(1))
         h.join("b", 2, wireguard=wireguard(2))
+        h.clock.advance(GREETING_DELAY)
         self.assertEqual(self.keepalives(), {"a": 25, "b": 25})
         # What Reach learns waits for the next pass: no pass of its own at every join.
         applied = len(h.calls("apply"))
@@ -275,6 +280,7 @@ class ReconcileTests(SynchronousTestCase):
         # Known to reach us before it is a peer: greeted all the same, for one pass.
         h.reach.set("a", "c")
         h.join("c", 3, wireguard=wireguard(3))
+        h.clock.advance(GREETING_DELAY)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 25})
         h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 0})
@@ -349,6 +355,7 @@ class ReconcileTests(SynchronousTestCase):
     def test_resync_reads_but_changes_nothing(self) -> None:
         h = self.h
         h.join("a", 1, wireguard=wireguard(1))
+        h.clock.advance(GREETING_DELAY)
         calls, requests = len(h.backend.calls), len(h.ipr.requests)
         h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(h.backend.calls[calls:], [("read", None)])
@@ -512,6 +519,7 @@ class ReconcileTests(SynchronousTestCase):
         h = self.h
         keys = KeyPair.generate()
         h.join("a", 1, wireguard=wireguard(1, keys))
+        h.clock.advance(GREETING_DELAY)
         status = h.service.status()
         self.assertEqual(status["backend"], "recording")
         self.assertEqual(status["phase"], "running")
@@ -532,7 +540,7 @@ class ReconcileTests(SynchronousTestCase):
                 }
             ],
         )
-        self.assertEqual(status["as_of"], "1970-01-01T00:00:00Z")
+        self.assertEqual(status["as_of"], "1970-01-01T00:00:00Z")  # the read at the start
         import json
 
         json.dumps(status)
@@ -545,6 +553,65 @@ class ReconcileTests(SynchronousTestCase):
         h.join("a", 1, wireguard=wireguard(1))
         h.clock.advance(RESYNC_INTERVAL * 2)
         self.assertEqual(len(h.backend.calls), calls)
+
+
+class GreetingTests(SynchronousTestCase):
+    """One end of a new tunnel greets at once, the other GREETING_DELAY later."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.start()
+        self.keys: dict[str, KeyPair] = {}
+
+    def join(self, name: str, index: int) -> None:
+        self.keys[name] = KeyPair.generate()
+        self.h.join(name, index, wireguard=wireguard(index, self.keys[name]))
+
+    def keepalive(self, name: str) -> int:
+        return self.h.backend.device.peers[self.keys[name].public_key].keepalive
+
+    def test_the_end_whose_name_sorts_first_greets_as_it_adds(self) -> None:
+        self.join("zed", 1)  # "me" < "zed": we greet
+        self.join("ann", 2)  # "ann" < "me": ann greets, we wait
+        added = {change.spec.name: change.spec.keepalive for change in self.h.calls("apply")[-1]}
+        self.assertEqual(added, {"ann": 0})
+        self.assertEqual((self.keepalive("zed"), self.keepalive("ann")), (25, 0))
+
+    def test_the_other_end_greets_after_the_delay_whoever_reaches_whom(self) -> None:
+        h = self.h
+        h.reach.set("ann")  # it reaches us unprompted: no keepalive once greeted
+        self.join("ann", 1)
+        applied = len(h.calls("apply"))
+        h.clock.advance(GREETING_DELAY * 0.99)
+        self.assertEqual((len(h.calls("apply")), self.keepalive("ann")), (applied, 0))
+        h.clock.advance(GREETING_DELAY * 0.01)
+        [[greeting]] = h.calls("apply")[applied:]
+        self.assertIsInstance(greeting, UpdatePeer)
+        self.assertEqual(self.keepalive("ann"), 25)
+        # Greeted once: the next pass gives it what Reach says, and no greeting is left.
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(self.keepalive("ann"), 0)
+        self.assertEqual(h.clock.getDelayedCalls(), [h.service._resync.call])  # type: ignore[union-attr]
+
+    def test_a_peer_that_comes_back_waits_for_its_greeting_again(self) -> None:
+        h = self.h
+        self.join("ann", 1)
+        h.clock.advance(GREETING_DELAY)
+        self.assertEqual(self.keepalive("ann"), 25)
+        h.cluster.set_status("ann", DEAD)
+        h.clock.advance(0)
+        h.cluster.set_status("ann", ALIVE)
+        h.clock.advance(0)
+        self.assertEqual(self.keepalive("ann"), 0)
+        h.clock.advance(GREETING_DELAY)
+        self.assertEqual(self.keepalive("ann"), 25)
+
+    def test_a_stop_forgets_the_greetings_due(self) -> None:
+        h = self.h
+        self.join("ann", 1)
+        self.successResultOf(defer.maybeDeferred(h.service.stopService))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(h.service._greetings.next_due(h.clock.seconds()), None)
 
 
 def node_config(data_dir: Path, **raw: str) -> NodeConfig:

@@ -43,6 +43,7 @@ from hepto.mesh.backend import (
     describe,
     summarize,
 )
+from hepto.mesh.greetings import Greetings
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import LinkMissing, Links
 from hepto.mesh.passes import PassScheduler
@@ -218,6 +219,9 @@ class MeshService(Service):
         self._retries = Backoff(retries)
         #: Whether the next pass reads the device even if nothing changed since the last.
         self._force = False
+        #: New peers that greet us first, and when we greet them (hepto.mesh.greetings).
+        self._greetings = Greetings()
+        self._greeting_call: IDelayedCall | None = None
         self._addresses_up: Once[None] = Once()
 
     @property
@@ -339,11 +343,13 @@ class MeshService(Service):
         super().stopService()
         self._phase_input(PhaseInput.STOP)
         self._passes.stop()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._greeting_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._greeting_call = None
         # A later start finds its device anew: nothing of this run is assumed.
         self._applied = None
+        self._greetings.clear()
         self._synced = None
         self._force = False
         # Whatever the phase, the backend made (even one still starting) goes.
@@ -442,15 +448,42 @@ class MeshService(Service):
         self._retry = None
         self._wanted(force=True)
 
+    def _greeted(self) -> frozenset[str]:
+        """The peers the device has (and has greeted, or been greeted by)."""
+        if self._applied is None:
+            return frozenset()
+        return frozenset(peer.name for peer in self._applied.peers.values())
+
+    def _note_greetings(self, now: float) -> None:
+        """New peers that greet us first wait for their greeting; a pass comes for it."""
+        own = self.settings.name
+        peers = [
+            name
+            for name, member in self.state.members().items()
+            if name != own
+            and member.reachable
+            and member.record is not None
+            and member.record.get(record.WIREGUARD)
+        ]
+        self._greetings.note(own, peers, self._greeted(), now)
+        if self._greeting_call is not None and self._greeting_call.active():
+            self._greeting_call.cancel()
+        when = self._greetings.next_due(now)
+        self._greeting_call = (
+            None if when is None else self.reactor.callLater(when - now, self._wanted)
+        )
+
     def desired(self) -> Desired:
         assert self.keys is not None
         settings = self.settings
-        unprompted: frozenset[str] = frozenset()
-        if self._reach is not None and self._applied is not None:
+        now = self.reactor.seconds()
+        # One end of a new tunnel greets at once, the other a little later (greetings).
+        quiet = self._greetings.waiting(now)
+        if self._reach is not None:
             # A new peer gets a keepalive all the same, for one pass: given one, a device
-            # greets its peer at once, and the handshake says the tunnel works.
-            greeted = {peer.name for peer in self._applied.peers.values()}
-            unprompted = self._reach.unprompted & greeted
+            # greets its peer at once, and the handshake says the tunnel works.  So does
+            # a peer whose greeting is due.
+            quiet |= (self._reach.unprompted & self._greeted()) - self._greetings.due(now)
         return desired_mesh(
             settings.cluster,
             settings.name,
@@ -459,15 +492,19 @@ class MeshService(Service):
             self.state.members(),
             settings.keepalive,
             None if self._masters is None else self._masters.masters,
-            unprompted,
+            quiet,
             self._candidates,
         )
 
     async def _pass(self, force: bool) -> None:
         assert self.keys is not None and self.backend is not None and self.mtu is not None
+        now = self.reactor.seconds()
+        self._note_greetings(now)
+        greetings = self._greetings.due(now)
         desired = self.desired()
         self._report(desired.problems)
         if not force and desired == self._applied:
+            self._greetings.greeted(greetings)
             return
         self.passes += 1
         backend = self.backend
@@ -528,6 +565,7 @@ class MeshService(Service):
             # it was told.
             self._device = after_changes(device, changes)
         self._applied = desired
+        self._greetings.greeted(greetings)
 
     async def _read(self, backend: Backend) -> DeviceStatus:
         device = await backend.read()
