@@ -8,6 +8,11 @@ nanoseconds) per transaction, medians over the rounds. wireguard-go runs in a ne
 namespace (tests/netlab.py) with ``--peers`` peers, and each transaction updates one of
 them without changing it, as a pass that gives a new peer its keepalive does.
 
+Then what a read of the whole device costs (``get``, and its parse into a
+``DeviceStatus``, as the mesh's resync does every 10 s): with the parser's caches
+cleared before each read (every value parsed through ``ipaddress``, as every read did
+before they came) and as they are (every value seen at the read before).
+
     .venv/bin/python benchmarks/uapi.py --peers 100 --rounds 7 --transactions 300
 """
 
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from twisted.internet import defer, task
 
 from hepto.config import Endpoint
+from hepto.mesh import uapi
 from hepto.mesh.backend import AddPeer, PeerSpec, UpdatePeer
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.uapi import set_request
@@ -89,6 +95,28 @@ async def run(reactor: object, args: argparse.Namespace) -> None:
                 f"{mode:18s}  {statistics.median(sides['agent']):12.0f}"
                 f"  {statistics.median(sides['wireguard-go']):19.0f}"
             )
+        reads: dict[str, dict[str, list[float]]] = {}
+        for _ in range(args.rounds):
+            for mode in ("caches cleared", "caches kept"):
+                agent, device = time.process_time(), thread_cpu(backend.pid)
+                for _ in range(args.reads):
+                    if mode == "caches cleared":
+                        for cache in (uapi._prefix, uapi._endpoint, uapi._base64_key):
+                            cache.cache_clear()
+                    status = await backend.read()
+                    assert len(status.peers) == args.peers
+                agent = time.process_time() - agent
+                device = thread_cpu(backend.pid) - device
+                mode_figures = reads.setdefault(mode, {"agent": [], "wireguard-go": []})
+                mode_figures["agent"].append(agent / args.reads * 1e6)
+                mode_figures["wireguard-go"].append(device / args.reads * 1e6)
+        print(f"{args.reads} reads of the device a round, medians of {args.rounds}")
+        print("parser              agent µs/read  wireguard-go µs/read")
+        for mode, sides in reads.items():
+            print(
+                f"{mode:18s}  {statistics.median(sides['agent']):13.0f}"
+                f"  {statistics.median(sides['wireguard-go']):20.0f}"
+            )
     finally:
         await backend.stop()
         lab.close()
@@ -100,6 +128,7 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--transactions", type=int, default=300)
+    parser.add_argument("--reads", type=int, default=100)
     args = parser.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor, args)))
 

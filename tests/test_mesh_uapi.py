@@ -117,6 +117,42 @@ class FormatTests(SynchronousTestCase):
             (bare.endpoint, bare.last_handshake, bare.allowed_ips), (None, None, set())
         )
 
+    def test_values_parsed_once(self) -> None:
+        """The resync reads the same peers every 10 s: their values are parsed once."""
+        keys = KeyPair.generate()
+        # Values no other test parses, so that the caches start without them.
+        suffix = int.from_bytes(bytes.fromhex(base64_to_hex(keys.public_key))[:2], "big")
+        reply = (
+            f"public_key={base64_to_hex(keys.public_key)}\n"
+            f"endpoint=[2001:db8:7::{suffix:x}]:51820\n"
+            f"allowed_ip=fd07::{suffix:x}/128\n"
+            "errno=0\n"
+        ).encode()
+        parsed, parse = [], ipaddress.ip_network
+
+        def counted(value: str) -> Any:
+            parsed.append(value)
+            return parse(value)
+
+        self.patch(uapi.ipaddress, "ip_network", counted)
+        first, second = parse_get(reply), parse_get(reply)
+        self.assertEqual(first, second)
+        self.assertEqual(parsed, [f"fd07::{suffix:x}/128"])
+        peer = second.peers[keys.public_key]
+        self.assertEqual(peer.endpoint, f"[2001:db8:7::{suffix:x}]:51820")
+        self.assertEqual(peer.allowed_ips, {ipaddress.IPv6Network(f"fd07::{suffix:x}/128")})
+
+    def test_errors_are_not_remembered(self) -> None:
+        """A malformed value fails every time, and a good one after it is parsed right."""
+        bad = b"public_key=" + b"00" * 32 + b"\nallowed_ip=fd00::1/129\nerrno=0\n"
+        self.assertRaises(UAPIProtocolError, parse_get, bad)
+        self.assertRaises(UAPIProtocolError, parse_get, bad)
+        good = parse_get(b"public_key=" + b"00" * 32 + b"\nallowed_ip=fd00::1/128\nerrno=0\n")
+        (peer,) = good.peers.values()
+        self.assertEqual(peer.allowed_ips, {ipaddress.IPv6Network("fd00::1/128")})
+        self.assertRaises(UAPIProtocolError, parse_get, b"public_key=zz\nerrno=0\n")
+        self.assertRaises(UAPIProtocolError, parse_get, b"public_key=zz\nerrno=0\n")
+
     def test_unconfigured_device(self) -> None:
         device = parse_get(b"listen_port=44304\nerrno=0\n")
         self.assertEqual((device.private_key, device.listen_port, device.peers), (None, 44304, {}))

@@ -9,6 +9,7 @@ one connection, which it makes again when wireguard-go closed it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from hepto import unixpath
+from hepto import plan, unixpath
 from hepto.mesh.backend import (
     AddPeer,
     DeviceStatus,
@@ -37,6 +38,11 @@ from hepto.once import Once
 #: A reply larger than this is not wireguard-go talking (1,000 peers take ~400 KB).
 MAX_REPLY: Final = 16 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 10.0
+#: Parsed keys, endpoints and prefixes remembered, each kind apart.  The mesh reads the
+#: whole device at every resync (every 10 s), and the same values come back each time:
+#: parsing them again through ``ipaddress`` took 3.5 ms a read at 100 peers, the largest
+#: part of a quiet member's CPU (``docs/benchmarks.rst``, "Reading the device").
+PARSED_VALUES: Final = plan.ADDRESS_CACHE
 
 
 class UAPIError(Exception):
@@ -146,10 +152,7 @@ class _PeerBuilder:
         if key == "endpoint":
             self.endpoint = _endpoint(value)
         elif key == "allowed_ip":
-            try:
-                self.allowed_ips.add(ipaddress.ip_network(value))
-            except ValueError:
-                raise UAPIProtocolError(f"allowed_ip={value!r} is not a prefix") from None
+            self.allowed_ips.add(_prefix(value))
         elif key == "persistent_keepalive_interval":
             self.keepalive = _integer(key, value)
         elif key == "last_handshake_time_sec":
@@ -177,6 +180,16 @@ class _PeerBuilder:
         )
 
 
+# Errors are raised, never remembered: lru_cache keeps only what a call returns.
+@functools.lru_cache(maxsize=PARSED_VALUES)
+def _prefix(value: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError:
+        raise UAPIProtocolError(f"allowed_ip={value!r} is not a prefix") from None
+
+
+@functools.lru_cache(maxsize=PARSED_VALUES)
 def _endpoint(value: str) -> str:
     """wireguard-go's ``[addr]:port`` (or ``a.b.c.d:port``), canonicalised."""
     host, _, port = value.rpartition(":")
@@ -215,9 +228,14 @@ def parse_get(reply: bytes) -> DeviceStatus:
 
 def _key(key: str, value: str) -> str:
     try:
-        return hex_to_base64(value)
+        return _base64_key(value)
     except InvalidKey as error:
         raise UAPIProtocolError(f"{key} is {error}") from None
+
+
+@functools.lru_cache(maxsize=PARSED_VALUES)
+def _base64_key(value: str) -> str:
+    return hex_to_base64(value)
 
 
 class UAPIConnection(Protocol):
