@@ -771,6 +771,11 @@ class Settings:
     #: Members that join, one at a time, once the others are up and quiet (0: the
     #: usual scenarios instead).
     one_more: int = 0
+    #: Seconds from a joiner's start over which the members' CPU for its join is
+    #: counted (0: until the last of (a), (b), (c)).  A join's work goes on after (c)
+    #: (the last retransmissions, a late greeting, the keepalives dropped), so a window
+    #: that ends at (c) counts more of it when (c) comes later.
+    cpu_window: float = 0.0
     #: hepto members run under cProfile, and under the CPU sampler.
     profiled: frozenset[str] = frozenset()
     sampled: frozenset[str] = frozenset()
@@ -997,6 +1002,9 @@ class Bench:
         self.figures["one_more_member_datagrams"] = median(
             [join["member_datagrams"]["mean"] for join in joins if join.get("member_datagrams")]
         )
+        self.figures["one_more_member_idle_cpu"] = median(
+            [join["member_idle"]["cpu_ms_per_s"] for join in joins if "member_idle" in join]
+        )
         self.figures["one_more_member_cpu_mean_ms"] = median(
             [
                 join["member_cpu_ms"]["mean"]
@@ -1094,6 +1102,9 @@ class Bench:
         ]
         await defer.gatherResults(waits)
         poller.stop()
+        remaining = clock + self.settings.cpu_window - time.monotonic()
+        if remaining > 0:
+            await self.sleep(remaining)
         elapsed = time.monotonic() - clock
         # Each member's CPU beyond its idle rate, in ms, by program (the agent, its
         # wireguard-go, workers that ended).
@@ -1580,6 +1591,10 @@ def table(results: dict[str, dict[int, Any]]) -> str:
             lambda f: _fmt(f.get("one_more_member_cpu_mean_ms"), 1),
         ),
         (
+            "one more: a quiet member's CPU (ms/s)",
+            lambda f: _fmt(f.get("one_more_member_idle_cpu"), 2),
+        ),
+        (
             "one more: gossip datagrams sent per member",
             lambda f: _fmt(f.get("one_more_member_datagrams"), 1),
         ),
@@ -1712,6 +1727,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "join one at a time, each timed (issue 18's one more member)",
     )
     parser.add_argument(
+        "--cpu-window",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="count the members' CPU for each join over S seconds from the joiner's start, "
+        "less their idle rate (default: until the last of (a), (b), (c))",
+    )
+    parser.add_argument(
         "--profile",
         default="",
         metavar="NAMES",
@@ -1785,6 +1808,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         prefix=args.prefix,
         trees=trees,
         one_more=args.one_more,
+        cpu_window=args.cpu_window,
         profiled=frozenset(name for name in args.profile.split(",") if name),
         sampled=frozenset(name for name in args.sample_cpu.split(",") if name),
     )
