@@ -26,8 +26,9 @@ class LinkMissing(Exception):
     """The mesh interface does not exist (yet, or any more)."""
 
 
-def _network(address: object, length: int) -> ipaddress.IPv6Network:
-    return ipaddress.IPv6Network((str(address), length))
+def _interface(address: object, length: int) -> ipaddress.IPv6Interface:
+    # An address with its prefix length, host bits and all: fd00::5/64 is no network.
+    return ipaddress.IPv6Interface((str(address), length))
 
 
 @attrs.define
@@ -67,23 +68,26 @@ class Links:
             self.rt.set_link(index, mtu=mtu, up=True)
             done.append(f"mtu {mtu} up")
         actual_addresses = frozenset(
-            _network(entry.address, entry.prefixlen)
+            _interface(entry.address, entry.prefixlen)
             for entry in self.rt.get_addresses(AF_INET6, index)
             if not entry.address.is_link_local
         )
-        wanted_addresses = frozenset(_network(address, 128) for address in addresses)
-        add, remove = plan_set(actual_addresses, wanted_addresses)
-        for network in remove:
-            self.rt.delete_address(index, network.network_address, network.prefixlen)
-            done.append(f"address -{network}")
-        for network in add:
+        wanted_addresses = frozenset(_interface(address, 128) for address in addresses)
+        new_addresses, old_addresses = plan_set(actual_addresses, wanted_addresses)
+        for interface in old_addresses:
+            self.rt.delete_address(index, interface.ip, interface.network.prefixlen)
+            done.append(f"address -{interface}")
+        for interface in new_addresses:
             # WireGuard links skip duplicate address detection anyway (NOARP); say so.
-            self.rt.add_address(index, network.network_address, 128, IFA_F_NODAD)
-            done.append(f"address +{network}")
+            self.rt.add_address(index, interface.ip, 128, IFA_F_NODAD)
+            done.append(f"address +{interface}")
         actual_routes = frozenset(
-            _network(route.destination.network_address, route.destination.prefixlen)
+            route.destination
             for route in self.rt.get_routes(AF_INET6)
-            if route.oif == index and route.table == MAIN_TABLE and route.protocol != RTPROT_KERNEL
+            if route.oif == index
+            and route.table == MAIN_TABLE
+            and route.protocol != RTPROT_KERNEL
+            and isinstance(route.destination, ipaddress.IPv6Network)
         )
         add, remove = plan_set(actual_routes, routes)
         for network in remove:

@@ -11,7 +11,7 @@ import bisect
 import functools
 import ipaddress
 from collections.abc import Collection, Mapping, MutableMapping, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 
@@ -419,8 +419,12 @@ def after_changes(device: DeviceStatus, changes: Sequence[PeerChange]) -> Device
     return attrs.evolve(device, peers=peers)
 
 
+#: What a link carries: routes (networks) and addresses (with their prefix length).
+Carried = TypeVar("Carried", ipaddress.IPv6Network, ipaddress.IPv6Interface)
+
+
 def plan_set(
-    actual: frozenset[ipaddress.IPv6Network], desired: frozenset[ipaddress.IPv6Network]
-) -> tuple[list[ipaddress.IPv6Network], list[ipaddress.IPv6Network]]:
+    actual: frozenset[Carried], desired: frozenset[Carried]
+) -> tuple[list[Carried], list[Carried]]:
     """(to add, to remove), each sorted, for routes or addresses."""
     return sorted(desired - actual), sorted(actual - desired)
