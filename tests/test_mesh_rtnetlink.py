@@ -159,6 +159,29 @@ class DecodingTests(SynchronousTestCase):
         )
         self.assertEqual(default, rtn.Route(ipaddress.IPv6Network("::/0"), None, 1000, 3, 1))
 
+    def test_routes_parsed_once(self) -> None:
+        """The resync dumps the same routes every 10 s: each destination is parsed once."""
+        parsed, parse = [], ipaddress.ip_network
+
+        def counted(value: object) -> object:
+            parsed.append(value)
+            return parse(value)  # type: ignore[arg-type]
+
+        self.patch(rtn.ipaddress, "ip_network", counted)
+        # A prefix no other test parses, so that the cache starts without it.
+        prefix = ipaddress.IPv6Network("fd00:7:7:7::/64")
+        body = struct.pack("=BBBBBBBBI", socket.AF_INET6, 64, 0, 0, 254, 4, 0, 1, 0)
+        body += rtn.attribute(rtn.RTA_DST, prefix.network_address.packed)
+        first, second = rtn.parse_route(body), rtn.parse_route(body)
+        self.assertEqual((first.destination, second.destination), (prefix, prefix))
+        self.assertEqual(len(parsed), 1)
+
+    def test_malformed_address_fails_every_time(self) -> None:
+        body = struct.pack("=BBBBI", socket.AF_INET6, 64, 0, 0, 2)
+        body += rtn.attribute(rtn.IFA_ADDRESS, b"\x01\x02\x03")
+        self.assertRaises(ValueError, rtn.parse_address, body)
+        self.assertRaises(ValueError, rtn.parse_address, body)
+
     def test_error_with_the_kernels_text(self) -> None:
         (error,) = rtn.split(ack(9, errno.EEXIST, "ipv6: address already assigned"))
         self.assertEqual(rtn.parse_error(error), (errno.EEXIST, "ipv6: address already assigned"))
@@ -294,6 +317,20 @@ class NamespaceTests(SynchronousTestCase):
         self.assertEqual(done, [f"address -{ME}/128", f"route -{PODS}", f"route +{MESH}"])
         self.assertNotIn(str(ME), self.ip("-6", "addr", "show", "dev", "hepto0"))
         self.assertIn("fe80::/64 proto kernel", self.ip("-6", "route", "show", "dev", "hepto0"))
+
+    def test_sync_undoes_an_address_with_host_bits(self) -> None:
+        """A hand-added fd00::5/64 is an address on a prefix, not a prefix: it goes."""
+        self.rt.add_link("hepto0", "bridge")
+        links = Links(self.rt, "hepto0")
+        links.sync(frozenset({ME}), frozenset({MESH}), 1320)
+        self.ip("-6", "addr", "add", "fd00::5/64", "dev", "hepto0", "nodad")
+        self.assertEqual(
+            links.sync(frozenset({ME}), frozenset({MESH}), 1320), ["address -fd00::5/64"]
+        )
+        shown = self.ip("-6", "addr", "show", "dev", "hepto0")
+        self.assertNotIn("fd00::5", shown)
+        self.assertIn(f"inet6 {ME}/128", shown)
+        self.assertEqual(links.sync(frozenset({ME}), frozenset({MESH}), 1320), [])
 
     def test_change_routes_alone(self) -> None:
         self.rt.add_link("hepto0", "bridge")

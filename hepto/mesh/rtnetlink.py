@@ -21,6 +21,7 @@ kernel's own explanation (extended acks) when it gives one.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -32,6 +33,8 @@ import attrs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Parsed addresses and route destinations remembered (see ``_ip``).
+PARSED_VALUES: Final = 4096
 
 # Netlink (linux/netlink.h)
 NLMSG_NOOP: Final = 1
@@ -273,8 +276,21 @@ def _u32(value: bytes | None) -> int | None:
     return None if value is None or len(value) < 4 else int(_U32.unpack_from(value)[0])
 
 
+# The mesh's resync dumps every route and address of its namespace every 10 s, and the
+# same come back each time (a hundred pod prefixes at 100 members): what each one's
+# bytes make is remembered, errors never (lru_cache keeps only what a call returns).
+@functools.lru_cache(maxsize=PARSED_VALUES)
 def _ip(value: bytes) -> IPAddress:
     return ipaddress.ip_address(value)
+
+
+@functools.lru_cache(maxsize=PARSED_VALUES)
+def _destination(family: int, value: bytes | None, length: int) -> IPNetwork:
+    if value is not None:
+        network = _ip(value)
+    else:  # a default route
+        network = ipaddress.IPv4Address(0) if family == socket.AF_INET else ipaddress.IPv6Address(0)
+    return ipaddress.ip_network((network, length))
 
 
 def parse_link(body: bytes) -> Link:
@@ -303,11 +319,7 @@ def parse_address(body: bytes) -> Address | None:
 def parse_route(body: bytes) -> Route:
     family, dst_len, _, _, table, protocol, _, kind, _ = _RTMSG.unpack_from(body)
     found = attributes(body[_RTMSG.size :])
-    if RTA_DST in found:
-        network = _ip(found[RTA_DST])
-    else:  # a default route
-        network = ipaddress.IPv4Address(0) if family == socket.AF_INET else ipaddress.IPv6Address(0)
-    destination = ipaddress.ip_network((network, dst_len))
+    destination = _destination(family, found.get(RTA_DST), dst_len)
     wide_table = _u32(found.get(RTA_TABLE))
     return Route(
         destination,
