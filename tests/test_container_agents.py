@@ -100,8 +100,11 @@ class ContainedClusterTests(ClusterTestCase):
                 for line in host.run(["ip", "-o", "link", "show"]).stdout.splitlines()
             }
             self.assertEqual(links, {"lo", "eth0", record["host_link"]})
-            # Its own address on the host's link, which another host reaches.
+            # Its own address on the host's link, which another host reaches, and finds
+            # at once: the host answers for it without the kernel's random proxy delay.
             self.assertNotEqual(record["address"], str(host.address))
+            delay = host.run(["cat", "/proc/sys/net/ipv6/neigh/eth0/proxy_delay"]).stdout
+            self.assertEqual(delay.strip(), "0")
             self.outside.run(["ping", "-c", "1", "-W", "5", record["address"]])
             # The components are in the container's pid namespace, not the host's.
             processes = node_processes(self.cluster, host.name)

@@ -152,6 +152,11 @@ def connect(plan: ContainerPlan, mode: str, pid: int) -> None:
         ip("-6", "route", "replace", f"{route}/128", *via, "dev", host_link)
     _sysctl("net/ipv6/conf/all/forwarding", "1")
     _sysctl(f"net/ipv6/conf/{plan.iface}/proxy_ndp", "1")
+    # The kernel answers a solicitation for a proxied address after a random wait of up to
+    # proxy_delay (0.8 s by default), so that a real owner on the link would answer first:
+    # the container's address has no other owner, and a first contact (a gossip probe
+    # gives up after 0.5 s) waited for nothing.
+    _sysctl(f"net/ipv6/neigh/{plan.iface}/proxy_delay", "0")
     # With forwarding on, the kernel ignores router advertisements where accept_ra is 1.
     accept_ra = Path("/proc/sys/net/ipv6/conf", plan.iface, "accept_ra")
     if accept_ra.read_text().strip() == "1":
