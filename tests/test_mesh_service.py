@@ -62,6 +62,20 @@ class FakeReach:
         self._observers.notify(self.unprompted)
 
 
+class RecordingGreeter:
+    """Greetings by datagram, kept rather than sent."""
+
+    def __init__(self) -> None:
+        self.greeted: list[ipaddress.IPv6Address] = []
+        self.closed = 0
+
+    def greet(self, address: ipaddress.IPv6Address) -> None:
+        self.greeted.append(address)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
 class Harness:
     """One node "me" of a MemoryCluster, its mesh service, and what it drives."""
 
@@ -76,6 +90,7 @@ class Harness:
         self.identity = SigningKey.generate()
         backends = kwargs.pop("backends", None) or [lambda: self.backend]
         self.reach = FakeReach()
+        self.greeter = RecordingGreeter()
         self.service = MeshService(
             MeshSettings(CLUSTER, "me", is_master),
             self.state,
@@ -85,6 +100,7 @@ class Harness:
             links=Links(self.ipr, "hepto0"),
             underlay=lambda: self.underlay,
             reach=self.reach,
+            greeter=self.greeter,  # type: ignore[arg-type]
         )
         case.addCleanup(self.stop)
 
@@ -100,6 +116,11 @@ class Harness:
         view = self.cluster.join(name, role="node", **data)
         self.clock.advance(0)
         return view
+
+    def greeted(self) -> list[str]:
+        """Whom the greeter greeted, by name, in order."""
+        names = {plan.mesh_address(CLUSTER, name): name for name in self.state.members()}
+        return [names[address] for address in self.greeter.greeted]
 
     def calls(self, kind: str) -> list[Any]:
         return [argument for name, argument in self.backend.calls if name == kind]
@@ -277,11 +298,12 @@ class ReconcileTests(SynchronousTestCase):
         self.assertEqual(len(h.calls("apply")), applied)
         h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25})
-        # Known to reach us before it is a peer: greeted all the same, for one pass.
+        # Known to reach us before it is a peer: no keepalive ever, a datagram greets it.
         h.reach.set("a", "c")
         h.join("c", 3, wireguard=wireguard(3))
         h.clock.advance(GREETING_DELAY)
-        self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 25})
+        self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 0})
+        self.assertEqual(h.greeted(), ["c"])
         h.clock.advance(RESYNC_INTERVAL)
         self.assertEqual(self.keepalives(), {"a": 0, "b": 25, "c": 0})
         h.reach.set("c")
@@ -577,10 +599,28 @@ class GreetingTests(SynchronousTestCase):
         self.assertEqual(added, {"ann": 0})
         self.assertEqual((self.keepalive("zed"), self.keepalive("ann")), (25, 0))
 
-    def test_the_other_end_greets_after_the_delay_whoever_reaches_whom(self) -> None:
+    def test_a_peer_that_reaches_us_unprompted_is_greeted_by_a_datagram(self) -> None:
         h = self.h
-        h.reach.set("ann")  # it reaches us unprompted: no keepalive once greeted
-        self.join("ann", 1)
+        h.reach.set("zed", "ann")
+        self.join("zed", 1)  # we greet first: at once, and it never gets a keepalive
+        self.assertEqual(h.greeted(), ["zed"])
+        self.join("ann", 2)  # ann greets first: we do a second later
+        applied = len(h.calls("apply"))
+        self.assertEqual((self.keepalive("zed"), self.keepalive("ann")), (0, 0))
+        h.clock.advance(GREETING_DELAY * 0.99)
+        self.assertEqual(h.greeted(), ["zed"])
+        h.clock.advance(GREETING_DELAY * 0.01)
+        self.assertEqual(h.greeted(), ["zed", "ann"])
+        # No write to the device for it, now or at the next pass; no greeting is left.
+        h.clock.advance(RESYNC_INTERVAL)
+        self.assertEqual(len(h.calls("apply")), applied)
+        self.assertEqual((self.keepalive("zed"), self.keepalive("ann")), (0, 0))
+        self.assertEqual(h.greeted(), ["zed", "ann"])
+        self.assertEqual(h.clock.getDelayedCalls(), [h.service._resync.call])  # type: ignore[union-attr]
+
+    def test_the_other_end_greets_after_the_delay_with_a_keepalive(self) -> None:
+        h = self.h
+        self.join("ann", 1)  # not known to reach us: it keeps a keepalive, which greets
         applied = len(h.calls("apply"))
         h.clock.advance(GREETING_DELAY * 0.99)
         self.assertEqual((len(h.calls("apply")), self.keepalive("ann")), (applied, 0))
@@ -588,9 +628,9 @@ class GreetingTests(SynchronousTestCase):
         [[greeting]] = h.calls("apply")[applied:]
         self.assertIsInstance(greeting, UpdatePeer)
         self.assertEqual(self.keepalive("ann"), 25)
-        # Greeted once: the next pass gives it what Reach says, and no greeting is left.
+        self.assertEqual(h.greeted(), [])
         h.clock.advance(RESYNC_INTERVAL)
-        self.assertEqual(self.keepalive("ann"), 0)
+        self.assertEqual(self.keepalive("ann"), 25)
         self.assertEqual(h.clock.getDelayedCalls(), [h.service._resync.call])  # type: ignore[union-attr]
 
     def test_a_peer_that_comes_back_waits_for_its_greeting_again(self) -> None:
@@ -612,6 +652,7 @@ class GreetingTests(SynchronousTestCase):
         self.successResultOf(defer.maybeDeferred(h.service.stopService))
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(h.service._greetings.next_due(h.clock.seconds()), None)
+        self.assertEqual(h.greeter.closed, 1)
 
 
 def node_config(data_dir: Path, **raw: str) -> NodeConfig:

@@ -18,7 +18,7 @@ import collections
 import datetime
 import enum
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Final, Protocol
 
@@ -32,18 +32,20 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hepto import plan
 from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import Endpoint, NodeConfig
 from hepto.machine import Transitions
 from hepto.mesh import record
 from hepto.mesh.backend import (
+    AddPeer,
     Backend,
     BackendUnavailable,
     DeviceStatus,
     describe,
     summarize,
 )
-from hepto.mesh.greetings import Greetings
+from hepto.mesh.greetings import Greeter, Greetings, greets_first
 from hepto.mesh.keys import KeyPair
 from hepto.mesh.links import LinkMissing, Links
 from hepto.mesh.passes import PassScheduler
@@ -175,6 +177,7 @@ class MeshService(Service):
         underlay: Callable[[], Underlay | None],
         masters: MasterSource | None = None,
         reach: ReachSource | None = None,
+        greeter: Greeter | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -222,6 +225,8 @@ class MeshService(Service):
         #: New peers that greet us first, and when we greet them (hepto.mesh.greetings).
         self._greetings = Greetings()
         self._greeting_call: IDelayedCall | None = None
+        #: Greets by datagram the peers that get no keepalive (hepto.mesh.greetings).
+        self.greeter = greeter if greeter is not None else Greeter(log=self.log)
         self._addresses_up: Once[None] = Once()
 
     @property
@@ -350,6 +355,7 @@ class MeshService(Service):
         # A later start finds its device anew: nothing of this run is assumed.
         self._applied = None
         self._greetings.clear()
+        self.greeter.close()
         self._synced = None
         self._force = False
         # Whatever the phase, the backend made (even one still starting) goes.
@@ -454,8 +460,12 @@ class MeshService(Service):
             return frozenset()
         return frozenset(peer.name for peer in self._applied.peers.values())
 
+    def _unprompted(self) -> frozenset[str]:
+        """The members that reach us unprompted: their peers need no keepalive."""
+        return frozenset() if self._reach is None else self._reach.unprompted
+
     def _note_greetings(self, now: float) -> None:
-        """New peers that greet us first wait for their greeting; a pass comes for it."""
+        """New peers that greet us first wait for their greeting, which comes on time."""
         own = self.settings.name
         peers = [
             name
@@ -466,24 +476,44 @@ class MeshService(Service):
             and member.record.get(record.WIREGUARD)
         ]
         self._greetings.note(own, peers, self._greeted(), now)
+        self._time_greetings(now)
+
+    def _time_greetings(self, now: float) -> None:
         if self._greeting_call is not None and self._greeting_call.active():
             self._greeting_call.cancel()
         when = self._greetings.next_due(now)
         self._greeting_call = (
-            None if when is None else self.reactor.callLater(when - now, self._wanted)
+            None if when is None else self.reactor.callLater(when - now, self._greetings_due)
         )
+
+    def _greetings_due(self) -> None:
+        """Greet the peers whose turn came: by datagram, or by a keepalive that a pass sets."""
+        self._greeting_call = None
+        now = self.reactor.seconds()
+        due = self._greetings.due(now)
+        if due - self._unprompted():
+            self._wanted()  # the pass greets the others too
+            return
+        # Only peers the device has: one still being added is greeted by its pass.
+        self._greet(due & self._greeted(), ())
+        self._time_greetings(now)
+
+    def _greet(self, due: frozenset[str], added: Iterable[str]) -> None:
+        """``due`` have had their greeting, and new peers (``added``) that we greet first
+        theirs: by a datagram where the device gives them no keepalive to greet with."""
+        own = self.settings.name
+        first = {name for name in added if greets_first(own, name)}
+        for name in sorted((due | first) & self._unprompted()):
+            self.greeter.greet(plan.mesh_address(self.settings.cluster, name))
+        self._greetings.greeted(due)
 
     def desired(self) -> Desired:
         assert self.keys is not None
         settings = self.settings
         now = self.reactor.seconds()
-        # One end of a new tunnel greets at once, the other a little later (greetings).
-        quiet = self._greetings.waiting(now)
-        if self._reach is not None:
-            # A new peer gets a keepalive all the same, for one pass: given one, a device
-            # greets its peer at once, and the handshake says the tunnel works.  So does
-            # a peer whose greeting is due.
-            quiet |= (self._reach.unprompted & self._greeted()) - self._greetings.due(now)
+        # One end of a new tunnel greets at once, the other a little later (greetings);
+        # those that reach us unprompted get no keepalive, and a datagram greets them.
+        quiet = self._greetings.waiting(now) | self._unprompted()
         return desired_mesh(
             settings.cluster,
             settings.name,
@@ -504,7 +534,7 @@ class MeshService(Service):
         desired = self.desired()
         self._report(desired.problems)
         if not force and desired == self._applied:
-            self._greetings.greeted(greetings)
+            self._greet(greetings, ())
             return
         self.passes += 1
         backend = self.backend
@@ -565,7 +595,7 @@ class MeshService(Service):
             # it was told.
             self._device = after_changes(device, changes)
         self._applied = desired
-        self._greetings.greeted(greetings)
+        self._greet(greetings, (c.spec.name for c in changes if isinstance(c, AddPeer)))
 
     async def _read(self, backend: Backend) -> DeviceStatus:
         device = await backend.read()
