@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -61,6 +62,38 @@ def peer(index: int) -> PeerSpec:
     )
 
 
+async def per_operation(
+    pid: int,
+    modes: Sequence[str],
+    operation: Callable[[str], Awaitable[None]],
+    rounds: int,
+    count: int,
+) -> dict[str, dict[str, list[float]]]:
+    """µs of CPU per operation of the agent and of wireguard-go, per mode, per round."""
+    figures: dict[str, dict[str, list[float]]] = {}
+    for _ in range(rounds):
+        for mode in modes:
+            agent, device = time.process_time(), thread_cpu(pid)
+            for _ in range(count):
+                await operation(mode)
+            agent = time.process_time() - agent
+            device = thread_cpu(pid) - device
+            mode_figures = figures.setdefault(mode, {"agent": [], "wireguard-go": []})
+            mode_figures["agent"].append(agent / count * 1e6)
+            mode_figures["wireguard-go"].append(device / count * 1e6)
+    return figures
+
+
+def report(label: str, operation: str, figures: dict[str, dict[str, list[float]]]) -> None:
+    agent, device = f"agent µs/{operation}", f"wireguard-go µs/{operation}"
+    print(f"{label:18s}  {agent}  {device}")
+    for mode, sides in figures.items():
+        print(
+            f"{mode:18s}  {statistics.median(sides['agent']):{len(agent)}.0f}"
+            f"  {statistics.median(sides['wireguard-go']):{len(device)}.0f}"
+        )
+
+
 async def run(reactor: object, args: argparse.Namespace) -> None:
     lab = Lab("hb")
     directory = Path(tempfile.mkdtemp(prefix="hb-uapi-"))
@@ -75,48 +108,29 @@ async def run(reactor: object, args: argparse.Namespace) -> None:
         await client.set(set_request(KeyPair.generate().private_key, 51820))
         await client.set(set_request(changes=[AddPeer(spec) for spec in peers]))
         update = set_request(changes=[UpdatePeer(peers[0], endpoint=False)])
-        figures: dict[str, dict[str, list[float]]] = {}
-        for _ in range(args.rounds):
-            for mode in ("kept", "per transaction"):
-                agent, device = time.process_time(), thread_cpu(backend.pid)
-                for _ in range(args.transactions):
-                    await client.set(update)
-                    if mode == "per transaction":
-                        await client.close()
-                agent = time.process_time() - agent
-                device = thread_cpu(backend.pid) - device
-                mode_figures = figures.setdefault(mode, {"agent": [], "wireguard-go": []})
-                mode_figures["agent"].append(agent / args.transactions * 1e6)
-                mode_figures["wireguard-go"].append(device / args.transactions * 1e6)
+
+        async def set_once(mode: str) -> None:
+            await client.set(update)
+            if mode == "per transaction":
+                await client.close()
+
+        async def read_once(mode: str) -> None:
+            if mode == "caches cleared":
+                for cache in (uapi._prefix, uapi._endpoint, uapi._base64_key):
+                    cache.cache_clear()
+            status = await backend.read()
+            assert len(status.peers) == args.peers
+
+        sets = await per_operation(
+            backend.pid, ("kept", "per transaction"), set_once, args.rounds, args.transactions
+        )
         print(f"{args.peers} peers, {args.transactions} sets a round, medians of {args.rounds}")
-        print("connection          agent µs/set  wireguard-go µs/set")
-        for mode, sides in figures.items():
-            print(
-                f"{mode:18s}  {statistics.median(sides['agent']):12.0f}"
-                f"  {statistics.median(sides['wireguard-go']):19.0f}"
-            )
-        reads: dict[str, dict[str, list[float]]] = {}
-        for _ in range(args.rounds):
-            for mode in ("caches cleared", "caches kept"):
-                agent, device = time.process_time(), thread_cpu(backend.pid)
-                for _ in range(args.reads):
-                    if mode == "caches cleared":
-                        for cache in (uapi._prefix, uapi._endpoint, uapi._base64_key):
-                            cache.cache_clear()
-                    status = await backend.read()
-                    assert len(status.peers) == args.peers
-                agent = time.process_time() - agent
-                device = thread_cpu(backend.pid) - device
-                mode_figures = reads.setdefault(mode, {"agent": [], "wireguard-go": []})
-                mode_figures["agent"].append(agent / args.reads * 1e6)
-                mode_figures["wireguard-go"].append(device / args.reads * 1e6)
+        report("connection", "set", sets)
+        reads = await per_operation(
+            backend.pid, ("caches cleared", "caches kept"), read_once, args.rounds, args.reads
+        )
         print(f"{args.reads} reads of the device a round, medians of {args.rounds}")
-        print("parser              agent µs/read  wireguard-go µs/read")
-        for mode, sides in reads.items():
-            print(
-                f"{mode:18s}  {statistics.median(sides['agent']):13.0f}"
-                f"  {statistics.median(sides['wireguard-go']):20.0f}"
-            )
+        report("parser", "read", reads)
     finally:
         await backend.stop()
         lab.close()
