@@ -34,6 +34,7 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Collection, Iterable
+from functools import partial
 from typing import Final
 
 import attrs
@@ -81,7 +82,8 @@ class Greetings:
         return frozenset(name for name, due in self._due.items() if due <= now)
 
     def greeted(self, names: Iterable[str]) -> None:
-        """A pass gave ``names`` their greeting: from now on their keepalive is the usual."""
+        """``names`` had their greeting (a datagram, or a keepalive a pass set): from now
+        on their keepalive is the usual."""
         for name in names:
             self._due.pop(name, None)
 
@@ -102,7 +104,7 @@ class Greeter:
     """
 
     port: int = GREETING_PORT
-    log: Logger = attrs.field(factory=Logger)
+    log: Logger = attrs.field(factory=partial(Logger, namespace=__name__))
     #: Greetings sent, and those the kernel refused (say, no route yet).
     sent: int = attrs.field(default=0, init=False)
     failed: int = attrs.field(default=0, init=False)
