@@ -31,10 +31,10 @@ from typing import Final, Protocol
 
 import attrs
 
+from hepto import plan
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: Parsed addresses and route destinations remembered (see ``_ip``).
-PARSED_VALUES: Final = 4096
 
 # Netlink (linux/netlink.h)
 NLMSG_NOOP: Final = 1
@@ -279,12 +279,12 @@ def _u32(value: bytes | None) -> int | None:
 # The mesh's resync dumps every route and address of its namespace every 10 s, and the
 # same come back each time (a hundred pod prefixes at 100 members): what each one's
 # bytes make is remembered, errors never (lru_cache keeps only what a call returns).
-@functools.lru_cache(maxsize=PARSED_VALUES)
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def _ip(value: bytes) -> IPAddress:
     return ipaddress.ip_address(value)
 
 
-@functools.lru_cache(maxsize=PARSED_VALUES)
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def _destination(family: int, value: bytes | None, length: int) -> IPNetwork:
     if value is not None:
         network = _ip(value)

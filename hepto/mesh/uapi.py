@@ -40,8 +40,8 @@ MAX_REPLY: Final = 16 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 10.0
 #: Parsed keys, endpoints and prefixes remembered, each kind apart.  The mesh reads the
 #: whole device at every resync (every 10 s), and the same values come back each time:
-#: parsing them again through ``ipaddress`` took 3.5 ms a read at 100 peers, the largest
-#: part of a quiet member's CPU (``docs/benchmarks.rst``, "Reading the device").
+#: parsing them again, mostly in ``ipaddress``, took 2.4 ms a read at 100 peers
+#: (``docs/benchmarks.rst``, "Reading the device").
 PARSED_VALUES: Final = plan.ADDRESS_CACHE
 
 
