@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import compileall
+import contextlib
 import json
 import math
 import os
@@ -625,6 +626,8 @@ class HeptoSystem:
     #: Members whose agent runs under ``benchmarks/cpusample.py`` (``--sample-cpu``):
     #: ``<name>.cpu`` in the run's directory.
     sampled: frozenset[str] = frozenset()
+    #: Members profiled over each join's windows (``--profile-joins``).
+    join_profiled: frozenset[str] = frozenset()
     _compiled: bool = False
 
     def compile(self) -> None:
@@ -649,6 +652,13 @@ class HeptoSystem:
         if host.name in self.profiled:
             profile = directory / f"{host.name}.prof"
             profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)]
+        elif host.name in self.join_profiled:
+            profiler = [
+                sys.executable,
+                str(ROOT / "benchmarks" / "cpusample.py"),
+                "profile",
+                str(directory / host.name),
+            ]
         elif host.name in self.sampled:
             samples = directory / f"{host.name}.cpu"
             profiler = [
@@ -779,6 +789,8 @@ class Settings:
     #: hepto members run under cProfile, and under the CPU sampler.
     profiled: frozenset[str] = frozenset()
     sampled: frozenset[str] = frozenset()
+    #: hepto members profiled over each join's quiet sample and as long from its start.
+    join_profiled: frozenset[str] = frozenset()
 
 
 @attrs.define
@@ -1022,9 +1034,12 @@ class Bench:
         sent_at = [time.monotonic()]
         sent = [await threads.deferToThread(on_every_host, metered, read_meter)]
         # What the members burn anyway, over a window as long as the settle pause.
+        profiled = [p for n, p in pids.items() if n in self.settings.join_profiled]
         idle_from = {n: tree_schedstat(p) for n, p in pids.items()}
         idle_started = time.monotonic()
+        signal_all(profiled, signal.SIGUSR1)
         await self.sleep(IDLE_SAMPLE)
+        signal_all(profiled, signal.SIGUSR2)
         idle_to = {n: tree_schedstat(p) for n, p in pids.items()}
         idle_span = time.monotonic() - idle_started
         idle_rate = {
@@ -1047,6 +1062,9 @@ class Bench:
         before_runs = {n: tree_schedstat(p) for n, p in pids.items()}
         before = {n: {k: cpu for k, (cpu, _) in v.items()} for n, v in before_runs.items()}
         started, clock = time.time(), time.monotonic()
+        signal_all(profiled, signal.SIGUSR1)
+        # As long as the quiet sample, whatever the waits below take.
+        self.reactor.callLater(IDLE_SAMPLE, signal_all, profiled, signal.SIGUSR2)
         member = self.members[name] = self.system.start(host, self.hosts[0], self.directory)
         member.process.ended.addCallback(self._ended, name)
         figures: dict[str, Any] = {"name": name, "members": len(members)}
@@ -1473,6 +1491,13 @@ def remove_leftovers(prefix: str) -> int:
     return 0
 
 
+def signal_all(pids: Sequence[int], signum: int) -> None:
+    """Send ``signum`` to each of ``pids`` that still runs."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def make_system(
     name: str,
     key: str,
@@ -1482,6 +1507,7 @@ def make_system(
     trees: Mapping[str, Path],
     profiled: frozenset[str] = frozenset(),
     sampled: frozenset[str] = frozenset(),
+    join_profiled: frozenset[str] = frozenset(),
 ) -> System:
     if name == "hepto" or name in trees:
         return HeptoSystem(
@@ -1492,6 +1518,7 @@ def make_system(
             tree=trees.get(name),
             profiled=profiled,
             sampled=sampled,
+            join_profiled=join_profiled,
         )
     assert memberlist is not None
     return MemberlistSystem(
@@ -1526,6 +1553,7 @@ async def run(
                 settings.trees,
                 settings.profiled,
                 settings.sampled,
+                settings.join_profiled,
             )
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
@@ -1748,6 +1776,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="hepto members to run under benchmarks/cpusample.py: NAME.cpu in the run's "
         "directory of each system and size (its report command reads them)",
     )
+    parser.add_argument(
+        "--profile-joins",
+        default="",
+        metavar="NAMES",
+        help="hepto members to profile over each join (one more member) and over its quiet "
+        "sample: NAME-<k>.prof in the run's directory of each system and size "
+        "(benchmarks/cpusample.py profiles reads them)",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1811,6 +1847,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         cpu_window=args.cpu_window,
         profiled=frozenset(name for name in args.profile.split(",") if name),
         sampled=frozenset(name for name in args.sample_cpu.split(",") if name),
+        join_profiled=frozenset(name for name in args.profile_joins.split(",") if name),
     )
 
 

@@ -16,6 +16,14 @@ The kernel charges CPU time at its tick, so a process that runs in bursts shorte
 tick gets at most one signal per tick in which it ran, whatever the interval asked: each
 sample stands for a tick's CPU, at random. Read the report's shares, not absolute times.
 
+``profile OUT SCRIPT ARGS...`` runs ``SCRIPT`` likewise, but under cProfile only between a
+SIGUSR1 and the next SIGUSR2, which writes that window's profile to ``OUT-<k>.prof`` (k =
+1, 2, ...): ``benchmarks/agents.py --profile-joins NAMES`` profiles those members over
+each join's quiet sample (odd k) and over as long a window from the joiner's start (even
+k). Deterministic counts, where the sampler sees a few dozen ticks: its ``profiles``
+command prints, per function, the calls and the own time of the join windows beyond the
+quiet ones (cProfile slows what it times, about twice: read shares and calls).
+
 ``report --run-dir DIR --members a,b --joiners x,y`` adds up the members' samples in the
 ``--window`` seconds after each joiner's start (its log's first line) and, for what they
 burn anyway, in as long a window ending ``--quiet-gap`` seconds before it; it prints each
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import json
 import os
+import pstats
 import runpy
 import signal
 import sys
@@ -86,6 +96,73 @@ def run(out: Path, script: str, arguments: list[str]) -> None:
         os.close(descriptor)
 
 
+def profile(out: Path, script: str, arguments: list[str]) -> None:
+    windows = 0
+    profiler: cProfile.Profile | None = None
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        nonlocal profiler
+        if profiler is None:
+            # CPU time, not the wall clock's: on a machine that a join saturates, a
+            # function preempted midway would be charged the other processes' time.
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.enable()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal profiler, windows
+        if profiler is not None:
+            profiler.disable()
+            windows += 1
+            profiler.dump_stats(f"{out}-{windows}.prof")
+            profiler = None
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    sys.argv = [script, *arguments]
+    runpy.run_path(script, run_name="__main__")
+
+
+def profiles(run_dir: Path, members: list[str], top: int) -> None:
+    """Own time and calls per function in join windows (even k) beyond quiet ones (odd k)."""
+    totals: dict[bool, dict[tuple[str, int, str], list[float]]] = {False: {}, True: {}}
+    windows = {False: 0, True: 0}
+    for member in members:
+        for path in sorted(run_dir.glob(f"{member}-*.prof")):
+            joining = int(path.stem.rsplit("-", 1)[1]) % 2 == 0
+            windows[joining] += 1
+            stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+            for function, (_, calls, own, cumulative, _) in stats.items():
+                entry = totals[joining].setdefault(function, [0, 0.0, 0.0])
+                entry[0] += calls
+                entry[1] += own
+                entry[2] += cumulative
+    if not windows[True] or not windows[False]:
+        print("no join or no quiet window profiled")
+        return
+
+    def per_window(joining: bool, function: tuple[str, int, str], field: int) -> float:
+        return totals[joining].get(function, [0, 0.0, 0.0])[field] / windows[joining]
+
+    extra = {
+        function: [per_window(True, function, f) - per_window(False, function, f) for f in range(3)]
+        for function in totals[True]
+    }
+    join_own = sum(entry[1] for entry in totals[True].values()) / windows[True]
+    quiet_own = sum(entry[1] for entry in totals[False].values()) / windows[False]
+    print(
+        f"{windows[True]} join and {windows[False]} quiet windows: {1000 * join_own:.1f} and "
+        f"{1000 * quiet_own:.1f} ms of profiled CPU per window, "
+        f"{1000 * (join_own - quiet_own):.1f} ms for the join"
+    )
+    print("   calls  own ms  cum ms  function (join window beyond quiet, per window)")
+    for function, (calls, own, cumulative) in sorted(extra.items(), key=lambda i: -i[1][1])[:top]:
+        filename, line, name = function
+        print(
+            f"{calls:8.1f} {1000 * own:7.2f} {1000 * cumulative:7.2f}  "
+            f"{name} ({os.path.basename(filename)}:{line})"
+        )
+
+
 def _samples(path: Path) -> list[tuple[float, list[str]]]:
     found = []
     # Files of the sampler before 2026-12-03 (evening) may hold garbage: skipped.
@@ -138,12 +215,18 @@ def report(
 
 
 def main() -> None:
-    if len(sys.argv) > 3 and sys.argv[1] == "run":
-        run(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+    if len(sys.argv) > 3 and sys.argv[1] in ("run", "profile"):
+        runner = run if sys.argv[1] == "run" else profile
+        runner(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run OUT SCRIPT ARGS... (see the module's docstring)")
+    commands.add_parser("profile", help="profile OUT SCRIPT ARGS... (the module's docstring)")
+    profiled = commands.add_parser("profiles", help="the profiled join windows beyond quiet")
+    profiled.add_argument("--run-dir", type=Path, required=True, help="<run dir>/<system>-<N>")
+    profiled.add_argument("--members", required=True, help="profiled members, comma-separated")
+    profiled.add_argument("--top", type=int, default=40)
     shown = commands.add_parser("report", help="the members' CPU around each joiner's start")
     shown.add_argument("--run-dir", type=Path, required=True, help="<run dir>/<system>-<N>")
     shown.add_argument("--members", required=True, help="sampled members, comma-separated")
@@ -152,8 +235,11 @@ def main() -> None:
     shown.add_argument("--quiet-gap", type=float, default=6.0)
     shown.add_argument("--top", type=int, default=60)
     args = parser.parse_args()
-    if args.command == "run":
-        parser.error("run OUT SCRIPT ARGS...")
+    if args.command in ("run", "profile"):
+        parser.error(f"{args.command} OUT SCRIPT ARGS...")
+    if args.command == "profiles":
+        profiles(args.run_dir, args.members.split(","), args.top)
+        return
     report(
         args.run_dir,
         args.members.split(","),

@@ -287,6 +287,8 @@ def joins(
         quiet = before - quiet
         begun = simulation.clock.seconds()
         simulation.arrive(joiner, simulation.names[0])
+        # As an agent does: its first record (with its WireGuard key) before it joins.
+        simulation.publish(joiner, 1)
         others = len(simulation.running) - 1
 
         def seen(joiner: str = joiner, others: int = others) -> bool:
