@@ -279,7 +279,7 @@ def joins(
     started = time.perf_counter()
     simulation = conditions.cluster(size + count, profile, absent=count)
     simulation.run(warmup)
-    seen_after, datagrams = [], []
+    seen_after, held_after, datagrams = [], [], []
     for joiner in simulation.names[size:]:
         quiet = simulation.traffic().datagrams
         simulation.run(JOIN_WINDOW)
@@ -298,12 +298,20 @@ def joins(
             break
         seen_after.append(simulation.clock.seconds() - begun)
         simulation.run(begun + JOIN_WINDOW - simulation.clock.seconds())
+        # Until every member that saw the joiner arrive held its record (a member that
+        # did not within the window counts as the window).
+        arrivals = simulation.record_arrivals[joiner, 1]
+        held_after.append(
+            max(arrivals.get(name, begun + JOIN_WINDOW) - begun for name in simulation.running)
+        )
         datagrams.append((simulation.traffic().datagrams - before - quiet) / others)
     return {
         "members": size,
         "joins": len(seen_after),
         "seen_p50": percentile(seen_after, 0.5),
         "seen_max": max(seen_after, default=float("nan")),
+        "held_p50": percentile(held_after, 0.5),
+        "held_max": max(held_after, default=float("nan")),
         "datagrams": percentile(datagrams, 0.5),
         "false_deaths": len(simulation.false_deaths),
         "wall": time.perf_counter() - started,
@@ -467,13 +475,15 @@ def main() -> None:
         print()
         print(
             f"{arguments.joins} joins, one at a time: from the push/pull with the anchor "
-            "until all see the joiner alive (median, max), datagrams sent per member in "
-            f"the {JOIN_WINDOW:g} s after a join began beyond as long a quiet time (median)"
+            "until all see the joiner alive and until all hold its record (median, max), "
+            f"datagrams sent per member in the {JOIN_WINDOW:g} s after a join began beyond as "
+            "long a quiet time (median)"
         )
         for size, name, variant in runs:
             row = joins(size, variant, conditions, arguments.warmup, arguments.joins)
             print(
                 f"{name:>14} seen by all {row['seen_p50']:.2f}s, max {row['seen_max']:.2f}s, "
+                f"held by all {row['held_p50']:.2f}s, max {row['held_max']:.2f}s, "
                 f"{row['datagrams']:.1f} datagrams ({row['joins']} joins, "
                 f"{row['false_deaths']} false deaths, {row['wall']:.0f} s wall)",
                 flush=True,

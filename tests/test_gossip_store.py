@@ -43,6 +43,7 @@ class FakeState:
 @attrs.define
 class FakeMembership:
     on_digest: Callable[[Any, str, int], None] | None = None
+    on_arrival: Callable[[Any, str], None] | None = None
     states: dict[str, FakeState] = attrs.field(factory=dict)
     callbacks: list[Callable[[Any, Any], None]] = attrs.field(factory=list)
     broadcasts: list[tuple[str, int]] = attrs.field(factory=list)
@@ -65,6 +66,10 @@ class FakeMembership:
     def digest(self, holder: str, name: str, version: int) -> None:
         assert self.on_digest is not None
         self.on_digest(self.states[holder], name, version)
+
+    def arrival(self, teller: str, name: str) -> None:
+        assert self.on_arrival is not None
+        self.on_arrival(self.states[teller], name)
 
 
 @attrs.define
@@ -209,6 +214,7 @@ class StoreTests(SynchronousTestCase):
     def test_new_holders_advertise_what_they_fetched(self) -> None:
         """Epidemic spread: a member that fetched a newer record advertises it in turn."""
         self.add("bob", 2)
+        self.store.accept(signed(BOB, "bob", 2).blob)
         self.membership.broadcasts.clear()
         self.membership.digest("bob", "bob", 3)
         self.assertEqual(self.membership.broadcasts, [])
@@ -217,6 +223,90 @@ class StoreTests(SynchronousTestCase):
         # Hearing of what we already hold advertises nothing again.
         self.membership.digest("bob", "bob", 3)
         self.assertEqual(self.membership.broadcasts, [("bob", 3)])
+
+    def test_a_first_record_is_no_news(self) -> None:
+        """Whoever learns of a member fetches its record: nobody advertises a first one."""
+        self.add("bob", 2)
+        self.membership.broadcasts.clear()
+        self.membership.digest("bob", "bob", 3)
+        self.fetcher.answer(signed(BOB, "bob", 3).blob)
+        self.store.want_from(endpoint(2), [("carol", 1)], {})
+        self.batches.answer(signed(CAROL, "carol", 1))
+        self.assertEqual(self.store.digests(), {"me": 1, "bob": 3, "carol": 1})
+        self.assertEqual(self.membership.broadcasts, [])
+
+    def test_an_arrival_s_record_comes_from_its_teller(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.broadcasts.clear()
+        self.membership.arrival("bob", "carol")
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "carol")])
+        # Told again meanwhile, by carol herself: still one fetch.
+        self.membership.arrival("carol", "carol")
+        self.fetcher.answer(signed(CAROL, "carol", 4).blob)
+        self.assertEqual(self.store.digests()["carol"], 4)
+        self.assertEqual((self.fetcher.pending(), self.membership.broadcasts), ([], []))
+        # Held: a later arrival (a restart forgotten meanwhile aside) fetches nothing.
+        self.membership.arrival("bob", "carol")
+        self.membership.arrival("bob", "me")
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_an_arrival_s_teller_without_the_record_leaves_it_to_the_owner(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.arrival("bob", "carol")
+        self.fetcher.answer(None)
+        self.assertEqual(self.fetcher.pending(), [(endpoint(3), "carol")])
+        self.fetcher.answer(signed(CAROL, "carol", 1).blob)
+        self.assertEqual(self.store.digests()["carol"], 1)
+
+    def test_a_record_being_fetched_is_served_once_fetched(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.assertIsNone(self.store.until_fetched("carol"))  # not fetching it
+        self.membership.arrival("bob", "carol")
+        asked = self.store.until_fetched("carol")
+        assert asked is not None
+        self.assertNoResult(asked)
+        record = signed(CAROL, "carol", 2)
+        self.fetcher.answer(record.blob)
+        self.successResultOf(asked)
+        self.assertEqual(self.store.record_blob("carol"), record.blob)
+        self.assertIsNone(self.store.until_fetched("carol"))  # held
+        self.assertIsNone(self.store.until_fetched("me"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_record_being_fetched_is_waited_for_a_while_only(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        self.membership.arrival("bob", "carol")
+        asked = self.store.until_fetched("carol")
+        assert asked is not None
+        self.clock.advance(store.SERVE_WAIT - 0.1)
+        self.assertNoResult(asked)
+        self.clock.advance(0.1)
+        self.successResultOf(asked)
+        self.assertIsNone(self.store.record_blob("carol"))
+        # The fetch ends later all the same: nothing fires twice.
+        self.fetcher.answer(signed(CAROL, "carol", 2).blob)
+        self.assertIsNotNone(self.store.record_blob("carol"))
+
+    def test_waiting_askers_are_answered_when_the_fetch_gives_up_or_the_store_stops(
+        self,
+    ) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3, status=DEAD)
+        self.membership.arrival("bob", "carol")
+        given_up = self.store.until_fetched("carol")
+        assert given_up is not None
+        self.fetcher.fail()  # and the owner is dead: no holder left
+        self.successResultOf(given_up)
+        self.membership.arrival("bob", "carol")
+        stopped = self.store.until_fetched("carol")
+        assert stopped is not None
+        self.store.stop()
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_fetches_deduplicated_and_newer_wins(self) -> None:
         self.add("bob", 2)
@@ -287,16 +377,32 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.fetched, {"ok": 2})
         self.assertEqual((self.batches.pending(), self.fetcher.pending()), ([], []))
 
+    def test_members_a_push_pull_s_peer_holds_no_record_of_come_from_their_owners(self) -> None:
+        self.add("bob", 2)
+        self.add("carol", 3)
+        owners = {"bob": endpoint(2), "carol": endpoint(3), "me": endpoint(1)}
+        self.store.want_from(endpoint(3), [("carol", 1)], owners)
+        self.assertEqual(self.batches.pending(), [(endpoint(3), ["carol"])])
+        self.assertEqual(self.fetcher.pending(), [(endpoint(2), "bob")])
+        self.fetcher.answer(signed(BOB, "bob", 1).blob)
+        self.batches.answer(signed(CAROL, "carol", 1))
+        self.assertEqual(self.store.digests(), {"me": 1, "bob": 1, "carol": 1})
+        # Held now: the next push/pull fetches nothing.
+        self.store.want_from(endpoint(3), [("carol", 1)], owners)
+        self.assertEqual((len(self.fetcher.calls), len(self.batches.calls)), (1, 1))
+
     def test_what_a_joiner_catches_up_on_is_no_news(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)
+        self.store.accept(signed(BOB, "bob", 1).blob)
+        self.store.accept(signed(CAROL, "carol", 1).blob)
         self.membership.broadcasts.clear()
         self.store.want_from(endpoint(3), [("bob", 2)], {}, advertise=False)
         self.batches.answer(signed(BOB, "bob", 2))
-        self.store.want_from(endpoint(3), [("carol", 1)], {})
-        self.batches.answer(signed(CAROL, "carol", 1))
-        self.assertEqual(self.membership.broadcasts, [("carol", 1)])
-        self.assertEqual(self.store.digests(), {"me": 1, "bob": 2, "carol": 1})
+        self.store.want_from(endpoint(3), [("carol", 2)], {})
+        self.batches.answer(signed(CAROL, "carol", 2))
+        self.assertEqual(self.membership.broadcasts, [("carol", 2)])
+        self.assertEqual(self.store.digests(), {"me": 1, "bob": 2, "carol": 2})
 
     def test_what_the_peer_does_not_deliver_comes_one_by_one_from_owners(self) -> None:
         self.add("bob", 2)

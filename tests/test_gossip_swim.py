@@ -905,6 +905,51 @@ class DigestTests(MembershipTestCase):
         self.assertEqual(member._queue.get(("digest", "b")), Digest("b", 1))
 
 
+class ArrivalTests(MembershipTestCase):
+    """A member new to us is told to the record store with who told us of it: the store
+    fetches the newcomer's record from that member."""
+
+    def told(self, member: Membership) -> list[tuple[str, str]]:
+        told: list[tuple[str, str]] = []
+        member.on_arrival = lambda teller, name: told.append((teller.name, name))
+        return told
+
+    def test_a_newcomer_is_told_with_its_teller(self) -> None:
+        member = self.make()
+        told = self.told(member)
+        member.receive(endpoint(2), [alive("z", 0, endpoint(9), "node")])
+        # Old news, and news of a member we know, tell nothing.
+        member.receive(endpoint(3), [alive("z", 0, endpoint(9), "node")])
+        member.receive(endpoint(3), [alive("c", 1, endpoint(3), "node")])
+        self.assertEqual(told, [("b", "z")])
+
+    def test_a_newcomer_may_tell_of_itself(self) -> None:
+        member = self.make()
+        told = self.told(member)
+        member.receive(endpoint(9), [alive("z", 0, endpoint(9), "node")])
+        self.assertEqual(told, [("z", "z")])
+
+    def test_newcomers_of_a_push_pull_or_an_unknown_sender_are_not_told(self) -> None:
+        member = self.make()
+        told = self.told(member)
+        member.merge_state([state("y", 8)])
+        member.receive(endpoint(99), [alive("z", 0, endpoint(9), "node")])
+        self.assertIsNotNone(member.member("y"))
+        self.assertIsNotNone(member.member("z"))
+        self.assertEqual(told, [])
+
+    def test_a_failing_handler_is_logged_not_raised(self) -> None:
+        member = self.make()
+
+        def fail(teller: MemberState, name: str) -> None:
+            raise RuntimeError("boom")
+
+        member.on_arrival = fail
+        member.receive(endpoint(2), [alive("z", 0, endpoint(9), "node")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIsNotNone(member.member("z"))
+
+
 class PackingTests(MembershipTestCase):
     def test_datagrams_fit(self) -> None:
         """Whatever is queued, every datagram encodes within the budget."""

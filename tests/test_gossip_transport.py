@@ -456,6 +456,32 @@ class ServicesTests(TestCase):
         return asked
 
     @inlineCallbacks
+    def test_a_record_being_fetched_is_served_once_here(self) -> Any:
+        """Asked for a record that it is fetching itself (a newcomer's, asked of whoever
+        told of it), a member answers once its own fetch brings it."""
+        alice, bob = self.start("alice"), self.start("bob")
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        listening = reactor.listenTCP(0, ServerFactory.forProtocol(Silent), interface="::1")  # type: ignore[arg-type]
+        self.addCleanup(listening.stopListening)
+        holder = Endpoint(ipaddress.IPv6Address("::1"), listening.getHost().port)  # type: ignore[attr-defined]
+        alice.store.want("zed", 1, holder)
+        while not accepted:  # alice's own fetch hangs on the silent holder.
+            yield deferLater(reactor, 0.01, lambda: None)
+        asked = bob.transport.fetch(alice.address, "zed")
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertNoResult(asked)
+        record = sign_record(Identity.generate(), alice.config.cluster, "zed", 3, {})
+        self.assertTrue(alice.store.accept(record.blob))
+        self.assertEqual((yield asked), record.blob)
+        for protocol in accepted:
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+
+    @inlineCallbacks
     def test_a_joiner_takes_every_record_in_one_stream(self) -> Any:
         asked = yield self.joined_by_dave(old_alice=False)
         self.assertEqual(asked, [FetchRecords(("alice", "bob", "carol"))])

@@ -244,6 +244,7 @@ class GossipService(Service):
             self.reach.stop()
             self.knocks.stop()
             self.membership.stop()
+            self.store.stop()
             self._save()
             return self.transport.stop()
 
@@ -388,7 +389,11 @@ class GossipService(Service):
             self._merge(request)
             return self._local_state(join=False)
         if isinstance(request, Fetch):
-            return Record(self.store.record_blob(request.name))
+            name = request.name
+            fetching = self.store.until_fetched(name)
+            if fetching is None:
+                return Record(self.store.record_blob(name))
+            return fetching.addCallback(lambda _: Record(self.store.record_blob(name)))
         if isinstance(request, FetchRecords):
             return Records(tuple(self.store.record_blobs(request.names, RECORDS_REPLY)))
         if isinstance(request, StreamPing):

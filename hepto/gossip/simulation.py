@@ -291,40 +291,82 @@ class Port:
 
 @attrs.define(eq=False)
 class SimulatedRecords:
-    """What the state layer does with digests, reduced to versions: hearing of a newer
-    version it fetches the record from the holder over TCP, and once it holds it,
-    advertises it in turn."""
+    """What the state layer does with records, reduced to versions.
+
+    Hearing of a newer version than it holds, in a digest, a member fetches the record
+    from the holder over TCP; hearing of a member new to it, it fetches that member's
+    record from the member that told it.  A holder asked for a record it is still
+    fetching answers once its own fetch ends.  A member advertises a record it took
+    only when it replaces one it held: a member's first record is no news, since
+    everyone who learns of the member fetches it (:mod:`hepto.gossip.store`).
+    """
 
     simulation: Simulation
     membership: Membership
     held: dict[str, int] = attrs.field(factory=dict)
     fetching: dict[str, int] = attrs.field(factory=dict)
+    #: Fetches of others waiting for ours to end, by record name.
+    waiting: dict[str, list[Callable[[], None]]] = attrs.field(factory=dict)
 
     def publish(self, version: int) -> None:
-        self._hold(self.membership.name, version)
+        self._hold(self.membership.name, version, advertise=True)
 
     def heard(self, holder: MemberState, name: str, version: int) -> None:
+        self._fetch(holder.name, name, version)
+
+    def arrived(self, teller: MemberState, name: str) -> None:
+        if name not in self.held:
+            self._fetch(teller.name, name, 1, fallback=name)
+
+    def _fetch(self, holder: str, name: str, version: int, fallback: str | None = None) -> None:
         if self.held.get(name, -1) >= version or self.fetching.get(name, -1) >= version:
             return
         self.fetching[name] = version
+        self.simulation.records[holder].serve(name, lambda: self._ask(holder, name, fallback))
+
+    def serve(self, name: str, answer: Callable[[], None]) -> None:
+        """Someone asks for ``name``: answered now, or once our own fetch of it ends."""
+        if name in self.held or name not in self.fetching:
+            answer()
+            return
+        self.waiting.setdefault(name, []).append(answer)
+
+    def _ask(self, holder: str, name: str, fallback: str | None) -> None:
         # Connect, request, and a 4 KiB answer of three segments.
-        fetch = self.simulation.network.exchange(self.membership.address, holder.address, 5)
-        fetch.addCallback(self._fetched, name, version)
+        fetch = self.simulation.network.exchange(
+            self.membership.address, self.simulation.endpoints[holder], 5
+        )
+        fetch.addCallback(self._fetched, holder, name, fallback)
 
-    def _fetched(self, done: bool, name: str, version: int) -> None:
-        if self.fetching.get(name) == version:
+    def _fetched(self, done: bool, holder: str, name: str, fallback: str | None) -> None:
+        wanted = self.fetching.get(name)
+        if wanted is None or self.membership.name not in self.simulation.running:
+            return
+        version = self.simulation.records[holder].held.get(name, -1) if done else -1
+        if version >= wanted:
             del self.fetching[name]
-        if done and self.membership.name in self.simulation.running:
             self._hold(name, version)
+        elif fallback is not None and fallback != holder:
+            self.simulation.records[fallback].serve(name, lambda: self._ask(fallback, name, None))
+        else:
+            del self.fetching[name]
+            self._release(name)
 
-    def _hold(self, name: str, version: int) -> None:
+    def _hold(self, name: str, version: int, advertise: bool = False) -> None:
         if self.held.get(name, -1) >= version:
             return
+        update = name in self.held
         self.held[name] = version
         self.simulation.record_arrivals[name, version][self.membership.name] = (
             self.simulation.clock.seconds()
         )
-        self.membership.broadcast_digest(name, version)
+        if advertise or update:
+            self.membership.broadcast_digest(name, version)
+        self._release(name)
+
+    def _release(self, name: str) -> None:
+        for answer in self.waiting.pop(name, []):
+            answer()
 
 
 class Simulation:
@@ -417,7 +459,11 @@ class Simulation:
             if quiet:
                 membership.log = QUIET
             records = SimulatedRecords(self, membership)
+            if name not in self._absent and converged:
+                # A converged cluster's members hold each other's records: version 0.
+                records.held = dict.fromkeys(self.names[: size - absent], 0)
             membership.on_digest = records.heard
+            membership.on_arrival = records.arrived
             membership.subscribe(self._observer(name))
             self.members[name] = membership
             self.records[name] = records
@@ -491,9 +537,16 @@ class Simulation:
             member.merge_state(theirs)
             for one, other in ((member, peer), (peer, member)):
                 holder = one.member(other.name)
-                if holder is not None:
-                    for record, version in self.records[other.name].held.items():
-                        self.records[one.name].heard(holder, record, version)
+                if holder is None:
+                    continue
+                held = self.records[other.name].held
+                for record, version in held.items():
+                    self.records[one.name].heard(holder, record, version)
+                # Members the peer holds no record of come from their owners.
+                for state in other.local_state():
+                    owner = one.member(state.name)
+                    if state.name not in held and owner is not None and state.status == ALIVE:
+                        self.records[one.name].arrived(owner, state.name)
 
         return exchange.addCallback(merge)
 

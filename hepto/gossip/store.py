@@ -7,6 +7,12 @@ signature and the identity pinned to its name, and only then shows it to subscri
 A digest heard in gossip is fetched alone; the digests of a push/pull are fetched from
 its peer all in one stream (a joiner's whole state), and only what that peer did not
 deliver is then fetched one by one.  Versions never go backwards.
+
+A member's first record is no news: whoever learns of a member fetches its record, from
+the member that told it of the newcomer (in gossip, or in a push/pull), so only records
+that replace one held are advertised in turn.  A member asked for a record it is still
+fetching answers once its own fetch ends (``docs/gossip-state.rst``, "How records
+travel").
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ Fetcher = Callable[[Endpoint, str], "Deferred[bytes | None]"]
 #: its replies carries.
 BatchFetcher = Callable[[Endpoint, Sequence[str]], "Deferred[Sequence[bytes]]"]
 
+#: Seconds a fetch of a record that we are still fetching ourselves waits for ours: a
+#: newcomer's record travels down the tree of who told whom, each hop's fetch waiting
+#: for the one above it; well within the asker's stream timeout (10 s).
+SERVE_WAIT: Final = 3.0
+
 
 class MembershipView(Protocol):
     """The part of :class:`hepto.gossip.swim.Membership` the store relies on.
@@ -57,6 +68,7 @@ class MembershipView(Protocol):
     """
 
     on_digest: Callable[[Any, str, int], None] | None
+    on_arrival: Callable[[Any, str], None] | None
 
     def members(self) -> Mapping[str, Any]: ...
     def subscribe(self, callback: Callable[[Any, Any], None]) -> Any: ...
@@ -118,6 +130,8 @@ class RecordStore:
     _states: dict[str, Any] = attrs.field(factory=dict)
     _view: dict[str, Member] = attrs.field(factory=dict)
     _fetches: dict[str, _Fetch] = attrs.field(factory=dict)
+    #: Askers of a record that we hold none of yet and are fetching, by name.
+    _waiting: dict[str, list[Deferred[None]]] = attrs.field(factory=dict)
     #: Fetches running at once.  A joiner learns of every record in one push/pull; a
     #: hundred connections at once would help neither it nor the members it asks.
     max_fetches: int = 16
@@ -182,6 +196,7 @@ class RecordStore:
     def start(self) -> None:
         """Listen to Membership, then announce our record."""
         self.membership.on_digest = self._digest_heard
+        self.membership.on_arrival = self._arrival_heard
         self.membership.subscribe(self._member_changed)
         self._check_mesh_address(self.name)
         for state in list(self.membership.members().values()):
@@ -201,12 +216,37 @@ class RecordStore:
         held[self.name] = self._own.version
         return held
 
+    def stop(self) -> None:
+        """Answer whoever waits for a record we are fetching with what we hold."""
+        for name in list(self._waiting):
+            self._release(name)
+
     def forget(self, name: str) -> None:
         """Membership dropped ``name`` for good: so do we (its pin stays)."""
         self._states.pop(name, None)
         self._records.pop(name, None)
         self._fetches.pop(name, None)
         self._refresh(name)
+        self._release(name)
+
+    def until_fetched(self, name: str) -> Deferred[None] | None:
+        """While we fetch the record of ``name`` and hold none: a Deferred that fires
+        once we hold it or give up, at the latest in ``SERVE_WAIT`` seconds; else None.
+
+        What answers a fetch of a record we are fetching ourselves: a newcomer's
+        record is asked of whoever told of the newcomer, often before it holds it.
+        """
+        if name == self.name or name in self._records or name not in self._fetches:
+            return None
+        waiter: Deferred[None] = Deferred()
+        waiter.addTimeout(SERVE_WAIT, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        self._waiting.setdefault(name, []).append(waiter)
+        return waiter
+
+    def _release(self, name: str) -> None:
+        for waiter in self._waiting.pop(name, ()):
+            if not waiter.called:
+                waiter.callback(None)
 
     def want(self, name: str, version: int, holder: Endpoint) -> None:
         """``holder`` has ``name`` at ``version``: fetch it unless we hold that already."""
@@ -230,8 +270,15 @@ class RecordStore:
         and the attention of a member; whatever the holder does not deliver is then
         fetched one by one, from ``owners`` first (an owner holds its newest record).
         Without ``advertise`` (a joiner catching up), the records taken are no news to
-        gossip: the cluster holds them already.
+        gossip: the cluster holds them already.  The records of ``owners`` that the
+        holder has none of, and we neither, come from their owners: nobody advertises a
+        member's first record.
         """
+        digests = list(digests)
+        listed = {name for name, _ in digests}
+        for name, address in owners.items():
+            if name not in listed and name != self.name and name not in self._records:
+                self.want(name, 1, address)
         batch: dict[str, _Fetch] = {}
         for name, version in digests:
             pending = self._pending(name, version)
@@ -322,10 +369,13 @@ class RecordStore:
                 )
             return False
         self._records[record.name] = record
-        # Epidemic spread: every new holder advertises, not the owner alone, so a change
-        # reaches everyone in O(log N) gossip rounds rather than at the next push/pull.
-        # A joiner's hundred records are no news, and would crowd out its own.
-        if advertise:
+        # Epidemic spread: every new holder of a new version advertises, not the owner
+        # alone, so a change reaches everyone in O(log N) gossip rounds rather than at
+        # the next push/pull.  A member's first record is no news: whoever learns of the
+        # member fetches it (a hundred members each advertising a newcomer's record cost
+        # each of them more datagrams than the newcomer's arrival itself), and neither
+        # are the records a joiner catches up on.
+        if advertise and held is not None:
             self.membership.broadcast_digest(record.name, record.version)
         self._log.debug(
             "Record of {member} now at version {version} ({size} bytes)",
@@ -334,6 +384,7 @@ class RecordStore:
             size=len(record),
         )
         self._refresh(record.name)
+        self._release(record.name)
         return True
 
     def _pending(self, name: str, version: int) -> _Fetch | None:
@@ -442,12 +493,20 @@ class RecordStore:
     def _digest_heard(self, holder: Any, name: str, version: int) -> None:
         self.want(name, version, holder.address)
 
+    def _arrival_heard(self, teller: Any, name: str) -> None:
+        """``teller`` told us of ``name``, a member new to us: its record, of any version,
+        comes from the teller, which holds it or is fetching it (the owner is the last
+        resort, as for any fetch)."""
+        if name != self.name and name not in self._records:
+            self.want(name, 1, teller.address)
+
     def _next_fetch(self, name: str, pending: _Fetch) -> None:
         owner = self._states.get(name)
         if not pending.candidates and owner is not None and owner.status == ALIVE:
             pending.offer(owner.address)  # Last resort: the owner itself.
         if not pending.candidates:
             del self._fetches[name]
+            self._release(name)
             self._log.info(
                 "No holder left to fetch {member} v{version} from; push/pull will repair",
                 member=name,

@@ -94,6 +94,9 @@ class Network(Protocol):
 
 Observer = Callable[[MemberState | None, MemberState], None]
 ReapHandler = Callable[[MemberState], None]
+#: Told ``(teller, name)`` of each member first heard of in a datagram, ``teller`` the
+#: member that sent it (which holds the newcomer's record, or is fetching it).
+ArrivalHandler = Callable[[MemberState, str], None]
 
 
 class Membership:
@@ -120,6 +123,8 @@ class Membership:
         self.role = role
         self.profile = profile
         self.on_reap: ReapHandler | None = None
+        #: The record store's: a newcomer's record is fetched from whoever told of it.
+        self.on_arrival: ArrivalHandler | None = None
         self._drop = DropLog(clock, self.log)
         #: Dropped input by reason; never reset.
         self.drops: Counter[str] = self._drop.counts
@@ -441,6 +446,8 @@ class Membership:
             if self._trust.believe_alive(message, None, sender):
                 self._broadcast_member(message)
                 self._change(MemberState.from_alive(message, self._clock.seconds()))
+                if sender is not None:
+                    self._arrived(message.name, sender)
             return
         if message.name == self.name:
             # Someone speaks of us with news we did not make (an old instance of us, or a
@@ -464,6 +471,17 @@ class Membership:
         self._broadcast_member(message)
         since = known.since if known.status == ALIVE else self._clock.seconds()
         self._change(MemberState.from_alive(message, since))
+
+    def _arrived(self, name: str, sender: Endpoint) -> None:
+        """A member new to us, told of in a datagram from ``sender``: the store hears of
+        it, with the teller (who may be the newcomer itself)."""
+        teller = self._roster.at(sender)
+        if teller is None or self.on_arrival is None:
+            return
+        try:
+            self.on_arrival(teller, name)
+        except Exception:
+            self.log.failure("Arrival handler failed on {member}", member=name)
 
     def _accused(self, message: Suspect | Dead, sender: Endpoint | None) -> MemberState | None:
         """The member that ``message`` accuses, if the accusation is worth weighing."""
