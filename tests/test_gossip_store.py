@@ -260,6 +260,17 @@ class StoreTests(SynchronousTestCase):
         self.fetcher.answer(signed(CAROL, "carol", 1).blob)
         self.assertEqual(self.store.digests()["carol"], 1)
 
+    def test_a_suspected_owner_is_still_asked_a_dead_one_not(self) -> None:
+        """In a join storm most suspicions are false: a suspect owns its record still."""
+        self.add("bob", 2)
+        self.add("carol", 3, status=SUSPECT)
+        self.add("dave", 4, status=DEAD)
+        self.membership.arrival("bob", "carol")
+        self.membership.arrival("bob", "dave")
+        self.fetcher.answer(None, 0)
+        self.fetcher.answer(None, 1)
+        self.assertEqual(self.fetcher.pending(), [(endpoint(3), "carol")])
+
     def test_a_record_being_fetched_is_served_once_fetched(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)

@@ -39,7 +39,7 @@ from hepto.gossip.records import (
     open_record,
     sign_record,
 )
-from hepto.state import ALIVE, Change, Listener, Member, Notifier
+from hepto.state import ALIVE, SUSPECT, Change, Listener, Member, Notifier
 
 # Drop reasons of this layer.
 CONFLICT: Final = "conflict"
@@ -502,8 +502,10 @@ class RecordStore:
 
     def _next_fetch(self, name: str, pending: _Fetch) -> None:
         owner = self._states.get(name)
-        if not pending.candidates and owner is not None and owner.status == ALIVE:
-            pending.offer(owner.address)  # Last resort: the owner itself.
+        # Last resort: the owner itself, even suspected (in a join storm, most suspicions
+        # are of members too busy to answer in time, which a stream waits out).
+        if not pending.candidates and owner is not None and owner.status in (ALIVE, SUSPECT):
+            pending.offer(owner.address)
         if not pending.candidates:
             del self._fetches[name]
             self._release(name)
