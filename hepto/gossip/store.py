@@ -277,8 +277,8 @@ class RecordStore:
         digests = list(digests)
         listed = {name for name, _ in digests}
         for name, address in owners.items():
-            if name not in listed and name != self.name and name not in self._records:
-                self.want(name, 1, address)
+            if name not in listed:
+                self.want(name, 1, address)  # nothing if we hold it (any version is >= 1)
         batch: dict[str, _Fetch] = {}
         for name, version in digests:
             pending = self._pending(name, version)
@@ -497,8 +497,7 @@ class RecordStore:
         """``teller`` told us of ``name``, a member new to us: its record, of any version,
         comes from the teller, which holds it or is fetching it (the owner is the last
         resort, as for any fetch)."""
-        if name != self.name and name not in self._records:
-            self.want(name, 1, teller.address)
+        self.want(name, 1, teller.address)
 
     def _next_fetch(self, name: str, pending: _Fetch) -> None:
         owner = self._states.get(name)

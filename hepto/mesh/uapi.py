@@ -38,11 +38,6 @@ from hepto.once import Once
 #: A reply larger than this is not wireguard-go talking (1,000 peers take ~400 KB).
 MAX_REPLY: Final = 16 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 10.0
-#: Parsed keys, endpoints and prefixes remembered, each kind apart.  The mesh reads the
-#: whole device at every resync (every 10 s), and the same values come back each time:
-#: parsing them again, mostly in ``ipaddress``, took 2.4 ms a read at 100 peers
-#: (``docs/benchmarks.rst``, "Reading the device").
-PARSED_VALUES: Final = plan.ADDRESS_CACHE
 
 
 class UAPIError(Exception):
@@ -180,8 +175,12 @@ class _PeerBuilder:
         )
 
 
-# Errors are raised, never remembered: lru_cache keeps only what a call returns.
-@functools.lru_cache(maxsize=PARSED_VALUES)
+# The mesh reads the whole device at every resync (every 10 s), and the same keys,
+# endpoints and prefixes come back each time: parsing them again, mostly in ipaddress,
+# took 2.4 ms a read at 100 peers (docs/benchmarks.rst, "Reading the device").  Each
+# kind is remembered apart; errors are raised, never remembered (lru_cache keeps only
+# what a call returns).
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def _prefix(value: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(value)
@@ -189,7 +188,7 @@ def _prefix(value: str) -> IPNetwork:
         raise UAPIProtocolError(f"allowed_ip={value!r} is not a prefix") from None
 
 
-@functools.lru_cache(maxsize=PARSED_VALUES)
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def _endpoint(value: str) -> str:
     """wireguard-go's ``[addr]:port`` (or ``a.b.c.d:port``), canonicalised."""
     host, _, port = value.rpartition(":")
@@ -233,7 +232,7 @@ def _key(key: str, value: str) -> str:
         raise UAPIProtocolError(f"{key} is {error}") from None
 
 
-@functools.lru_cache(maxsize=PARSED_VALUES)
+@functools.lru_cache(maxsize=plan.ADDRESS_CACHE)
 def _base64_key(value: str) -> str:
     return hex_to_base64(value)
 
