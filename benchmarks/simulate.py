@@ -32,7 +32,8 @@ memberlist does), side by side; ``--schedule both`` runs every size with the pro
 schedule every member follows (hepto's default) and with each member's own randomized
 round robin (*rr*, memberlist's way); ``--digest-feedback both`` with digests heard
 counted as sent and not (*dg*); ``--join-news both`` with arrivals gossiped in rounds of
-news and at the ticks (*jt*).
+news and at the ticks (*jt*). ``--shortest-suspicion 4 3`` runs every variant with each of
+those shortest suspicion timeouts (``Profile.shortest_suspicion_mult``; *ss4*, *ss3*).
 
 Figures are printed, not asserted: they depend on the seed, and the point is to see
 them move when the protocol changes.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import resource
 import sys
 import time
@@ -177,8 +179,8 @@ def detection(
     and ``settle`` seconds passed, as ``benchmarks/agents.py`` does; the medians of each
     stage of a detection over the kills.
 
-    Each kill gets the same time, ``slack`` seconds more than the shortest suspicion
-    timeout (unless its burial and ``settle`` take longer): traffic per second then
+    Each kill gets the same time, ``slack`` seconds more than memberlist's shortest
+    suspicion timeout (unless its burial and ``settle`` take longer): traffic per second then
     compares like with like, however fast each variant buries its dead."""
     started = time.perf_counter()
     simulation = conditions.cluster(size, profile)
@@ -214,7 +216,9 @@ def detection(
         stages["timed_out"].append(first - suspected)
         stages["spread"].append(last - first)
         stages["all"].append(last - killed)
-        cycle = profile.suspicion_timeouts(size)[0] + slack
+        # memberlist's shortest suspicion, whatever the variant's: like with like.
+        scale = max(1.0, math.log10(size)) * profile.probe_interval
+        cycle = profile.suspicion_mult * scale + slack
         simulation.run(max(settle, killed + cycle - simulation.clock.seconds()))
     elapsed, total = simulation.clock.seconds() - begun, simulation.traffic()
     return {
@@ -391,15 +395,28 @@ def main() -> None:
         parser.add_argument(
             option, choices=["on", "off", "both"], default="on", help=f"{meaning}, or both"
         )
+    parser.add_argument(
+        "--shortest-suspicion",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="MULT",
+        help="run each variant with each of these shortest_suspicion_mult values (the "
+        "profile's by default), labelled ssMULT",
+    )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
     chosen = [switches[getattr(arguments, option[2:].replace("-", "_"))] for option, *_ in SWITCHES]
+    shortest: list[float | None] = list(arguments.shortest_suspicion) or [None]
     variants = []
-    for values in itertools.product(*chosen):
+    for *values, mult in itertools.product(*chosen, shortest):
         switched = list(zip(values, SWITCHES, strict=True))
         label = "".join("" if on else f" {off}" for on, (_, _, off, _) in switched)
-        fields = {field: on for on, (_, field, _, _) in switched}
+        fields: dict[str, object] = {field: on for on, (_, field, _, _) in switched}
+        if mult is not None:
+            label += f" ss{mult:g}"
+            fields["shortest_suspicion_mult"] = mult
         variants.append((label, attrs.evolve(profile, **fields)))
 
     print(

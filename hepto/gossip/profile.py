@@ -55,10 +55,16 @@ class Profile:
     digest_feedback: bool = True
     #: Members asked to ping a target that missed its direct ack.
     indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    #: Suspicion timeout: suspicion_mult * max(1, log10 N) * probe_interval at least...
+    #: A suspicion lasts suspicion_max_timeout_mult * suspicion_mult * max(1, log10 N)
+    #: probe intervals while nobody confirms it; suspicion_mult - 2 independent
+    #: confirmations shrink it...
     suspicion_mult: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    #: ...and that many times more at most, before independent confirmations shrink it.
     suspicion_max_timeout_mult: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    #: ...down to shortest_suspicion_mult * max(1, log10 N) probe intervals: memberlist's
+    #: is suspicion_mult; hepto's news of a suspicion and of its refutation spread in a
+    #: fraction of the time memberlist's ticks take, and every member looks at the
+    #: suspect itself before its suspicion ends (``docs/gossip.rst``).
+    shortest_suspicion_mult: float = attrs.field(default=3.0, validator=_positive)
     #: Each broadcast is sent retransmit_mult * ceil(log10(N + 1)) times by every member.
     retransmit_mult: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     #: Seconds during which a dead member still receives gossip, to learn and refute.
@@ -76,6 +82,8 @@ class Profile:
     def __attrs_post_init__(self) -> None:
         if self.probe_timeout >= self.probe_interval:
             raise ValueError("probe_timeout must be shorter than probe_interval")
+        if self.shortest_suspicion_mult > self.suspicion_mult:
+            raise ValueError("shortest_suspicion_mult must not exceed suspicion_mult")
         if self.reap_after < self.gossip_to_the_dead:
             raise ValueError("reap_after must not be shorter than gossip_to_the_dead")
 
@@ -96,9 +104,9 @@ class Profile:
 
     def suspicion_timeouts(self, members: int) -> tuple[float, float]:
         """The shortest and longest time a member stays suspected before it is dead."""
-        scale = max(1.0, math.log10(max(1, members)))
-        shortest = self.suspicion_mult * scale * self.probe_interval
-        return shortest, shortest * self.suspicion_max_timeout_mult
+        scale = max(1.0, math.log10(max(1, members))) * self.probe_interval
+        longest = self.suspicion_max_timeout_mult * self.suspicion_mult * scale
+        return self.shortest_suspicion_mult * scale, longest
 
     def scaled_push_pull_interval(self, members: int) -> float:
         """Seconds between two push/pulls in a cluster of ``members``: memberlist's
@@ -120,6 +128,7 @@ WAN: Final = Profile(
     gossip_interval=0.5,
     gossip_nodes=4,
     suspicion_mult=6,
+    shortest_suspicion_mult=6.0,
     gossip_to_the_dead=60.0,
     reap_after=86400.0,
     push_pull_interval=60.0,
