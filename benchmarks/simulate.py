@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import resource
 import sys
 import time
@@ -217,8 +216,8 @@ def detection(
         stages["spread"].append(last - first)
         stages["all"].append(last - killed)
         # memberlist's shortest suspicion, whatever the variant's: like with like.
-        scale = max(1.0, math.log10(size)) * profile.probe_interval
-        cycle = profile.suspicion_mult * scale + slack
+        memberlist = attrs.evolve(profile, shortest_suspicion_mult=profile.suspicion_mult)
+        cycle = memberlist.suspicion_timeouts(size)[0] + slack
         simulation.run(max(settle, killed + cycle - simulation.clock.seconds()))
     elapsed, total = simulation.clock.seconds() - begun, simulation.traffic()
     return {
