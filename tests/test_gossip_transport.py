@@ -535,24 +535,6 @@ class ServicesTests(TestCase):
         self.assertNotIn("carol", alice.store.digests())
 
     @inlineCallbacks
-    def test_a_joiner_announces_itself_before_its_exchange(self) -> Any:
-        """The anchor hears of the joiner from a datagram sent as the join begins, even
-        when the joiner's exchange never gets through."""
-        alice = self.start("alice")
-        bob = GossipService.from_config(
-            node_config("bob", free_port(), Path(self.mktemp()), anchors=(alice.address.port,)),
-            reactor,
-            FAST,
-            random.Random(2),
-        )
-        self.patch(bob, "_exchange", lambda peer, join: Deferred())
-        bob.startService()
-        self.addCleanup(self.stop, bob)
-        self.services["bob"] = bob
-        yield until(alice, self.sees("alice", "bob"), "alice hears of bob")
-        self.assertFalse(bob.joined)
-
-    @inlineCallbacks
     def test_join_retries_until_an_anchor_answers(self) -> Any:
         """The anchor starts after its joiner: the joiner keeps trying, then gets in."""
         anchor_port = free_port()

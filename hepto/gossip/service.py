@@ -274,8 +274,6 @@ class GossipService(Service):
         if not candidates:
             self._joined("first member: no anchor to join")
             return
-        for candidate in candidates:
-            self.membership.announce(candidate)
         attempts = [self._exchange(candidate, join=True) for candidate in candidates]
         DeferredList(attempts, fireOnOneCallback=True, consumeErrors=True).addCallback(
             self._join_answered, candidates

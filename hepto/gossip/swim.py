@@ -308,17 +308,6 @@ class Membership:
         self._probe_call = self._clock.callLater(first, self._probe_tick)
         self._gossip.start(self._rng.uniform(0, self.profile.gossip_interval))
 
-    def announce(self, to: Endpoint) -> None:
-        """Tell ``to`` of this member at once, in a datagram of its own.
-
-        A joiner announces itself to those it joins through as its exchanges with them
-        begin: a datagram leaves at once, where an exchange's request waits for its
-        stream to connect, i.e. for the reactor, which runs only once every service of
-        the node has started (the PKI's start alone takes a worker's run).  The anchor
-        takes the joiner's Alive, proof and all, as it takes any newcomer's, and spreads
-        the arrival while the exchange is still on its way."""
-        self._network.send(to, [self._own.alive_message()])
-
     def stop(self) -> None:
         """Stop every timer; later datagrams are ignored."""
         self._running = False
