@@ -40,6 +40,7 @@ from hepto.gossip.records import (
     sign_record,
 )
 from hepto.state import ALIVE, SUSPECT, Change, Listener, Member, Notifier
+from hepto.waiters import Waiters
 
 # Drop reasons of this layer.
 CONFLICT: Final = "conflict"
@@ -131,7 +132,7 @@ class RecordStore:
     _view: dict[str, Member] = attrs.field(factory=dict)
     _fetches: dict[str, _Fetch] = attrs.field(factory=dict)
     #: Askers of a record that we hold none of yet and are fetching, by name.
-    _waiting: dict[str, list[Deferred[None]]] = attrs.field(factory=dict)
+    _waiting: dict[str, Waiters[None]] = attrs.field(factory=dict)
     #: Fetches running at once.  A joiner learns of every record in one push/pull; a
     #: hundred connections at once would help neither it nor the members it asks.
     max_fetches: int = 16
@@ -238,15 +239,15 @@ class RecordStore:
         """
         if name == self.name or name in self._records or name not in self._fetches:
             return None
-        waiter: Deferred[None] = Deferred()
+        waiter = self._waiting.setdefault(name, Waiters()).wait()
+        # Cancelled at the timeout, so forgotten by the waiters; answered all the same.
         waiter.addTimeout(SERVE_WAIT, self.clock, onTimeoutCancel=lambda result, timeout: None)
-        self._waiting.setdefault(name, []).append(waiter)
         return waiter
 
     def _release(self, name: str) -> None:
-        for waiter in self._waiting.pop(name, ()):
-            if not waiter.called:
-                waiter.callback(None)
+        waiters = self._waiting.pop(name, None)
+        if waiters is not None:
+            waiters.fire(None)
 
     def want(self, name: str, version: int, holder: Endpoint) -> None:
         """``holder`` has ``name`` at ``version``: fetch it unless we hold that already."""
