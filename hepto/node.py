@@ -12,6 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, ma
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from hepto import datadir, notify
 from hepto.backup.service import BackupService, take_in_child
@@ -19,6 +20,7 @@ from hepto.backup.store import DIRECTORY as BACKUPS
 from hepto.config import NodeConfig
 from hepto.control import SOCKET_NAME, ControlService
 from hepto.errors import StartupError
+from hepto.exitstatus import exit_after_twistd
 from hepto.gossip.profile import PROFILES
 from hepto.gossip.service import GossipService
 from hepto.kube.service import KubeService
@@ -57,12 +59,17 @@ class NodeService(MultiService):
         config: NodeConfig,
         # Core, time, process, UDP, TCP and UNIX: no single interface says it all.
         reactor: Any,
-        exit_cleanly_on_signals: bool = False,
+        owns_process: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self._exit_cleanly_on_signals = exit_cleanly_on_signals
+        #: Whether the node is the whole process (twistd's): it then sets the process's
+        #: signal handlers and its exit status.
+        self._owns_process = owns_process
+        #: Why the node stopped on its own, once it has.
+        self.failed: str | None = None
+        self._stop_requested = False
         self._prepared = False
         self._readiness: Deferred[None] | None = None
         self.setName("node")
@@ -177,13 +184,15 @@ class NodeService(MultiService):
         self.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        if self._exit_cleanly_on_signals:
+        if self._owns_process:
             # twistd re-raises a stopping signal at exit, so the status would say "killed";
             # a stop the operator asked for is a success, and its status is 0.
             for number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(number, self._stop_on_signal)
         # Logged once signals stop the node cleanly: tests and tools wait for it.
         self.log.info("hepto node {name} running", name=self.config.name)
+        # The PKI's start runs while the node runs; a node without it cannot go on.
+        self.pki.when_started().addErrback(self._cannot_go_on)
         self._readiness = Deferred.fromCoroutine(self._until_ready())
         self._readiness.addErrback(self._readiness_failed)
 
@@ -207,6 +216,26 @@ class NodeService(MultiService):
         if not failure.check(CancelledError):  # stopped before ready: nothing to say
             self.log.failure("Waiting for the node to be ready failed", failure)
 
+    def _cannot_go_on(self, failure: Failure) -> None:
+        """Stop the node on an error that leaves it nothing to do: like an error found
+        before the reactor runs, one sentence and exit status 1 (docs/operations.rst)."""
+        if self._stop_requested or not self.running:
+            # A stop signal reaches the node's whole process group, its PKI worker too,
+            # whose batch then fails: that is the stop, not an error.
+            return
+        if failure.check(StartupError):
+            reason = str(failure.value)
+        else:
+            self.log.failure("The node cannot go on", failure)
+            reason = failure.getErrorMessage()
+        self.failed = reason
+        self.log.critical(
+            "hepto node {name} cannot go on: {reason}", name=self.config.name, reason=reason
+        )
+        if self._owns_process:
+            exit_after_twistd(1, f"hepto: {reason}")
+        self.reactor.stop()
+
     def _notify(self, message: str) -> None:
         try:
             notify.send(message)
@@ -217,6 +246,7 @@ class NodeService(MultiService):
 
     def _stop_on_signal(self, number: int, frame: object) -> None:
         self.log.info("Received {signal}, stopping", signal=signal.Signals(number).name)
+        self._stop_requested = True
         self.reactor.callFromThread(self.reactor.stop)
 
     def namespace(self) -> dict[str, Any]:

@@ -301,4 +301,4 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     assert options.config is not None
     assert reactor is not None
     # Nothing read or made yet: the node does its I/O when it starts.
-    return NodeService(options.config, reactor, exit_cleanly_on_signals=True)
+    return NodeService(options.config, reactor, owns_process=True)

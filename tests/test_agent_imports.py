@@ -61,19 +61,20 @@ _AGENT = textwrap.dedent(
     kernel = node.mesh._backend_factories[0]()
     failures = []
     kernel.start(lambda: None).addErrback(failures.append)
-    # The PKI starts (one batch in a worker, blocking), then does one batch as it does
-    # on every change, in a worker it starts through the reactor.
+    # The PKI starts (its first batch, in a worker started through the reactor), then
+    # does one batch as it does on every change, in the same worker.
     node.pki.startService()
     answers = []
 
-    def batch():
+    def batch(_):
         job = node.pki._job(start=False)
         done = node.pki.runner.run(job.to_json())
         done.addCallback(answers.append)
-        done.addBoth(lambda _: node.pki.stopService())
-        done.addBoth(lambda _: reactor.stop())
+        return done
 
-    reactor.callWhenRunning(batch)
+    started = node.pki.when_started().addCallback(batch)
+    started.addBoth(lambda _: node.pki.stopService())
+    started.addBoth(lambda _: reactor.stop())
     reactor.run()
     print(json.dumps({
         "installed": sorted(name for name in node.pki.specs if node.pki.installed(name)),

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agent import KEY, Agent, lone_host, program
 from hepto.control import SOCKET_NAME, query
+from hepto.pki.paths import Paths
 from hepto.tap import Options, makeService
 from netlab import wait_until
 
@@ -162,6 +163,19 @@ class StartupErrorTests(SynchronousTestCase):
             third,
             "hepto: --metrics: cannot listen on [::1]:7947: [Errno 98] Address already in use",
         )
+
+    def test_damaged_pki_files_stop_the_running_node(self) -> None:
+        # Found by the PKI's first batch, which runs while the node runs.
+        data_dir = self.temporary_directory()
+        paths = Paths(data_dir / "c" / "n1")
+        paths.pki_dir.mkdir(mode=0o700, parents=True)
+        paths.trusted_ca.write_text("damaged")
+        host = lone_host(self, "hn")
+        result = self.run_agent(data_dir, *node_argv(host), prefix=host.command([]))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("hepto node n1 running", result.stdout)
+        self.assertOneLineError(result, f"hepto: {paths.trusted_ca}")
+        self.assertEqual(paths.trusted_ca.read_text(), "damaged")
 
     def test_damaged_identity(self) -> None:
         data_dir = self.temporary_directory()

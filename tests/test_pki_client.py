@@ -305,15 +305,19 @@ class RealWorkerTests(TestCase):
         self.assertEqual(client.started, 2)
         yield client.stop()
 
-    def test_a_job_run_once_before_the_reactor(self) -> None:
+    @inlineCallbacks
+    def test_damaged_ca_files_and_a_worker_without_answer(self) -> Any:
         base = Path(tempfile.mkdtemp(prefix="hepto-worker-"))
         self.addCleanup(shutil.rmtree, base, True)
         (base / "master" / "pki" / "ca").mkdir(parents=True)
-        answer = client_module.run_once(self.job(base / "master"), worker_command())
+        client = WorkerClient(reactor, reactor, command=worker_command(idle=0.5))
+        answer = yield client.run(self.job(base / "master"))
         self.assertEqual(answer["error"]["kind"], "authority")
         self.assertIn("lacks", answer["error"]["message"])
-        with self.assertRaises(WorkerError):
-            client_module.run_once({}, [sys.executable, "-c", "print('no answer')"])
+        yield client.stop()
+        mute = WorkerClient(reactor, reactor, command=[sys.executable, "-c", "print('no answer')"])
+        yield self.assertFailure(mute.run({}), WorkerError)
+        yield mute.stop()
 
 
 class RealServiceTests(TestCase):

@@ -30,7 +30,7 @@ from hepto.pki import signing as signing_module
 from hepto.pki.errors import WorkerError
 from hepto.pki.local import LocalRunner
 from hepto.pki.requests import ADMIN, APISERVER, KUBE_PROXY, KUBELET_CLIENT, KUBELET_SERVING
-from hepto.pki.service import CertificateChange, PKIService
+from hepto.pki.service import CertificateChange, PKIService, Runner
 from hepto.state import ALIVE, LEFT, SUSPECT, Change, MemoryCluster, MemoryState, Record
 
 
@@ -44,6 +44,16 @@ def scratch(test: SynchronousTestCase) -> Path:
 CLUSTER = "memory"
 START = datetime.datetime(2025, 6, 1, 12, 0, tzinfo=datetime.UTC).timestamp()
 NODE_CERTIFICATES = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY)
+
+
+def start_failure(
+    test: SynchronousTestCase, service: PKIService, kind: type[Exception]
+) -> Exception:
+    """Start ``service``; its start's batch must fail with ``kind``, which is returned."""
+    service.startService()
+    failed = test.failureResultOf(service.when_started(), kind).value
+    assert isinstance(failed, Exception)
+    return failed
 
 
 def refused_code(service: PKIService, member: str, subject: str) -> str | None:
@@ -275,9 +285,8 @@ class RestartTests(ServiceTestCase):
         paths = self.lab.services["master"].paths
         self.lab.services["master"].stopService()
         paths.authority_key("etcd").write_text("damaged")
-        with self.assertRaises(ca.AuthorityError) as caught:
-            self.lab.make("master").startService()
-        self.assertIn("etcd.key", str(caught.exception))
+        failed = start_failure(self, self.lab.make("master"), ca.AuthorityError)
+        self.assertIn("etcd.key", str(failed))
         self.assertEqual(paths.authority_key("etcd").read_text(), "damaged")
 
     def test_node_promoted_with_a_foreign_pin_refuses_to_start(self) -> None:
@@ -285,9 +294,8 @@ class RestartTests(ServiceTestCase):
         self.lab.join("node-a", "node")
         self.lab.services["node-a"].stopService()
         self.lab.roles["node-a"] = "master"
-        with self.assertRaises(ca.AuthorityError) as caught:
-            self.lab.make("node-a").startService()
-        self.assertIn("trusts another cluster CA", str(caught.exception))
+        failed = start_failure(self, self.lab.make("node-a"), ca.AuthorityError)
+        self.assertIn("trusts another cluster CA", str(failed))
 
     def test_damaged_trust_stops_a_node(self) -> None:
         self.lab.join("master", "master")
@@ -295,9 +303,8 @@ class RestartTests(ServiceTestCase):
         paths = self.lab.services["node-a"].paths
         self.lab.services["node-a"].stopService()
         paths.trusted_ca.write_text("damaged")
-        with self.assertRaises(ca.AuthorityError) as caught:
-            self.lab.make("node-a").startService()
-        self.assertIn(paths.trusted_ca.name, str(caught.exception))
+        failed = start_failure(self, self.lab.make("node-a"), ca.AuthorityError)
+        self.assertIn(paths.trusted_ca.name, str(failed))
         self.assertEqual(paths.trusted_ca.read_text(), "damaged")
 
     def test_damaged_leaf_is_requested_again(self) -> None:
@@ -821,7 +828,7 @@ class FailingRunner(LocalRunner):
         if self.mangle:
             self.mangle -= 1
             return succeed({"memory": 5, "log": [{"level": "nonsense"}, "nonsense"]})
-        answer = self.run_now(job)
+        answer = self.answer(job)
         if self.fail_after(answer):
             self.fail_after = lambda answer: False
             return fail(WorkerError("the PKI worker was killed by signal 9 during a job"))
@@ -918,30 +925,78 @@ class WorkerFailureTests(ServiceTestCase):
         self.assertIsNone(self.pki("node-a"))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
-    def test_an_authority_error_at_start_is_raised(self) -> None:
+    def test_an_authority_error_at_start_fails_the_start_and_stops_the_pki(self) -> None:
+        self.lab.join("master", "master")
         node = self.node_with(FailingRunner())
         keys.ensure_directory(node.paths.pki_dir)
         node.paths.trusted_ca.write_text("damaged")
-        with self.assertRaises(ca.AuthorityError):
-            node.startService()
-        self.assertFalse(node.running)
+        start_failure(self, node, ca.AuthorityError)
+        self.lab.advance(60)
+        # Nothing more was tried: no batch, no request published.
+        self.assertEqual(len(node.runner.jobs), 1)  # type: ignore[attr-defined]
+        self.assertIsNone(self.pki("node-a"))
+        self.assertEqual(node.paths.trusted_ca.read_text(), "damaged")
 
 
 class BrokenWorkerTests(SynchronousTestCase):
-    def test_a_worker_that_cannot_start_stops_the_agent_at_start(self) -> None:
-        class Broken(LocalRunner):
-            def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
-                raise WorkerError("cannot start the PKI worker: no python")
-
-        service = PKIService(
+    def service(self, runner: Runner, cluster: MemoryCluster | None = None) -> PKIService:
+        cluster = MemoryCluster() if cluster is None else cluster
+        return PKIService(
             CLUSTER,
-            "node-a",
-            "node",
+            "master",
+            "master",
             scratch(self),
-            MemoryCluster().join("node-a", role="node"),
+            cluster.join("master", role="master"),
             task.Clock(),
-            runner=Broken(),
+            runner=runner,
         )
-        with self.assertRaises(StartupError) as caught:
-            service.startService()
-        self.assertIn("the PKI cannot start: cannot start the PKI worker", str(caught.exception))
+
+    def test_a_worker_that_cannot_start_fails_the_start(self) -> None:
+        class Broken(LocalRunner):
+            def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+                return fail(WorkerError("cannot start the PKI worker: no python"))
+
+        failed = start_failure(self, self.service(Broken()), StartupError)
+        self.assertEqual(
+            str(failed), "the PKI cannot start: cannot start the PKI worker: no python"
+        )
+
+    def test_the_start_waits_for_its_batch(self) -> None:
+        class Held(LocalRunner):
+            def __init__(self) -> None:
+                super().__init__()
+                self.held: list[tuple[Mapping[str, Any], Deferred[dict[str, Any]]]] = []
+
+            def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+                answer: Deferred[dict[str, Any]] = Deferred()
+                self.held.append((job, answer))
+                return answer
+
+        runner, cluster = Held(), MemoryCluster()
+        service = self.service(runner, cluster)
+        installed = service.when_installed([APISERVER])
+        service.startService()
+        started = service.when_started()
+        self.assertTrue(service.running)
+        self.assertNoResult(started)
+        self.assertEqual(service.status()["certificates"], {})
+        # A member joins while the start's batch runs: its review waits for that batch.
+        cluster.join("node-b", role="node")
+        service.clock.advance(1)  # type: ignore[attr-defined]
+        self.assertEqual(len(runner.held), 1)
+        job, answer = runner.held[0]
+        answer.callback(runner.answer(job))
+        self.assertIsNone(self.successResultOf(started))
+        self.assertEqual(self.successResultOf(installed), service.paths)
+        self.assertIn("ca", service.state.members()["master"].record.get("pki"))  # type: ignore[union-attr]
+        service.clock.advance(0)  # type: ignore[attr-defined]
+        self.assertEqual([sorted(job["members"]) for job, _ in runner.held[1:]], [["node-b"]])
+        self.assertEqual(service.batches, 1)
+
+    def test_a_malformed_start_answer_fails_the_start(self) -> None:
+        class Mangling(LocalRunner):
+            def run(self, job: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+                return succeed({"memory": 5})
+
+        failed = start_failure(self, self.service(Mangling()), StartupError)
+        self.assertIn("the PKI cannot start: the PKI worker's answer is malformed", str(failed))

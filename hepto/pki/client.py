@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -51,43 +50,6 @@ def worker_environment() -> dict[str, str]:
     paths = [source, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return environment
-
-
-def run_once(
-    job: Mapping[str, Any],
-    command: Sequence[str] | None = None,
-    environment: Mapping[str, str] | None = None,
-    timeout: float = JOB_TIMEOUT,
-) -> dict[str, Any]:
-    """Run one job in a worker of its own and wait for it: before the reactor runs.
-
-    Raises :class:`WorkerError` if the worker fails to answer.
-    """
-    command = list(command or worker_command())
-    try:
-        done = subprocess.run(
-            command,
-            input=json.dumps(job).encode("utf-8") + b"\n",
-            capture_output=True,
-            env=dict(environment or worker_environment()),
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise WorkerError(f"the PKI worker took more than {timeout} s over a job") from None
-    except OSError as failure:
-        raise WorkerError(f"cannot start the PKI worker: {failure}") from None
-    for line in done.stderr.decode("utf-8", "replace").splitlines():
-        WorkerClient.log.warn("PKI worker: {line}", line=line)
-    try:
-        answer = json.loads(done.stdout.splitlines()[0])
-        if not isinstance(answer, dict):
-            raise ValueError(f"a {type(answer).__name__}, not an object")
-    except (IndexError, ValueError) as problem:
-        raise WorkerError(
-            f"the PKI worker exited with status {done.returncode} without an answer ({problem})"
-        ) from None
-    return answer
 
 
 @attrs.define(eq=False)
@@ -159,10 +121,6 @@ class WorkerClient:
         self._queue.append(_Job(line, deferred))
         self._next()
         return deferred
-
-    def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        """Run ``job`` in a worker of its own, blocking: for the start, before the reactor."""
-        return run_once(job, self._command, self._environment, self._timeout)
 
     def stop(self) -> defer.Deferred[None]:
         """Let the worker finish its job and exit; fires once it has."""

@@ -29,9 +29,9 @@ class LocalRunner:
         self.jobs: list[dict[str, Any]] = []
 
     def run(self, job: Mapping[str, Any]) -> defer.Deferred[dict[str, Any]]:
-        return defer.succeed(self.run_now(job))
+        return defer.succeed(self.answer(job))
 
-    def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]:
+    def answer(self, job: Mapping[str, Any]) -> dict[str, Any]:
         decoded = json.loads(json.dumps(job))
         self.jobs.append(decoded)
         answer = handle(decoded)

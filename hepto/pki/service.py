@@ -24,8 +24,10 @@ publishes the record entry it answers, tells listeners and waiters of installed
 certificates, and owns the timers.  A batch that fails (the worker died, hung or
 answered nonsense) is logged and its work tried again, later and later.
 
-The start is the one batch run synchronously (:meth:`Runner.run_now`), before the
-reactor runs, so that damaged CA files stop the agent with one sentence.
+The start is a batch like the others, sent as the service starts: the reactor runs (and
+the member joins the cluster) while the worker starts.  A start that fails (damaged CA
+files, a worker that cannot run) fails :meth:`PKIService.when_started`, and the node
+stops with that one sentence.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hepto.backoff import Backoff, BackoffPolicy
 from hepto.config import NodeConfig
 from hepto.errors import StartupError
 from hepto.observers import Observers
+from hepto.once import Once
 from hepto.pki.client import WorkerClient
 from hepto.pki.errors import AuthorityError, WorkerError
 from hepto.pki.paths import Paths
@@ -83,8 +86,6 @@ class Runner(Protocol):
     """Where the desk's batches run: the worker process, or this process in tests."""
 
     def run(self, job: Mapping[str, Any]) -> defer.Deferred[dict[str, Any]]: ...
-
-    def run_now(self, job: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def stop(self) -> defer.Deferred[None]: ...
 
@@ -180,6 +181,8 @@ class PKIService(Service):
         self._busy = False
         #: Counts starts: an answer to a batch sent before the last start is ignored.
         self._started = 0
+        #: The outcome of the last start's batch.
+        self._start: Once[None] = Once()
         self._retries = Backoff(RETRY)
         self._revisits: dict[str, IDelayedCall] = {}
         self._timers: dict[str, IDelayedCall] = {}
@@ -273,27 +276,56 @@ class PKIService(Service):
     # -- lifecycle -----------------------------------------------------------------------
 
     def startService(self) -> None:
-        """Load or make everything (in one batch, blocking), then follow the state.
+        """Follow the state, and load or make everything in a first batch.
 
-        Raises :class:`~hepto.pki.errors.AuthorityError` when CA files are damaged, and
-        :class:`~hepto.errors.StartupError` when the worker cannot do the batch.
+        Nothing waits for that batch: :meth:`when_started` says how it went.
         """
-        try:
-            answer = self.runner.run_now(self._job(start=True).to_json())
-            emit_events(answer)
-            started = _read(answer)
-        except WorkerError as error:
-            raise StartupError(f"the PKI cannot start: {error}") from None
+        super().startService()
         self._started += 1
-        self.batches += 1
-        self._busy = False
+        self._start = Once() if self._start.done else self._start
+        self._busy = True  # the start's batch: no other until it is answered
         self._reviewed.clear()
         self._retries.reset()
-        self._apply(started)
         self._unsubscribe = self.state.subscribe(lambda change: self._mark(change.name))
         for name in self.state.members():
             self._mark(name)
-        super().startService()
+        started = self._started
+        self.runner.run(self._job(start=True).to_json()).addCallback(
+            self._start_answered, started
+        ).addErrback(self._start_failed, started)
+
+    def when_started(self) -> defer.Deferred[None]:
+        """Fires once the last start's batch is done: keys, CA files and certificates
+        loaded or made, the record's entry published.
+
+        Fails with :class:`~hepto.pki.errors.AuthorityError` when CA files are damaged,
+        and with :class:`~hepto.errors.StartupError` when the worker cannot do the batch:
+        the PKI then does nothing more, and its node cannot go on.
+        """
+        return self._start.when()
+
+    def _start_answered(self, answer: dict[str, Any], started: int) -> None:
+        emit_events(answer)
+        done = _read(answer)
+        if started != self._started or not self.running:
+            return
+        self.batches += 1
+        self._busy = False
+        self._apply(done)
+        self._start.fire(None)
+        if self._dirty or self._renewals_due:
+            self._schedule_dispatch()
+
+    def _start_failed(self, failure: Failure, started: int) -> None:
+        if started != self._started or not self.running or self._start.done:
+            return
+        # The service stays busy: no batch follows a start that failed.
+        if failure.check(StartupError):
+            self._start.fail(failure)
+            return
+        if not failure.check(WorkerError):
+            self.log.failure("The PKI's start failed", failure)
+        self._start.fail(Failure(StartupError(f"the PKI cannot start: {failure.value}")))
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop following the state; fires once the worker is gone."""
