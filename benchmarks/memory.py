@@ -319,6 +319,7 @@ VARIANTS: Final[dict[str, Variant]] = {
     ),
     "containerd-lean": Variant(disabled_plugins=UNUSED_CONTAINERD_PLUGINS),
     "apiserver-gogc-25": Variant(go=_APISERVER_GOGC_25),
+    "watch-cache-off": Variant(flags={"kube-apiserver": ("--watch-cache=false",)}),
 }
 
 

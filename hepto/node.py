@@ -67,8 +67,6 @@ class NodeService(MultiService):
         #: Whether the node is the whole process (twistd's): it then sets the process's
         #: signal handlers and its exit status.
         self._owns_process = owns_process
-        #: Why the node stopped on its own, once it has.
-        self.failed: str | None = None
         self._stop_requested = False
         self._prepared = False
         self._readiness: Deferred[None] | None = None
@@ -228,7 +226,6 @@ class NodeService(MultiService):
         else:
             self.log.failure("The node cannot go on", failure)
             reason = failure.getErrorMessage()
-        self.failed = reason
         self.log.critical(
             "hepto node {name} cannot go on: {reason}", name=self.config.name, reason=reason
         )
