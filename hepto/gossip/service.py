@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -395,7 +395,13 @@ class GossipService(Service):
                 return Record(self.store.record_blob(name))
             return fetching.addCallback(lambda _: Record(self.store.record_blob(name)))
         if isinstance(request, FetchRecords):
-            return Records(tuple(self.store.record_blobs(request.names, RECORDS_REPLY)))
+            names = request.names
+            own = self.store.until_fetched(self.config.name) if self.config.name in names else None
+            if own is None:
+                return Records(tuple(self.store.record_blobs(names, RECORDS_REPLY)))
+            return own.addCallback(
+                lambda _: Records(tuple(self.store.record_blobs(names, RECORDS_REPLY)))
+            )
         if isinstance(request, StreamPing):
             return StreamAck(request.ping.target == self.config.name)
         return None
@@ -471,6 +477,11 @@ class GossipService(Service):
             return
         self.store.pins.changed = False
         self._saved_incarnation = saved.incarnation
+
+    def hold_own_record(self) -> Callable[[], None]:
+        """Make fetches of this member's record wait until the returned callable is
+        called (or a few seconds): :meth:`RecordStore.hold_own`."""
+        return self.store.hold_own()
 
     # Control
 

@@ -131,8 +131,10 @@ class RecordStore:
     _states: dict[str, Any] = attrs.field(factory=dict)
     _view: dict[str, Member] = attrs.field(factory=dict)
     _fetches: dict[str, _Fetch] = attrs.field(factory=dict)
-    #: Askers of a record that we hold none of yet and are fetching, by name.
+    #: Askers of a record that we hold none of yet and are fetching, by name; and of
+    #: our own, while it is held (:meth:`hold_own`).
     _waiting: dict[str, Waiters[None]] = attrs.field(factory=dict)
+    _own_holds: int = 0
     #: Fetches running at once.  A joiner learns of every record in one push/pull; a
     #: hundred connections at once would help neither it nor the members it asks.
     max_fetches: int = 16
@@ -231,18 +233,43 @@ class RecordStore:
         self._release(name)
 
     def until_fetched(self, name: str) -> Deferred[None] | None:
-        """While we fetch the record of ``name`` and hold none: a Deferred that fires
-        once we hold it or give up, at the latest in ``SERVE_WAIT`` seconds; else None.
+        """While we fetch the record of ``name`` and hold none, or while our own is held
+        (:meth:`hold_own`): a Deferred that fires once we hold it or give up, or once our
+        own is released, at the latest in ``SERVE_WAIT`` seconds; else None.
 
         What answers a fetch of a record we are fetching ourselves: a newcomer's
         record is asked of whoever told of the newcomer, often before it holds it.
         """
-        if name == self.name or name in self._records or name not in self._fetches:
+        if name == self.name:
+            if not self._own_holds:
+                return None
+        elif name in self._records or name not in self._fetches:
             return None
         waiter = self._waiting.setdefault(name, Waiters()).wait()
         # Cancelled at the timeout, so forgotten by the waiters; answered all the same.
         waiter.addTimeout(SERVE_WAIT, self.clock, onTimeoutCancel=lambda result, timeout: None)
         return waiter
+
+    def hold_own(self) -> Callable[[], None]:
+        """Until the returned callable is called, a fetch of our own record waits for it
+        (at most ``SERVE_WAIT`` seconds), as one of a record we are fetching does.
+
+        For a start whose services publish more a moment later (the PKI's requests): the
+        record that every member first fetches, on hearing of our arrival, is then the
+        whole one, and no second version has to spread as news (see :meth:`_take`)."""
+        self._own_holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._own_holds -= 1
+            if not self._own_holds:
+                self._release(self.name)
+
+        return release
 
     def _release(self, name: str) -> None:
         waiters = self._waiting.pop(name, None)
