@@ -287,6 +287,29 @@ class StoreTests(SynchronousTestCase):
         self.assertIsNone(self.store.until_fetched("me"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_our_own_record_held_is_served_once_released(self) -> None:
+        self.assertIsNone(self.store.until_fetched("me"))  # not held
+        release = self.store.hold_own()
+        second = self.store.hold_own()
+        asked = self.store.until_fetched("me")
+        assert asked is not None
+        self.store.publish("pki", {"csr": "request"})
+        release()
+        release()  # twice: counts once
+        self.assertNoResult(asked)  # the second hold still holds
+        second()
+        self.successResultOf(asked)
+        self.assertIsNone(self.store.until_fetched("me"))
+        self.assertEqual(self.store.record_blob("me"), self.store.own.blob)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_our_own_record_held_is_waited_for_a_while_only(self) -> None:
+        self.store.hold_own()
+        asked = self.store.until_fetched("me")
+        assert asked is not None
+        self.clock.advance(store.SERVE_WAIT)
+        self.successResultOf(asked)
+
     def test_a_record_being_fetched_is_waited_for_a_while_only(self) -> None:
         self.add("bob", 2)
         self.add("carol", 3)

@@ -482,6 +482,39 @@ class ServicesTests(TestCase):
             protocol.transport.loseConnection()  # type: ignore[union-attr]
 
     @inlineCallbacks
+    def test_a_held_record_is_first_fetched_whole(self) -> Any:
+        """A joiner whose record is held (its PKI's requests still to come) is seen
+        alive at once; its record, fetched on its arrival, is the whole one."""
+        alice = self.start("alice")
+        versions: list[int] = []
+
+        def record_changed(change: Change) -> None:
+            old = change.old.record if change.old is not None else None
+            new = change.new.record if change.new is not None else None
+            if change.name == "bob" and new is not None and new != old:
+                versions.append(new.version)
+
+        alice.state.subscribe(record_changed)
+        bob = GossipService.from_config(
+            node_config("bob", free_port(), self.data_dir, KEY, (alice.address.port,)),
+            reactor,
+            FAST,
+            random.Random("bob"),
+        )
+        release = bob.hold_own_record()
+        bob.startService()
+        self.services["bob"] = bob
+        self.addCleanup(self.stop, bob)
+        yield until(alice, self.sees("alice", "bob"), "alice sees bob")
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(versions, [])  # alice's fetch waits for bob's record
+        bob.state.publish("pki", {"csr": "request"})
+        release()
+        yield until(alice, lambda: held(alice, "bob", "pki") is not None, "bob's whole record")
+        self.assertEqual(versions, [bob.store.own.version])
+        release()  # twice: nothing more
+
+    @inlineCallbacks
     def test_a_joiner_takes_every_record_in_one_stream(self) -> Any:
         asked = yield self.joined_by_dave(old_alice=False)
         self.assertEqual(asked, [FetchRecords(("alice", "bob", "carol"))])
