@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -176,18 +176,15 @@ class NodeService(MultiService):
         self._prepare()  # if nobody called privilegedStartService, as Twisted's servers allow
         # The PKI's first batch, which runs while the node joins, publishes this member's
         # certificate requests: until it has, whoever fetches our record waits, so that
-        # the record every member first holds is the whole one (docs/gossip.rst).
-        self.pki.when_started().addBoth(self._record_whole, self.gossip.hold_own_record())
+        # the record every member first holds is the whole one (docs/gossip-state.rst).
+        release = self.gossip.hold_own_record()
+        self.pki.when_started().addBoth(lambda _: release())
         try:
             super().startService()
         except (StartupError, CannotListenError) as error:
             # Raised before the reactor runs: twistd would print a traceback and go on.
             raise SystemExit(f"hepto: {error}") from None
         self.reactor.callWhenRunning(self._running)
-
-    @staticmethod
-    def _record_whole(result: object, release: Callable[[], None]) -> None:
-        release()
 
     def _running(self) -> None:
         if self._owns_process:
