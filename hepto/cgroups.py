@@ -8,6 +8,7 @@ the system calls.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -138,7 +139,8 @@ def make_cgroup(hierarchy: Hierarchy, cgroup: PurePosixPath) -> Path:
     directory = hierarchy.path
     for part in cgroup.relative_to("/").parts:
         parent, directory = directory, directory / part
-        if not directory.is_dir():
+        # Other nodes' agents on this host make the same parents at the same moment.
+        with contextlib.suppress(FileExistsError):
             directory.mkdir()
         if hierarchy.is_cpuset:
             for name in CPUSET_FILES:

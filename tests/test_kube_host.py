@@ -122,6 +122,19 @@ class CgroupTreeTests(SynchronousTestCase):
         self.assertTrue((memory.path / "hepto/c/n/runtime").is_dir())
         self.assertFalse((root / "unified").exists(), "runc makes the cgroup2 ones")
 
+    def test_cgroups_made_meanwhile_by_another_node(self) -> None:
+        # Another agent on this host makes the same parents between a look and a mkdir.
+        root = Path(tempfile.mkdtemp(prefix="hepto-cgroups-"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(root)])
+        memory = Hierarchy(root / "memory", 1, ("memory",))
+        (memory.path / "hepto" / "c").mkdir(parents=True)
+        from unittest import mock
+
+        with mock.patch.object(Path, "is_dir", lambda path: False):
+            made = cgroups.make_cgroup(memory, PurePosixPath("/hepto/c/n"))
+        self.assertEqual(made, memory.path / "hepto/c/n")
+        self.assertTrue(made.is_dir())
+
 
 _IN_NAMESPACE = textwrap.dedent(
     """
