@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hepto"
 #: docs/design.rst, "Layers": the top-level modules and packages of hepto, by layer.
 LAYERS = {
     "ground": {
-        "plan", "config", "state", "errors", "files", "datadir", "unixpath", "watch",
+        "plan", "config", "state", "errors", "exitstatus", "files", "datadir", "unixpath", "watch",
         "once", "linux", "logs", "goarch", "programs", "interfaces", "https", "control",
         "manhole", "supervisor", "gossip", "images", "backoff", "observers", "waiters",
         "machine", "cgroups", "container", "shellguard", "metrics", "notify",
