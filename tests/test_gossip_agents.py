@@ -310,7 +310,7 @@ class InsiderTests(AgentsTestCase):
             ["b2"],
             "alive",
             60,
-            check=lambda m: m["version"] >= version and m["address"] == where,
+            check=lambda m: (m["version"] or 0) >= version and m["address"] == where,
         )
 
     def test_a_forged_alive_brings_no_dead_member_back(self) -> None:
