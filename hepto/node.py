@@ -226,11 +226,8 @@ class NodeService(MultiService):
             # A stop signal reaches the node's whole process group, its PKI worker too,
             # whose batch then fails: that is the stop, not an error.
             return
-        if failure.check(StartupError):
-            reason = str(failure.value)
-        else:
-            self.log.failure("The node cannot go on", failure)
-            reason = failure.getErrorMessage()
+        # A StartupError: the PKI has logged and wrapped whatever else went wrong.
+        reason = failure.getErrorMessage()
         self.log.critical(
             "hepto node {name} cannot go on: {reason}", name=self.config.name, reason=reason
         )
