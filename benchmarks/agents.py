@@ -70,8 +70,15 @@ DEAD_STATES: Final = frozenset({"dead", "gone"})
 
 #: Seconds of the members' idle CPU measured before each joiner starts.
 IDLE_SAMPLE: Final = 10.0
+#: The least pause before the first joiner, s: the last wave's handshakes and PKI
+#: batches must be over for the members to be quiet, or their idle CPU is overstated and
+#: the first join's cost comes out below zero (-190 ms per member at N = 10 in session 22).
+FIRST_SETTLE: Final = 30.0
 #: How often a joiner's wireguard-go is asked about its handshakes, s.
 MESH_POLL: Final = 0.2
+
+#: Under this name, what the children that ended used (counted once reaped).
+ENDED_CHILDREN: Final = "ended children"
 
 log = Logger(namespace="benchmarks.agents")
 
@@ -312,8 +319,8 @@ def tree_schedstat(pid: int) -> dict[str, tuple[float, int]]:
         program = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         cutime, cstime = (int(field) for field in fields[13:15])
-        seconds["ended children"] = seconds.get("ended children", 0.0) + (cutime + cstime) * tick
-        runs.setdefault("ended children", 0)
+        seconds[ENDED_CHILDREN] = seconds.get(ENDED_CHILDREN, 0.0) + (cutime + cstime) * tick
+        runs.setdefault(ENDED_CHILDREN, 0)
         for thread in tasks:
             try:
                 schedstat = (thread / "schedstat").read_text().split()
@@ -628,6 +635,8 @@ class HeptoSystem:
     sampled: frozenset[str] = frozenset()
     #: Members profiled over each join's windows (``--profile-joins``).
     join_profiled: frozenset[str] = frozenset()
+    #: How they are: "profile" (cProfile) or "turns" (``cpusample.py turns``).
+    join_profiler: str = "profile"
     _compiled: bool = False
 
     def compile(self) -> None:
@@ -656,7 +665,7 @@ class HeptoSystem:
             profiler = [
                 sys.executable,
                 str(ROOT / "benchmarks" / "cpusample.py"),
-                "profile",
+                self.join_profiler,
                 str(directory / host.name),
             ]
         elif host.name in self.sampled:
@@ -791,6 +800,8 @@ class Settings:
     sampled: frozenset[str] = frozenset()
     #: hepto members profiled over each join's quiet sample and as long from its start.
     join_profiled: frozenset[str] = frozenset()
+    #: How: "profile" (cProfile) or "turns" (``cpusample.py turns``).
+    join_profiler: str = "profile"
 
 
 @attrs.define
@@ -1000,8 +1011,9 @@ class Bench:
         its mesh has a handshake with each; the CPU it took to (a), and what the joining
         cost each member beyond its idle CPU."""
         joins = []
-        for host in self.joiners:
-            await self.sleep(self.settings.settle)
+        for index, host in enumerate(self.joiners):
+            settle = self.settings.settle
+            await self.sleep(max(settle, FIRST_SETTLE) if index == 0 else settle)
             joins.append(await self.join_one(host))
         self.figures["one_more"] = joins
         for key in ("sees_all", "seen_by_all", "mesh_all", "joiner_cpu"):
@@ -1042,10 +1054,13 @@ class Bench:
         signal_all(profiled, signal.SIGUSR2)
         idle_to = {n: tree_schedstat(p) for n, p in pids.items()}
         idle_span = time.monotonic() - idle_started
+        # What ended children used is no rate: a worker that ended during the sample
+        # burns nothing more.
         idle_rate = {
             n: {
                 k: (v - idle_from[n].get(k, (0.0, 0))[0]) / idle_span
                 for k, (v, _) in idle_to[n].items()
+                if k != ENDED_CHILDREN
             }
             for n in pids
         }
@@ -1508,6 +1523,7 @@ def make_system(
     profiled: frozenset[str] = frozenset(),
     sampled: frozenset[str] = frozenset(),
     join_profiled: frozenset[str] = frozenset(),
+    join_profiler: str = "profile",
 ) -> System:
     if name == "hepto" or name in trees:
         return HeptoSystem(
@@ -1519,6 +1535,7 @@ def make_system(
             profiled=profiled,
             sampled=sampled,
             join_profiled=join_profiled,
+            join_profiler=join_profiler,
         )
     assert memberlist is not None
     return MemberlistSystem(
@@ -1554,6 +1571,7 @@ async def run(
                 settings.profiled,
                 settings.sampled,
                 settings.join_profiled,
+                settings.join_profiler,
             )
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
@@ -1784,6 +1802,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "sample: NAME-<k>.prof in the run's directory of each system and size "
         "(benchmarks/cpusample.py profiles reads them)",
     )
+    parser.add_argument(
+        "--join-profiler",
+        choices=("profile", "turns"),
+        default="profile",
+        help="how --profile-joins members are profiled: cProfile (profile), or the CPU of "
+        "each reactor turn by what woke it (turns: NAME-<k>.turns.json, read by "
+        "benchmarks/cpusample.py turns-report)",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1848,6 +1874,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         profiled=frozenset(name for name in args.profile.split(",") if name),
         sampled=frozenset(name for name in args.sample_cpu.split(",") if name),
         join_profiled=frozenset(name for name in args.profile_joins.split(",") if name),
+        join_profiler=args.join_profiler,
     )
 
 

@@ -24,6 +24,14 @@ k). Deterministic counts, where the sampler sees a few dozen ticks: its ``profil
 command prints, per function, the calls and the own time of the join windows beyond the
 quiet ones (cProfile slows what it times, about twice: read shares and calls).
 
+``turns OUT SCRIPT ARGS...`` is ``profile`` without cProfile's cost: between the signals it
+times (``time.thread_time_ns``) each of the reactor's descriptor events by its selectable and
+protocol and each timed call by its function, and writes ``OUT-<k>.turns.json``;
+``agents.py --profile-joins NAMES --join-profiler turns`` runs members so, and the
+``turns-report`` command prints each waker's CPU and count in join windows beyond quiet ones.
+Wakers named in ``CPUSAMPLE_PROFILED_WAKERS`` (comma-separated, as the report names them)
+also run under cProfile, into ``OUT-<k>.prof`` (``profiles`` reads them).
+
 ``report --run-dir DIR --members a,b --joiners x,y`` adds up the members' samples in the
 ``--window`` seconds after each joiner's start (its log's first line) and, for what they
 burn anyway, in as long a window ending ``--quiet-gap`` seconds before it; it prints each
@@ -36,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -43,8 +52,10 @@ import runpy
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 #: Seconds of this process's CPU between samples (at most one per kernel tick lands).
 INTERVAL = 0.0005
@@ -120,6 +131,166 @@ def profile(out: Path, script: str, arguments: list[str]) -> None:
     signal.signal(signal.SIGUSR2, stop)
     sys.argv = [script, *arguments]
     runpy.run_path(script, run_name="__main__")
+
+
+class TurnTimer:
+    """CPU time of the reactor's turns by what woke it: each descriptor event by its
+    selectable (and protocol), each timed call by its function, while installed."""
+
+    def __init__(self, reactor: Any, profiled: frozenset[str] = frozenset()) -> None:
+        self.reactor = reactor
+        self.spent: dict[str, list[int]] = {}
+        self.started = time.thread_time_ns()
+        #: Wakers whose work also runs under cProfile, to see what they do.
+        self.profiled = profiled
+        self.profiler = cProfile.Profile(time.thread_time)
+        self._collected: Callable[[str, dict[str, Any]], None] | None = None
+
+    def _add(self, key: str, took: int) -> None:
+        entry = self.spent.setdefault(key, [0, 0])
+        entry[0] += took
+        entry[1] += 1
+
+    def install(self) -> None:
+        reactor, add = self.reactor, self._add
+        react, call_later, run_due = (
+            reactor._doReadOrWrite,
+            reactor.callLater,
+            reactor.runUntilCurrent,
+        )
+
+        def do_read_or_write(selectable: Any, fd: int, event: int) -> None:
+            key = f"event {_describe(selectable)}"
+            profiled = key in self.profiled
+            began = time.thread_time_ns()
+            try:
+                if profiled:
+                    self.profiler.runcall(react, selectable, fd, event)
+                else:
+                    react(selectable, fd, event)
+            finally:
+                add(key, time.thread_time_ns() - began)
+
+        def timed_call_later(delay: float, function: Any, *args: Any, **kw: Any) -> Any:
+            key = f"timer {_describe(function)}"
+
+            def timed(*args: Any, **kw: Any) -> Any:
+                began = time.thread_time_ns()
+                try:
+                    return function(*args, **kw)
+                finally:
+                    add(key, time.thread_time_ns() - began)
+
+            return call_later(delay, timed, *args, **kw)
+
+        def timed_run_due() -> None:
+            began = time.thread_time_ns()
+            try:
+                run_due()
+            finally:
+                add("all due calls (the timers above among them)", time.thread_time_ns() - began)
+
+        collecting = [0]
+
+        def collected(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                collecting[0] = time.thread_time_ns()
+            elif collecting[0]:
+                took, collecting[0] = time.thread_time_ns() - collecting[0], 0
+                add(f"garbage collection, generation {info['generation']} (within the above)", took)
+
+        # Instance attributes shadow the methods: the epoll reactor's doPoll and its
+        # mainLoop look them up on each turn.
+        reactor._doReadOrWrite = do_read_or_write
+        reactor.callLater = timed_call_later
+        reactor.runUntilCurrent = timed_run_due
+        self._collected = collected
+        gc.callbacks.append(collected)
+
+    def uninstall(self) -> dict[str, list[int]]:
+        if self._collected in gc.callbacks:
+            gc.callbacks.remove(self._collected)
+        for name in ("_doReadOrWrite", "callLater", "runUntilCurrent"):
+            self.reactor.__dict__.pop(name, None)
+        self.spent["the whole window (this thread)"] = [time.thread_time_ns() - self.started, 1]
+        return self.spent
+
+
+def _describe(thing: Any) -> str:
+    looping = getattr(thing, "f", None)  # a LoopingCall: what it calls
+    function = looping if looping is not None else thing
+    name = getattr(function, "__qualname__", None)
+    if name is not None:
+        return f"{getattr(function, '__module__', '?')}.{name}"
+    described = type(thing).__name__
+    process = getattr(thing, "proc", None)  # a process's pipe: whom it serves
+    protocol = getattr(thing, "protocol", None) or getattr(process, "proto", None)
+    # An endpoint's connection: the protocol it wraps says whose it is.
+    protocol = getattr(protocol, "_wrappedProtocol", protocol)
+    if protocol is not None:
+        described += f"/{type(protocol).__module__}.{type(protocol).__name__}"
+    return described
+
+
+def turns(out: Path, script: str, arguments: list[str]) -> None:
+    windows = 0
+    timer: TurnTimer | None = None
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        nonlocal timer
+        if timer is None:
+            from twisted.internet import reactor
+
+            wakers = os.environ.get("CPUSAMPLE_PROFILED_WAKERS", "")
+            timer = TurnTimer(reactor, frozenset(w for w in wakers.split(",") if w))
+            timer.install()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal timer, windows
+        if timer is not None:
+            spent = timer.uninstall()
+            windows += 1
+            Path(f"{out}-{windows}.turns.json").write_text(json.dumps(spent))
+            if timer.profiled:
+                timer.profiler.dump_stats(f"{out}-{windows}.prof")
+            timer = None
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    sys.argv = [script, *arguments]
+    runpy.run_path(script, run_name="__main__")
+
+
+def turns_report(run_dir: Path, members: list[str]) -> None:
+    """CPU and count per waker in join windows (even k) beyond quiet ones (odd k)."""
+    totals: dict[bool, dict[str, list[int]]] = {False: {}, True: {}}
+    windows = {False: 0, True: 0}
+    for member in members:
+        for path in sorted(run_dir.glob(f"{member}-*.turns.json")):
+            joining = int(path.name.split(".")[0].rsplit("-", 1)[1]) % 2 == 0
+            windows[joining] += 1
+            for key, (spent, count) in json.loads(path.read_text()).items():
+                entry = totals[joining].setdefault(key, [0, 0])
+                entry[0] += spent
+                entry[1] += count
+    if not windows[True] or not windows[False]:
+        print("no join or no quiet window timed")
+        return
+
+    def per_window(joining: bool, key: str, field: int) -> float:
+        return totals[joining].get(key, [0, 0])[field] / windows[joining]
+
+    print(f"{windows[True]} join and {windows[False]} quiet windows; per window, join beyond quiet")
+    print("    ms  count  ms (join)  ms (quiet)  count (join)  count (quiet)  woken by")
+    keys = set(totals[True]) | set(totals[False])
+    extra = {key: per_window(True, key, 0) - per_window(False, key, 0) for key in keys}
+    for key in sorted(keys, key=lambda k: -extra[k]):
+        counts = per_window(True, key, 1), per_window(False, key, 1)
+        in_join, in_quiet = per_window(True, key, 0) / 1e6, per_window(False, key, 0) / 1e6
+        print(
+            f"{extra[key] / 1e6:6.2f} {counts[0] - counts[1]:6.1f}  {in_join:9.2f}"
+            f"  {in_quiet:10.2f}  {counts[0]:12.1f}  {counts[1]:13.1f}  {key}"
+        )
 
 
 def profiles(run_dir: Path, members: list[str], top: int) -> None:
@@ -215,14 +386,18 @@ def report(
 
 
 def main() -> None:
-    if len(sys.argv) > 3 and sys.argv[1] in ("run", "profile"):
-        runner = run if sys.argv[1] == "run" else profile
+    if len(sys.argv) > 3 and sys.argv[1] in ("run", "profile", "turns"):
+        runner = {"run": run, "profile": profile, "turns": turns}[sys.argv[1]]
         runner(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run OUT SCRIPT ARGS... (see the module's docstring)")
     commands.add_parser("profile", help="profile OUT SCRIPT ARGS... (the module's docstring)")
+    commands.add_parser("turns", help="turns OUT SCRIPT ARGS... (the module's docstring)")
+    timed = commands.add_parser("turns-report", help="the timed join windows beyond quiet")
+    timed.add_argument("--run-dir", type=Path, required=True, help="<run dir>/<system>-<N>")
+    timed.add_argument("--members", required=True, help="timed members, comma-separated")
     profiled = commands.add_parser("profiles", help="the profiled join windows beyond quiet")
     profiled.add_argument("--run-dir", type=Path, required=True, help="<run dir>/<system>-<N>")
     profiled.add_argument("--members", required=True, help="profiled members, comma-separated")
@@ -235,8 +410,11 @@ def main() -> None:
     shown.add_argument("--quiet-gap", type=float, default=6.0)
     shown.add_argument("--top", type=int, default=60)
     args = parser.parse_args()
-    if args.command in ("run", "profile"):
+    if args.command in ("run", "profile", "turns"):
         parser.error(f"{args.command} OUT SCRIPT ARGS...")
+    if args.command == "turns-report":
+        turns_report(args.run_dir, args.members.split(","))
+        return
     if args.command == "profiles":
         profiles(args.run_dir, args.members.split(","), args.top)
         return

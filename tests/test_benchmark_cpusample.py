@@ -70,3 +70,75 @@ class CPUSampleTests(TestCase):
         self.assertIn(" 66.7%   2.00   0.00  mesh", rows)
         self.assertIn(" 33.3%   1.00   1.00  gossip", rows)
         self.assertFalse([row for row in rows if row.endswith("late")])
+
+
+TWISTED = """
+import os, signal, time
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
+
+def spin():
+    started = time.thread_time()
+    while time.thread_time() - started < 0.05:
+        pass
+
+class Echo(DatagramProtocol):
+    def datagramReceived(self, data, addr):
+        spin()
+
+def begin():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    reactor.callLater(0.01, spin)
+    port = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
+    port.write(b"x", ("127.0.0.1", port.getHost().port))
+    reactor.callLater(0.3, end)
+
+def end():
+    os.kill(os.getpid(), signal.SIGUSR2)
+    reactor.callLater(0.05, reactor.stop)
+
+reactor.callWhenRunning(begin)
+reactor.run()
+"""
+
+
+class TurnTests(TestCase):
+    def test_turns_are_charged_to_what_woke_the_reactor(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        script = directory / "turns.py"
+        script.write_text(TWISTED)
+        out = directory / "m"
+        subprocess.run([sys.executable, str(SAMPLER), "turns", str(out), str(script)], check=True)
+        spent = json.loads((directory / "m-1.turns.json").read_text())
+        timer = spent["timer __main__.spin"]
+        self.assertEqual(timer[1], 1)
+        self.assertGreaterEqual(timer[0], 45_000_000)
+        event = spent["event Port/__main__.Echo"]
+        self.assertEqual(event[1], 1)
+        self.assertGreaterEqual(event[0], 45_000_000)
+        whole = spent["the whole window (this thread)"][0]
+        self.assertGreaterEqual(whole, timer[0] + event[0])
+
+    def test_the_report_counts_join_windows_beyond_quiet_ones(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        windows = {
+            "m-1": {"timer gossip": [2_000_000, 2]},
+            "m-2": {"timer gossip": [3_000_000, 3], "event mesh": [4_000_000, 1]},
+        }
+        for name, spent in windows.items():
+            (directory / f"{name}.turns.json").write_text(json.dumps(spent))
+        command = [sys.executable, str(SAMPLER), "turns-report", "--run-dir", str(directory)]
+        done = subprocess.run(
+            [*command, "--members", "m"], check=True, capture_output=True, text=True
+        )
+        rows = done.stdout.splitlines()
+        self.assertEqual(rows[0], "1 join and 1 quiet windows; per window, join beyond quiet")
+        mesh, gossip = rows[2], rows[3]
+        self.assertEqual(
+            mesh.split(), ["4.00", "1.0", "4.00", "0.00", "1.0", "0.0", "event", "mesh"]
+        )
+        self.assertEqual(
+            gossip.split(), ["1.00", "1.0", "3.00", "2.00", "3.0", "2.0", "timer", "gossip"]
+        )
