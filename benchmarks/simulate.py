@@ -84,9 +84,17 @@ SWITCHES = (
         "jt",
         "spread a member's arrival in rounds of news (on), at the ticks (off)",
     ),
+    (
+        "--recent-news",
+        "recent_news_periods",
+        "nr",
+        "let news that ran its course ride the probes a while (on), or not (off)",
+    ),
 )
 #: Seconds after a join began over which its datagrams are counted.
 JOIN_WINDOW = 5.0
+#: Seconds after which a join not yet seen by all counts as late (issue 18's goal).
+LATE_JOIN = 2.0
 #: Seconds after a join storm over which its datagrams are counted.
 STORM_TAIL = 5.0
 
@@ -312,7 +320,9 @@ def joins(
         "members": size,
         "joins": len(seen_after),
         "seen_p50": percentile(seen_after, 0.5),
+        "seen_p99": percentile(seen_after, 0.99),
         "seen_max": max(seen_after, default=float("nan")),
+        "seen_late": sum(1 for seen in seen_after if seen > LATE_JOIN),
         "held_p50": percentile(held_after, 0.5),
         "held_max": max(held_after, default=float("nan")),
         "datagrams": percentile(datagrams, 0.5),
@@ -412,7 +422,11 @@ def main() -> None:
     for *values, mult in itertools.product(*chosen, shortest):
         switched = list(zip(values, SWITCHES, strict=True))
         label = "".join("" if on else f" {off}" for on, (_, _, off, _) in switched)
-        fields: dict[str, object] = {field: on for on, (_, field, _, _) in switched}
+        # Off is False, or 0 for a number; on is the profile's own value.
+        fields: dict[str, object] = {
+            field: getattr(profile, field) if on else type(getattr(profile, field))(0)
+            for on, (_, field, _, _) in switched
+        }
         if mult is not None:
             label += f" ss{mult:g}"
             fields["shortest_suspicion_mult"] = mult
@@ -498,7 +512,8 @@ def main() -> None:
         for size, name, variant in runs:
             row = joins(size, variant, conditions, arguments.warmup, arguments.joins)
             print(
-                f"{name:>14} seen by all {row['seen_p50']:.2f}s, max {row['seen_max']:.2f}s, "
+                f"{name:>14} seen by all {row['seen_p50']:.2f}s, p99 {row['seen_p99']:.2f}s, "
+                f"max {row['seen_max']:.2f}s, {row['seen_late']} after {LATE_JOIN:g}s, "
                 f"held by all {row['held_p50']:.2f}s, max {row['held_max']:.2f}s, "
                 f"{row['datagrams']:.1f} datagrams ({row['joins']} joins, "
                 f"{row['false_deaths']} false deaths, {row['wall']:.0f} s wall)",

@@ -695,7 +695,8 @@ class ConflictTests(MembershipTestCase):
 
 class LeaveTests(MembershipTestCase):
     def test_leave(self) -> None:
-        member = self.make()
+        # The queue's transmissions alone (recent news has tests of its own).
+        member = self.make(profile=attrs.evolve(LAN, recent_news_periods=0))
         left = member.leave()
         self.assertEqual(self.status(member, "a"), LEFT)
         self.assertNoResult(left)
@@ -867,8 +868,9 @@ class DigestTests(MembershipTestCase):
         self.assertEqual(member.drops["digest from an unknown sender"], 1)
 
     def test_sent_twice_as_often(self) -> None:
-        """Digests are small and rare, and a member that misses one waits for push/pull."""
-        member = self.make()
+        """Digests are small and rare, and a member that misses one waits for push/pull
+        (or, within a while, for its prober's recent news: not counted here)."""
+        member = self.make(profile=attrs.evolve(LAN, recent_news_periods=0))
         self.clock.pump([0.1] * 20)
         self.network.sent.clear()
         member.broadcast_digest("a", 1)
@@ -883,7 +885,9 @@ class DigestTests(MembershipTestCase):
         """Copies heard from others end our share sooner: the record has spread."""
         limit = LAN.retransmit_limit(5)
         for feedback, expected in ((True, 2 * limit - 5), (False, 2 * limit)):
-            member = self.make(profile=attrs.evolve(LAN, digest_feedback=feedback))
+            member = self.make(
+                profile=attrs.evolve(LAN, digest_feedback=feedback, recent_news_periods=0)
+            )
             self.clock.pump([0.1] * 20)
             self.network.sent.clear()
             member.broadcast_digest("a", 2)
@@ -1229,6 +1233,116 @@ class BroadcastQueueTests(SynchronousTestCase):
         self.assertEqual(len(queue), 2)
         queue.clear()
         self.assertEqual(len(queue), 0)
+
+
+class RecentNewsQueueTests(SynchronousTestCase):
+    """News sent often enough stays recent for the queue's linger, for the probes."""
+
+    def make(self, linger: float = 3.0) -> tuple[BroadcastQueue, Clock]:
+        clock = Clock()
+        return BroadcastQueue(lambda: 2, linger=linger, now=clock.seconds), clock
+
+    def test_recent_once_sent_often_enough_until_it_lingered(self) -> None:
+        queue, clock = self.make()
+        queue.put("x", Digest("x", 1))
+        self.assertEqual(queue.take(1000), [Digest("x", 1)])
+        # Still queued: not recent news yet, but news.
+        self.assertEqual(queue.take_recent(1000), [])
+        self.assertEqual(queue.take(1000), [Digest("x", 1)])
+        self.assertEqual(queue.take(1000), [])
+        clock.advance(2.9)
+        # Given as often as asked, and never counted.
+        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
+        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
+        self.assertEqual(len(queue), 0)
+        clock.advance(0.2)
+        self.assertEqual(queue.take_recent(1000), [])
+
+    def test_a_copy_heard_ends_it_as_recent_too(self) -> None:
+        queue, _ = self.make()
+        queue.put("x", Digest("x", 1))
+        queue.heard("x", Digest("x", 1))
+        queue.heard("x", Digest("x", 1))
+        self.assertEqual(queue.take(1000), [])
+        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
+
+    def test_a_newer_word_replaces_it(self) -> None:
+        queue, _ = self.make()
+        queue.put("x", Digest("x", 1))
+        queue.take(1000)
+        queue.take(1000)
+        queue.put("x", Digest("x", 2))
+        self.assertEqual(queue.take_recent(1000), [])
+        queue.put("y", Digest("y", 1))
+        queue.take(1000)
+        queue.take(1000)
+        queue.discard("y")
+        queue.clear()
+        self.assertEqual(queue.take_recent(1000), [])
+
+    def test_newest_first_as_far_as_room_is_left(self) -> None:
+        queue, clock = self.make()
+        size = codec.encoded_size(Digest("a", 1))
+        for name in "abc":
+            queue.put(name, Digest(name, 1))
+            queue.take(1000)
+            queue.take(1000)
+            clock.advance(1)
+        # a retired at 0 and lingered until 3: gone; c is the newest.
+        self.assertEqual(queue.take_recent(size), [Digest("c", 1)])
+        self.assertEqual(queue.take_recent(3 * size), [Digest("c", 1), Digest("b", 1)])
+        self.assertEqual(queue.take_recent(codec.MIN_MESSAGE_SIZE - 1), [])
+
+    def test_no_linger_no_recent_news(self) -> None:
+        queue = BroadcastQueue(lambda: 1)
+        queue.put("x", Digest("x", 1))
+        queue.take(1000)
+        self.assertEqual(queue.take_recent(1000), [])
+        with self.assertRaises(ValueError):
+            BroadcastQueue(lambda: 1, linger=1.0)
+
+
+class RecentNewsProbeTests(MembershipTestCase):
+    """A member that no copy of some news reached hears it from its next prober."""
+
+    def spread(self, member: Membership) -> Alive:
+        """News of a newcomer, sent until every copy is out: no datagram carries it any
+        more but a probe."""
+        news = alive("z", 0, endpoint(9), "node")
+        member.receive(endpoint(2), [news])
+        self.clock.pump([LAN.gossip_interval / 4] * 12)
+        self.assertIsNotNone(member.member("z"))
+        member.receive(endpoint(4), [Ping(7, "a", "d")])
+        (_, _, ack) = self.network.sent[-1]
+        self.assertEqual(ack[0], Ack(7, "a"))
+        self.assertNotIn(news, ack)
+        return news
+
+    def next_probe(self) -> list[Message]:
+        self.network.sent.clear()
+        for _ in range(200):
+            self.clock.advance(0.01)
+            for _, _, datagram in self.network.sent:
+                if isinstance(datagram[0], Ping) and datagram[0].source == "a":
+                    return datagram
+        self.fail("no probe within two intervals")
+
+    def test_a_probe_carries_news_that_ran_its_course(self) -> None:
+        member = self.make()
+        news = self.spread(member)
+        self.assertIn(news, self.next_probe())
+        self.assertIn(news, self.next_probe())
+
+    def test_not_after_its_time(self) -> None:
+        member = self.make()
+        news = self.spread(member)
+        self.clock.advance(LAN.recent_news_linger)
+        self.assertNotIn(news, self.next_probe())
+
+    def test_can_be_turned_off(self) -> None:
+        member = self.make(profile=attrs.evolve(LAN, recent_news_periods=0))
+        news = self.spread(member)
+        self.assertNotIn(news, self.next_probe())
 
 
 class ProfileTests(SynchronousTestCase):

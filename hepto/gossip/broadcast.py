@@ -37,16 +37,40 @@ class _Item:
             on_done()
 
 
-class BroadcastQueue:
-    """Messages keyed by what they are about; ``limit()`` says how often to send each."""
+@attrs.frozen
+class _Recent:
+    message: Message
+    size: int
+    until: float
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+
+class BroadcastQueue:
+    """Messages keyed by what they are about; ``limit()`` says how often to send each.
+
+    An item sent often enough stays *recent* for ``linger`` seconds of ``now()``, unless
+    a newer word under its key replaces it: :meth:`take_recent` gives it again, for the
+    scheduled probes, without counting (``docs/gossip.rst``, "Recent news rides the
+    probes").
+    """
+
+    def __init__(
+        self,
+        limit: Callable[[], int],
+        linger: float = 0.0,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        if linger > 0 and now is None:
+            raise ValueError("news that lingers needs a clock")
         self._limit = limit
+        self._linger = linger
+        self._now = now
         #: Called when an item is put into the empty queue: there is news to spread.
         self.on_filled: Callable[[], None] | None = None
         self._items: dict[Hashable, _Item] = {}
         # Items by transmit count; within a tier, insertion order is age (newest last).
         self._tiers: dict[int, dict[Hashable, _Item]] = {}
+        # Items sent often enough, oldest first (they all linger as long).
+        self._recent: dict[Hashable, _Recent] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -80,6 +104,8 @@ class BroadcastQueue:
             self.on_filled()
 
     def discard(self, key: Hashable) -> None:
+        """Stop sending what is queued under ``key``, and forget it as recent news."""
+        self._recent.pop(key, None)
         item = self._items.pop(key, None)
         if item is not None:
             tier = self._tiers[item.transmits]
@@ -91,6 +117,7 @@ class BroadcastQueue:
     def clear(self) -> None:
         for key in list(self._items):
             self.discard(key)
+        self._recent.clear()
 
     def take(self, budget: int) -> list[Message]:
         """Messages that fit in ``budget`` bytes, least-sent and then newest first; each
@@ -125,6 +152,27 @@ class BroadcastQueue:
             self._count(item, limit)
         return [item.message for item in taken]
 
+    def take_recent(self, budget: int) -> list[Message]:
+        """Recent news (sent often enough, within ``linger`` seconds) that fits in
+        ``budget`` bytes, newest first; nothing is counted."""
+        if not self._recent:
+            return []
+        assert self._now is not None
+        now = self._now()
+        while self._recent:
+            oldest = next(iter(self._recent))
+            if self._recent[oldest].until > now:
+                break
+            del self._recent[oldest]
+        taken = []
+        for recent in reversed(self._recent.values()):
+            if budget < MIN_MESSAGE_SIZE:
+                break
+            if recent.size <= budget:
+                taken.append(recent.message)
+                budget -= recent.size
+        return taken
+
     def heard(self, key: Hashable, message: Message) -> None:
         """Another member sent us ``message``, which we hold queued under ``key``: count
         that copy as one of our own transmissions.
@@ -150,6 +198,11 @@ class BroadcastQueue:
         item.transmits += 1
         if item.transmits >= limit * item.weight:
             del self._items[item.key]
+            if self._linger > 0:
+                assert self._now is not None
+                self._recent[item.key] = _Recent(
+                    item.message, item.size, self._now() + self._linger
+                )
             item.finish()
         else:
             self._tiers.setdefault(item.transmits, {})[item.key] = item

@@ -99,6 +99,16 @@ class Gossip:
         messages.extend(self._queue.take(budget))
         self._send(to, messages)
 
+    def send_probe(self, to: Endpoint, messages: list[Message]) -> None:
+        """A scheduled probe: as :meth:`send`, then as much recent news as still fits
+        (news every member has sent often enough, which its target may have missed)."""
+        budget = FRAME_BUDGET - sum(encoded_size(message) for message in messages)
+        news = self._queue.take(budget)
+        budget -= sum(encoded_size(message) for message in news)
+        messages.extend(news)
+        messages.extend(self._queue.take_recent(budget))
+        self._send(to, messages)
+
     def news(self) -> None:
         """A round of gossip soon, for news of a member's fate: at once, unless the last
         round was less than ``news_round_spacing`` ago (then when that has passed), and

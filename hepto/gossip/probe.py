@@ -79,19 +79,22 @@ class Prober:
         rng: random.Random,
         *,
         send: Callable[[Endpoint, list[Message]], None],
+        send_probe: Callable[[Endpoint, list[Message]], None],
         ping_stream: Callable[[Endpoint, Ping], Deferred[bool]],
         random_members: RandomMembers,
         drop: Drop,
         answered: Callable[[MemberState], None],
         unanswered: Callable[[MemberState], None],
     ) -> None:
-        """``send`` sends one datagram (news rides along); ``answered(target)`` and
-        ``unanswered(target)`` tell how each probe ended."""
+        """``send`` sends one datagram (news rides along), ``send_probe`` our probe's
+        ping (recent news too); ``answered(target)`` and ``unanswered(target)`` tell how
+        each probe ended."""
         self.name = name
         self._clock = clock
         self._profile = profile
         self._awareness = awareness
         self._send = send
+        self._send_probe = send_probe
         self._ping_stream = ping_stream
         self._random_members = random_members
         self._drop = drop
@@ -117,7 +120,7 @@ class Prober:
         probe.end = self._clock.callLater(
             self._awareness.scale(self._profile.probe_interval), self._probe_failed, probe
         )
-        self._send(target.address, messages)
+        self._send_probe(target.address, messages)
 
     def stop(self) -> None:
         """Give up every probe and relay, silently."""

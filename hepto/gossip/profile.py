@@ -53,6 +53,12 @@ class Profile:
     #: of it: digests are sent twice the retransmit limit, for loss, and the copies a
     #: member hears once a record has spread end its share sooner (``docs/gossip.rst``).
     digest_feedback: bool = True
+    #: Probe intervals during which news that every member has sent often enough still
+    #: rides each scheduled probe, as far as room is left: a member that no copy reached
+    #: (a chance of about e**-limit each) hears it from its prober within one interval,
+    #: not at the next push/pull, tens of seconds later (``docs/gossip.rst``, "Recent news
+    #: rides the probes").  0: not at all, as memberlist (kept for side-by-side figures).
+    recent_news_periods: float = attrs.field(default=3.0, validator=attrs.validators.ge(0))
     #: Members asked to ping a target that missed its direct ack.
     indirect_checks: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     #: A suspicion lasts suspicion_max_timeout_mult * suspicion_mult * max(1, log10 N)
@@ -90,6 +96,11 @@ class Profile:
     @property
     def news_round_spacing(self) -> float:
         return NEWS_ROUND_FRACTION * self.gossip_interval
+
+    @property
+    def recent_news_linger(self) -> float:
+        """Seconds during which news sent often enough still rides scheduled probes."""
+        return self.recent_news_periods * self.probe_interval
 
     @property
     def nack_timeout(self) -> float:

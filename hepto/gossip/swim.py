@@ -133,7 +133,11 @@ class Membership:
         self._network = network
         self._rng = rng
         self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
-        self._queue = BroadcastQueue(lambda: profile.retransmit_limit(len(self._roster)))
+        self._queue = BroadcastQueue(
+            lambda: profile.retransmit_limit(len(self._roster)),
+            linger=profile.recent_news_linger,
+            now=clock.seconds,
+        )
         self._digests = Digests(
             name,
             self._queue,
@@ -168,6 +172,7 @@ class Membership:
             self._awareness,
             rng,
             send=self._gossip.send,
+            send_probe=self._gossip.send_probe,
             ping_stream=network.ping_stream,
             random_members=self._roster.random_members,
             drop=self._drop,
