@@ -8,6 +8,7 @@ checks every family those yield, and every one declared, against ``docs/metrics.
 from __future__ import annotations
 
 import copy
+import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -176,17 +177,26 @@ class FamiliesTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     def test_process(self) -> None:
+        before = gc.get_stats()[0]["collections"]
         found = samples(render(process.process_families()).decode())
+        after = gc.get_stats()[0]["collections"]
         self.assertGreater(found["process_resident_memory_bytes"], 1 << 20)
         self.assertGreater(found["process_cpu_seconds_total"], 0)
         self.assertGreater(found["process_open_fds"], 2)
         self.assertLess(found["process_start_time_seconds"], __import__("time").time())
         self.assertGreater(found["process_start_time_seconds"], 1.5e9)
+        self.assertGreaterEqual(found['python_gc_collections_total{generation="0"}'], before)
+        self.assertLessEqual(found['python_gc_collections_total{generation="0"}'], after)
+        self.assertIn('python_gc_collections_total{generation="2"}', found)
+        # Nothing froze this test's process.
+        self.assertEqual(found["python_gc_frozen_objects"], gc.get_freeze_count())
 
     def test_documented(self) -> None:
         """Every family the agent declares, and every family a scrape shows, is in the docs."""
         table = DOCS.read_text()
-        documented = set(re.findall(r"^``((?:hepto|process)_[a-z_]+)``", table, re.MULTILINE))
+        documented = set(
+            re.findall(r"^``((?:hepto|process|python)_[a-z_]+)``", table, re.MULTILINE)
+        )
         declared = {metric.name for metric in (*families.METRICS, *process.METRICS)}
         text = scrape_text(STATUS) + render(process.process_families()).decode()
         exported = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))

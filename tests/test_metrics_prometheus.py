@@ -151,6 +151,8 @@ class PrometheusTests(SynchronousTestCase):
         )
         self.assertEqual(set(self.series('hepto_info{cluster="ho"}')), set(instance.values()))
         self.assertEqual(len(self.series("process_resident_memory_bytes > 1e6")), 3)
+        # Each agent froze what its start made (tens of thousands of objects).
+        self.assertEqual(len(self.series("python_gc_frozen_objects > 10000")), 3)
 
         self.agents["c"].kill()
         survivors = [instance["a"], instance["b"]]

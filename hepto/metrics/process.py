@@ -1,11 +1,13 @@
 """The process's own figures, read from ``/proc/self``, named as every client library names them.
 
 ``process_*`` without the ``hepto_`` prefix: the names of the Go, Python and Java
-clients, which dashboards and alerts already use for any job.
+clients, which dashboards and alerts already use for any job; and the Python client's
+``python_gc_*`` for the garbage collector.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Final
@@ -26,7 +28,26 @@ START_TIME: Final = Metric(
     "gauge",
     "Start time of the process since the Unix epoch in seconds.",
 )
-METRICS: Final = (RESIDENT, VIRTUAL, CPU, OPEN_FDS, MAX_FDS, START_TIME)
+GC_COLLECTIONS: Final = Metric(
+    "python_gc_collections_total",
+    "counter",
+    "Number of times this generation was collected.",
+)
+GC_FROZEN: Final = Metric(
+    "python_gc_frozen_objects",
+    "gauge",
+    "Objects in the permanent generation (gc.freeze), which collections do not walk.",
+)
+METRICS: Final = (
+    RESIDENT,
+    VIRTUAL,
+    CPU,
+    OPEN_FDS,
+    MAX_FDS,
+    START_TIME,
+    GC_COLLECTIONS,
+    GC_FROZEN,
+)
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -58,4 +79,9 @@ def process_families(proc: Path = Path("/proc")) -> list[Family]:
         OPEN_FDS(len(os.listdir(own / "fd"))),
         *([MAX_FDS(int(soft))] if soft is not None and soft.isdigit() else []),
         START_TIME(_boot_time(proc) + start / _TICKS),
+        GC_COLLECTIONS(
+            ({"generation": str(generation)}, stats["collections"])
+            for generation, stats in enumerate(gc.get_stats())
+        ),
+        GC_FROZEN(gc.get_freeze_count()),
     ]
