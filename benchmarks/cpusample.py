@@ -52,7 +52,6 @@ import runpy
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -144,7 +143,7 @@ class TurnTimer:
         #: Wakers whose work also runs under cProfile, to see what they do.
         self.profiled = profiled
         self.profiler = cProfile.Profile(time.thread_time)
-        self._collected: Callable[[str, dict[str, Any]], None] | None = None
+        self._collecting_since = 0
 
     def _add(self, key: str, took: int) -> None:
         entry = self.spent.setdefault(key, [0, 0])
@@ -190,26 +189,24 @@ class TurnTimer:
             finally:
                 add("all due calls (the timers above among them)", time.thread_time_ns() - began)
 
-        collecting = [0]
-
-        def collected(phase: str, info: dict[str, Any]) -> None:
-            if phase == "start":
-                collecting[0] = time.thread_time_ns()
-            elif collecting[0]:
-                took, collecting[0] = time.thread_time_ns() - collecting[0], 0
-                add(f"garbage collection, generation {info['generation']} (within the above)", took)
-
         # Instance attributes shadow the methods: the epoll reactor's doPoll and its
         # mainLoop look them up on each turn.
         reactor._doReadOrWrite = do_read_or_write
         reactor.callLater = timed_call_later
         reactor.runUntilCurrent = timed_run_due
-        self._collected = collected
-        gc.callbacks.append(collected)
+        gc.callbacks.append(self._collected)
+
+    def _collected(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._collecting_since = time.thread_time_ns()
+        elif self._collecting_since:
+            took = time.thread_time_ns() - self._collecting_since
+            self._collecting_since = 0
+            generation = info["generation"]
+            self._add(f"garbage collection, generation {generation} (within the above)", took)
 
     def uninstall(self) -> dict[str, list[int]]:
-        if self._collected in gc.callbacks:
-            gc.callbacks.remove(self._collected)
+        gc.callbacks.remove(self._collected)
         for name in ("_doReadOrWrite", "callLater", "runUntilCurrent"):
             self.reactor.__dict__.pop(name, None)
         self.spent["the whole window (this thread)"] = [time.thread_time_ns() - self.started, 1]

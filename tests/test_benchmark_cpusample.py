@@ -28,20 +28,27 @@ spin()
 """
 
 
+def run_under(test: TestCase, command: str, source: str, out_name: str) -> Path:
+    """Run ``source`` as a script under the sampler's ``command``; its OUT, in a fresh
+    directory."""
+    directory = Path(test.mktemp())
+    directory.mkdir()
+    script = directory / "script.py"
+    script.write_text(source)
+    out = directory / out_name
+    subprocess.run([sys.executable, str(SAMPLER), command, str(out), str(script)], check=True)
+    return out
+
+
 class CPUSampleTests(TestCase):
     def test_samples_name_what_burns_the_cpu_and_not_what_sleeps(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        script = directory / "busy.py"
-        script.write_text(BUSY)
-        out = directory / "busy.cpu"
-        subprocess.run([sys.executable, str(SAMPLER), "run", str(out), str(script)], check=True)
+        out = run_under(self, "run", BUSY, "busy.cpu")
         stacks = [line.partition(" ")[2] for line in out.read_text().splitlines()]
-        spinning = [stack for stack in stacks if stack.endswith("spin (busy.py)")]
+        spinning = [stack for stack in stacks if stack.endswith("spin (script.py)")]
         # 0.3 s of CPU at the kernel's tick (100 to 1000 Hz): 30 samples at the least.
         self.assertGreaterEqual(len(spinning), 30)
         self.assertGreater(len(spinning), len(stacks) / 2)
-        self.assertFalse([stack for stack in stacks if "idle (busy.py)" in stack])
+        self.assertFalse([stack for stack in stacks if "idle (script.py)" in stack])
 
     def test_the_report_counts_the_join_windows_against_quiet_ones(self) -> None:
         directory = Path(self.mktemp())
@@ -104,13 +111,8 @@ reactor.run()
 
 class TurnTests(TestCase):
     def test_turns_are_charged_to_what_woke_the_reactor(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        script = directory / "turns.py"
-        script.write_text(TWISTED)
-        out = directory / "m"
-        subprocess.run([sys.executable, str(SAMPLER), "turns", str(out), str(script)], check=True)
-        spent = json.loads((directory / "m-1.turns.json").read_text())
+        out = run_under(self, "turns", TWISTED, "m")
+        spent = json.loads(out.with_name("m-1.turns.json").read_text())
         timer = spent["timer __main__.spin"]
         self.assertEqual(timer[1], 1)
         self.assertGreaterEqual(timer[0], 45_000_000)

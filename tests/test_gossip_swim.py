@@ -1246,17 +1246,16 @@ class RecentNewsQueueTests(SynchronousTestCase):
         queue, clock = self.make()
         queue.put("x", Digest("x", 1))
         self.assertEqual(queue.take(1000), [Digest("x", 1)])
-        # Still queued: not recent news yet, but news.
-        self.assertEqual(queue.take_recent(1000), [])
-        self.assertEqual(queue.take(1000), [Digest("x", 1)])
+        # Its last transmission, counted: this take retires it, and gives it once.
+        self.assertEqual(queue.take(1000, recent=True), [Digest("x", 1)])
         self.assertEqual(queue.take(1000), [])
         clock.advance(2.9)
         # Given as often as asked, and never counted.
-        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
-        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
+        self.assertEqual(queue.take(1000, recent=True), [Digest("x", 1)])
+        self.assertEqual(queue.take(1000, recent=True), [Digest("x", 1)])
         self.assertEqual(len(queue), 0)
         clock.advance(0.2)
-        self.assertEqual(queue.take_recent(1000), [])
+        self.assertEqual(queue.take(1000, recent=True), [])
 
     def test_a_copy_heard_ends_it_as_recent_too(self) -> None:
         queue, _ = self.make()
@@ -1264,7 +1263,7 @@ class RecentNewsQueueTests(SynchronousTestCase):
         queue.heard("x", Digest("x", 1))
         queue.heard("x", Digest("x", 1))
         self.assertEqual(queue.take(1000), [])
-        self.assertEqual(queue.take_recent(1000), [Digest("x", 1)])
+        self.assertEqual(queue.take(1000, recent=True), [Digest("x", 1)])
 
     def test_a_newer_word_replaces_it(self) -> None:
         queue, _ = self.make()
@@ -1272,13 +1271,33 @@ class RecentNewsQueueTests(SynchronousTestCase):
         queue.take(1000)
         queue.take(1000)
         queue.put("x", Digest("x", 2))
-        self.assertEqual(queue.take_recent(1000), [])
-        queue.put("y", Digest("y", 1))
+        # The newer word, queued; the older one is no recent news any more.
+        self.assertEqual(queue.take(1000, recent=True), [Digest("x", 2)])
+        queue.discard("x")
+        self.assertEqual(queue.take(1000, recent=True), [])
+
+    def test_discarded_or_cleared_it_is_forgotten(self) -> None:
+        queue, _ = self.make()
+        for key in "xy":
+            queue.put(key, Digest(key, 1))
         queue.take(1000)
         queue.take(1000)
-        queue.discard("y")
+        queue.discard("x")
+        self.assertEqual(queue.take(1000, recent=True), [Digest("y", 1)])
         queue.clear()
-        self.assertEqual(queue.take_recent(1000), [])
+        self.assertEqual(queue.take(1000, recent=True), [])
+
+    def test_queued_news_first_then_recent_in_the_room_left(self) -> None:
+        queue, _ = self.make()
+        size = codec.encoded_size(Digest("a", 1))
+        queue.put("a", Digest("a", 1))
+        queue.take(1000)
+        queue.take(1000)
+        queue.put("b", Digest("b", 1))
+        self.assertEqual(queue.take(2 * size, recent=True), [Digest("b", 1), Digest("a", 1)])
+        # No room left after the queued news: it is counted, the recent waits.
+        self.assertEqual(queue.take(size, recent=True), [Digest("b", 1)])
+        self.assertEqual(queue.take(size, recent=True), [Digest("b", 1)])
 
     def test_newest_first_as_far_as_room_is_left(self) -> None:
         queue, clock = self.make()
@@ -1289,15 +1308,15 @@ class RecentNewsQueueTests(SynchronousTestCase):
             queue.take(1000)
             clock.advance(1)
         # a retired at 0 and lingered until 3: gone; c is the newest.
-        self.assertEqual(queue.take_recent(size), [Digest("c", 1)])
-        self.assertEqual(queue.take_recent(3 * size), [Digest("c", 1), Digest("b", 1)])
-        self.assertEqual(queue.take_recent(codec.MIN_MESSAGE_SIZE - 1), [])
+        self.assertEqual(queue.take(size, recent=True), [Digest("c", 1)])
+        self.assertEqual(queue.take(3 * size, recent=True), [Digest("c", 1), Digest("b", 1)])
+        self.assertEqual(queue.take(codec.MIN_MESSAGE_SIZE - 1, recent=True), [])
 
     def test_no_linger_no_recent_news(self) -> None:
         queue = BroadcastQueue(lambda: 1)
         queue.put("x", Digest("x", 1))
         queue.take(1000)
-        self.assertEqual(queue.take_recent(1000), [])
+        self.assertEqual(queue.take(1000, recent=True), [])
         with self.assertRaises(ValueError):
             BroadcastQueue(lambda: 1, linger=1.0)
 

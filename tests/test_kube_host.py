@@ -9,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path, PurePosixPath
+from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -128,8 +129,6 @@ class CgroupTreeTests(SynchronousTestCase):
         self.addCleanup(subprocess.run, ["rm", "-rf", str(root)])
         memory = Hierarchy(root / "memory", 1, ("memory",))
         (memory.path / "hepto" / "c").mkdir(parents=True)
-        from unittest import mock
-
         with mock.patch.object(Path, "is_dir", lambda path: False):
             made = cgroups.make_cgroup(memory, PurePosixPath("/hepto/c/n"))
         self.assertEqual(made, memory.path / "hepto/c/n")

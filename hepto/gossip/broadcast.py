@@ -48,8 +48,8 @@ class BroadcastQueue:
     """Messages keyed by what they are about; ``limit()`` says how often to send each.
 
     An item sent often enough stays *recent* for ``linger`` seconds of ``now()``, unless
-    a newer word under its key replaces it: :meth:`take_recent` gives it again, for the
-    scheduled probes, without counting (``docs/gossip.rst``, "Recent news rides the
+    a newer word under its key replaces it: ``take(budget, recent=True)`` gives it again,
+    for the scheduled probes, without counting (``docs/gossip.rst``, "Recent news rides the
     probes").
     """
 
@@ -119,13 +119,24 @@ class BroadcastQueue:
             self.discard(key)
         self._recent.clear()
 
-    def take(self, budget: int) -> list[Message]:
+    def take(self, budget: int, recent: bool = False) -> list[Message]:
         """Messages that fit in ``budget`` bytes, least-sent and then newest first; each
-        taken message counts one transmission."""
-        if not self._items or budget < MIN_MESSAGE_SIZE:
-            return []
+        taken message counts one transmission.  With ``recent``, the room left goes to
+        recent news, newest first, uncounted."""
+        taken, budget = self._choose(budget)
+        extra = self._recent_news(budget) if recent else []
+        # Promote only after the walk, or an item could be taken twice from the next tier;
+        # and after the recent news, or an item this take retires would come twice.
         limit = self._limit()
+        for item in taken:
+            self._count(item, limit)
+        return [item.message for item in taken] + extra
+
+    def _choose(self, budget: int) -> tuple[list[_Item], int]:
+        """The queued items ``take`` sends, and the budget they leave."""
         taken: list[_Item] = []
+        if not self._items or budget < MIN_MESSAGE_SIZE:
+            return taken, budget
         misses = 0
         for transmits in sorted(self._tiers):
             tier = self._tiers[transmits]
@@ -147,14 +158,9 @@ class BroadcastQueue:
             taken.extend(chosen)
             if budget < MIN_MESSAGE_SIZE or misses >= MAX_MISSES:
                 break
-        # Promote only after the walk, or an item could be taken twice from the next tier.
-        for item in taken:
-            self._count(item, limit)
-        return [item.message for item in taken]
+        return taken, budget
 
-    def take_recent(self, budget: int) -> list[Message]:
-        """Recent news (sent often enough, within ``linger`` seconds) that fits in
-        ``budget`` bytes, newest first; nothing is counted."""
+    def _recent_news(self, budget: int) -> list[Message]:
         if not self._recent:
             return []
         assert self._now is not None

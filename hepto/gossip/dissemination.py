@@ -93,21 +93,17 @@ class Gossip:
                 call.cancel()
         self._tick_call = self._news_call = None
 
-    def send(self, to: Endpoint, messages: list[Message]) -> None:
-        """One datagram: ``messages`` first, then as much news as fits."""
+    def send(self, to: Endpoint, messages: list[Message], recent: bool = False) -> None:
+        """One datagram: ``messages`` first, then as much news as fits; with ``recent``
+        (our probes), then as much recent news as still fits: news every member has sent
+        often enough, which its target may have missed."""
         budget = FRAME_BUDGET - sum(encoded_size(message) for message in messages)
-        messages.extend(self._queue.take(budget))
+        messages.extend(self._queue.take(budget, recent))
         self._send(to, messages)
 
     def send_probe(self, to: Endpoint, messages: list[Message]) -> None:
-        """A scheduled probe: as :meth:`send`, then as much recent news as still fits
-        (news every member has sent often enough, which its target may have missed)."""
-        budget = FRAME_BUDGET - sum(encoded_size(message) for message in messages)
-        news = self._queue.take(budget)
-        budget -= sum(encoded_size(message) for message in news)
-        messages.extend(news)
-        messages.extend(self._queue.take_recent(budget))
-        self._send(to, messages)
+        """Our probe's datagram: :meth:`send` with recent news."""
+        self.send(to, messages, recent=True)
 
     def news(self) -> None:
         """A round of gossip soon, for news of a member's fate: at once, unless the last
