@@ -33,7 +33,10 @@ schedule every member follows (hepto's default) and with each member's own rando
 round robin (*rr*, memberlist's way); ``--digest-feedback both`` with digests heard
 counted as sent and not (*dg*); ``--join-news both`` with arrivals gossiped in rounds of
 news and at the ticks (*jt*). ``--shortest-suspicion 4 3`` runs every variant with each of
-those shortest suspicion timeouts (``Profile.shortest_suspicion_mult``; *ss4*, *ss3*).
+those shortest suspicion timeouts (``Profile.shortest_suspicion_mult``; *ss4*, *ss3*), and
+``--vary retransmit_mult=4,3`` with each of those values of any numeric field of the
+profile (labelled by the field's initials: *rm4*, *rm3*); ``--vary`` may be repeated, and
+every combination runs.
 
 Figures are printed, not asserted: they depend on the seed, and the point is to see
 them move when the protocol changes.
@@ -83,6 +86,12 @@ SWITCHES = (
         "join_news",
         "jt",
         "spread a member's arrival in rounds of news (on), at the ticks (off)",
+    ),
+    (
+        "--alive-feedback",
+        "alive_feedback",
+        "af",
+        "count each Alive heard again as one sent (on), send every Alive its full share (off)",
     ),
     (
         "--recent-news",
@@ -368,6 +377,18 @@ def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -
     }
 
 
+def _variation(text: str) -> tuple[str, list[float]]:
+    """``FIELD=V,V``: a numeric field of :class:`Profile` and the values to run it with."""
+    field, _, values = text.partition("=")
+    default = getattr(PROFILES["lan"], field, None)
+    if isinstance(default, bool) or not isinstance(default, int | float) or not values:
+        raise argparse.ArgumentTypeError(f"not FIELD=V,V with a numeric field of Profile: {text}")
+    try:
+        return field, [type(default)(value) for value in values.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text}: {error}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
@@ -413,13 +434,25 @@ def main() -> None:
         help="run each variant with each of these shortest_suspicion_mult values (the "
         "profile's by default), labelled ssMULT",
     )
+    parser.add_argument(
+        "--vary",
+        type=_variation,
+        action="append",
+        default=[],
+        metavar="FIELD=V,V",
+        help="run each variant with each of these values of a numeric field of the profile, "
+        "labelled by the field's initials and the value; may be repeated",
+    )
     arguments = parser.parse_args()
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
     chosen = [switches[getattr(arguments, option[2:].replace("-", "_"))] for option, *_ in SWITCHES]
     shortest: list[float | None] = list(arguments.shortest_suspicion) or [None]
+    varied = [[(field, value) for value in values] for field, values in arguments.vary]
     variants = []
-    for *values, mult in itertools.product(*chosen, shortest):
+    for *values, mult, variation in itertools.product(
+        *chosen, shortest, itertools.product(*varied)
+    ):
         switched = list(zip(values, SWITCHES, strict=True))
         label = "".join("" if on else f" {off}" for on, (_, _, off, _) in switched)
         # Off is False, or 0 for a number; on is the profile's own value.
@@ -430,6 +463,9 @@ def main() -> None:
         if mult is not None:
             label += f" ss{mult:g}"
             fields["shortest_suspicion_mult"] = mult
+        for field, value in variation:
+            label += f" {''.join(word[0] for word in field.split('_'))}{value:g}"
+            fields[field] = value
         variants.append((label, attrs.evolve(profile, **fields)))
 
     print(

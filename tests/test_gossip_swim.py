@@ -955,6 +955,42 @@ class ArrivalTests(MembershipTestCase):
         self.assertIsNotNone(member.member("z"))
 
 
+class AliveFeedbackTests(MembershipTestCase):
+    """An arrival's Alive heard again counts as one of our own sends of it: where it has
+    spread, copies arrive and our share ends sooner (``Profile.alive_feedback``)."""
+
+    def sends(self, feedback: bool, recent_news_periods: float = 0.001) -> int:
+        """Our sends of a newcomer's Alive, of which we heard two copies.  Recent news
+        lingers a millisecond by default: long enough to be on, too short to ride a probe
+        and be counted here."""
+        member = self.make(
+            profile=attrs.evolve(
+                LAN, alive_feedback=feedback, recent_news_periods=recent_news_periods
+            )
+        )
+        self.network.responsive[endpoint(9)] = "z"
+        self.clock.pump([0.1] * 20)
+        self.network.sent.clear()
+        news = alive("z", 0, endpoint(9), "node")
+        member.receive(endpoint(2), [news])
+        member.receive(endpoint(3), [news])
+        member.receive(endpoint(4), [news, alive("c", 0, endpoint(3), "node")])
+        # A copy that no member sent us (a push/pull's) says nothing of the spread.
+        member.merge_state([state("z", 9)])
+        self.clock.pump([0.1] * 60)
+        return len([message for message in self.network.messages(Alive) if message.name == "z"])
+
+    def test_copies_heard_end_the_share_sooner(self) -> None:
+        limit = LAN.retransmit_limit(6)
+        self.assertEqual(self.sends(False), limit)
+        self.assertEqual(self.sends(True), limit - 2)
+
+    def test_not_without_recent_news(self) -> None:
+        """Without recent news, the members that the copies spared would have reached
+        wait for a push/pull: every copy is sent."""
+        self.assertEqual(self.sends(True, recent_news_periods=0), LAN.retransmit_limit(6))
+
+
 class PackingTests(MembershipTestCase):
     def test_datagrams_fit(self) -> None:
         """Whatever is queued, every datagram encodes within the budget."""

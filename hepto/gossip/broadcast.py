@@ -185,9 +185,10 @@ class BroadcastQueue:
 
         Demers et al.'s *counter* rumor mongering: once an item has spread, the copies a
         member hears say so, and it stops sending sooner; where it has not, few copies
-        arrive and the member sends its full share.  Fit for items sent beyond the limit
-        (``weight`` > 1) only: every copy counted is one copy fewer that someone else
-        receives, which an item sent just the limit cannot spare (``docs/gossip.rst``).
+        arrive and the member sends its full share.  Every copy counted is one copy fewer
+        that someone else receives: an item sent just the limit can spare it only where
+        lingering news (``linger``) reaches the members that no copy did
+        (``docs/gossip.rst``, "Copies heard count as sent").
         """
         item = self._items.get(key)
         if item is None or item.message != message:

@@ -53,6 +53,11 @@ class Profile:
     #: of it: digests are sent twice the retransmit limit, for loss, and the copies a
     #: member hears once a record has spread end its share sooner (``docs/gossip.rst``).
     digest_feedback: bool = True
+    #: Whether an Alive heard again, the same word about the same member, counts as one
+    #: of our own sends of it, as digests do (``digest_feedback``): a join's news stops
+    #: sooner where it has spread.  Only with recent news (``counts_alive_copies``), which
+    #: reaches the members that the copies spared would have (``docs/gossip.rst``).
+    alive_feedback: bool = True
     #: Probe intervals during which news that every member has sent often enough still
     #: rides each scheduled probe, as far as room is left: a member that no copy reached
     #: (a chance of about e**-limit each) hears it from its prober within one interval,
@@ -96,6 +101,11 @@ class Profile:
     @property
     def news_round_spacing(self) -> float:
         return NEWS_ROUND_FRACTION * self.gossip_interval
+
+    @property
+    def counts_alive_copies(self) -> bool:
+        """Whether an Alive heard again counts as sent: not without recent news."""
+        return self.alive_feedback and self.recent_news_periods > 0
 
     @property
     def recent_news_linger(self) -> float:

@@ -469,6 +469,8 @@ class Membership:
             return
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
+            if sender is not None and self.profile.counts_alive_copies:
+                self._queue.heard(message.name, message)
             return
         if not self._trust.believe_alive(message, known, sender):
             return
