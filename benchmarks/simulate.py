@@ -32,7 +32,9 @@ memberlist does), side by side; ``--schedule both`` runs every size with the pro
 schedule every member follows (hepto's default) and with each member's own randomized
 round robin (*rr*, memberlist's way); ``--digest-feedback both`` with digests heard
 counted as sent and not (*dg*); ``--join-news both`` with arrivals gossiped in rounds of
-news and at the ticks (*jt*). ``--shortest-suspicion 4 3`` runs every variant with each of
+news and at the ticks (*jt*); ``--alive-feedback both`` with an Alive heard again counted
+as sent and not (*af*); ``--recent-news both`` with news that ran its course riding the
+probes and not (*nr*). ``--shortest-suspicion 4 3`` runs every variant with each of
 those shortest suspicion timeouts (``Profile.shortest_suspicion_mult``; *ss4*, *ss3*), and
 ``--vary retransmit_mult=4,3`` with each of those values of any numeric field of the
 profile (labelled by the field's initials: *rm4*, *rm3*); ``--vary`` may be repeated, and
@@ -61,7 +63,8 @@ from hepto.gossip.profile import PROFILES, Profile
 from hepto.gossip.simulation import Simulation, percentile
 
 #: The profile's switches, each an option run on, off or both ways: the option, the
-#: field of :class:`~hepto.gossip.profile.Profile`, a row's label when off, its meaning.
+#: field of :class:`~hepto.gossip.profile.Profile`, a row's label when the switch departs
+#: from hepto's default (when off, but for ``--alive-feedback``), its meaning.
 SWITCHES = (
     (
         "--news-rounds",
@@ -91,7 +94,8 @@ SWITCHES = (
         "--alive-feedback",
         "alive_feedback",
         "af",
-        "count each Alive heard again as one sent (on), send every Alive its full share (off)",
+        "count each Alive heard again as one sent (on), send every Alive its full share "
+        "(off, hepto's default)",
     ),
     (
         "--recent-news",
@@ -377,6 +381,13 @@ def lossy(size: int, profile: Profile, conditions: Conditions, minutes: float) -
     }
 
 
+def _switched(default: object, on: bool) -> object:
+    if isinstance(default, bool):
+        return on
+    assert isinstance(default, int | float)
+    return default if on else type(default)(0)
+
+
 def _variation(text: str) -> tuple[str, list[float]]:
     """``FIELD=V,V``: a numeric field of :class:`Profile` and the values to run it with."""
     field, _, values = text.partition("=")
@@ -421,9 +432,12 @@ def main() -> None:
         default=0.0,
         help="also start every member knowing none, all joining within this many seconds",
     )
-    for option, _, _, meaning in SWITCHES:
+    for option, field, _, meaning in SWITCHES:
         parser.add_argument(
-            option, choices=["on", "off", "both"], default="on", help=f"{meaning}, or both"
+            option,
+            choices=["on", "off", "both"],
+            default="on" if getattr(PROFILES["lan"], field) else "off",
+            help=f"{meaning}, or both",
         )
     parser.add_argument(
         "--shortest-suspicion",
@@ -454,11 +468,14 @@ def main() -> None:
         *chosen, shortest, itertools.product(*varied)
     ):
         switched = list(zip(values, SWITCHES, strict=True))
-        label = "".join("" if on else f" {off}" for on, (_, _, off, _) in switched)
-        # Off is False, or 0 for a number; on is the profile's own value.
+        label = "".join(
+            f" {departs}"
+            for on, (_, field, departs, _) in switched
+            if on != bool(getattr(profile, field))
+        )
+        # Off is False, or 0 for a number; on is True, or the profile's own number.
         fields: dict[str, object] = {
-            field: getattr(profile, field) if on else type(getattr(profile, field))(0)
-            for on, (_, field, _, _) in switched
+            field: _switched(getattr(profile, field), on) for on, (_, field, _, _) in switched
         }
         if mult is not None:
             label += f" ss{mult:g}"

@@ -186,9 +186,9 @@ class BroadcastQueue:
         Demers et al.'s *counter* rumor mongering: once an item has spread, the copies a
         member hears say so, and it stops sending sooner; where it has not, few copies
         arrive and the member sends its full share.  Every copy counted is one copy fewer
-        that someone else receives: an item sent just the limit can spare it only where
-        lingering news (``linger``) reaches the members that no copy did
-        (``docs/gossip.rst``, "Copies heard count as sent").
+        that someone else receives, which an item sent just the limit cannot spare: not
+        even where lingering news (``linger``) reaches the members no copy did, as join
+        storms showed (``docs/gossip.rst``, "Copies heard count as sent, for arrivals?").
         """
         item = self._items.get(key)
         if item is None or item.message != message:

@@ -54,10 +54,13 @@ class Profile:
     #: member hears once a record has spread end its share sooner (``docs/gossip.rst``).
     digest_feedback: bool = True
     #: Whether an Alive heard again, the same word about the same member, counts as one
-    #: of our own sends of it, as digests do (``digest_feedback``): a join's news stops
-    #: sooner where it has spread.  Only with recent news (``counts_alive_copies``), which
-    #: reaches the members that the copies spared would have (``docs/gossip.rst``).
-    alive_feedback: bool = True
+    #: of our own sends of it, as digests do (``digest_feedback``), and only with recent
+    #: news (``counts_alive_copies``), which reaches the members the spared copies would
+    #: have.  Measured, not adopted: a third fewer datagrams per join, but join storms
+    #: left members unaware of others for a minute, when the probes are too full for
+    #: recent news (``docs/gossip.rst``, "Copies heard count as sent, for arrivals?").
+    #: Kept for those figures.
+    alive_feedback: bool = False
     #: Probe intervals during which news that every member has sent often enough still
     #: rides each scheduled probe, as far as room is left: a member that no copy reached
     #: (a chance of about e**-limit each) hears it from its prober within one interval,
