@@ -250,6 +250,18 @@ class MemberProcess(protocol.ProcessProtocol):
             self.transport.signalProcess(name)
 
 
+#: With ``--own-core``: the CPU of the members named, and the one all others share.
+OWN_CORE: Final = "1"
+SHARED_CORE: Final = "0"
+
+
+def placement(own_core: frozenset[str], name: str) -> str | None:
+    """The CPUs member ``name`` may run on (None: any), its children with it."""
+    if not own_core:
+        return None
+    return OWN_CORE if name in own_core else SHARED_CORE
+
+
 def spawn(
     reactor: Any,
     host: Host,
@@ -257,8 +269,11 @@ def spawn(
     log_path: Path,
     on_line: Callable[[bytes], None],
     env: dict[str, str] | None = None,
+    cpus: str | None = None,
 ) -> MemberProcess:
-    # `ip netns exec` execs the program: the pid is the member's own, for /proc.
+    if cpus is not None:
+        argv = ["taskset", "--cpu-list", cpus, *argv]
+    # `ip netns exec` and taskset exec the program: the pid is the member's own, for /proc.
     command = host.command(argv)
     # Unbuffered: the logs of a run still going are read to see what it is doing.
     process = MemberProcess(host.name, log_path.open("ab", buffering=0), on_line)
@@ -444,6 +459,8 @@ class MemberlistSystem:
     chunks: bool = False
     polled: bool = False
     small_records: bool = False
+    #: Members with a CPU of their own (``--own-core``): the others share another.
+    own_core: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -465,7 +482,12 @@ class MemberlistSystem:
         if host is not anchor:
             argv.append(f"-join={anchor.address}")
         member.process = spawn(
-            self.reactor, host, argv, directory / f"{host.name}.log", member.line
+            self.reactor,
+            host,
+            argv,
+            directory / f"{host.name}.log",
+            member.line,
+            cpus=placement(self.own_core, host.name),
         )
         return member
 
@@ -637,6 +659,8 @@ class HeptoSystem:
     join_profiled: frozenset[str] = frozenset()
     #: How they are: "profile" (cProfile) or "turns" (``cpusample.py turns``).
     join_profiler: str = "profile"
+    #: Members with a CPU of their own (``--own-core``): the others share another.
+    own_core: frozenset[str] = frozenset()
     _compiled: bool = False
 
     def compile(self) -> None:
@@ -696,7 +720,13 @@ class HeptoSystem:
         if self.tree is not None:
             env["PYTHONPATH"] = str(self.tree)
         member.process = spawn(
-            self.reactor, host, argv, directory / f"{host.name}.log", member.line, env
+            self.reactor,
+            host,
+            argv,
+            directory / f"{host.name}.log",
+            member.line,
+            env,
+            cpus=placement(self.own_core, host.name),
         )
         return member
 
@@ -802,6 +832,9 @@ class Settings:
     join_profiled: frozenset[str] = frozenset()
     #: How: "profile" (cProfile) or "turns" (``cpusample.py turns``).
     join_profiler: str = "profile"
+    #: Members that run on a CPU of their own while all others share the other one, as
+    #: members on hosts of their own would not share caches (``--own-core``).
+    own_core: frozenset[str] = frozenset()
 
 
 @attrs.define
@@ -1144,6 +1177,8 @@ class Bench:
         by_program: dict[str, list[float]] = {}
         extra, extra_runs = [], []
         runs_by_program: dict[str, list[float]] = {}
+        # Members on a CPU of their own, each apart: what one costs on a host of its own.
+        figures["own_core_cpu_ms"] = {}
         for n, p in pids.items():
             after_runs = tree_schedstat(p)
             after = {k: cpu for k, (cpu, _) in after_runs.items()}
@@ -1152,6 +1187,8 @@ class Bench:
                 for k, v in after.items()
             }
             extra.append(sum(mine.values()))
+            if n in self.settings.own_core:
+                figures["own_core_cpu_ms"][n] = mine
             runs = {
                 k: r - before_runs[n].get(k, (0.0, 0))[1] - idle_runs[n].get(k, 0.0) * elapsed
                 for k, (_, r) in after_runs.items()
@@ -1524,6 +1561,7 @@ def make_system(
     sampled: frozenset[str] = frozenset(),
     join_profiled: frozenset[str] = frozenset(),
     join_profiler: str = "profile",
+    own_core: frozenset[str] = frozenset(),
 ) -> System:
     if name == "hepto" or name in trees:
         return HeptoSystem(
@@ -1536,10 +1574,16 @@ def make_system(
             sampled=sampled,
             join_profiled=join_profiled,
             join_profiler=join_profiler,
+            own_core=own_core,
         )
     assert memberlist is not None
     return MemberlistSystem(
-        memberlist, key, observatory, reactor, chunks=name == "memberlist+chunks"
+        memberlist,
+        key,
+        observatory,
+        reactor,
+        chunks=name == "memberlist+chunks",
+        own_core=own_core,
     )
 
 
@@ -1572,6 +1616,7 @@ async def run(
                 settings.sampled,
                 settings.join_profiled,
                 settings.join_profiler,
+                settings.own_core,
             )
             directory = settings.run_dir / f"{name}-{size}"
             directory.mkdir(parents=True, exist_ok=True)
@@ -1810,6 +1855,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "each reactor turn by what woke it (turns: NAME-<k>.turns.json, read by "
         "benchmarks/cpusample.py turns-report)",
     )
+    parser.add_argument(
+        "--own-core",
+        default="",
+        metavar="NAMES",
+        help=f"members that run on CPU {OWN_CORE} alone (with their children: wireguard-go, "
+        f"the PKI worker), all others of every system on CPU {SHARED_CORE}: what a member "
+        "costs on a host of its own, its caches not shared with a hundred others",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="hepto status polling, s")
     parser.add_argument("--poll-fast", type=float, default=0.5, help="same while timing, s")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs and results.json")
@@ -1875,6 +1928,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         sampled=frozenset(name for name in args.sample_cpu.split(",") if name),
         join_profiled=frozenset(name for name in args.profile_joins.split(",") if name),
         join_profiler=args.join_profiler,
+        own_core=frozenset(name for name in args.own_core.split(",") if name),
     )
 
 
