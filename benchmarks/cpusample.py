@@ -52,6 +52,7 @@ import runpy
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -258,18 +259,24 @@ def turns(out: Path, script: str, arguments: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
+def _windows(run_dir: Path, members: list[str], suffix: str) -> Iterator[tuple[bool, Path]]:
+    """Each member's ``<member>-<k>.<suffix>``, and whether it is a join's window: the
+    harness's signals alternate, a quiet window (odd k) then its join's (even k)."""
+    for member in members:
+        for path in sorted(run_dir.glob(f"{member}-*.{suffix}")):
+            yield int(path.name.split(".")[0].rsplit("-", 1)[1]) % 2 == 0, path
+
+
 def turns_report(run_dir: Path, members: list[str]) -> None:
     """CPU and count per waker in join windows (even k) beyond quiet ones (odd k)."""
     totals: dict[bool, dict[str, list[int]]] = {False: {}, True: {}}
     windows = {False: 0, True: 0}
-    for member in members:
-        for path in sorted(run_dir.glob(f"{member}-*.turns.json")):
-            joining = int(path.name.split(".")[0].rsplit("-", 1)[1]) % 2 == 0
-            windows[joining] += 1
-            for key, (spent, count) in json.loads(path.read_text()).items():
-                entry = totals[joining].setdefault(key, [0, 0])
-                entry[0] += spent
-                entry[1] += count
+    for joining, path in _windows(run_dir, members, "turns.json"):
+        windows[joining] += 1
+        for key, (spent, count) in json.loads(path.read_text()).items():
+            entry = totals[joining].setdefault(key, [0, 0])
+            entry[0] += spent
+            entry[1] += count
     if not windows[True] or not windows[False]:
         print("no join or no quiet window timed")
         return
@@ -294,16 +301,14 @@ def profiles(run_dir: Path, members: list[str], top: int) -> None:
     """Own time and calls per function in join windows (even k) beyond quiet ones (odd k)."""
     totals: dict[bool, dict[tuple[str, int, str], list[float]]] = {False: {}, True: {}}
     windows = {False: 0, True: 0}
-    for member in members:
-        for path in sorted(run_dir.glob(f"{member}-*.prof")):
-            joining = int(path.stem.rsplit("-", 1)[1]) % 2 == 0
-            windows[joining] += 1
-            stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
-            for function, (_, calls, own, cumulative, _) in stats.items():
-                entry = totals[joining].setdefault(function, [0, 0.0, 0.0])
-                entry[0] += calls
-                entry[1] += own
-                entry[2] += cumulative
+    for joining, path in _windows(run_dir, members, "prof"):
+        windows[joining] += 1
+        stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+        for function, (_, calls, own, cumulative, _) in stats.items():
+            entry = totals[joining].setdefault(function, [0, 0.0, 0.0])
+            entry[0] += calls
+            entry[1] += own
+            entry[2] += cumulative
     if not windows[True] or not windows[False]:
         print("no join or no quiet window profiled")
         return

@@ -388,6 +388,10 @@ def _switched(default: object, on: bool) -> object:
     return default if on else type(default)(0)
 
 
+def _initials(field: str) -> str:
+    return "".join(word[0] for word in field.split("_"))
+
+
 def _variation(text: str) -> tuple[str, list[float]]:
     """``FIELD=V,V``: a numeric field of :class:`Profile` and the values to run it with."""
     field, _, values = text.partition("=")
@@ -461,12 +465,13 @@ def main() -> None:
     profile = PROFILES[arguments.profile]
     switches = {"on": [True], "off": [False], "both": [True, False]}
     chosen = [switches[getattr(arguments, option[2:].replace("-", "_"))] for option, *_ in SWITCHES]
-    shortest: list[float | None] = list(arguments.shortest_suspicion) or [None]
-    varied = [[(field, value) for value in values] for field, values in arguments.vary]
+    # --shortest-suspicion is one more variation, under the label it always had.
+    variations = [(field, _initials(field), values) for field, values in arguments.vary]
+    if arguments.shortest_suspicion:
+        variations.insert(0, ("shortest_suspicion_mult", "ss", arguments.shortest_suspicion))
+    varied = [[(field, label, value) for value in values] for field, label, values in variations]
     variants = []
-    for *values, mult, variation in itertools.product(
-        *chosen, shortest, itertools.product(*varied)
-    ):
+    for *values, variation in itertools.product(*chosen, itertools.product(*varied)):
         switched = list(zip(values, SWITCHES, strict=True))
         label = "".join(
             f" {departs}"
@@ -477,11 +482,8 @@ def main() -> None:
         fields: dict[str, object] = {
             field: _switched(getattr(profile, field), on) for on, (_, field, _, _) in switched
         }
-        if mult is not None:
-            label += f" ss{mult:g}"
-            fields["shortest_suspicion_mult"] = mult
-        for field, value in variation:
-            label += f" {''.join(word[0] for word in field.split('_'))}{value:g}"
+        for field, initials, value in variation:
+            label += f" {initials}{value:g}"
             fields[field] = value
         variants.append((label, attrs.evolve(profile, **fields)))
 

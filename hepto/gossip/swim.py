@@ -133,6 +133,8 @@ class Membership:
         self._network = network
         self._rng = rng
         self._roster = Roster(name, rng, snapshot or EMPTY_SNAPSHOT)
+        # Read once: old news is the hot path of a join storm.
+        self._counts_alive_copies = profile.counts_alive_copies
         self._queue = BroadcastQueue(
             lambda: profile.retransmit_limit(len(self._roster)),
             linger=profile.recent_news_linger,
@@ -469,7 +471,7 @@ class Membership:
             return
         # Most news is old news: this is the hot path of a join storm.
         if message.incarnation <= known.incarnation:
-            if sender is not None and self.profile.counts_alive_copies:
+            if self._counts_alive_copies and sender is not None:
                 self._queue.heard(message.name, message)
             return
         if not self._trust.believe_alive(message, known, sender):
